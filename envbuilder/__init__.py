@@ -1,0 +1,1 @@
+"""Code-agent environments: sources of candidates, filters, images, install recipes, test runners, validation."""

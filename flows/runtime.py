@@ -1,0 +1,148 @@
+"""What every flow shares: Prefect's settings, the task runner from config, and resumable steps.
+
+A step is a pure function of its inputs that runs as a Prefect task (with retries and exponential backoff)
+anywhere the task runner puts it: a thread here, a Dask worker elsewhere. Its output comes back to the flow
+process, the store's only writer, which records it together with the step's content-hash key in one
+transaction. A rerun after a crash (SIGKILL included) skips every key already recorded, so finished work is
+not redone and nothing is written twice; work that was in flight when the crash came is simply done again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import uuid
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from tasksynth.config import Config
+
+
+def prepare_prefect(config: Config) -> None:
+    """Keep Prefect's own database and logs in the tasksynth home unless the user points Prefect elsewhere.
+
+    Must run before `prefect` is imported: Prefect reads these settings at import time. With no
+    PREFECT_API_URL, Prefect runs flows against a temporary local server (its ephemeral mode)."""
+    os.environ.setdefault("PREFECT_HOME", str(config.home_path / "prefect"))
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    os.environ.setdefault("PREFECT_SERVER_LOGGING_LEVEL", "WARNING")
+    os.environ.setdefault("PREFECT_UI_ENABLED", "false" if not os.environ.get("PREFECT_API_URL") else "true")
+    # Our store keeps results; Prefect's result persistence would only duplicate them on disk.
+    os.environ.setdefault("PREFECT_RESULTS_PERSIST_BY_DEFAULT", "false")
+
+
+def task_runner(config: Config):
+    """Prefect's thread pool, or Dask through prefect-dask so steps can spread over many machines."""
+    if config.flows.task_runner == "dask":
+        try:
+            from prefect_dask import DaskTaskRunner
+        except ImportError as exc:  # an optional extra
+            from tasksynth.errors import ConfigError
+
+            raise ConfigError("flows.task_runner = 'dask' needs `pip install tasksynth[dask]`") from exc
+        if config.flows.dask_address:
+            return DaskTaskRunner(address=config.flows.dask_address)
+        return DaskTaskRunner(cluster_kwargs={"n_workers": config.flows.max_workers, "threads_per_worker": 1,
+                                              "processes": True, "host": "127.0.0.1",
+                                              "dashboard_address": None})
+    from prefect.task_runners import ThreadPoolTaskRunner
+
+    return ThreadPoolTaskRunner(max_workers=config.flows.max_workers)
+
+
+def step_task(fn: Callable[..., Any], config: Config, *, name: str | None = None, retries: int | None = None):
+    """`fn` as a Prefect task with the configured retries and exponential backoff with jitter."""
+    from prefect import task
+    from prefect.tasks import exponential_backoff
+
+    retries = config.flows.retries if retries is None else retries
+    return task(fn, name=name or fn.__name__, retries=retries,
+                retry_delay_seconds=exponential_backoff(backoff_factor=config.flows.retry_delay_s),
+                retry_jitter_factor=0.5, persist_result=False)
+
+
+@dataclass
+class StepReport:
+    """The funnel of one step: how many items it saw, skipped as already done, ran, and failed."""
+
+    step: str
+    seen: int = 0
+    already_done: int = 0
+    ran: int = 0
+    failed: int = 0
+    errors: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"seen": self.seen, "already_done": self.already_done, "ran": self.ran, "failed": self.failed,
+                "errors": self.errors[:20]}
+
+
+def run_steps(store, step: str, items: Iterable[Any], run: Callable[[Any], Any], *, key: Callable[[Any], str],
+              record: Callable[[Any, Any], None], config: Config, run_id: str | None = None,
+              on_progress: Callable[[StepReport], None] | None = None) -> StepReport:
+    """Run `run(item)` as Prefect tasks for every item whose key is not yet finished, and `record(item, output)`
+    in the flow process, in the same transaction that marks the key finished.
+
+    An item whose task fails after its retries is counted and reported, not recorded: the rest go on and a
+    rerun tries it again."""
+    from prefect.futures import as_completed
+
+    report = StepReport(step)
+    pending = {}
+    task = step_task(run, config, name=step)
+    for item in items:
+        report.seen += 1
+        item_key = key(item)
+        if store.finished_step(step, item_key) is not None:
+            report.already_done += 1
+            continue
+        pending[task.submit(item)] = (item, item_key)
+    for future in as_completed(list(pending)):
+        item, item_key = pending[future]
+        try:
+            output = future.result()
+        except Exception as exc:  # noqa: BLE001 - one failed item must not stop the batch
+            report.failed += 1
+            report.errors.append(f"{item_key}: {type(exc).__name__}: {exc}")
+        else:
+            with store.transaction():
+                record(item, output)
+                store.finish_step(step, item_key, {"ok": True}, run_id)
+            report.ran += 1
+        if on_progress:
+            on_progress(report)
+    return report
+
+
+@contextlib.contextmanager
+def flow_run(store, flow: str, params: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """Record a flow run in the store: running, then completed with its summary, or failed."""
+    run_id = _current_flow_run_id() or str(uuid.uuid4())
+    summary: dict[str, Any] = {"run_id": run_id}
+    store.insert("flow_runs", [{"run_id": run_id, "flow": flow, "params": params, "status": "running"}],
+                 on_conflict="replace")
+    try:
+        yield summary
+    except BaseException:
+        store.execute("UPDATE flow_runs SET status = 'failed', finished_at = current_timestamp, summary = ? "
+                      "WHERE run_id = ?", [_json(summary), run_id])
+        raise
+    store.execute("UPDATE flow_runs SET status = 'completed', finished_at = current_timestamp, summary = ? "
+                  "WHERE run_id = ?", [_json(summary), run_id])
+
+
+def _current_flow_run_id() -> str | None:
+    try:
+        from prefect.runtime import flow_run as prefect_flow_run
+
+        return str(prefect_flow_run.id) if prefect_flow_run.id else None
+    except Exception:  # noqa: BLE001 - outside a flow run there is no id
+        return None
+
+
+def _json(value: Any) -> str:
+    import json
+
+    return json.dumps(value, default=str)

@@ -1,0 +1,1 @@
+"""The command-line interface; each group lives in its own module."""

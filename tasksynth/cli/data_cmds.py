@@ -1,0 +1,103 @@
+"""`tasksynth sql` and `tasksynth export`: reading the store."""
+
+from __future__ import annotations
+
+import datetime as dt
+import decimal
+import json
+import shutil
+import subprocess
+import uuid
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from tasksynth.cli import app_state
+from tasksynth.errors import StoreError, TasksynthError
+from tasksynth.export import KINDS, export_tasks
+from tasksynth.store import open_store
+
+
+def sql_command(
+    query: str = typer.Argument(None, help="SQL to run on the store. Omit it to open an interactive DuckDB shell."),
+    as_json: bool = typer.Option(False, "--json", help="Print a JSON array of row objects (lists stay lists)."),
+) -> None:
+    """Query the store with SQL: a table, or JSON with --json.
+
+    Example: tasksynth sql "select verdict, count(*) from code_tasks group by 1"
+    """
+    config = app_state.config()
+    if query is None:
+        _interactive_shell(config.store_path)
+        return
+    path = config.store_path
+    # Read-only when the file exists so a query never takes the writer's place; created on first use.
+    with open_store(config, read_only=path.exists()) as store:
+        try:
+            cursor_rows = store.query(query)
+        except Exception as exc:  # duckdb's errors carry a clear message already
+            raise TasksynthError(f"query failed: {str(exc).splitlines()[0]}") from None
+    if as_json:
+        typer.echo(json.dumps(cursor_rows, default=_json_default, ensure_ascii=False))
+        return
+    table = Table(show_lines=False)
+    columns = list(cursor_rows[0]) if cursor_rows else []
+    for column in columns:
+        table.add_column(column)
+    for row in cursor_rows:
+        table.add_row(*(_cell(row[c]) for c in columns))
+    Console().print(table)
+    typer.echo(f"{len(cursor_rows)} row{'s' if len(cursor_rows) != 1 else ''}")
+
+
+def _interactive_shell(path: Path) -> None:
+    shell = shutil.which("duckdb")
+    if not shell:
+        raise TasksynthError("no `duckdb` shell on PATH: `pip install duckdb-cli` (or pass a query: "
+                             "tasksynth sql \"select ...\")")
+    if not path.exists():
+        raise StoreError(f"no store at {path}; run a flow (or `tasksynth demo`) first")
+    subprocess.run([shell, "-readonly", str(path)], check=False)
+
+
+def _json_default(value):
+    if isinstance(value, (dt.datetime, dt.date, dt.time)):
+        return value.isoformat()
+    if isinstance(value, decimal.Decimal):
+        return float(value)
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    if isinstance(value, bytes):
+        return value.hex()
+    return str(value)
+
+
+def _cell(value) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, (list, dict)):
+        text = json.dumps(value, default=_json_default)
+    else:
+        text = str(value)
+    return text if len(text) <= 120 else text[:117] + "..."
+
+
+def export_command(
+    out_dir: Path = typer.Argument(..., help="Directory to write <kind>/train-*.parquet and manifest.json into."),
+    kind: list[str] = typer.Option(None, "--kind", help=f"Kinds to export ({', '.join(KINDS)}); repeatable. "
+                                                      "Default: all."),
+    max_shard_rows: int = typer.Option(10_000, "--max-shard-rows", help="Rows per Parquet shard at most."),
+    include_all: bool = typer.Option(False, "--all", help="Export every task, not only accepted ones."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a non-empty OUT_DIR."),
+) -> None:
+    """Export tasks as Parquet shards that `datasets.load_dataset("parquet", data_dir=OUT_DIR)` loads."""
+    config = app_state.config()
+    with open_store(config, read_only=config.store_path.exists()) as store:
+        result = export_tasks(store, out_dir, kinds=kind or KINDS, max_shard_rows=max_shard_rows,
+                              include_all=include_all, overwrite=overwrite,
+                              progress=lambda k, n: typer.echo(f"  {k}: {n} task{'s' if n != 1 else ''}"))
+    total = sum(result.counts.values())
+    typer.echo(f"exported {total} tasks in {len(result.shards)} shards to {result.out_dir} "
+               f"(manifest: {result.out_dir / 'manifest.json'})")

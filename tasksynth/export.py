@@ -1,0 +1,198 @@
+"""Parquet task shards for training, in the layout the Hugging Face `datasets` library loads as it is.
+
+    OUT_DIR/<kind>/train-00000-of-000NN.parquet   zstd, one task schema for every kind
+    OUT_DIR/manifest.json                         every shard's path, rows and sha256; totals; schema
+
+The export is written to a temporary sibling directory and renamed into place at the end, so a crash
+leaves either the previous export or none, never a manifest that lists shards that are not there.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import math
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from tasksynth.errors import ExportError
+from tasksynth.hashing import sha256_bytes
+from tasksynth.store import Store
+
+KINDS = ("code", "search", "general")
+MANIFEST_FORMAT = "tasksynth-export/1"
+ROW_GROUP_ROWS = 1024  # prompts carry whole patches; small groups keep readers' memory flat
+
+MESSAGE = pa.struct([("role", pa.string()), ("content", pa.string())])
+TASK_SCHEMA = pa.schema([
+    pa.field("task_id", pa.string(), nullable=False),
+    pa.field("kind", pa.string(), nullable=False),
+    pa.field("prompt", pa.list_(MESSAGE), nullable=False),
+    pa.field("environment", pa.string(), nullable=False),  # JSON: how to reach the environment
+    pa.field("verifier", pa.string(), nullable=False),     # JSON: how reward is computed
+    pa.field("metadata", pa.string(), nullable=False),     # JSON
+])
+
+CODE_SYSTEM_PROMPT = ("You are a software engineer working in the repository checked out at /testbed. "
+                      "Resolve the issue below by editing the code; the hidden tests decide success.")
+
+
+@dataclass
+class ExportResult:
+    out_dir: Path
+    counts: dict[str, int]
+    shards: list[dict[str, Any]]
+
+
+def export_tasks(store: Store, out_dir: str | Path, *, kinds: Iterable[str] = KINDS, max_shard_rows: int = 10_000,
+                 include_all: bool = False, overwrite: bool = False,
+                 progress: Callable[[str, int], None] | None = None) -> ExportResult:
+    out_dir = Path(out_dir).resolve()
+    kinds = list(kinds)
+    for kind in kinds:
+        if kind not in KINDS:
+            raise ExportError(f"unknown kind {kind!r}; choose from {', '.join(KINDS)}")
+    if max_shard_rows <= 0:
+        raise ExportError("--max-shard-rows must be positive")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ExportError(f"{out_dir} exists and is not a directory")
+    if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
+        raise ExportError(f"{out_dir} is not empty; pass --overwrite to replace it")
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
+    try:
+        shards: list[dict[str, Any]] = []
+        counts: dict[str, int] = {}
+        run_ids: set[str] = set()
+        for kind in kinds:
+            rows = TASK_READERS[kind](store, include_all)
+            counts[kind] = len(rows)
+            run_ids.update(r.pop("_run_id") for r in rows if r.get("_run_id"))
+            for r in rows:
+                r.pop("_run_id", None)
+            shards += _write_shards(staging, kind, rows, max_shard_rows)
+            if progress:
+                progress(kind, len(rows))
+        manifest = {
+            "format": MANIFEST_FORMAT,
+            "exported_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "selection": "all" if include_all else "accepted",
+            "totals": counts,
+            "total_rows": sum(counts.values()),
+            "shards": shards,
+            "schema": [{"name": f.name, "type": str(f.type)} for f in TASK_SCHEMA],
+            "source_run_ids": sorted(run_ids),
+            "store": str(store.path),
+        }
+        (staging / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+        _swap_into_place(staging, out_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return ExportResult(out_dir, counts, shards)
+
+
+def _write_shards(root: Path, kind: str, rows: list[dict[str, Any]], max_rows: int) -> list[dict[str, Any]]:
+    if not rows:
+        return []
+    count = math.ceil(len(rows) / max_rows)
+    (root / kind).mkdir(parents=True)
+    shards = []
+    for index in range(count):
+        chunk = rows[index * max_rows:(index + 1) * max_rows]
+        relative = f"{kind}/train-{index:05d}-of-{count:05d}.parquet"
+        table = pa.Table.from_pylist(chunk, schema=TASK_SCHEMA)
+        pq.write_table(table, root / relative, compression="zstd", row_group_size=ROW_GROUP_ROWS)
+        data = (root / relative).read_bytes()
+        shards.append({"path": relative, "kind": kind, "rows": len(chunk), "bytes": len(data),
+                       "sha256": sha256_bytes(data)})
+    return shards
+
+
+def _swap_into_place(staging: Path, out_dir: Path) -> None:
+    if out_dir.exists():
+        old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
+        os.replace(out_dir, old)
+        os.replace(staging, out_dir)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(staging, out_dir)
+
+
+# ------------------------------------------------------------------------------------------ per kind
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, default=str)
+
+
+def _code_rows(store: Store, include_all: bool) -> list[dict[str, Any]]:
+    where = "" if include_all else "WHERE t.verdict = 'valid'"
+    records = store.query(f"""
+        SELECT t.*, c.problem_statement, c.test_patch, c.source, c.source_ref, c.language, c.hints,
+               v.run_id AS _run_id
+        FROM code_tasks t JOIN candidates c USING (candidate_id)
+        LEFT JOIN validations v USING (validation_id)
+        {where} ORDER BY t.instance_id""")
+    return [{
+        "task_id": f"code/{r['instance_id']}",
+        "kind": "code",
+        "prompt": [{"role": "system", "content": CODE_SYSTEM_PROMPT},
+                   {"role": "user", "content": r["problem_statement"]}],
+        "environment": _json({"type": "docker", "image": r["image"], "workdir": "/testbed",
+                              "repo": r["repo"], "base_commit": r["base_commit"], "env_id": r["env_id"]}),
+        "verifier": _json({"type": "tests", "test_command": r["test_command"], "test_patch": r["test_patch"],
+                           "fail_to_pass": r["fail_to_pass"], "pass_to_pass": r["pass_to_pass"],
+                           "reward": "1 if every fail_to_pass and pass_to_pass test passes, else 0"}),
+        "metadata": _json({"instance_id": r["instance_id"], "repo": r["repo"], "source": r["source"],
+                           "source_ref": r["source_ref"], "language": r["language"], "verdict": r["verdict"],
+                           "reason": r["reason"], "validated_at": r["validated_at"]}),
+        "_run_id": r["_run_id"],
+    } for r in records]
+
+
+def _search_rows(store: Store, include_all: bool) -> list[dict[str, Any]]:
+    where = "" if include_all else "WHERE accepted"
+    records = store.query(f"SELECT * FROM search_items {where} ORDER BY item_id")
+    return [{
+        "task_id": f"search/{r['item_id']}",
+        "kind": "search",
+        "prompt": [{"role": "user", "content": r["question"]}],
+        "environment": _json({"type": "search", "tools": ["search", "open_page"]}),
+        "verifier": _json({"type": "rubric", "answer": r["answer"], "rubric": r["rubric"]}),
+        "metadata": _json({"entity": r["entity"], "verdict": r["verdict"], "evidence": r["evidence"],
+                           **(r["metadata"] or {})}),
+        "_run_id": (r["metadata"] or {}).get("run_id"),
+    } for r in records]
+
+
+def _general_rows(store: Store, include_all: bool) -> list[dict[str, Any]]:
+    where = "" if include_all else "WHERE t.accepted"
+    records = store.query(f"""
+        SELECT t.*, e.category, e.database, e.tools FROM general_tasks t JOIN general_environments e USING (env_id)
+        {where} ORDER BY t.task_id""")
+    return [{
+        "task_id": f"general/{r['task_id']}",
+        "kind": "general",
+        "prompt": [{"role": "user", "content": r["prompt"]}],
+        "environment": _json({"type": "tools", "env_id": r["env_id"], "database": r["database"],
+                              "tools": r["tools"]}),
+        "verifier": _json({"type": "python_function", "source": r["verifier"]}),
+        "metadata": _json({"category": r["category"], "level": r["level"], "pass_at_k": r["pass_at_k"],
+                           "k": r["k"]}),
+        "_run_id": None,
+    } for r in records]
+
+
+TASK_READERS: dict[str, Callable[[Store, bool], list[dict[str, Any]]]] = {
+    "code": _code_rows, "search": _search_rows, "general": _general_rows,
+}

@@ -1,0 +1,239 @@
+"""The one DuckDB store: numbered migrations, row helpers keyed by content hashes, and compressed blobs.
+
+DuckDB lets one process write a database file at a time. The flow process is that writer; Prefect tasks
+return records and the flow writes them, so tasks may run in other processes (Dask) without touching the
+file. A second process that opens the store while a writer holds it gets `StoreLocked`, one clear line.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import threading
+from collections.abc import Iterable, Iterator, Sequence
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import zstandard
+
+from tasksynth.errors import StoreError, StoreLocked
+from tasksynth.hashing import sha256_bytes
+
+MIGRATION_NAME = re.compile(r"^(\d{3})_([a-z0-9_]+)\.sql$")
+_LOCK_PID = re.compile(r"PID (\d+)")
+
+
+def migrations() -> list[tuple[int, str, str]]:
+    """(version, name, sql) of every shipped migration, in order."""
+    found = []
+    for entry in resources.files("tasksynth.migrations").iterdir():
+        match = MIGRATION_NAME.match(entry.name)
+        if match:
+            found.append((int(match.group(1)), match.group(2), entry.read_text()))
+    return sorted(found)
+
+
+class Store:
+    """A connection to the store file. Use as a context manager, or call `close()`."""
+
+    def __init__(self, path: str | Path, *, read_only: bool = False, blobs_dir: str | Path | None = None):
+        self.path = Path(path)
+        self.read_only = read_only
+        self.blobs_dir = Path(blobs_dir) if blobs_dir else self.path.parent / "blobs"
+        self._lock = threading.RLock()
+        self._depth = 0
+        if read_only and not self.path.exists():
+            raise StoreError(f"no store at {self.path}; run a flow (or `tasksynth demo`) to create it")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self._conn = duckdb.connect(str(self.path), read_only=read_only)
+        except duckdb.IOException as exc:
+            raise _locked_or_error(self.path, exc) from None
+        if not read_only:
+            self.migrate()
+
+    # ------------------------------------------------------------------------------------------ lifecycle
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def migrate(self) -> list[int]:
+        """Apply the migrations not yet applied, each in its own transaction; returns the versions applied."""
+        with self._lock:
+            self._conn.execute("""CREATE TABLE IF NOT EXISTS schema_migrations (
+                version INTEGER PRIMARY KEY, name VARCHAR NOT NULL,
+                applied_at TIMESTAMP NOT NULL DEFAULT current_timestamp)""")
+            done = {row[0] for row in self._conn.execute("SELECT version FROM schema_migrations").fetchall()}
+            applied = []
+            for version, name, sql in migrations():
+                if version in done:
+                    continue
+                with self.transaction():
+                    self._conn.execute(sql)
+                    self._conn.execute("INSERT INTO schema_migrations (version, name) VALUES (?, ?)",
+                                       [version, name])
+                applied.append(version)
+            return applied
+
+    def schema_version(self) -> int:
+        rows = self.query("SELECT max(version) AS v FROM schema_migrations")
+        return rows[0]["v"] or 0
+
+    # ------------------------------------------------------------------------------------------ queries
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[None]:
+        """All or nothing; nested uses join the outermost transaction."""
+        with self._lock:
+            if self._depth:
+                self._depth += 1
+                try:
+                    yield
+                finally:
+                    self._depth -= 1
+                return
+            self._conn.execute("BEGIN TRANSACTION")
+            self._depth = 1
+            try:
+                yield
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+            else:
+                self._conn.execute("COMMIT")
+            finally:
+                self._depth = 0
+
+    def execute(self, sql: str, params: Sequence[Any] | dict[str, Any] | None = None) -> None:
+        with self._lock:
+            self._conn.execute(sql, params)
+
+    def query(self, sql: str, params: Sequence[Any] | dict[str, Any] | None = None) -> list[dict[str, Any]]:
+        """Rows as dicts; DuckDB lists stay Python lists and JSON columns are decoded."""
+        with self._lock:
+            cursor = self._conn.execute(sql, params)
+            columns = [d[0] for d in cursor.description or []]
+            json_columns = {d[0] for d in cursor.description or [] if str(d[1]).upper() == "JSON"}
+            rows = cursor.fetchall()
+        return [{c: (_decode_json(v) if c in json_columns else v) for c, v in zip(columns, row)} for row in rows]
+
+    def query_arrow(self, sql: str, params: Sequence[Any] | None = None):
+        with self._lock:
+            return self._conn.execute(sql, params).fetch_arrow_table()
+
+    def insert(self, table: str, rows: Iterable[dict[str, Any]], *, on_conflict: str = "ignore") -> int:
+        """Insert rows; with `ignore` a row whose key exists is skipped (a rerun writes nothing twice),
+        with `replace` it is overwritten. Returns how many rows were new or replaced."""
+        rows = list(rows)
+        if not rows:
+            return 0
+        columns = list(rows[0])
+        verb = {"ignore": "INSERT OR IGNORE", "replace": "INSERT OR REPLACE", "error": "INSERT"}[on_conflict]
+        sql = (f"{verb} INTO {_ident(table)} ({', '.join(_ident(c) for c in columns)}) "
+               f"VALUES ({', '.join('?' for _ in columns)})")
+        values = [[_encode(row.get(c)) for c in columns] for row in rows]
+        with self._lock:
+            before = self._count(table)
+            with self.transaction():
+                self._conn.executemany(sql, values)
+            after = self._count(table)
+        return len(rows) if on_conflict == "replace" else after - before
+
+    def _count(self, table: str) -> int:
+        return self._conn.execute(f"SELECT count(*) FROM {_ident(table)}").fetchone()[0]
+
+    def exists(self, table: str, **where: Any) -> bool:
+        clause = " AND ".join(f"{_ident(k)} = ?" for k in where)
+        with self._lock:
+            row = self._conn.execute(f"SELECT 1 FROM {_ident(table)} WHERE {clause} LIMIT 1",
+                                     list(where.values())).fetchone()
+        return row is not None
+
+    # ------------------------------------------------------------------------------------------ steps
+
+    def finished_step(self, step: str, key: str) -> Any | None:
+        """The stored output of a finished step, or None when it has not finished."""
+        rows = self.query("SELECT output FROM steps WHERE step = ? AND key = ?", [step, key])
+        return rows[0]["output"] if rows else None
+
+    def finish_step(self, step: str, key: str, output: Any, run_id: str | None = None) -> None:
+        self.insert("steps", [{"step": step, "key": key, "output": output, "run_id": run_id}])
+
+    # ------------------------------------------------------------------------------------------ blobs
+
+    def put_blob(self, data: bytes | str, media_type: str = "text/plain") -> str:
+        """Store compressed bytes under the blobs directory; the file is complete before its row exists."""
+        raw = data.encode() if isinstance(data, str) else data
+        digest = sha256_bytes(raw)
+        path = self._blob_path(digest)
+        if not path.exists():
+            compressed = zstandard.ZstdCompressor(level=9).compress(raw)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(f".tmp{os.getpid()}.{threading.get_ident()}")
+            tmp.write_bytes(compressed)
+            os.replace(tmp, path)
+        if not self.read_only:
+            self.insert("blobs", [{"sha256": digest, "bytes": len(raw),
+                                   "compressed_bytes": path.stat().st_size, "media_type": media_type}])
+        return digest
+
+    def get_blob(self, digest: str) -> bytes:
+        path = self._blob_path(digest)
+        if not path.exists():
+            raise StoreError(f"blob {digest} is missing from {self.blobs_dir}")
+        return zstandard.ZstdDecompressor().decompress(path.read_bytes())
+
+    def get_text(self, digest: str | None) -> str:
+        return self.get_blob(digest).decode(errors="replace") if digest else ""
+
+    def _blob_path(self, digest: str) -> Path:
+        return self.blobs_dir / digest[:2] / f"{digest}.zst"
+
+
+def open_store(config, *, read_only: bool = False) -> Store:
+    """The configured store (`config` is a `tasksynth.config.Config`)."""
+    return Store(config.store_path, read_only=read_only, blobs_dir=config.home_path / "blobs")
+
+
+def _locked_or_error(path: Path, exc: Exception) -> Exception:
+    text = str(exc)
+    if "lock" in text.lower():
+        pid = _LOCK_PID.search(text)
+        holder = f" (PID {pid.group(1)})" if pid else ""
+        return StoreLocked(f"the store {path} is in use by another process{holder}: DuckDB allows one "
+                           "writer at a time; wait for that flow to finish, or stop it")
+    return StoreError(f"cannot open the store {path}: {text}")
+
+
+def _ident(name: str) -> str:
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+        raise StoreError(f"not a valid identifier: {name!r}")
+    return f'"{name}"'
+
+
+def _encode(value: Any) -> Any:
+    if isinstance(value, dict):
+        return json.dumps(value, default=str)
+    if isinstance(value, list) and value and isinstance(value[0], dict):
+        return json.dumps(value, default=str)
+    return value
+
+
+def _decode_json(value: Any) -> Any:
+    if isinstance(value, str):
+        try:
+            return json.loads(value)
+        except ValueError:
+            return value
+    return value
