@@ -64,6 +64,10 @@ class GithubConfig:
     concurrency: int = 4
     min_issue_chars: int = 40
     llm_review: bool = False
+    languages: list[str] = field(default_factory=lambda: ["python"])  # languages kept by the miner
+    page_size: int = 50  # merged PRs per GraphQL page (files, commits and closing issues inline)
+    review_role: str = "github_reviewer"  # the agents.<role> that reviews pairs when llm_review is on
+    min_review_score: float = 0.5  # pairs the review scores below this (0..1) are discarded
 
 
 @dataclass
@@ -117,6 +121,10 @@ class RoleConfig:
     timeout_s: float = 120.0
     max_retries: int = 4
     concurrency: int = 8
+    backoff_s: float = 1.0  # first retry waits about this long, then twice as long each time (with jitter)
+    tool_format: str = "native"  # native: tools sent in the request | text: described in the system prompt
+    max_tool_result_chars: int = 20_000  # a longer tool result is cut, with a note saying so
+    extra_body: dict[str, Any] = field(default_factory=dict)  # extra request fields, e.g. DeepSeek's thinking
 
 
 @dataclass
@@ -284,6 +292,7 @@ CHOICES = {
     "flows.task_runner": ("thread", "dask"),
 }
 ROLE_STRATEGIES = ("summary", "discard-75", "discard-all")
+ROLE_TOOL_FORMATS = ("native", "text")
 
 
 def _check_values(config: Config) -> None:
@@ -302,6 +311,20 @@ def _check_values(config: Config) -> None:
         if role.context_strategy not in ROLE_STRATEGIES:
             raise ConfigError(f"config key 'agents.{name}.context_strategy' must be one of "
                               f"{', '.join(ROLE_STRATEGIES)}; got {role.context_strategy!r}")
+        if role.tool_format not in ROLE_TOOL_FORMATS:
+            raise ConfigError(f"config key 'agents.{name}.tool_format' must be one of "
+                              f"{', '.join(ROLE_TOOL_FORMATS)}; got {role.tool_format!r}")
+        for key in ("max_tokens", "context_window", "max_turns", "max_total_tokens", "max_wall_s", "timeout_s",
+                    "concurrency", "max_tool_result_chars"):
+            if getattr(role, key) <= 0:
+                raise ConfigError(f"config key 'agents.{name}.{key}' must be positive; got {getattr(role, key)!r}")
+        for key in ("max_retries", "backoff_s", "max_cost_usd", "temperature"):
+            if getattr(role, key) < 0:
+                raise ConfigError(f"config key 'agents.{name}.{key}' must not be negative; "
+                                  f"got {getattr(role, key)!r}")
+    for model, price in config.prices.items():
+        if price.input_per_mtok < 0 or price.output_per_mtok < 0:
+            raise ConfigError(f"config key 'prices.{model}' must not have a negative price")
     for flow, cron in config.flows.schedules.items():
         if len(cron.split()) != 5:
             raise ConfigError(f"config key 'flows.schedules.{flow}' must be a 5-field cron expression; got {cron!r}")

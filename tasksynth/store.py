@@ -8,6 +8,7 @@ file. A second process that opens the store while a writer holds it gets `StoreL
 from __future__ import annotations
 
 import contextlib
+import importlib
 import json
 import os
 import re
@@ -159,6 +160,20 @@ class Store:
             row = self._conn.execute(f"SELECT 1 FROM {_ident(table)} WHERE {clause} LIMIT 1",
                                      list(where.values())).fetchone()
         return row is not None
+
+    def load_extension(self, name: str) -> None:
+        """Load a DuckDB extension shipped as a PyPI package (`duckdb-extension-<name>`), with no network."""
+        try:
+            package = importlib.import_module(f"duckdb_extension_{name}")
+        except ImportError:
+            raise StoreError(f"the DuckDB extension {name!r} is not installed: pip install duckdb-extension-{name}") from None
+        root = Path(package.__file__).parent / "extensions" / f"v{duckdb.__version__}"
+        files = sorted(root.glob(f"{name}.duckdb_extension"))
+        if not files:
+            raise StoreError(f"duckdb-extension-{name} has no build for DuckDB {duckdb.__version__} under {root}")
+        with self._lock:
+            self._conn.execute(f"INSTALL '{files[0]}'")
+            self._conn.execute(f"LOAD {name}")
 
     # ------------------------------------------------------------------------------------------ steps
 

@@ -1,0 +1,40 @@
+"""Shared fixtures: every test gets its own tasksynth home (store, blobs, Prefect database) in tmp_path."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+# Prefect keeps its own database; one per test session, never the user's ~/.prefect.
+os.environ.setdefault("PREFECT_HOME", str(Path(os.environ.get("TMPDIR", "/tmp")) / f"tasksynth-tests-prefect-{os.getpid()}"))
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+os.environ.setdefault("PREFECT_RESULTS_PERSIST_BY_DEFAULT", "false")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch) -> Path:
+    """A fresh TASKSYNTH_HOME; the current directory has no tasksynth.toml."""
+    path = tmp_path / "home"
+    monkeypatch.setenv("TASKSYNTH_HOME", str(path))
+    monkeypatch.chdir(tmp_path)
+    return path
+
+
+@pytest.fixture
+def config(home):
+    from tasksynth.config import load_config
+
+    return load_config()
+
+
+@pytest.fixture
+def store(config):
+    from tasksynth.store import open_store
+
+    with open_store(config) as opened:
+        yield opened

@@ -1,0 +1,78 @@
+"""Real Prefect flow runs (ephemeral mode), a SIGKILL in the middle, and a rerun that resumes."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tasksynth.store import Store
+
+FLOW = Path(__file__).with_name("resumable_flow.py")
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _run(home, log, count, *, env_extra=None, **kwargs):
+    env = {**os.environ, "TASKSYNTH_HOME": str(home), "EXECUTIONS_LOG": str(log),
+           "PYTHONPATH": f"{ROOT}:{os.environ.get('PYTHONPATH', '')}", **(env_extra or {})}
+    return subprocess.Popen([sys.executable, str(FLOW), str(count)], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, **kwargs)
+
+
+def test_flow_run_records_every_step_once(home, tmp_path):
+    log = tmp_path / "executions.log"
+    child = _run(home, log, 6, env_extra={"STEP_DELAY": "0"})
+    output, _ = child.communicate(timeout=300)
+    assert child.returncode == 0, output
+    with Store(home / "tasksynth.duckdb", read_only=True) as store:
+        assert store.query("select count(*) as n, sum(square) as s from squares")[0] == {"n": 6, "s": 55}
+        run = store.query("select flow, status, summary from flow_runs")[0]
+    assert run["flow"] == "squares" and run["status"] == "completed"
+    assert run["summary"]["ran"] == 6
+
+
+def test_sigkill_then_rerun_resumes_without_redoing_or_duplicating(home, tmp_path):
+    log = tmp_path / "executions.log"
+    child = _run(home, log, 12, env_extra={"STEP_DELAY": "0.5", "TASKSYNTH_FLOWS__MAX_WORKERS": "2"})
+    deadline = time.monotonic() + 240
+    done = 0
+    for line in child.stdout:  # wait until some, not all, steps are recorded
+        if line.startswith("done "):
+            done = int(line.split()[1])
+            if done >= 4:
+                break
+        assert time.monotonic() < deadline, "flow made no progress"
+    os.kill(child.pid, signal.SIGKILL)
+    child.wait()
+    with Store(home / "tasksynth.duckdb", read_only=True) as store:
+        finished_before = {int(r["n"]) for r in store.query("select n from squares")}
+        assert store.query("select status from flow_runs")[0]["status"] == "running"  # it never finished
+    assert 4 <= len(finished_before) < 12
+
+    rerun = _run(home, log, 12, env_extra={"STEP_DELAY": "0"})
+    output, _ = rerun.communicate(timeout=300)
+    assert rerun.returncode == 0, output
+    with Store(home / "tasksynth.duckdb", read_only=True) as store:
+        rows = store.query("select n from squares order by n")
+        assert [r["n"] for r in rows] == list(range(12))  # all there, none twice (n is the primary key)
+        summary = store.query("select summary from flow_runs where status = 'completed'")[0]["summary"]
+    assert summary["already_done"] == len(finished_before)
+    executions = [int(x) for x in log.read_text().split()]
+    rerun_executions = executions[len(executions) - summary["ran"]:]
+    assert not set(rerun_executions) & finished_before  # finished work was not redone
+
+
+def test_dask_task_runner_on_a_local_cluster(home, tmp_path):
+    pytest.importorskip("prefect_dask")
+    log = tmp_path / "executions.log"
+    child = _run(home, log, 4, env_extra={"STEP_DELAY": "0", "TASKSYNTH_FLOWS__TASK_RUNNER": "dask",
+                                          "TASKSYNTH_FLOWS__MAX_WORKERS": "2"})
+    output, _ = child.communicate(timeout=300)
+    assert child.returncode == 0, output
+    with Store(home / "tasksynth.duckdb", read_only=True) as store:
+        assert store.query("select count(*) as n from squares")[0]["n"] == 4
+    # steps ran in Dask worker processes, not in the flow process
+    assert len(set(log.read_text().split())) == 4

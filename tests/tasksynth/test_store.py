@@ -1,0 +1,72 @@
+import subprocess
+import sys
+
+import pytest
+
+from tasksynth.errors import StoreLocked
+from tasksynth.store import Store, migrations
+
+
+def test_migrations_are_numbered_and_applied_once(tmp_path):
+    path = tmp_path / "s.duckdb"
+    with Store(path) as store:
+        assert store.schema_version() == migrations()[-1][0]
+    with Store(path) as store:
+        assert store.migrate() == []
+
+
+def test_insert_ignore_writes_nothing_twice(store):
+    row = {"step": "s", "key": "k", "output": {"a": [1, 2]}}
+    assert store.insert("steps", [row]) == 1
+    assert store.insert("steps", [row]) == 0
+    assert store.finished_step("s", "k") == {"a": [1, 2]}
+
+
+def test_failed_transaction_leaves_nothing(store):
+    with pytest.raises(RuntimeError):
+        with store.transaction():
+            store.insert("steps", [{"step": "s", "key": "1", "output": None}])
+            raise RuntimeError("crash in the middle")
+    assert store.query("select count(*) as n from steps")[0]["n"] == 0
+
+
+def test_lists_stay_lists(store):
+    store.insert("code_tasks", [{"instance_id": "i", "candidate_id": "c", "repo": "r", "base_commit": "b",
+                                 "verdict": "valid", "fail_to_pass": ["t::a", "t::b"]}])
+    assert store.query("select fail_to_pass from code_tasks")[0]["fail_to_pass"] == ["t::a", "t::b"]
+
+
+def test_blobs_round_trip_compressed(store):
+    text = "line of a build log\n" * 1000
+    digest = store.put_blob(text)
+    assert store.get_text(digest) == text
+    row = store.query("select bytes, compressed_bytes from blobs where sha256 = ?", [digest])[0]
+    assert row["compressed_bytes"] < row["bytes"] / 10
+
+
+def test_second_writer_gets_a_clear_error(tmp_path):
+    path = tmp_path / "s.duckdb"
+    holder = subprocess.Popen([sys.executable, "-c", f"""
+import sys, time
+from tasksynth.store import Store
+s = Store({str(path)!r})
+print("ready", flush=True)
+time.sleep(30)
+"""], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "ready"
+        with pytest.raises(StoreLocked, match=rf"in use by another process \(PID {holder.pid}\)"):
+            Store(path)
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_fts_extension_loads_offline(store):
+    store.load_extension("fts")
+    store.execute("create table docs (id integer, body varchar)")
+    store.execute("insert into docs values (1, 'sparse attention indexer'), (2, 'docker images')")
+    store.execute("pragma create_fts_index('docs', 'id', 'body')")
+    hits = store.query("select id from (select id, fts_main_docs.match_bm25(id, 'indexer') as score from docs) "
+                       "where score is not null")
+    assert [h["id"] for h in hits] == [1]
