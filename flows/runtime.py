@@ -79,6 +79,24 @@ class StepReport:
                 "errors": self.errors[:20]}
 
 
+_progress_listeners: list[Callable[[StepReport, int], None]] = []
+
+
+@contextlib.contextmanager
+def progress_listener(listener: Callable[[StepReport, int], None]) -> Iterator[None]:
+    """Receive (report, total) as every step advances; the CLI draws its progress bars from this."""
+    _progress_listeners.append(listener)
+    try:
+        yield
+    finally:
+        _progress_listeners.remove(listener)
+
+
+def _notify(report: StepReport, total: int) -> None:
+    for listener in list(_progress_listeners):
+        listener(report, total)
+
+
 def run_steps(store, step: str, items: Iterable[Any], run: Callable[[Any], Any], *, key: Callable[[Any], str],
               record: Callable[[Any, Any], None], config: Config, run_id: str | None = None,
               on_progress: Callable[[StepReport], None] | None = None) -> StepReport:
@@ -99,6 +117,7 @@ def run_steps(store, step: str, items: Iterable[Any], run: Callable[[Any], Any],
             report.already_done += 1
             continue
         pending[task.submit(item)] = (item, item_key)
+    _notify(report, report.seen)
     for future in as_completed(list(pending)):
         item, item_key = pending[future]
         try:
@@ -113,6 +132,7 @@ def run_steps(store, step: str, items: Iterable[Any], run: Callable[[Any], Any],
             report.ran += 1
         if on_progress:
             on_progress(report)
+        _notify(report, report.seen)
     return report
 
 

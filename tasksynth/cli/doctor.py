@@ -117,11 +117,13 @@ def demo_command(
     """Run the main job on shipped data, end to end: validate code environments from the sample repository
     in Docker, store everything in DuckDB, export Parquet shards, and print what came out."""
     from flows.registry import run_flow
+    from tasksynth.cli.progress import step_progress
 
     config = app_state.config()
     started = time.monotonic()
     out = out_dir or config.home_path / "export" / "demo"
-    result = run_flow(config, "demo", {"out_dir": str(out)})
+    with step_progress():
+        result = run_flow(config, "demo", {"out_dir": str(out)})
     typer.echo(json.dumps(result, indent=2, default=str))
     typer.echo(f"demo finished in {time.monotonic() - started:.0f}s; store: {config.store_path}; export: {out}")
     typer.echo(f"next: tasksynth sql \"select instance_id, verdict, reason, fail_to_pass from code_tasks\"")

@@ -31,9 +31,11 @@ def run(ctx: typer.Context, name: str = typer.Argument(..., help="Flow name (see
     """Run a flow now. Parameters as KEY=VALUE (VALUE read as JSON when it parses), e.g.
     `tasksynth flows run code git=data/samples/calc repeat=2`."""
     from flows.registry import run_flow
+    from tasksynth.cli.progress import step_progress
 
     params = _parse_params(ctx.args)
-    result = run_flow(app_state.config(), name, params)
+    with step_progress():
+        result = run_flow(app_state.config(), name, params)
     typer.echo(json.dumps(result, indent=2, default=str))
 
 
