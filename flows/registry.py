@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -16,6 +17,8 @@ class FlowEntry:
     module: str
     function: str
     description: str
+    # Flows whose tasks write pages to the store as they go can only use threads of the flow process.
+    threads_only: bool = False
 
     def load(self) -> Callable[..., Any]:
         return getattr(importlib.import_module(self.module), self.function)
@@ -24,7 +27,8 @@ class FlowEntry:
 FLOWS: dict[str, FlowEntry] = {
     "demo": FlowEntry("flows.demo", "demo_flow", "the main job on shipped data: code environments -> store -> export"),
     "code": FlowEntry("flows.code", "code_pipeline", "mine -> build -> validate code-agent environments"),
-    "github": FlowEntry("flows.github", "github_mining", "mine GitHub issue->PR pairs over a list of repositories"),
+    "github": FlowEntry("flows.github", "github_mining", "mine GitHub issue->PR pairs over a list of repositories",
+                        threads_only=True),
 }
 
 
@@ -39,13 +43,16 @@ def run_flow(config: Config, name: str, params: dict[str, Any]) -> Any:
     from flows.runtime import prepare_prefect
 
     prepare_prefect(config)
-    flow = _entry(name).load()
-    return flow.with_options(task_runner=_task_runner(config))(config=config, **params)
+    entry = _entry(name)
+    flow = entry.load()
+    return flow.with_options(task_runner=_task_runner(config, entry))(config=config, **params)
 
 
-def _task_runner(config: Config):
+def _task_runner(config: Config, entry: FlowEntry):
     from flows.runtime import task_runner
 
+    if entry.threads_only and config.flows.task_runner != "thread":
+        config = dataclasses.replace(config, flows=dataclasses.replace(config.flows, task_runner="thread"))
     return task_runner(config)
 
 

@@ -68,6 +68,7 @@ class GithubConfig:
     page_size: int = 50  # merged PRs per GraphQL page (files, commits and closing issues inline)
     review_role: str = "github_reviewer"  # the agents.<role> that reviews pairs when llm_review is on
     min_review_score: float = 0.5  # pairs the review scores below this (0..1) are discarded
+    repos_file: str = ""  # repositories mined when a run names none (a scheduled `github` flow): one per line
 
 
 @dataclass

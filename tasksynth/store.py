@@ -85,6 +85,11 @@ class Store:
                     self._conn.execute("INSERT INTO schema_migrations (version, name) VALUES (?, ?)",
                                        [version, name])
                 applied.append(version)
+            if applied:
+                # Schema changes go into the database file now, not only into the WAL: DuckDB 1.5 cannot
+                # replay some DDL (ALTER TABLE ... ADD COLUMN) from the WAL after a crash, and would refuse
+                # to open the store ("Failure while replaying WAL file ... GetDefaultDatabase").
+                self._conn.execute("CHECKPOINT")
             return applied
 
     def schema_version(self) -> int:
