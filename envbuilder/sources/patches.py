@@ -127,3 +127,20 @@ def split_patch(diff: str) -> SplitPatch:
 
 def patch_paths(diff: str) -> list[str]:
     return [piece.path for piece in file_diffs(diff)]
+
+
+def paths_outside_repo(diff: str) -> list[str]:
+    """Paths a patch would write outside the repository (absolute, `..`, or inside `.git/`)."""
+    bad = []
+    for line in diff.splitlines():
+        if not line.startswith(("diff --git ", "--- ", "+++ ", "rename to ", "rename from ", "copy to ")):
+            continue
+        for token in line.split()[1:] if line.startswith("diff --git") else [line.split(" ", 2)[-1]]:
+            token = token.split("\t")[0]
+            if token == "/dev/null":
+                continue
+            path = token[2:] if token.startswith(("a/", "b/")) else token
+            parts = PurePosixPath(path).parts
+            if path.startswith("/") or ".." in parts or (parts and parts[0] == ".git"):
+                bad.append(path)
+    return list(dict.fromkeys(bad))

@@ -7,6 +7,7 @@ import decimal
 import json
 import shutil
 import subprocess
+import sys
 import uuid
 from pathlib import Path
 
@@ -48,7 +49,8 @@ def sql_command(
         table.add_column(column)
     for row in cursor_rows:
         table.add_row(*(_cell(row[c]) for c in columns))
-    Console().print(table)
+    console = Console() if sys.stdout.isatty() else Console(width=240)  # pipes get whole cells
+    console.print(table)
     typer.echo(f"{len(cursor_rows)} row{'s' if len(cursor_rows) != 1 else ''}")
 
 

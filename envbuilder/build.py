@@ -1,0 +1,116 @@
+"""Building one candidate's environment: recipe -> base image -> repository environment -> instance.
+
+`build_candidate` runs in a Prefect task (any thread or process): it reads the candidate's repository, builds
+what is missing, and returns a `BuildOutcome` of plain rows; the flow process stores them. A failure that is
+the candidate's own (no recipe fits, the install fails, a patch writes outside the repository) comes back as a
+failed outcome with a reason; a failure of the machine (engine down, disk full) is raised, so the candidate
+stays unrecorded and a rerun builds it.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from envbuilder.errors import SourceError, UnsupportedProject
+from envbuilder.images import (build_environment, build_instance, environment_id, environment_tag,
+                               image_bytes)
+from envbuilder.recipes import Recipe, RecipeContext, dependency_fingerprint, find_recipe
+from envbuilder.repos import SourceTree, has_commit
+from envbuilder.runners import runner_for
+from envbuilder.sources.patches import paths_outside_repo
+from tasksynth.config import Config
+from tasksynth.docker.base_images import base_image, supported_pythons
+from tasksynth.errors import ImageBuildFailed
+from verifiers.grading import INSTALL_FAILED
+
+BUILT, FAILED = "built", "failed"
+PATCH_OUTSIDE_REPO = "patch_outside_repo"
+UNSUPPORTED_PROJECT = "unsupported_project"
+REPO_UNAVAILABLE = "repo_unavailable"
+BASE_IMAGE_FAILED = "base_image_failed"
+
+
+
+@dataclass
+class BuildOutcome:
+    instance: dict[str, Any]  # a code_instances row (build_log holds the log text until it is stored)
+    environment: dict[str, Any] | None = None  # an environments row, when a recipe was made
+    environment_built: bool = False  # this candidate built the environment (its time counts here)
+    logs: dict[str, str] = field(default_factory=dict)  # row field -> text to store as a blob
+
+    @property
+    def ok(self) -> bool:
+        return self.instance["status"] == BUILT
+
+
+def build_candidate(config: Config, candidate: dict[str, Any]) -> BuildOutcome:
+    started = time.monotonic()
+    row = {"instance_id": candidate["instance_id"], "candidate_id": candidate["candidate_id"], "env_id": None,
+           "image": None, "status": FAILED, "reason": None, "detail": None, "test_runner": None,
+           "test_targets": [], "test_command": None, "build_seconds": 0.0, "env_seconds": 0.0, "image_bytes": None}
+
+    def failed(reason: str, detail: str, **extra: Any) -> BuildOutcome:
+        row.update(reason=reason, detail=detail[-4000:], build_seconds=time.monotonic() - started)
+        return BuildOutcome(row, **extra)
+
+    outside = paths_outside_repo(candidate["patch"]) + paths_outside_repo(candidate["test_patch"])
+    if outside:
+        return failed(PATCH_OUTSIDE_REPO, f"the patches write outside the repository: {', '.join(outside[:5])}")
+    repo_path = Path(candidate.get("repo_url") or "")
+    if not candidate.get("repo_url") or not repo_path.exists():
+        return failed(REPO_UNAVAILABLE, f"the repository is not at {candidate.get('repo_url')!r} any more")
+    if not has_commit(repo_path, candidate["base_commit"]):
+        return failed(REPO_UNAVAILABLE, f"base commit {candidate['base_commit']} is not in {repo_path}")
+    tree = SourceTree(repo_path, candidate["base_commit"])
+    context = RecipeContext(candidate["repo"], supported_pythons(config), config.home_path / "recipes")
+    try:
+        recipe = find_recipe(tree, context, candidate.get("language") or "python")
+        runner = runner_for(recipe.test_runner)
+    except (UnsupportedProject, SourceError) as exc:
+        return failed(UNSUPPORTED_PROJECT, str(exc))
+    targets = runner.select_tests(tree.files, candidate["test_patch"], candidate["patch"], config.code.test_scope)
+    row.update(test_runner=runner.name, test_targets=targets, test_command=runner.command(recipe.test_command, targets))
+    try:
+        base = base_image(config, recipe.python, log=lambda _message: None)
+    except ImageBuildFailed as exc:
+        return failed(BASE_IMAGE_FAILED, str(exc))
+
+    fingerprint = dependency_fingerprint(tree)
+    env_id = environment_id(base.tag, recipe, fingerprint)
+    env_row = {"env_id": env_id, "repo": candidate["repo"], "language": recipe.language,
+               "python_version": recipe.python, "base_image": base.tag,
+               "image": environment_tag(candidate["repo"], env_id),
+               "recipe": recipe.to_dict(), "recipe_origin": recipe.origin, "fingerprint": fingerprint,
+               "status": BUILT, "reason": None, "build_seconds": 0.0}
+    row["env_id"] = env_id
+    env_build = build_environment(config, repo_path, candidate["base_commit"], recipe, base.tag, candidate["repo"],
+                                  env_id)
+    logs: dict[str, str] = {}
+    fresh = env_build.status != "cached" and not env_build.remembered
+    if fresh:
+        env_row["build_seconds"] = env_build.seconds
+        logs["environment"] = env_build.log
+    if not env_build.ok:
+        env_row.update(status=FAILED, reason=INSTALL_FAILED)
+        return failed(INSTALL_FAILED, f"the environment's install recipe failed: {env_build.detail}",
+                      environment=env_row, environment_built=fresh, logs=logs)
+    built_env = env_build.status == "built"
+    row["env_seconds"] = env_build.seconds if built_env else 0.0
+
+    instance_started = time.monotonic()
+    instance = build_instance(config, repo_path, candidate["base_commit"], recipe, env_build.image, candidate["repo"])
+    logs["instance"] = instance.log
+    if not instance.ok:
+        return failed(INSTALL_FAILED, f"the instance build failed: {instance.detail}", environment=env_row,
+                      environment_built=built_env, logs=logs)
+    own, env_size = image_bytes(instance.image), image_bytes(env_build.image)
+    row.update(image=instance.image, status=BUILT, build_seconds=time.monotonic() - instance_started,
+               image_bytes=(own - env_size) if own is not None and env_size is not None else None)
+    return BuildOutcome(row, env_row, built_env, logs)
+
+
+def recipe_of(environment: dict[str, Any]) -> Recipe:
+    return Recipe.from_dict(environment["recipe"])

@@ -1,0 +1,286 @@
+"""Install recipes: how to put a repository's dependencies into an image, as plain data.
+
+A `Recipe` is a list of shell steps plus the test command, stored with the environment (`environments.recipe`)
+so that a user can read and replay it, and an agent can write one later (`origin = "agent"`). Recipes come
+from providers tried in order: a user's recipe file (`<home>/recipes/<owner>__<name>.json`), then the
+heuristic one found from the project's metadata (pyproject.toml, setup.py, setup.cfg, requirements files,
+tox.ini). An agent provider plugs into `PROVIDERS` the same way.
+
+Where the steps run: `env_steps` in the repository-environment layer, as the non-root user, in /testbed holding
+the files of the commit that fixed the dependency fingerprint, with the venv /opt/venv first on PATH;
+`instance_steps` in the instance layer at the candidate's base commit (usually none: the editable install of
+the environment layer points at /testbed, so a new checkout there is imported as it is).
+"""
+
+from __future__ import annotations
+
+import configparser
+import fnmatch
+import json
+import re
+import shlex
+import tomllib
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from envbuilder.errors import UnsupportedProject
+from envbuilder.repos import SourceTree
+from tasksynth.hashing import content_hash, sha256_bytes
+
+RECIPE_SCHEMA = 1
+# Files whose contents decide the installed dependencies: the dependency fingerprint hashes them.
+DEPENDENCY_PATTERNS = ("pyproject.toml", "setup.py", "setup.cfg", "requirements*.txt", "requirements/*.txt",
+                       "*requirements*.txt", "constraints*.txt", "tox.ini", "Pipfile", "Pipfile.lock", "poetry.lock",
+                       "uv.lock")
+TEST_EXTRAS = ("test", "tests", "testing", "dev")
+DEFAULT_PYTHON = "3.11"
+PYTEST_COMMAND = ("python -m pytest -rA -p no:cacheprovider --continue-on-collection-errors "
+                  "-o junit_family=xunit1 --rootdir=/testbed")
+
+
+@dataclass
+class Recipe:
+    python: str = DEFAULT_PYTHON
+    env_steps: list[str] = field(default_factory=list)
+    instance_steps: list[str] = field(default_factory=list)
+    test_runner: str = "pytest"
+    test_command: str = PYTEST_COMMAND
+    env: dict[str, str] = field(default_factory=dict)  # variables set in the instance image
+    language: str = "python"
+    dependency_files: list[str] = field(default_factory=list)
+    origin: str = "heuristic"  # heuristic | user | agent
+    notes: list[str] = field(default_factory=list)  # why each choice was made, for the reader
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"schema": RECIPE_SCHEMA, **asdict(self)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Recipe:
+        known = {f for f in cls.__dataclass_fields__}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+    def env_digest(self) -> str:
+        """What the environment layer depends on (notes and instance steps do not change it)."""
+        return content_hash(RECIPE_SCHEMA, self.language, self.python, self.env_steps)
+
+    def script(self) -> str:
+        """The recipe as one shell script a user can replay in a checkout."""
+        lines = ["#!/bin/bash", f"# recipe ({self.origin}) for Python {self.python}", "set -euxo pipefail",
+                 "python3 -m venv /opt/venv && export PATH=/opt/venv/bin:$PATH", *self.env_steps,
+                 *self.instance_steps, *(f"export {k}={shlex.quote(v)}" for k, v in self.env.items()),
+                 f"{self.test_command} --junitxml=junit.xml"]
+        return "\n".join(lines) + "\n"
+
+
+def dependency_files(tree: SourceTree) -> list[str]:
+    return sorted(path for path in tree.files
+                  if any(fnmatch.fnmatch(path, pattern) and (pattern.count("/") == path.count("/"))
+                         for pattern in DEPENDENCY_PATTERNS))
+
+
+def dependency_fingerprint(tree: SourceTree) -> str:
+    """A hash of the dependency files' contents: two commits with the same one share an environment."""
+    return content_hash([(path, sha256_bytes((tree.read(path) or "").encode())) for path in dependency_files(tree)])
+
+
+# ------------------------------------------------------------------------------------------------ providers
+
+RecipeProvider = Callable[[SourceTree, "RecipeContext"], "Recipe | None"]
+
+
+@dataclass
+class RecipeContext:
+    repo: str
+    pythons: list[str]  # versions a base image can be had for
+    recipes_dir: Path | None = None
+
+
+def user_recipe(tree: SourceTree, context: RecipeContext) -> Recipe | None:
+    """A recipe a user (or an earlier agent run) wrote: `<recipes_dir>/<owner>__<name>.json`."""
+    if not context.recipes_dir:
+        return None
+    path = context.recipes_dir / f"{context.repo.replace('/', '__')}.json"
+    if not path.is_file():
+        return None
+    recipe = Recipe.from_dict(json.loads(path.read_text()))
+    recipe.origin = recipe.origin if recipe.origin != "heuristic" else "user"
+    recipe.dependency_files = dependency_files(tree)
+    return recipe
+
+
+def heuristic_recipe(tree: SourceTree, context: RecipeContext) -> Recipe:
+    """Install the package (editable) with its test extras and requirements files, and pytest."""
+    notes: list[str] = []
+    python, why = detect_python(tree, context.pythons)
+    notes.append(f"python {python}: {why}")
+    pyproject = _toml(tree.read("pyproject.toml"))
+    setup_cfg = _ini(tree.read("setup.cfg"))
+    setup_py = tree.read("setup.py") or ""
+    steps: list[str] = []
+
+    build_requires = list(pyproject.get("build-system", {}).get("requires", []))
+    backend = pyproject.get("build-system", {}).get("build-backend", "")
+    installable = bool(pyproject.get("project") or pyproject.get("tool", {}).get("poetry") or setup_py
+                       or setup_cfg.has_section("metadata"))
+    if installable:
+        if not build_requires:
+            build_requires = ["setuptools", "wheel"]
+            notes.append("no [build-system]: setuptools and wheel")
+        elif (not backend or "setuptools" in backend) and not any(r.startswith("wheel") for r in build_requires):
+            build_requires.append("wheel")  # setuptools before 70 builds wheels only with `wheel` installed
+        steps.append("python -m pip install " + " ".join(shlex.quote(r) for r in build_requires))
+
+    for requirements in _requirements_files(tree.files):
+        steps.append(f"python -m pip install -r {shlex.quote(requirements)}")
+        notes.append(f"requirements file {requirements}")
+
+    tox_deps = _tox_deps(tree.read("tox.ini"))
+    if tox_deps:
+        steps.append("python -m pip install " + " ".join(shlex.quote(d) for d in tox_deps))
+        notes.append("test dependencies from tox.ini [testenv] deps")
+
+    env: dict[str, str] = {}
+    if installable:
+        extras = [e for e in _extras(pyproject, setup_cfg, setup_py) if e in TEST_EXTRAS]
+        target = "." + (f"[{','.join(extras)}]" if extras else "")
+        options = "--no-build-isolation"
+        if not backend or "setuptools" in backend:
+            # compat: a path entry for /testbed, so a later checkout there imports as it is, new modules too
+            options += " --config-settings editable_mode=compat"
+        steps.append(f"python -m pip install {options} -e {shlex.quote(target)}")
+        notes.append(f"editable install of the package with extras {extras or 'none'}")
+    else:
+        env["PYTHONPATH"] = "/testbed"
+        notes.append("not an installable package: /testbed goes on PYTHONPATH")
+    steps.append("python -m pip install pytest")
+    notes.append("pytest runs the tests (unittest suites included)")
+    return Recipe(python=python, env_steps=steps, env=env, dependency_files=dependency_files(tree), notes=notes)
+
+
+PROVIDERS: list[RecipeProvider] = [user_recipe, heuristic_recipe]
+
+
+def find_recipe(tree: SourceTree, context: RecipeContext, language: str = "python",
+                providers: list[RecipeProvider] | None = None) -> Recipe:
+    if language != "python":
+        raise UnsupportedProject(f"no recipe for {language} projects yet (Python only)")
+    for provider in providers or PROVIDERS:
+        recipe = provider(tree, context)
+        if recipe is not None:
+            return recipe
+    raise UnsupportedProject("no recipe provider made a recipe")
+
+
+# ------------------------------------------------------------------------------------------------ python version
+
+_CLASSIFIER = re.compile(r"Programming Language :: Python :: (\d+\.\d+)")
+_PY_REQUIRES = re.compile(r"python_requires\s*=\s*['\"]([^'\"]+)['\"]")
+_TOX_ENV = re.compile(r"\bpy(\d)(\d{1,2})\b")
+_CI_VERSION = re.compile(r"['\"]?(3\.\d{1,2})['\"]?")
+
+
+def detect_python(tree: SourceTree, available: list[str], default: str = DEFAULT_PYTHON) -> tuple[str, str]:
+    """The Python version to build with, and why: the newest available version the project lists (classifiers,
+    tox envs, CI matrices) within its `requires-python`; else the default when allowed; else the newest allowed."""
+    from packaging.specifiers import InvalidSpecifier, SpecifierSet
+
+    pyproject = _toml(tree.read("pyproject.toml"))
+    setup_cfg = _ini(tree.read("setup.cfg"))
+    setup_py = tree.read("setup.py") or ""
+    spec_text = (pyproject.get("project", {}).get("requires-python")
+                 or (setup_cfg.get("options", "python_requires", fallback=None) if setup_cfg.has_section("options")
+                     else None)
+                 or next(iter(_PY_REQUIRES.findall(setup_py)), None))
+    try:
+        spec = SpecifierSet(spec_text) if spec_text else SpecifierSet()
+    except InvalidSpecifier:
+        spec, spec_text = SpecifierSet(), None
+    allowed = [v for v in available if spec.contains(v, prereleases=True)]
+    if not allowed:
+        raise UnsupportedProject(f"requires-python {spec_text!r} allows none of the available Pythons "
+                                 f"({', '.join(available)})")
+    listed = set(_CLASSIFIER.findall("\n".join(pyproject.get("project", {}).get("classifiers", []))))
+    listed |= set(_CLASSIFIER.findall(setup_cfg.get("metadata", "classifiers", fallback="")
+                                      if setup_cfg.has_section("metadata") else ""))
+    listed |= set(_CLASSIFIER.findall(setup_py))
+    listed |= {f"{a}.{b}" for a, b in _TOX_ENV.findall(tree.read("tox.ini") or "")}
+    for path in tree.files:
+        if path.startswith(".github/workflows/") and path.endswith((".yml", ".yaml")):
+            for line in (tree.read(path) or "").splitlines():
+                if "python-version" in line or "python:" in line:
+                    listed |= set(_CI_VERSION.findall(line))
+    where = f"requires-python {spec_text!r}" if spec_text else "no requires-python"
+    chosen = [v for v in allowed if v in listed]
+    if chosen:
+        best = max(chosen, key=_version_key)
+        return best, f"newest available version the project lists ({where})"
+    if default in allowed:
+        return default, f"the default ({where}; no listed version is available)"
+    return max(allowed, key=_version_key), f"newest allowed ({where})"
+
+
+def _version_key(version: str) -> tuple[int, ...]:
+    return tuple(int(p) for p in version.split("."))
+
+
+# ------------------------------------------------------------------------------------------------ metadata
+
+def _toml(text: str | None) -> dict[str, Any]:
+    if not text:
+        return {}
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError:
+        return {}
+
+
+def _ini(text: str | None) -> configparser.ConfigParser:
+    parser = configparser.ConfigParser(interpolation=None, strict=False)
+    if text:
+        try:
+            parser.read_string(text)
+        except configparser.Error:
+            return configparser.ConfigParser(interpolation=None)
+    return parser
+
+
+def _extras(pyproject: dict[str, Any], setup_cfg: configparser.ConfigParser, setup_py: str) -> list[str]:
+    extras = list(pyproject.get("project", {}).get("optional-dependencies", {}))
+    extras += list(pyproject.get("tool", {}).get("poetry", {}).get("extras", {}))
+    if setup_cfg.has_section("options.extras_require"):
+        extras += list(setup_cfg["options.extras_require"])
+    match = re.search(r"extras_require\s*=\s*\{(.*?)\}", setup_py, re.S)
+    if match:
+        extras += re.findall(r"['\"]([\w.-]+)['\"]\s*:", match.group(1))
+    return list(dict.fromkeys(extras))
+
+
+def _requirements_files(files: list[str]) -> list[str]:
+    """requirements.txt and the test/dev ones; documentation requirements are left out."""
+    chosen = []
+    for path in sorted(files):
+        name = path.rsplit("/", 1)[-1].lower()
+        top = path.count("/") == 0 or path.startswith("requirements/")
+        if not top or not name.endswith(".txt") or "requirements" not in name and not path.startswith("requirements/"):
+            continue
+        if any(word in name for word in ("doc", "lint", "release", "publish")):
+            continue
+        if name in ("requirements.txt",) or any(word in name for word in ("test", "dev", "ci")) \
+                or path.startswith("requirements/") and "base" in name:
+            chosen.append(path)
+    return chosen
+
+
+def _tox_deps(text: str | None) -> list[str]:
+    parser = _ini(text)
+    if not parser.has_section("testenv"):
+        return []
+    deps = []
+    for line in parser.get("testenv", "deps", fallback="").splitlines():
+        line = line.split("#", 1)[0].strip()
+        if not line or line.startswith("-") or "{" in line or ":" in line.split(" ")[0] and "://" not in line:
+            continue
+        deps.append(line)
+    return deps

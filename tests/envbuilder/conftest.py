@@ -1,0 +1,60 @@
+"""Fixtures of the code-environment tests: a Docker engine, the base image built once per session, and a
+config whose home is fresh for each test (images are content-addressed, so later tests reuse earlier layers)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def docker_engine():
+    from tasksynth.docker.engine import engine_status
+
+    status = engine_status()
+    if not status.ok:
+        pytest.fail(f"these tests need a Docker engine (`make test` starts one): {status.detail}")
+    return status
+
+
+@pytest.fixture(scope="session")
+def base_311(docker_engine, tmp_path_factory):
+    """The Python 3.11 base image (debootstrap, about a minute the first time on a machine; then cached)."""
+    from tasksynth.config import load_config
+    from tasksynth.docker.base_images import base_image
+
+    config = load_config(environ={"TASKSYNTH_HOME": str(tmp_path_factory.mktemp("base-home"))})
+    return base_image(config, "3.11", log=lambda line: None)
+
+
+@pytest.fixture
+def flow_config(tmp_path, base_311):
+    """A config with a fresh home, short test timeouts and no Prefect retries (faults must show at once)."""
+    from flows.runtime import prepare_prefect
+    from tasksynth.config import load_config
+
+    def make(**overrides: str):
+        environ = {"TASKSYNTH_HOME": str(tmp_path / "home"), "TASKSYNTH_FLOWS__RETRIES": "0",
+                   "TASKSYNTH_DOCKER__TEST_TIMEOUT_S": "60",
+                   **{f"TASKSYNTH_{k.upper()}": v for k, v in overrides.items()}}
+        config = load_config(environ=environ)
+        config.home_path.mkdir(parents=True, exist_ok=True)
+        prepare_prefect(config)
+        return config
+
+    return make
+
+
+@pytest.fixture
+def pipeline():
+    """The code flow, run in this process (Prefect's ephemeral server starts once per session)."""
+    from flows.code import code_pipeline
+
+    def run(config, **params):
+        from flows.runtime import task_runner
+
+        return code_pipeline.with_options(task_runner=task_runner(config))(config=config, **params)
+
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    return run
