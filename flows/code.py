@@ -3,6 +3,7 @@
     sources (git history, SWE-bench jsonl, ...) -> candidates | discards
     candidates -> recipe -> images (base -> repository environment -> instance) -> code_instances
     instances -> runs (test patch only; test patch + gold patch; R times each) -> junit -> grade -> code_tasks
+    valid tasks -> statement_writer agent -> statement_drafts          (optional: `draft_statements`)
 
 Each stage is `run_steps` over its items, keyed by a content hash, so a rerun resumes where a crash stopped.
 Builds and runs are Prefect tasks on the configured task runner; at most `docker.max_containers` containers
@@ -23,6 +24,7 @@ from envbuilder.records import candidates as stored_candidates
 from envbuilder.records import instances as stored_instances
 from envbuilder.records import record_build, record_mined, record_validation
 from envbuilder.sources.mining import SourceRequest, mine, request_key
+from envbuilder.statements import draft_statement, record_draft, step_key, stored_drafts
 from envbuilder.validation import validate_instance, validation_id
 from flows.runtime import flow_run, run_steps
 from tasksynth.config import Config, load_config
@@ -39,11 +41,13 @@ def code_pipeline(config: Config | None = None, git: list[str] | tuple[str, ...]
                   instance_ids: list[str] | None = None, build: bool = True, validate: bool = True,
                   revalidate: bool = False, repeat: int | None = None, clone: bool = True,
                   sources: list[SourceRequest] | tuple[SourceRequest, ...] = (),
-                  config_path: str | None = None) -> dict[str, Any]:
+                  draft_statements: bool = False, config_path: str | None = None) -> dict[str, Any]:
     """Mine the given sources, then build and validate candidates (all of them, or `instance_ids`).
 
     `revalidate` runs a new validation even where one exists (`tasksynth code validate`); the summary's
-    `changed` lists every verdict that moved. Returns the funnel: mined, built, verdicts, agreement, errors."""
+    `changed` lists every verdict that moved. `draft_statements` then has the statement_writer agent draft
+    an issue-style statement for every valid task (after validation, or alone with build=validate=False).
+    Returns the funnel: mined, built, verdicts, agreement, drafts, errors."""
     config = config or load_config(config_path)
     requests = [SourceRequest("git", str(g), {"clone": clone}) for g in git]
     requests += [SourceRequest("swebench", str(f), {"repos_dir": repos_dir, "clone": clone}) for f in swebench]
@@ -51,14 +55,15 @@ def code_pipeline(config: Config | None = None, git: list[str] | tuple[str, ...]
     repeat = repeat or config.code.repeat
     params = {"git": [str(g) for g in git], "swebench": [str(s) for s in swebench], "repos_dir": repos_dir,
               "instance_ids": instance_ids, "build": build, "validate": validate, "revalidate": revalidate,
-              "repeat": repeat, "sources": [r.describe() for r in sources]}
+              "repeat": repeat, "sources": [r.describe() for r in sources], "draft_statements": draft_statements}
     with open_store(config) as store, flow_run(store, "code", params) as summary:
         run_id = summary["run_id"]
         if requests:
             summary["mine"] = _mine(store, config, requests, run_id)
-        if not (build or validate):
+        if not (build or validate or draft_statements):
             return summary
-        require_engine()
+        if build or validate:
+            require_engine()
         chosen = stored_candidates(store, instance_ids)
         if instance_ids:
             missing = sorted(set(instance_ids) - {c["instance_id"] for c in chosen})
@@ -70,6 +75,8 @@ def code_pipeline(config: Config | None = None, git: list[str] | tuple[str, ...]
             summary["validate"] = _validate(store, config, chosen, repeat, uuid.uuid4().hex if revalidate else
                                             INITIAL_ROUND, run_id)
         summary["verdicts"] = _verdicts(store, [c["instance_id"] for c in chosen])
+        if draft_statements:
+            summary["drafts"] = _draft_statements(store, config, chosen, run_id)
         return summary
 
 def _mine(store, config: Config, requests: list[SourceRequest], run_id: str) -> dict[str, Any]:
@@ -123,6 +130,21 @@ def _validate(store, config: Config, chosen: list[dict[str, Any]], repeat: int, 
                        key=lambda item: validation_id(item[0]["instance_id"], item[1].get("image"), repeat, round_),
                        record=record, config=config, run_id=run_id)
     return {**report.as_dict(), "changed": changed}
+
+def _draft_statements(store, config: Config, chosen: list[dict[str, Any]], run_id: str) -> dict[str, Any]:
+    valid = {r["instance_id"] for r in store.query("SELECT instance_id FROM code_tasks WHERE verdict = 'valid'")}
+    items = [c for c in chosen if c["instance_id"] in valid]
+    before = stored_drafts(store, [c["candidate_id"] for c in items])
+    outcomes = Counter()
+
+    def record(candidate: dict[str, Any], draft) -> None:
+        record_draft(store, draft)
+        outcomes[draft.reason or draft.status] += 1
+
+    report = run_steps(store, "code.draft_statement", items, lambda c: draft_statement(config, c),
+                       key=lambda c: step_key(config, c, before.get(c["candidate_id"])),
+                       record=record, config=config, run_id=run_id)
+    return {**report.as_dict(), "outcomes": dict(outcomes)}
 
 def _verdicts(store, ids: list[str]) -> dict[str, Any]:
     if not ids:

@@ -139,9 +139,10 @@ def _code_rows(store: Store, include_all: bool) -> list[dict[str, Any]]:
     where = "" if include_all else "WHERE t.verdict = 'valid'"
     records = store.query(f"""
         SELECT t.*, c.problem_statement, c.test_patch, c.source, c.source_ref, c.language, c.hints,
-               v.run_id AS _run_id
+               v.run_id AS _run_id, d.statement AS drafted_statement
         FROM code_tasks t JOIN candidates c USING (candidate_id)
         LEFT JOIN validations v USING (validation_id)
+        LEFT JOIN statement_drafts d ON d.candidate_id = t.candidate_id AND d.status = 'ok'
         {where} ORDER BY t.instance_id""")
     return [{
         "task_id": f"code/{r['instance_id']}",
@@ -155,7 +156,9 @@ def _code_rows(store: Store, include_all: bool) -> list[dict[str, Any]]:
                            "reward": "1 if every fail_to_pass and pass_to_pass test passes, else 0"}),
         "metadata": _json({"instance_id": r["instance_id"], "repo": r["repo"], "source": r["source"],
                            "source_ref": r["source_ref"], "language": r["language"], "verdict": r["verdict"],
-                           "reason": r["reason"], "validated_at": r["validated_at"]}),
+                           "reason": r["reason"], "validated_at": r["validated_at"],
+                           # the statement_writer agent's issue-style statement; the prompt keeps the original
+                           **({"drafted_statement": r["drafted_statement"]} if r["drafted_statement"] else {})}),
         "_run_id": r["_run_id"],
     } for r in records]
 
