@@ -10,12 +10,15 @@ own environment, so both start cold; the base image is built beforehand and repo
 
 Run: python bench/code_env.py [--candidates 20] [--repeat 2] [--deps typical|minimal]
                               [--only parallel|sequential] [--keep-images]
-Baseline for the ratio: the first candidate of the same repository (no layer reuse).
+Baseline for the ratio: the first candidate of the same repository (no layer reuse). Each validation runs its
+2 x R test runs in one container (each from a fresh copy of the checkout). The machine's load average is printed
+before and after each pass: on a shared machine the absolute times move with it.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import tempfile
@@ -75,16 +78,19 @@ def run_pass(label: str, candidates: int, repeat: int, workdir: Path, overrides:
     from flows.code import code_pipeline
 
     repo = build_repo(generated_sample(candidates, uuid.uuid4().hex[:8], deps), workdir / f"{label}-repo")
+    load_before = os.getloadavg()
     started = time.monotonic()
     summary = code_pipeline.with_options(task_runner=task_runner(config))(config=config, git=[str(repo.path)],
                                                                           repeat=repeat)
     wall = time.monotonic() - started
+    load_after = os.getloadavg()
     with open_store(config) as store:
         rows = store.query("SELECT i.instance_id, i.env_seconds, i.build_seconds, i.image_bytes, i.image, "
                            "t.seconds AS validate_seconds, t.verdict FROM code_instances i "
                            "JOIN code_tasks t USING (instance_id)")
         env = store.query("SELECT image, build_seconds FROM environments WHERE status = 'built'")
-    return {"label": label, "wall": wall, "rows": rows, "env": env, "summary": summary, "config": config}
+    return {"label": label, "wall": wall, "rows": rows, "env": env, "summary": summary, "config": config,
+            "load": (load_before, load_after)}
 
 
 def report(result: dict) -> dict:
@@ -101,13 +107,17 @@ def report(result: dict) -> dict:
     valid = sum(r["verdict"] == "valid" for r in rows)
     print(f"\n[{result['label']}] {len(rows)} candidates, {valid} valid, wall {result['wall']:.1f}s "
           f"({result['wall'] / len(rows):.2f}s per candidate)")
+    (before, after) = result["load"]
+    print(f"  load average (1/5/15 min) before {_load(before)}, after {_load(after)}")
     print(f"  first candidate: {first_total:.1f}s (environment {first['env_seconds']:.1f}s + instance "
           f"{first['build_seconds']:.1f}s + validation {first['validate_seconds']:.1f}s)")
     print(f"  later candidates: mean {later_mean:.1f}s, median {statistics.median(later):.1f}s, max {max(later):.1f}s "
           f"(instance build mean {statistics.mean(r['build_seconds'] for r in rows if r is not first):.1f}s, "
           f"validation mean {statistics.mean(r['validate_seconds'] for r in rows if r is not first):.1f}s)")
     ratio = later_mean / first_total
-    print(f"  later / first = {ratio:.1%} end to end (target <= 25%: {'met' if ratio <= 0.25 else 'NOT met'})")
+    print(f"  later / first = {ratio:.1%} end to end (target <= 25%: {'met' if ratio <= 0.25 else 'NOT met'}); "
+          f"with the median of the later ones {statistics.median(later) / first_total:.1%} (less moved by the "
+          "other work of a shared machine)")
     first_build = first["env_seconds"] + first["build_seconds"]
     later_build = statistics.mean(r["build_seconds"] for r in rows if r is not first)
     print(f"  images only: later {later_build:.1f}s / first {first_build:.1f}s = {later_build / first_build:.1%} "
@@ -116,7 +126,11 @@ def report(result: dict) -> dict:
           f"shared environment image {_size(result['env'][0]['image']) / 2**20:.0f} MiB in total with its base")
     return {"first": first_total, "later_mean": later_mean, "ratio": ratio, "wall": result["wall"],
             "build_ratio": later_build / first_build,
-            "disk_kib": statistics.mean(own) / 1024}
+            "disk_kib": statistics.mean(own) / 1024, "load": after}
+
+
+def _load(values: tuple[float, float, float]) -> str:
+    return " / ".join(f"{v:.2f}" for v in values)
 
 
 def _size(tag: str) -> int:
@@ -172,7 +186,8 @@ def main() -> None:
     for label, figures in results.items():
         print(f"  {label:<10} wall {figures['wall']:.1f}s; first {figures['first']:.1f}s; later mean "
               f"{figures['later_mean']:.1f}s; later/first {figures['ratio']:.1%} (images only "
-              f"{figures['build_ratio']:.1%}); {figures['disk_kib']:.0f} KiB/instance")
+              f"{figures['build_ratio']:.1%}); {figures['disk_kib']:.0f} KiB/instance; load after "
+              f"{_load(figures['load'])}")
 
 
 if __name__ == "__main__":

@@ -1,9 +1,10 @@
 """Validating one built instance: run the tests R times with the test patch only (`before`) and R times with
 the test patch and the gold patch (`after`), then grade (`verifiers.grading`).
 
-Runs stop early when one cannot be graded (a patch that does not apply, a timeout, the OOM killer, a crash):
-repeating it would only spend the time again. Like the build, this runs in a Prefect task and returns plain
-data; the flow process stores it.
+All 2R runs share one container (`envbuilder.containers.run_validation`), each from a fresh copy of the
+checkout. Runs stop early when one cannot be graded (a patch that does not apply, a timeout, the OOM killer, a
+crash): repeating it would only spend the time again. Like the build, this runs in a Prefect task and returns
+plain data; the flow process stores it.
 """
 
 from __future__ import annotations
@@ -12,13 +13,15 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from envbuilder.containers import PhaseRun, run_phase
-from envbuilder.runners import runner_for
+from envbuilder.containers import PhasePlan, PhaseRun, run_validation
+from envbuilder.runners import REPORT_PATH, runner_for
 from tasksynth.config import Config
 from tasksynth.hashing import content_hash
-from verifiers.grading import OK, Grade, RunOutcome, agreement, grade, rejected
+from verifiers.grading import Grade, RunOutcome, agreement, grade, rejected
 
 BEFORE, AFTER = "before", "after"
+TEST_PATCH, GOLD_PATCH = "test.patch", "gold.patch"
+PHASES = (PhasePlan(BEFORE, (TEST_PATCH,)), PhasePlan(AFTER, (TEST_PATCH, GOLD_PATCH)))
 
 
 @dataclass
@@ -45,18 +48,11 @@ def validate_instance(config: Config, candidate: dict[str, Any], instance: dict[
         return _outcome(vid, candidate, result, [], started, repeat)
     runner = runner_for(instance["test_runner"])
     targets = list(instance.get("test_targets") or [])
-    runs: list[PhaseRun] = []
-    for phase, gold in ((BEFORE, None), (AFTER, candidate["patch"])):
-        for attempt in range(repeat):
-            run = run_phase(config, instance["image"], phase=phase, attempt=attempt,
-                            test_patch=candidate["test_patch"], gold_patch=gold, command=instance["test_command"],
-                            read_report=lambda code, report: runner.read_report(code, report, targets),
-                            max_log_bytes=config.store.max_log_bytes)
-            runs.append(run)
-            if run.status != OK:
-                break
-        if runs and runs[-1].status != OK:
-            break
+    runs = run_validation(config, instance["image"], phases=PHASES, repeat=repeat,
+                          patches={TEST_PATCH: candidate["test_patch"], GOLD_PATCH: candidate["patch"]},
+                          command=instance["test_command"], ok_exit_codes=sorted(runner.ok_exit_codes),
+                          read_report=lambda code, report: runner.read_report(code, report, targets),
+                          report_path=REPORT_PATH, max_log_bytes=config.store.max_log_bytes).runs
     before = [RunOutcome(r.status, {t: o.outcome for t, o in r.tests.items()}, r.detail) for r in runs
               if r.phase == BEFORE]
     after = [RunOutcome(r.status, {t: o.outcome for t, o in r.tests.items()}, r.detail) for r in runs
