@@ -29,7 +29,7 @@ from typing import Callable
 import torch
 
 from dsa_runner import kernels, triton_kernels
-from dsa_runner.indexer import LightningIndexer
+from dsa_runner.indexer import LightningIndexer, rope_tables
 
 ATTN_NAME = "dsa"
 
@@ -65,8 +65,8 @@ class LayerRecord:
 
 @dataclass
 class _IndexerStep:
-    q_I: torch.Tensor
-    w: torch.Tensor
+    q_I: torch.Tensor | None  # None: keys-only step (top-k covers every visible key: dense attention)
+    w: torch.Tensor | None
     k_I: torch.Tensor  # all index keys so far (B, S, d_I), FP8 when k_scale is given
     k_scale: torch.Tensor | None = None
 
@@ -80,6 +80,39 @@ class DSALayer:
     indexer: LightningIndexer
     settings: DSASettings
     step: _IndexerStep | None = field(default=None, repr=False)
+    shared: "_ForwardShared | None" = field(default=None, repr=False)
+
+
+class _ForwardShared:
+    """What every layer of one forward would otherwise recompute: the indexer's RoPE tables (from the
+    ``position_ids`` tensor all layers receive) and the dense attention mask (from the mask transformers
+    built once per forward). Keyed on the identity of those tensors; layer 0 always recomputes, so a
+    tensor changed in place between two forwards is never served stale."""
+
+    __slots__ = ("positions", "tables", "mask_src", "mask_key", "mask")
+
+    def __init__(self):
+        self.positions = self.tables = self.mask_src = self.mask_key = self.mask = None
+
+    def rope(self, layer: DSALayer, positions_src: torch.Tensor | None, positions: torch.Tensor):
+        cfg = layer.indexer.cfg
+        if cfg.rope_dim == 0:
+            return None
+        if positions_src is None:  # positions made up from the cache length: not shared
+            return rope_tables(positions, cfg.rope_dim, cfg.rope_theta)
+        if layer.layer_idx == 0 or self.positions is not positions_src or self.tables[0].shape[:2] != positions.shape:
+            self.positions, self.tables = positions_src, rope_tables(positions, cfg.rope_dim, cfg.rope_theta)
+        return self.tables
+
+    def dense_mask(self, layer: DSALayer | None, attention_mask: torch.Tensor, B: int, T: int, S: int, device):
+        key = (B, T, S)
+        if (layer is None or layer.layer_idx == 0 or self.mask_src is not attention_mask
+                or self.mask_key != key):
+            allowed = allowed_from_mask(attention_mask, B, T, S, device)
+            # a query with no allowed key (padding) attends everything instead of producing NaN
+            self.mask = allowed[:, None] | ~allowed.any(-1, keepdim=True)[:, None]
+            self.mask_src, self.mask_key = attention_mask, key
+        return self.mask
 
 
 # --------------------------------------------------------------------------------------------
@@ -113,18 +146,27 @@ def _indexer_pre_hook(module, args, kwargs):
     hidden = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
     cache = kwargs.get("past_key_values", kwargs.get("past_key_value"))
     B, T, _ = hidden.shape
-    positions = kwargs.get("position_ids")
+    positions_src = positions = kwargs.get("position_ids")
     if positions is None:
         past = cache.get_seq_length(layer.layer_idx) if cache is not None else 0
         positions = torch.arange(past, past + T, device=hidden.device)[None]
     positions = positions.expand(B, T)
-    h = hidden.detach() if layer.settings.detach_indexer_input else hidden
+    settings = layer.settings
+    # index queries and weights are only read when top-k can leave keys out (or when recording):
+    # with at most top_k keys in view the step needs the index keys alone (they go to the cache)
+    S = T + (_index_cache_layer(cache, layer).get_seq_length() if cache is not None else 0)
+    keys_only = settings.mode == "sparse" and settings.recorder is None and S <= settings.top_k
+    h = hidden.detach() if settings.detach_indexer_input else hidden
     dtype = layer.indexer.k_norm.weight.dtype  # (the projections may be swapped for quantised ones)
-    with torch.set_grad_enabled(torch.is_grad_enabled() and layer.settings.record_grad):
-        q_I, w, k_I = layer.indexer(h.to(dtype), positions)
+    if h.dtype != dtype:
+        h = h.to(dtype)
+    shared = layer.shared if layer.shared is not None else _ForwardShared()
+    tables = shared.rope(layer, positions_src, positions)
+    with torch.set_grad_enabled(torch.is_grad_enabled() and settings.record_grad):
+        q_I, w, k_I = layer.indexer(h, positions, tables=tables, keys_only=keys_only)
     k_scale = None
     if cache is not None:
-        k_I, k_scale = cache_index_keys(cache, layer, k_I if layer.settings.record_grad else k_I.detach())
+        k_I, k_scale = cache_index_keys(cache, layer, k_I if settings.record_grad else k_I.detach())
     layer.step = _IndexerStep(q_I, w, k_I, k_scale)
     return None
 
@@ -159,18 +201,18 @@ def dsa_attention_forward(module, query, key, value, attention_mask, scaling=Non
     step = layer.step if layer is not None else None
     if layer is not None:
         layer.step = None  # one step per forward: never reuse a stale one
-    allowed = allowed_from_mask(attention_mask, B, T, S, query.device)
     if settings.mode == "dense" or step is None:
-        return kernels.dense_attention(query, key, value, allowed if attention_mask is not None else None,
-                                       scaling), None
+        return _dense(layer, query, key, value, attention_mask, scaling), None
     if step.k_I.shape[1] != S:
         raise RuntimeError(f"layer {layer.layer_idx}: {step.k_I.shape[1]} index keys for {S} keys; "
                            "was the cache changed without going through the Cache object?")
+    if step.q_I is None:  # keys-only step: S <= top_k, the selection is every visible key
+        return _dense(layer, query, key, value, attention_mask, scaling), None
 
+    allowed = allowed_from_mask(attention_mask, B, T, S, query.device)
     H_I, d_I = step.q_I.shape[-2:]
     use_kernel = (triton_kernels.available(query.device) and H_I & (H_I - 1) == 0
                   and d_I & (d_I - 1) == 0 and d_I >= 16)
-    kv_start = _kv_start(allowed) if use_kernel else None
     top_k = None
     if settings.recorder is not None:  # warm-up / evaluation: the full score matrix, with gradient
         I = kernels.index_scores(step.q_I, step.w, step.k_I, allowed, k_scale=step.k_scale, fp8=settings.fp8)
@@ -178,14 +220,26 @@ def dsa_attention_forward(module, query, key, value, attention_mask, scaling=Non
             top_k = kernels.select_top_k(I.detach(), settings.top_k)
         settings.recorder(LayerRecord(layer.layer_idx, query.detach(), key.detach(), allowed, scaling, I, top_k))
     elif S > settings.top_k and settings.mode == "sparse":
+        kv_start = _kv_start(allowed) if use_kernel else None
         with torch.no_grad():
             top_k = kernels.index_top_k(step.q_I, step.w, step.k_I, None if use_kernel else allowed,
                                         settings.top_k, k_scale=step.k_scale, kv_start=kv_start, fp8=settings.fp8)
     if S <= settings.top_k or settings.mode == "dense_indexed":  # S <= top_k: selection = all visible keys
-        out = kernels.dense_attention(query, key, value, allowed if attention_mask is not None else None, scaling)
+        out = _dense(layer, query, key, value, attention_mask, scaling)
     else:
         out = kernels.sparse_attention(query, key, value, top_k, scaling, impl=settings.sparse_impl)
     return out, None
+
+
+def _dense(layer: DSALayer | None, query, key, value, attention_mask, scaling: float) -> torch.Tensor:
+    """Dense attention over every allowed key; the boolean mask is built once per forward (all layers
+    receive the same mask from transformers)."""
+    if attention_mask is None:
+        return kernels.dense_attention(query, key, value, None, scaling)
+    B, _, T, _ = query.shape
+    shared = layer.shared if layer is not None and layer.shared is not None else _ForwardShared()
+    mask = shared.dense_mask(layer, attention_mask, B, T, key.shape[2], query.device)
+    return kernels.dense_attention_masked(query, key, value, mask, scaling)
 
 
 def register() -> None:
@@ -209,8 +263,10 @@ def install(model, indexers, settings: DSASettings) -> None:
     """Attaches one indexer per attention module and switches the model to the "dsa" implementation."""
     register()
     modules = attention_modules(model)
+    shared = _ForwardShared()
     for module in modules:
-        module.__dict__["_dsa"] = DSALayer(module.layer_idx, len(modules), indexers.layers[module.layer_idx], settings)
+        module.__dict__["_dsa"] = DSALayer(module.layer_idx, len(modules), indexers.layers[module.layer_idx], settings,
+                                           shared=shared)
         if not getattr(module, "_dsa_hooked", False):
             module.register_forward_pre_hook(_indexer_pre_hook, with_kwargs=True)
             module._dsa_hooked = True

@@ -346,6 +346,7 @@ class Engine:
         self._closing = False
         self._thread: threading.Thread | None = None
         self._token_texts: list[str] | None = None
+        self._stop_ids_dev: torch.Tensor | None = None
         # the running batch
         self._rows: list[_Row] = []
         self._cache = None
@@ -493,14 +494,14 @@ class Engine:
             new_layers.append(fresh)
         rows = [_Row(req, req.admitted + i, self.tokenizer) for i in range(k)]
         req.admitted += k
-        first = self._sample(logits.expand(k, -1), rows)
+        first_ids, first = self._sample(logits.expand(k, -1), rows)
         new_mask = torch.ones(k, p, dtype=torch.long, device=self.device)
         new_pos = torch.full((k,), p, dtype=torch.long, device=self.device)
         if not self._rows:
             cache = _new_cache()
             cache.layers = new_layers
             self._cache, self._mask, self._pos = cache, new_mask, new_pos
-            self._last = torch.tensor(first, dtype=torch.long, device=self.device)
+            self._last = first_ids
         else:
             S = self._mask.shape[1]
             L = max(S, p)
@@ -508,7 +509,7 @@ class Engine:
             pad = lambda m: torch.nn.functional.pad(m, (L - m.shape[1], 0))  # noqa: E731
             self._mask = torch.cat([pad(self._mask), pad(new_mask)])
             self._pos = torch.cat([self._pos, new_pos])
-            self._last = torch.cat([self._last, torch.tensor(first, dtype=torch.long, device=self.device)])
+            self._last = torch.cat([self._last, first_ids])
         self._rows.extend(rows)
         events: dict[GenerationRequest, list[Event]] = {}
         for row, tok in zip(rows, first):
@@ -524,8 +525,7 @@ class Engine:
                          position_ids=self._pos[:, None], past_key_values=self._cache, use_cache=True,
                          logits_to_keep=1)
         self._pos += 1
-        tokens = self._sample(out.logits[:, -1].float(), self._rows)
-        self._last = torch.tensor(tokens, dtype=torch.long, device=self.device)
+        self._last, tokens = self._sample(out.logits[:, -1].float(), self._rows)
         self.stats.steps += 1
         events: dict[GenerationRequest, list[Event]] = {}
         for row, tok in zip(self._rows, tokens):
@@ -538,16 +538,21 @@ class Engine:
 
     # -- sampling ---------------------------------------------------------------------------------
 
-    def _sample(self, logits: torch.Tensor, rows: list[_Row]) -> list[int]:
+    def _sample(self, logits: torch.Tensor, rows: list[_Row]) -> tuple[torch.Tensor, list[int]]:
         """One token per row: greedy at temperature 0, else temperature + top-p, drawn by an exponential
         race (argmax p / E, E ~ Exp(1) from the request's generator), which also orders the candidates
-        for the JSON constraint as a draw without replacement would."""
+        for the JSON constraint as a draw without replacement would. Returns the tokens as a (B,) long
+        tensor on the device (the next step's input, never copied back from the host) and as a list
+        (one device-to-host copy per step: the only synchronisation of a decode step)."""
         B = logits.shape[0]
         no_eos = [i for i, r in enumerate(rows) if r.request.params.ignore_eos]
         if no_eos:
-            logits = logits.clone()
-            logits[torch.tensor(no_eos, device=logits.device)[:, None],
-                   torch.tensor(self.stop_token_ids, device=logits.device)[None]] = float("-inf")
+            stops = self._stop_ids_tensor(logits.device)
+            if len(no_eos) == B:
+                logits = logits.index_fill(-1, stops, float("-inf"))
+            else:
+                logits = logits.clone()
+                logits[torch.tensor(no_eos, device=logits.device)[:, None], stops[None]] = float("-inf")
         temps = [r.request.params.temperature for r in rows]
         greedy = all(t == 0 for t in temps)
         json_rows = [i for i, r in enumerate(rows) if r.json_state is not None]
@@ -576,10 +581,19 @@ class Engine:
             if greedy_rows:
                 gi = torch.tensor(greedy_rows, device=logits.device)
                 scores[gi] = logits[gi]
-        tokens = scores.argmax(-1).tolist()
-        for i in json_rows:
-            tokens[i] = self._json_token(scores[i], rows[i])
-        return tokens
+        ids = scores.argmax(-1)
+        tokens = ids.tolist()
+        if json_rows:
+            for i in json_rows:
+                tokens[i] = self._json_token(scores[i], rows[i])
+            ids = torch.tensor(tokens, dtype=torch.long, device=logits.device)
+        return ids, tokens
+
+    def _stop_ids_tensor(self, device) -> torch.Tensor:
+        cached = self._stop_ids_dev
+        if cached is None or cached.device != torch.device(device):
+            cached = self._stop_ids_dev = torch.tensor(self.stop_token_ids, dtype=torch.long, device=device)
+        return cached
 
     def _json_token(self, scores: torch.Tensor, row: _Row) -> int:
         """The best-ranked token that keeps the output a JSON-object prefix."""

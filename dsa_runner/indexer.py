@@ -53,17 +53,32 @@ class IndexerConfig:
                     f"indexer weights have {name}={getattr(other, name)}, model expects {getattr(self, name)}")
 
 
-def _rotate(x: torch.Tensor, positions: torch.Tensor, rope_dim: int, theta: float) -> torch.Tensor:
+_INV_FREQ: dict = {}
+
+
+def rope_tables(positions: torch.Tensor, rope_dim: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(cos, sin), each (B, T, rope_dim / 2) float32, for positions (B, T). The same for every layer of
+    one forward: the DSA pre-hook computes them once per forward and hands them to each indexer."""
+    half = rope_dim // 2
+    key = (half, theta, positions.device)
+    inv_freq = _INV_FREQ.get(key)
+    if inv_freq is None:  # once per (shape, device): not a few small ops per layer per step
+        inv_freq = 1.0 / (theta ** (torch.arange(0, half, dtype=torch.float32) / half))
+        inv_freq = _INV_FREQ[key] = inv_freq.to(positions.device)
+    angles = positions.float()[..., None] * inv_freq  # (B, T, half)
+    return angles.cos(), angles.sin()
+
+
+def _rotate(x: torch.Tensor, positions: torch.Tensor, rope_dim: int, theta: float,
+            tables: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
     """RoPE (rotate-half convention) on the first rope_dim dims of the last axis.
-    x (B, T, ..., d), positions (B, T)."""
+    x (B, T, ..., d), positions (B, T); ``tables``: rope_tables(positions, ...) when already computed."""
     if rope_dim == 0:
         return x
     half = rope_dim // 2
-    inv_freq = 1.0 / (theta ** (torch.arange(0, half, device=x.device, dtype=torch.float32) / half))
-    angles = positions.float()[..., None] * inv_freq  # (B, T, half)
-    while angles.dim() < x.dim():
-        angles = angles.unsqueeze(-2)
-    cos, sin = angles.cos(), angles.sin()
+    cos, sin = tables if tables is not None else rope_tables(positions, rope_dim, theta)
+    for _ in range(x.dim() - cos.dim()):
+        cos, sin = cos.unsqueeze(-2), sin.unsqueeze(-2)
     x_rope, x_pass = x[..., :rope_dim].float(), x[..., rope_dim:]
     x1, x2 = x_rope[..., :half], x_rope[..., half:]
     rotated = torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1).to(x.dtype)
@@ -83,14 +98,21 @@ class LightningIndexer(nn.Module):
         self.weights_proj = nn.Linear(cfg.hidden_size, H, bias=False)
         self.w_scale = (H ** -0.5) * (d ** -0.5)
 
-    def forward(self, hidden: torch.Tensor, positions: torch.Tensor):
-        """hidden (B, T, hidden), positions (B, T) -> q_I (B, T, H_I, d_I), w (B, T, H_I), k_I (B, T, d_I)."""
+    def forward(self, hidden: torch.Tensor, positions: torch.Tensor, *,
+                tables: tuple[torch.Tensor, torch.Tensor] | None = None, keys_only: bool = False):
+        """hidden (B, T, hidden), positions (B, T) -> q_I (B, T, H_I, d_I), w (B, T, H_I), k_I (B, T, d_I).
+
+        ``keys_only``: q_I and w are None (a step where top-k covers every visible key needs only the
+        index keys, for the cache). ``tables``: precomputed rope_tables(positions, ...)."""
         B, T, _ = hidden.shape
         cfg = self.cfg
+        if tables is None:
+            tables = rope_tables(positions, cfg.rope_dim, cfg.rope_theta) if cfg.rope_dim else None
+        k_I = _rotate(self.k_norm(self.wk(hidden)), positions, cfg.rope_dim, cfg.rope_theta, tables)
+        if keys_only:
+            return None, None, k_I
         q_I = self.wq(hidden).view(B, T, cfg.index_heads, cfg.index_head_dim)
-        k_I = self.k_norm(self.wk(hidden))
-        q_I = _rotate(q_I, positions, cfg.rope_dim, cfg.rope_theta)
-        k_I = _rotate(k_I, positions, cfg.rope_dim, cfg.rope_theta)
+        q_I = _rotate(q_I, positions, cfg.rope_dim, cfg.rope_theta, tables)
         w = self.weights_proj(hidden) * self.w_scale
         return q_I, w, k_I
 
