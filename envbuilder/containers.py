@@ -189,7 +189,7 @@ def run_validation(config: Config, image: str, *, phases: Sequence[PhasePlan], r
     limit = config.docker.test_timeout_s
     outer = len(plan) * (limit + KILL_GRACE_S + RUN_SLACK_S) + CONTAINER_SLACK_S
     name = f"tasksynth-run-{uuid.uuid4().hex[:12]}"
-    with tempfile.TemporaryDirectory(prefix="tasksynth-run-", dir=_scratch(config)) as tmp:
+    with tempfile.TemporaryDirectory(prefix="tasksynth-run-", dir=scratch_dir(config)) as tmp:
         io = Path(tmp)
         try:
             (io / "patches").mkdir()
@@ -349,7 +349,9 @@ def _text(value) -> str:
     return value.decode(errors="replace") if isinstance(value, bytes) else value
 
 
-def _scratch(config: Config) -> str | None:
+def scratch_dir(config: Config) -> str | None:
+    """Temporary build contexts and run folders live in the home (not /tmp), beside the store they feed;
+    None falls back to the system's temporary directory."""
     path = config.home_path / "tmp"
     try:
         path.mkdir(parents=True, exist_ok=True)

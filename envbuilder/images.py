@@ -26,7 +26,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from envbuilder.containers import container_slot
+from envbuilder.containers import container_slot, scratch_dir
 from envbuilder.errors import DiskFull
 from envbuilder.recipes import Recipe
 from envbuilder.repos import export_tree, snapshot
@@ -139,7 +139,7 @@ def build_instance(config: Config, repo_path: Path, commit: str, recipe: Recipe,
 
 def _build(config: Config, tag: str, dockerfile: str, repo_path: Path, commit: str, *, with_git: bool) -> LayerBuild:
     started = time.monotonic()
-    with tempfile.TemporaryDirectory(prefix="tasksynth-build-", dir=_scratch(config)) as tmp:
+    with tempfile.TemporaryDirectory(prefix="tasksynth-build-", dir=scratch_dir(config)) as tmp:
         context = Path(tmp)
         try:
             export_tree(repo_path, commit, context / "testbed")
@@ -190,15 +190,6 @@ def image_bytes(tag: str) -> int | None:
         return int(result.stdout.strip())
     except ValueError:
         return None
-
-
-def _scratch(config: Config) -> str | None:
-    path = config.home_path / "tmp"
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError:
-        return None
-    return str(path)
 
 
 # Environments whose build failed in this process: candidates sharing one fail fast instead of building it

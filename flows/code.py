@@ -160,7 +160,7 @@ def sample_paths(config: Config, name: str = "minicalc") -> dict[str, str]:
     arguments the demo passes to `code_pipeline`: git=[repo], swebench=[jsonl], repos_dir."""
     from envbuilder.samples import build_sample, swebench_sample_path
 
-    repos_dir = config.home_path / "samples"
+    repos_dir = config.home_path / "repos" / "samples"
     built = build_sample(name, repos_dir)
     return {"git": [str(built.path)], "swebench": [str(swebench_sample_path(name))], "repos_dir": str(repos_dir)}
 

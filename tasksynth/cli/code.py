@@ -200,14 +200,14 @@ def show(instance_id: str = typer.Argument(..., help="The instance id.")) -> Non
 
 
 @app.command("sample")
-def sample(dest: Path = typer.Option(None, "--dest", help="Repositories directory (default: <home>/samples).",
+def sample(dest: Path = typer.Option(None, "--dest", help="Repositories directory (default: <home>/repos/samples).",
                                      file_okay=False)) -> None:
     """Build the shipped sample repository (data/samples/minicalc.toml) as a real git repository with stable
     SHAs, and print the commands that mine, build and validate it."""
     from envbuilder.samples import build_sample, swebench_sample_path
 
     config = app_state.config()
-    repos_dir = dest or config.home_path / "samples"
+    repos_dir = dest or config.home_path / "repos" / "samples"
     built = build_sample("minicalc", repos_dir)
     typer.echo(f"built {built.repo} at {built.path} ({len(built.shas)} commits, HEAD {built.head[:12]})")
     typer.echo(f"next: tasksynth code mine --git {built.path} --swebench {swebench_sample_path()} "

@@ -22,7 +22,7 @@ def query(home, sql, params=None):
 
 
 def test_sample_repository_mine_build_validate_export(home, tmp_path, tasksynth, base_311):
-    repos = home / "samples"
+    repos = home / "repos" / "samples"
     made = tasksynth("code", "sample", cwd=tmp_path, check=True)
     assert "built tasksynth/minicalc" in made.stdout
     repo = repos / "tasksynth" / "minicalc"
