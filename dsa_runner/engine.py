@@ -328,7 +328,8 @@ class Engine:
     """Owns the model; ``submit`` requests from any thread; ``start`` / ``shutdown`` the scheduler."""
 
     def __init__(self, model, tokenizer, *, max_batch: int = 32, max_queue: int = 256,
-                 max_context: int | None = None, device: str | torch.device | None = None):
+                 max_context: int | None = None, device: str | torch.device | None = None,
+                 decode_impl: str = "compact"):
         self.model = model
         self.tokenizer = tokenizer
         self.max_batch = max_batch
@@ -353,6 +354,20 @@ class Engine:
         self._mask: torch.Tensor | None = None  # (B, S) long, 0 = padding
         self._pos: torch.Tensor | None = None  # (B,) next position id of each row
         self._last: torch.Tensor | None = None  # (B,) last sampled token of each row
+        # decode steps: "compact" (fast_decode.CompactDecoder, Llama only; prefill stays on transformers)
+        # or "hf" (the transformers forward)
+        if decode_impl not in ("compact", "hf"):
+            raise ValueError(f"decode_impl {decode_impl!r}: expected 'compact' or 'hf'")
+        self._compact_decoder = None
+        if decode_impl == "compact":
+            from dsa_runner.fast_decode import CompactDecoder, unsupported_reason
+
+            reason = unsupported_reason(model)
+            if reason is None:
+                self._compact_decoder = CompactDecoder(model)
+            else:
+                log.warning("compact decode unavailable (%s): using the transformers forward", reason)
+        self.decode_impl = "compact" if self._compact_decoder is not None else "hf"
 
     # -- public -----------------------------------------------------------------------------------
 
@@ -521,11 +536,16 @@ class Engine:
         """One decode step for every row of the batch."""
         B = len(self._rows)
         self._mask = torch.cat([self._mask, self._mask.new_ones(B, 1)], dim=1)
-        out = self.model(input_ids=self._last[:, None], attention_mask=self._mask,
-                         position_ids=self._pos[:, None], past_key_values=self._cache, use_cache=True,
-                         logits_to_keep=1)
+        logits = None
+        if self._compact_decoder is not None:
+            logits = self._compact_decoder.step(self._last, self._pos, self._mask, self._cache)
+        if logits is None:
+            out = self.model(input_ids=self._last[:, None], attention_mask=self._mask,
+                             position_ids=self._pos[:, None], past_key_values=self._cache, use_cache=True,
+                             logits_to_keep=1)
+            logits = out.logits[:, -1]
         self._pos += 1
-        self._last, tokens = self._sample(out.logits[:, -1].float(), self._rows)
+        self._last, tokens = self._sample(logits.float(), self._rows)
         self.stats.steps += 1
         events: dict[GenerationRequest, list[Event]] = {}
         for row, tok in zip(self._rows, tokens):

@@ -59,6 +59,7 @@ class ServerConfig:
     max_context: int | None = None  # default: the model's window
     dense: bool = False  # plain attention, no DSA (for comparison)
     drain_s: float = 10.0  # on shutdown, how long in-flight requests may still run
+    decode_impl: str = "compact"  # decode steps: compact (dsa_runner.fast_decode, Llama) | hf (transformers forward)
 
 
 def resolve_device(device: str) -> str:
@@ -115,7 +116,7 @@ def load_engine(cfg: ServerConfig) -> tuple[Engine, object]:
         log.info("weights: int8 weight-only for small batches, bfloat16 otherwise (%d linears)",
                  quantize_int8(model))
     engine = Engine(model, tokenizer, max_batch=cfg.max_batch, max_queue=cfg.max_queue,
-                    max_context=cfg.max_context, device=device)
+                    max_context=cfg.max_context, device=device, decode_impl=cfg.decode_impl)
     engine.quantize = quantize
     log.info("model %s loaded in %.1fs from %s", info.model_name, time.time() - t0, info.model_path)
     log.info("torch %s, %d CPU threads", torch.__version__, torch.get_num_threads())
@@ -371,12 +372,15 @@ def parse_args(argv=None) -> tuple[ServerConfig, str]:
     p.add_argument("--max-context", type=int, default=None)
     p.add_argument("--dense", action="store_true", help="plain attention instead of DSA")
     p.add_argument("--drain-s", type=float, default=d.drain_s)
+    p.add_argument("--decode-impl", default=d.decode_impl, choices=["compact", "hf"],
+                   help="decode steps: compact (hand-written Llama loop) or hf (transformers forward)")
     p.add_argument("--log-level", default="info")
     a = p.parse_args(argv)
     cfg = ServerConfig(model=a.model, served_name=a.served_name, host=a.host, port=a.port, top_k=a.top_k,
                        indexer_weights=a.indexer_weights, device=a.device, dtype=a.dtype, quantize=a.quantize,
                        threads=a.threads, max_batch=a.max_batch,
-                       max_queue=a.max_queue, max_context=a.max_context, dense=a.dense, drain_s=a.drain_s)
+                       max_queue=a.max_queue, max_context=a.max_context, dense=a.dense, drain_s=a.drain_s,
+                       decode_impl=a.decode_impl)
     return cfg, a.log_level
 
 

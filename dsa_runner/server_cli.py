@@ -34,6 +34,10 @@ def serve(
     max_context: Optional[int] = typer.Option(None, help="Context window in tokens (default: the model's)."),
     dense: bool = typer.Option(False, help="Plain dense attention instead of DSA (for comparison)."),
     drain_s: float = typer.Option(10.0, help="On shutdown, seconds in-flight requests may still run."),
+    decode_impl: Optional[str] = typer.Option(None, help="Decode steps: compact (a hand-written loop over the Llama "
+                                              "layers, far fewer ops per token) or hf (the transformers forward); "
+                                              "default: the server's (ServerConfig.decode_impl). Prefill always "
+                                              "uses the transformers forward."),
     log_level: str = typer.Option("info", help="debug, info, warning or error."),
 ) -> None:
     """Serve the model at http://HOST:PORT/v1 (chat completions with n, tools, streaming, JSON mode)
@@ -42,10 +46,13 @@ def serve(
     from dsa_runner.server import ServerConfig
     from dsa_runner.server import serve as run_server
 
+    if decode_impl not in (None, "compact", "hf"):
+        raise typer.BadParameter(f"{decode_impl!r}: expected compact or hf", param_hint="--decode-impl")
+    extra = {"decode_impl": decode_impl} if decode_impl else {}
     cfg = ServerConfig(model=model, served_name=served_name, host=host, port=port, top_k=top_k,
                        indexer_weights=indexer_weights, device=device, dtype=dtype, quantize=quantize,
                        threads=threads, max_batch=max_batch, max_queue=max_queue, max_context=max_context,
-                       dense=dense, drain_s=drain_s)
+                       dense=dense, drain_s=drain_s, **extra)
     try:
         run_server(cfg, log_level)
     except DSARunnerError as exc:
