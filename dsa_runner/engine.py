@@ -329,8 +329,10 @@ class Engine:
 
     def __init__(self, model, tokenizer, *, max_batch: int = 32, max_queue: int = 256,
                  max_context: int | None = None, device: str | torch.device | None = None,
-                 decode_impl: str = "compact"):
+                 decode_impl: str = "compact", threads: int | None = None):
         self.model = model
+        # intra-op threads of the scheduler thread (the one that runs every model step)
+        self.threads = threads or torch.get_num_threads()
         self.tokenizer = tokenizer
         self.max_batch = max_batch
         self.max_queue = max_queue
@@ -434,6 +436,8 @@ class Engine:
     # -- scheduler --------------------------------------------------------------------------------
 
     def _run(self) -> None:
+        # OpenMP settings belong to the thread that sets them: the scheduler thread takes its own
+        torch.set_num_threads(self.threads)
         with torch.inference_mode():
             while True:
                 with self._cv:

@@ -213,10 +213,11 @@ def run_benchmark(cfg: BenchConfig, log=print) -> dict:
                         threads=cfg.threads, top_k=cfg.top_k, max_batch=max(cfg.n, cfg.concurrent, 1),
                         max_queue=max(cfg.concurrent, 8))
     engine, info = load_engine(scfg)
+    cfg.threads = engine.threads  # llama.cpp gets the same number of threads as the engine's step thread
     engine.start()
     prompt_ids = _prompt_ids(engine.tokenizer, cfg.prompt_tokens)
     load = os.getloadavg() if hasattr(os, "getloadavg") else None
-    report: dict = {"device": str(engine.device), "torch": torch.__version__, "threads": torch.get_num_threads(),
+    report: dict = {"device": str(engine.device), "torch": torch.__version__, "threads": engine.threads,
                     "model": info.model_name, "dtype": info.dtype, "attention": info.attention, "top_k": info.top_k,
                     "quantize": engine.quantize, "prompt_tokens": len(prompt_ids), "max_tokens": cfg.max_tokens,
                     "load_average_before": load}
