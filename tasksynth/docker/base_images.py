@@ -38,9 +38,14 @@ class BaseImage:
     source: str  # debian:<suite> | registry:python:X.Y-slim
 
 
+# Official python:X.Y-slim images a registry serves.
+REGISTRY_PYTHONS = ["3.8", "3.9", "3.10", "3.11", "3.12", "3.13"]
+
+
 def supported_pythons(config: Config) -> list[str]:
-    """Versions a base image can be had for without a registry, or any with one."""
-    return sorted(DEBIAN_SUITES, key=lambda v: tuple(map(int, v.split("."))))
+    """Versions a base image can be had for: the official images' with a registry, the Debian suites' without."""
+    versions = REGISTRY_PYTHONS if use_registry(config) else list(DEBIAN_SUITES)
+    return sorted(versions, key=lambda v: tuple(map(int, v.split("."))))
 
 
 def use_registry(config: Config) -> bool:
