@@ -15,14 +15,10 @@ package index through the host); test runs use no network at all.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import re
 import subprocess
 import tempfile
-import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +27,7 @@ from envbuilder.errors import DiskFull
 from envbuilder.recipes import Recipe
 from envbuilder.repos import export_tree, snapshot
 from tasksynth.config import Config
+from tasksynth.docker.base_images import image_lock
 from tasksynth.docker.engine import MANAGED_LABEL, docker, image_exists
 from tasksynth.errors import DockerUnavailable
 from tasksynth.hashing import content_hash
@@ -195,23 +192,6 @@ def image_bytes(tag: str) -> int | None:
 # Environments whose build failed in this process: candidates sharing one fail fast instead of building it
 # again (a new process, a rerun, tries again).
 _failed_environments: dict[str, LayerBuild] = {}
-_thread_locks: dict[str, threading.Lock] = {}
-_thread_locks_guard = threading.Lock()
-
-
-@contextlib.contextmanager
-def image_lock(config: Config, tag: str) -> Iterator[None]:
-    """One build per tag at a time, across threads and processes: the second waiter finds the image built."""
-    with _thread_locks_guard:
-        local = _thread_locks.setdefault(tag, threading.Lock())
-    locks = config.home_path / "locks"
-    locks.mkdir(parents=True, exist_ok=True)
-    with local, open(locks / (re.sub(r"[^A-Za-z0-9._-]", "_", tag) + ".lock"), "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def remove_image(tag: str) -> None:

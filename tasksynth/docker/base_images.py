@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import re
 import shutil
 import subprocess
 import tempfile
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,7 +69,7 @@ def base_image(config: Config, python: str = "3.11", *, log=print) -> BaseImage:
         upstream = f"python:{python}-slim"
         tag = f"tasksynth/base:py{python}-slim-{content_hash(RECIPE_VERSION, upstream, sha256_bytes(ca_bytes), length=10)}"
         image = BaseImage(tag, python, f"registry:{upstream}")
-        with _build_lock(config, tag):
+        with image_lock(config, tag):
             if not image_exists(tag):
                 _build_from_registry(image, upstream, ca_bytes, log)
         return image
@@ -79,7 +81,7 @@ def base_image(config: Config, python: str = "3.11", *, log=print) -> BaseImage:
                        sha256_bytes(ca_bytes), length=10)
     tag = f"tasksynth/base:py{python}-{suite}-{key}"
     image = BaseImage(tag, python, f"debian:{suite}")
-    with _build_lock(config, tag):
+    with image_lock(config, tag):
         if not image_exists(tag):
             _build_from_debootstrap(image, suite, config.docker.debian_mirror, ca_bytes, log)
     return image
@@ -139,12 +141,18 @@ def _build_from_registry(image: BaseImage, upstream: str, ca_bytes: bytes, log) 
     log(f"built {image.tag}")
 
 
+_thread_locks: dict[str, threading.Lock] = {}
+_thread_locks_guard = threading.Lock()
+
+
 @contextlib.contextmanager
-def _build_lock(config: Config, tag: str) -> Iterator[None]:
-    """Two flows asking for the same image build it once: the second waits, then finds it."""
+def image_lock(config: Config, tag: str) -> Iterator[None]:
+    """One build per tag at a time, across threads and processes: the second waiter finds the image built."""
+    with _thread_locks_guard:
+        local = _thread_locks.setdefault(tag, threading.Lock())
     locks = config.home_path / "locks"
     locks.mkdir(parents=True, exist_ok=True)
-    with open(locks / (tag.replace("/", "_").replace(":", "_") + ".lock"), "w") as handle:
+    with local, open(locks / (re.sub(r"[^A-Za-z0-9._-]", "_", tag) + ".lock"), "w") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
             yield
