@@ -18,7 +18,6 @@ import asyncio
 import concurrent.futures
 import copy
 import json
-import sys
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -33,6 +32,7 @@ from agent.prompts import load_prompt
 from agent.text_calls import parse_text_calls
 from agent.tools import Tool, resolve_tools
 from tasksynth.config import Config, RoleConfig
+from tasksynth.flow_context import current_flow_run_id
 
 
 class StopReason:
@@ -166,7 +166,7 @@ class _Run:
         self.history = drop_stale_reasoning(messages)
         self.transcript: list[dict[str, Any]] = copy.deepcopy(messages)
         self.trajectory_id = uuid.uuid4().hex
-        self.flow_run_id = agent.flow_run_id or _prefect_flow_run_id()
+        self.flow_run_id = agent.flow_run_id or current_flow_run_id()
         self.usage = Usage()
         self.cost = 0.0
         self.turns = 0
@@ -422,14 +422,3 @@ def _as_text_call_message(message: dict[str, Any]) -> dict[str, Any]:
 
 def _clip(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[:limit] + "..."
-
-
-def _prefect_flow_run_id() -> str | None:
-    if "prefect" not in sys.modules:  # not inside a flow; importing Prefect just to learn that is slow
-        return None
-    try:
-        from prefect.runtime import flow_run
-
-        return str(flow_run.id) if flow_run.id else None
-    except Exception:  # noqa: BLE001 - outside a flow run there is no id
-        return None

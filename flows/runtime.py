@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tasksynth.config import Config
+from tasksynth.flow_context import current_flow_run_id
 
 
 def prepare_prefect(config: Config) -> None:
@@ -141,7 +142,7 @@ def run_steps(store, step: str, items: Iterable[Any], run: Callable[[Any], Any],
 @contextlib.contextmanager
 def flow_run(store, flow: str, params: dict[str, Any]) -> Iterator[dict[str, Any]]:
     """Record a flow run in the store: running, then completed with its summary, or failed."""
-    run_id = _current_flow_run_id() or str(uuid.uuid4())
+    run_id = current_flow_run_id() or str(uuid.uuid4())
     summary: dict[str, Any] = {"run_id": run_id}
     store.insert("flow_runs", [{"run_id": run_id, "flow": flow, "params": params, "status": "running"}],
                  on_conflict="replace")
@@ -153,15 +154,6 @@ def flow_run(store, flow: str, params: dict[str, Any]) -> Iterator[dict[str, Any
         raise
     store.execute("UPDATE flow_runs SET status = 'completed', finished_at = current_timestamp, summary = ? "
                   "WHERE run_id = ?", [_json(summary), run_id])
-
-
-def _current_flow_run_id() -> str | None:
-    try:
-        from prefect.runtime import flow_run as prefect_flow_run
-
-        return str(prefect_flow_run.id) if prefect_flow_run.id else None
-    except Exception:  # noqa: BLE001 - outside a flow run there is no id
-        return None
 
 
 def _json(value: Any) -> str:
