@@ -144,7 +144,11 @@ def _indexer_pre_hook(module, args, kwargs):
     if layer is None or layer.settings.mode == "dense":
         return None
     hidden = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
-    cache = kwargs.get("past_key_values", kwargs.get("past_key_value"))
+    cache = None  # the keyword changed across transformers releases (past_key_value(s), then cache)
+    for name in ("past_key_values", "past_key_value", "cache"):
+        if kwargs.get(name) is not None:
+            cache = kwargs[name]
+            break
     B, T, _ = hidden.shape
     positions_src = positions = kwargs.get("position_ids")
     if positions is None:
