@@ -329,7 +329,7 @@ class Engine:
 
     def __init__(self, model, tokenizer, *, max_batch: int = 32, max_queue: int = 256,
                  max_context: int | None = None, device: str | torch.device | None = None,
-                 decode_impl: str = "compact", threads: int | None = None):
+                 decode_impl: str = "native", threads: int | None = None):
         self.model = model
         # intra-op threads of the scheduler thread (the one that runs every model step)
         self.threads = threads or torch.get_num_threads()
@@ -356,12 +356,15 @@ class Engine:
         self._mask: torch.Tensor | None = None  # (B, S) long, 0 = padding
         self._pos: torch.Tensor | None = None  # (B,) next position id of each row
         self._last: torch.Tensor | None = None  # (B,) last sampled token of each row
-        # decode steps: "compact" (fast_decode.CompactDecoder, Llama only; prefill stays on transformers)
-        # or "hf" (the transformers forward)
-        if decode_impl not in ("compact", "hf"):
-            raise ValueError(f"decode_impl {decode_impl!r}: expected 'compact' or 'hf'")
+        # decode steps: "native" (native_decode.NativeDecoder, C, for up to its max_rows rows on the CPU;
+        # the compact step otherwise), "compact" (fast_decode.CompactDecoder, Llama only) or "hf" (the
+        # transformers forward). Prefill stays on transformers.
+        if decode_impl not in ("native", "compact", "hf"):
+            raise ValueError(f"decode_impl {decode_impl!r}: expected 'native', 'compact' or 'hf'")
         self._compact_decoder = None
-        if decode_impl == "compact":
+        self._native_decoder = None
+        self._torch_threads: int | None = None  # what _set_torch_threads last set on the stepping thread
+        if decode_impl in ("native", "compact"):
             from dsa_runner.fast_decode import CompactDecoder, unsupported_reason
 
             reason = unsupported_reason(model)
@@ -369,7 +372,17 @@ class Engine:
                 self._compact_decoder = CompactDecoder(model)
             else:
                 log.warning("compact decode unavailable (%s): using the transformers forward", reason)
-        self.decode_impl = "compact" if self._compact_decoder is not None else "hf"
+        if decode_impl == "native" and self._compact_decoder is not None and self.device.type == "cpu":
+            from dsa_runner.native_decode import NativeDecoder, NativeUnavailable
+
+            try:
+                self._native_decoder = NativeDecoder(self._compact_decoder, self.threads)
+            except NativeUnavailable as exc:
+                log.warning("native decode step unavailable (%s): using the compact step", exc)
+        if self._native_decoder is not None:
+            self.decode_impl = "native"
+        else:
+            self.decode_impl = "compact" if self._compact_decoder is not None else "hf"
 
     # -- public -----------------------------------------------------------------------------------
 
@@ -437,7 +450,8 @@ class Engine:
 
     def _run(self) -> None:
         # OpenMP settings belong to the thread that sets them: the scheduler thread takes its own
-        torch.set_num_threads(self.threads)
+        self._torch_threads = None
+        self._set_torch_threads(self.threads)
         with torch.inference_mode():
             while True:
                 with self._cv:
@@ -487,7 +501,18 @@ class Engine:
             if req in self._waiting:
                 self._waiting.remove(req)
 
+    def _set_torch_threads(self, n: int) -> None:
+        """torch's intra-op threads of this thread. During native steps torch keeps one: its OpenMP
+        workers spin for milliseconds after each parallel op (the sampling ops are), on the cores the C
+        step's threads need (measured: 5.2 ms steps became 10-15 ms on 2 cores). Only on the scheduler
+        thread: warmup() on the loading thread keeps that thread's single thread."""
+        if self._torch_threads != n and threading.current_thread() is self._thread:
+            torch.set_num_threads(n)
+            self._torch_threads = n
+
     def _prefill(self, req: GenerationRequest) -> None:
+        if self.device.type == "cpu":
+            self._set_torch_threads(self.threads)
         ids = torch.tensor([req.prompt_ids], dtype=torch.long, device=self.device)
         cache = fresh_cache(self.num_cache_layers)
         out = self.model(input_ids=ids, attention_mask=torch.ones_like(ids),
@@ -541,7 +566,12 @@ class Engine:
         B = len(self._rows)
         self._mask = torch.cat([self._mask, self._mask.new_ones(B, 1)], dim=1)
         logits = None
-        if self._compact_decoder is not None:
+        native = self._native_decoder is not None and self._native_decoder.covers(B, self._mask.shape[1])
+        if self.device.type == "cpu":
+            self._set_torch_threads(1 if native else self.threads)
+        if native:
+            logits = self._native_decoder.step(self._last, self._pos, self._mask, self._cache)
+        if logits is None and self._compact_decoder is not None:
             logits = self._compact_decoder.step(self._last, self._pos, self._mask, self._cache)
         if logits is None:
             out = self.model(input_ids=self._last[:, None], attention_mask=self._mask,

@@ -59,7 +59,9 @@ class ServerConfig:
     max_context: int | None = None  # default: the model's window
     dense: bool = False  # plain attention, no DSA (for comparison)
     drain_s: float = 10.0  # on shutdown, how long in-flight requests may still run
-    decode_impl: str = "compact"  # decode steps: compact (dsa_runner.fast_decode, Llama) | hf (transformers forward)
+    # decode steps: native (dsa_runner.native_decode, C, CPU, <= 32 rows; else compact) | compact
+    # (dsa_runner.fast_decode, Llama) | hf (transformers forward)
+    decode_impl: str = "native"
 
 
 def resolve_device(device: str) -> str:
@@ -125,6 +127,12 @@ def load_engine(cfg: ServerConfig) -> tuple[Engine, object]:
     log.info("torch %s, %d CPU threads", torch.__version__, threads)
     log.info("device %s, dtype %s, attention %s, DSA top-k %d, index heads %d, indexer weights: %s",
              info.device, info.dtype, info.attention, info.top_k, info.index_heads, info.indexer_weights)
+    rows = engine._native_decoder.max_rows if engine._native_decoder is not None else 0
+    log.info("decode steps: %s", {
+        "native": f"native C step up to {rows} rows (dsa_runner/native), the compact torch step above "
+                  "and for DSA's sparse steps",
+        "compact": "compact torch step (dsa_runner.fast_decode)",
+        "hf": "transformers forward"}[engine.decode_impl])
     log.info("warm-up: %.1fs", engine.warmup())
     log.info("serving as %r: context %d tokens, batch %d rows, queue %d requests, stop tokens %s",
              cfg.served_name, engine.max_context, engine.max_batch, engine.max_queue, engine.stop_token_ids)
@@ -375,8 +383,9 @@ def parse_args(argv=None) -> tuple[ServerConfig, str]:
     p.add_argument("--max-context", type=int, default=None)
     p.add_argument("--dense", action="store_true", help="plain attention instead of DSA")
     p.add_argument("--drain-s", type=float, default=d.drain_s)
-    p.add_argument("--decode-impl", default=d.decode_impl, choices=["compact", "hf"],
-                   help="decode steps: compact (hand-written Llama loop) or hf (transformers forward)")
+    p.add_argument("--decode-impl", default=d.decode_impl, choices=["native", "compact", "hf"],
+                   help="decode steps: native (C step for up to 32 rows on the CPU, else compact), compact "
+                        "(hand-written Llama loop) or hf (transformers forward)")
     p.add_argument("--log-level", default="info")
     a = p.parse_args(argv)
     cfg = ServerConfig(model=a.model, served_name=a.served_name, host=a.host, port=a.port, top_k=a.top_k,

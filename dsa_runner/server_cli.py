@@ -34,8 +34,10 @@ def serve(
     max_context: Optional[int] = typer.Option(None, help="Context window in tokens (default: the model's)."),
     dense: bool = typer.Option(False, help="Plain dense attention instead of DSA (for comparison)."),
     drain_s: float = typer.Option(10.0, help="On shutdown, seconds in-flight requests may still run."),
-    decode_impl: Optional[str] = typer.Option(None, help="Decode steps: compact (a hand-written loop over the Llama "
-                                              "layers, far fewer ops per token) or hf (the transformers forward); "
+    decode_impl: Optional[str] = typer.Option(None, help="Decode steps: native (one C call per step for up to 32 "
+                                              "rows on the CPU, compiled on first use; else compact), compact (a "
+                                              "hand-written loop over the Llama layers, far fewer ops per token) "
+                                              "or hf (the transformers forward); "
                                               "default: the server's (ServerConfig.decode_impl). Prefill always "
                                               "uses the transformers forward."),
     log_level: str = typer.Option("info", help="debug, info, warning or error."),
@@ -46,8 +48,8 @@ def serve(
     from dsa_runner.server import ServerConfig
     from dsa_runner.server import serve as run_server
 
-    if decode_impl not in (None, "compact", "hf"):
-        raise typer.BadParameter(f"{decode_impl!r}: expected compact or hf", param_hint="--decode-impl")
+    if decode_impl not in (None, "native", "compact", "hf"):
+        raise typer.BadParameter(f"{decode_impl!r}: expected native, compact or hf", param_hint="--decode-impl")
     extra = {"decode_impl": decode_impl} if decode_impl else {}
     cfg = ServerConfig(model=model, served_name=served_name, host=host, port=port, top_k=top_k,
                        indexer_weights=indexer_weights, device=device, dtype=dtype, quantize=quantize,

@@ -1,0 +1,507 @@
+/* One decode step of a Llama-family model for a few rows (batch <= 4), int8 weight-only, on the CPU.
+ *
+ * Why C: at batch 1 a 135M model is bound by reading its int8 weights once per token (~135 MB). The
+ * torch path spends about half of each step in the dispatcher and in small ops between the matmuls, and
+ * aten's int8 kernel reads the weights at well under the memory bandwidth. Here the whole step (all
+ * layers, the LM head) is one job for a few threads: the matrix-vector products split their output rows
+ * over the threads, everything else runs between barriers, and activations stay in float32.
+ *
+ * The maths is the one of dsa_runner/fast_decode.py (dense attention, S <= top_k, or no DSA):
+ *   h = embed[token]
+ *   per layer: x = rms(h) * ln1;  [q | k | v | k_I] = x W_qkv;  rotary(q, k);  k, v -> cache
+ *              k_I -> LayerNorm -> rotary on its first rope dims -> index-key cache      (DSA only)
+ *              o = softmax(q K^T * scaling, masked) V;   h += o W_o
+ *              x = rms(h) * ln2;  h += (silu(x W_gate) * (x W_up)) W_down
+ *   logits = rms(h) * norm  W_head
+ * Weights: int8, one bfloat16 scale per output row. Norm weights float32. Embedding, caches bfloat16.
+ * Built by dsa_runner/native_decode.py with the machine's compiler (-O3 -march=native -pthread).
+ */
+#define _GNU_SOURCE
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <time.h>
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#endif
+
+typedef uint16_t bf16;
+
+#define MAX_ROWS 32 /* rows of the batch; dsa_decode_step returns -2 above */
+#ifndef PREFETCH_BLOCKS
+#define PREFETCH_BLOCKS 2
+#endif
+
+static inline float bf16_to_f32(bf16 v) {
+    uint32_t u = (uint32_t)v << 16;
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+static inline bf16 f32_to_bf16(float f) { /* round to nearest even, as torch does */
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (bf16)((u >> 16) | 0x40u); /* NaN stays NaN */
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return (bf16)(u >> 16);
+}
+
+typedef struct {
+    const float *ln1, *ln2;
+    float eps1, eps2;
+    const int8_t *qkv; const bf16 *qkv_scale; /* rows: q (H*D), k (Hkv*D), v (Hkv*D), k_I (dI, DSA) */
+    const int8_t *o; const bf16 *o_scale;     /* (hidden, H*D) */
+    const int8_t *gu; const bf16 *gu_scale;   /* (2*inter, hidden): gate rows then up rows */
+    const int8_t *down; const bf16 *down_scale; /* (hidden, inter) */
+    const float *knorm_w, *knorm_b;           /* index-key LayerNorm (DSA only) */
+    float knorm_eps;
+} Layer;
+
+typedef struct {
+    int n_layers, hidden, n_heads, n_kv, head_dim, inter, vocab;
+    int index_dim, index_rope_dim, max_pos; /* index_dim 0: no DSA index keys */
+    float scaling;
+    const bf16 *embed;                 /* (vocab, hidden) */
+    const float *final_norm; float final_eps;
+    const int8_t *head; const bf16 *head_scale; /* (vocab, hidden) */
+    const float *cos, *sin;            /* (max_pos, head_dim): the model's rotary table */
+    const float *icos, *isin;          /* (max_pos, index_rope_dim / 2): the indexer's */
+    const Layer *layers;
+} Model;
+
+typedef struct {       /* one cache layer: element offsets of batch row, head, position */
+    bf16 *k, *v;
+    int64_t k_row, k_head, k_pos, v_row, v_head, v_pos;
+} CacheView;
+
+/* ---------------------------------------------------------------------------------------------- */
+/* y[b, r] (+)= scale[r] * <x[b, :K], W[r, :K]> for r in [r0, r1), b < B                            */
+/* The dot products of four weight rows at once, against up to GROUP input rows (16 accumulators). */
+
+#define GROUP 4
+
+#if defined(__AVX512F__)
+typedef __m512 vf;
+#define VW 16
+static inline vf vzero(void) { return _mm512_setzero_ps(); }
+static inline vf load_w(const int8_t *w) { return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)w))); }
+static inline vf load_x(const float *x) { return _mm512_loadu_ps(x); }
+static inline vf fma_(vf a, vf b, vf c) { return _mm512_fmadd_ps(a, b, c); }
+static inline float hsum(vf v) { return _mm512_reduce_add_ps(v); }
+#elif defined(__AVX2__) && defined(__FMA__)
+typedef __m256 vf;
+#define VW 8
+static inline vf vzero(void) { return _mm256_setzero_ps(); }
+static inline vf load_w(const int8_t *w) { return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)w))); }
+static inline vf load_x(const float *x) { return _mm256_loadu_ps(x); }
+static inline vf fma_(vf a, vf b, vf c) { return _mm256_fmadd_ps(a, b, c); }
+static inline float hsum(vf v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+#else
+#define VW 0 /* no vector path: the plain loop below */
+#endif
+
+/* dots[b][j] = <x[b], row j of the block at w0> over the first KV columns, b < nb (nb <= GROUP) */
+static inline __attribute__((always_inline)) void
+block_dots(const int8_t *w0, int K, int KV, const float *x, const int nb, const int8_t *ahead,
+           float dots[GROUP][4]) {
+#if VW
+    vf acc[GROUP][4];
+    for (int b = 0; b < nb; b++)
+        for (int j = 0; j < 4; j++) acc[b][j] = vzero();
+    for (int c = 0; c < KV; c += VW) {
+        /* the blocks ahead, a cache line every 64 bytes of this row: four interleaved row streams defeat
+           the hardware prefetcher, and the loop then waits on memory (measured: 13 vs 31 GB/s a core) */
+        if (ahead && (c & 15) == 0) __builtin_prefetch(ahead + 4 * c, 0, 3);
+        const vf w_0 = load_w(w0 + c), w_1 = load_w(w0 + K + c);
+        const vf w_2 = load_w(w0 + 2 * K + c), w_3 = load_w(w0 + 3 * K + c);
+        for (int b = 0; b < nb; b++) {
+            const vf xv = load_x(x + (size_t)b * K + c);
+            acc[b][0] = fma_(w_0, xv, acc[b][0]);
+            acc[b][1] = fma_(w_1, xv, acc[b][1]);
+            acc[b][2] = fma_(w_2, xv, acc[b][2]);
+            acc[b][3] = fma_(w_3, xv, acc[b][3]);
+        }
+    }
+    for (int b = 0; b < nb; b++)
+        for (int j = 0; j < 4; j++) dots[b][j] = hsum(acc[b][j]);
+#else
+    (void)w0; (void)K; (void)KV; (void)x; (void)ahead;
+    for (int b = 0; b < nb; b++)
+        for (int j = 0; j < 4; j++) dots[b][j] = 0.f;
+#endif
+}
+
+static void gemv(const int8_t *W, const bf16 *scale, int K, const float *x, int B, int r0, int r1,
+                 float *y, int ldy, int y_first, int accumulate) {
+    /* y's column 0 is weight row y_first */
+    const int KV = VW ? K - K % VW : 0; /* columns the vector loop covers; the rest below */
+    int r = r0;
+    for (; r + 4 <= r1; r += 4) {
+        const int8_t *w0 = W + (size_t)r * K;
+        for (int b0 = 0; b0 < B; b0 += GROUP) {
+            float dots[GROUP][4];
+            const int nb = B - b0 < GROUP ? B - b0 : GROUP;
+            /* the weight block stays in L1 for the later groups of input rows: prefetch once */
+            const int8_t *ahead = b0 == 0 ? w0 + (size_t)PREFETCH_BLOCKS * 4 * K : NULL;
+            const float *xb = x + (size_t)b0 * K;
+            switch (nb) { /* constant nb: the loops over input rows unroll */
+            case 1: block_dots(w0, K, KV, xb, 1, ahead, dots); break;
+            case 2: block_dots(w0, K, KV, xb, 2, ahead, dots); break;
+            case 3: block_dots(w0, K, KV, xb, 3, ahead, dots); break;
+            default: block_dots(w0, K, KV, xb, 4, ahead, dots); break;
+            }
+            for (int b = 0; b < nb; b++) {
+                for (int j = 0; j < 4; j++) {
+                    float dot = dots[b][j];
+                    const int8_t *w = w0 + (size_t)j * K;
+                    for (int c = KV; c < K; c++) dot += xb[(size_t)b * K + c] * (float)w[c];
+                    const float v = bf16_to_f32(scale[r + j]) * dot;
+                    float *out = y + (size_t)(b0 + b) * ldy + (r + j - y_first);
+                    *out = accumulate ? *out + v : v;
+                }
+            }
+        }
+    }
+    for (; r < r1; r++) {
+        const int8_t *w = W + (size_t)r * K;
+        for (int b = 0; b < B; b++) {
+            const float *xb = x + (size_t)b * K;
+            float dot = 0.f;
+            for (int c = 0; c < K; c++) dot += xb[c] * (float)w[c];
+            const float v = bf16_to_f32(scale[r]) * dot;
+            float *out = y + (size_t)b * ldy + (r - y_first);
+            *out = accumulate ? *out + v : v;
+        }
+    }
+}
+
+/* ---------------------------------------------------------------------------------------------- */
+/* Threads. Not OpenMP: libgomp counts the threads of every team in the process (torch's included)
+ * and, with more of them than cores, makes its barriers sleep after ~1000 spins; from the runner's
+ * scheduler thread that made each step of ~180 barriers twice as slow on 2 threads as on one
+ * (measured). A step here is one job for a small pool of our own: workers spin between steps for a
+ * while, then sleep on a condition variable; the barriers inside a step only spin.                   */
+
+#define MAX_THREADS 64
+#define IDLE_SPIN_NS 2000000L /* how long a worker spins for the next step before it sleeps */
+
+typedef struct {
+    _Atomic int count;
+    _Atomic int sense;
+} Barrier;
+
+typedef struct Step Step;
+static void step_body(Step *st, int tid, int nt);
+
+static struct {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    _Atomic unsigned long generation; /* one per job */
+    _Atomic int sleepers;
+    _Atomic int done;                 /* workers through the current job */
+    int workers;                      /* started so far */
+    unsigned long start_generation;   /* the generation a worker created now waits past */
+    Step *job;
+    int nt;
+} pool = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0, 0, 0, 0, 0, NULL, 1};
+
+static inline void cpu_relax(void) {
+#if defined(__x86_64__) || defined(__i386__)
+    _mm_pause();
+#endif
+}
+
+static long now_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec * 1000000000L + ts.tv_nsec;
+}
+
+static void *worker_main(void *arg) {
+    const int tid = (int)(intptr_t)arg;
+    /* not the current generation: the first job may be submitted before this thread runs */
+    unsigned long seen = pool.start_generation;
+    for (;;) {
+        unsigned long g;
+        long deadline = 0;
+        for (int spins = 0; (g = atomic_load(&pool.generation)) == seen; spins++) {
+            if ((spins & 1023) == 1023) {
+                long t = now_ns();
+                if (!deadline) deadline = t + IDLE_SPIN_NS;
+                else if (t > deadline) {
+                    /* sleepers++ before re-reading the generation; the submitter bumps the generation
+                       before reading sleepers: one of the two sees the other (sequentially consistent) */
+                    pthread_mutex_lock(&pool.mu);
+                    atomic_fetch_add(&pool.sleepers, 1);
+                    while ((g = atomic_load(&pool.generation)) == seen) pthread_cond_wait(&pool.cv, &pool.mu);
+                    atomic_fetch_sub(&pool.sleepers, 1);
+                    pthread_mutex_unlock(&pool.mu);
+                    break;
+                }
+            }
+            cpu_relax();
+        }
+        seen = g;
+        if (tid < pool.nt) step_body(pool.job, tid, pool.nt);
+        atomic_fetch_add(&pool.done, 1);
+    }
+    return NULL;
+}
+
+/* Runs step_body on nt threads (the caller is thread 0); returns when all are through. The pool is the
+   process's: callers on several threads (two engines in one process) take turns. */
+static pthread_mutex_t submit_mu = PTHREAD_MUTEX_INITIALIZER;
+
+static void run_pooled(Step *st, int nt);
+
+static int run_step(Step *st, int nt) {
+    if (nt <= 1) {
+        step_body(st, 0, 1);
+        return 0;
+    }
+    pthread_mutex_lock(&submit_mu);
+    run_pooled(st, nt);
+    pthread_mutex_unlock(&submit_mu);
+    return 0;
+}
+
+static void run_pooled(Step *st, int nt) {
+    pool.start_generation = atomic_load(&pool.generation);
+    while (pool.workers < nt - 1) {
+        pthread_t th;
+        if (pthread_create(&th, NULL, worker_main, (void *)(intptr_t)(pool.workers + 1)) != 0) break;
+        pthread_detach(th);
+        pool.workers++;
+    }
+    if (pool.workers < nt - 1) nt = pool.workers + 1;
+    pool.job = st;
+    pool.nt = nt;
+    atomic_store(&pool.done, 0);
+    atomic_fetch_add(&pool.generation, 1);
+    if (atomic_load(&pool.sleepers) > 0) {
+        pthread_mutex_lock(&pool.mu);
+        pthread_cond_broadcast(&pool.cv);
+        pthread_mutex_unlock(&pool.mu);
+    }
+    step_body(st, 0, nt);
+    while (atomic_load(&pool.done) < pool.workers) cpu_relax();
+}
+
+static void barrier_wait(Barrier *b, int nt, int *sense) {
+    if (nt <= 1) return;
+    const int s = !*sense;
+    *sense = s;
+    if (atomic_fetch_add(&b->count, 1) == nt - 1) {
+        atomic_store(&b->count, 0);
+        atomic_store(&b->sense, s);
+    } else {
+        while (atomic_load(&b->sense) != s) cpu_relax();
+    }
+}
+
+/* thread tid's share of rows [0, n), in multiples of 4 (the kernel's row block) */
+static inline void share(int n, int tid, int nt, int *r0, int *r1) {
+    int blocks = (n + 3) / 4;
+    int per = blocks / nt, extra = blocks % nt;
+    int b0 = tid * per + (tid < extra ? tid : extra);
+    int b1 = b0 + per + (tid < extra ? 1 : 0);
+    *r0 = b0 * 4 < n ? b0 * 4 : n;
+    *r1 = b1 * 4 < n ? b1 * 4 : n;
+}
+
+/* thread tid's share of [0, n) items */
+static inline void items(int n, int tid, int nt, int *i0, int *i1) {
+    *i0 = (int)((long)n * tid / nt);
+    *i1 = (int)((long)n * (tid + 1) / nt);
+}
+
+static void rms_norm(const float *h, const float *w, float eps, int n, float *out) {
+    float ss = 0.f;
+    for (int i = 0; i < n; i++) ss += h[i] * h[i];
+    float inv = 1.0f / sqrtf(ss / (float)n + eps);
+    for (int i = 0; i < n; i++) out[i] = h[i] * inv * w[i];
+}
+
+/* rotate-half RoPE over the first 2*half dims of x, with tables of `half` (cos, sin) values */
+static void rope(float *x, int half, const float *cos, const float *sin) {
+    for (int j = 0; j < half; j++) {
+        float x1 = x[j], x2 = x[j + half];
+        x[j] = x1 * cos[j] - x2 * sin[j];
+        x[j + half] = x2 * cos[j] + x1 * sin[j];
+    }
+}
+
+static inline float silu(float g) { return g / (1.0f + expf(-g)); }
+
+struct Step {
+    const Model *m;
+    int B, S;
+    const int64_t *tokens, *positions, *mask;
+    const CacheView *kv, *ik;
+    float *logits;
+    float *h, *x, *proj, *attn, *act, *scores;
+    Barrier barrier;
+};
+
+/* the new token's key, value (kv head g < Hkv) or index key (g == Hkv) of row b -> the caches */
+static void store_new_keys(Step *st, const Layer *L, int l, int b, int g) {
+    const Model *m = st->m;
+    const int D = m->head_dim, qn = m->n_heads * D, kvn = m->n_kv * D, dI = m->index_dim;
+    const int proj_n = qn + 2 * kvn + dI, pos_w = st->S - 1;
+    float *p = st->proj + (size_t)b * proj_n;
+    const int64_t pos = st->positions[b];
+    if (g < m->n_kv) {
+        const CacheView *c = &st->kv[l];
+        float *k = p + qn + g * D, *v = p + qn + kvn + g * D;
+        rope(k, D / 2, m->cos + pos * D, m->sin + pos * D);
+        bf16 *kd = c->k + b * c->k_row + g * c->k_head + (int64_t)pos_w * c->k_pos;
+        bf16 *vd = c->v + b * c->v_row + g * c->v_head + (int64_t)pos_w * c->v_pos;
+        for (int d = 0; d < D; d++) {
+            kd[d] = f32_to_bf16(k[d]);
+            vd[d] = f32_to_bf16(v[d]);
+        }
+    } else if (dI > 0) {
+        float *ki = p + qn + 2 * kvn;
+        float mean = 0.f, var = 0.f;
+        for (int d = 0; d < dI; d++) mean += ki[d];
+        mean /= (float)dI;
+        for (int d = 0; d < dI; d++) var += (ki[d] - mean) * (ki[d] - mean);
+        const float inv = 1.0f / sqrtf(var / (float)dI + L->knorm_eps);
+        for (int d = 0; d < dI; d++) ki[d] = (ki[d] - mean) * inv * L->knorm_w[d] + L->knorm_b[d];
+        const int half = m->index_rope_dim / 2;
+        if (half > 0) rope(ki, half, m->icos + pos * half, m->isin + pos * half);
+        const CacheView *c = &st->ik[l];
+        bf16 *kd = c->k + b * c->k_row + (int64_t)pos_w * c->k_pos;
+        for (int d = 0; d < dI; d++) kd[d] = f32_to_bf16(ki[d]);
+    }
+}
+
+/* softmax(q K^T * scaling, masked) V for query head hh of row b */
+static void attend(Step *st, int l, int b, int hh) {
+    const Model *m = st->m;
+    const int D = m->head_dim, H = m->n_heads, qn = H * D, S = st->S;
+    const int proj_n = qn + 2 * m->n_kv * D + m->index_dim;
+    const CacheView *c = &st->kv[l];
+    const int64_t pos = st->positions[b];
+    float q[512];
+    memcpy(q, st->proj + (size_t)b * proj_n + hh * D, sizeof(float) * D);
+    rope(q, D / 2, m->cos + pos * D, m->sin + pos * D);
+    const int g = hh / (H / m->n_kv);
+    const bf16 *K = c->k + b * c->k_row + g * c->k_head;
+    const bf16 *V = c->v + b * c->v_row + g * c->v_head;
+    const int64_t *mk = st->mask + (size_t)b * S;
+    float *sc = st->scores + ((size_t)b * H + hh) * S;
+    float mx = -INFINITY;
+    for (int s = 0; s < S; s++) {
+        if (!mk[s]) continue;
+        const bf16 *kr = K + (int64_t)s * c->k_pos;
+        float dot = 0.f;
+        for (int d = 0; d < D; d++) dot += q[d] * bf16_to_f32(kr[d]);
+        sc[s] = dot * m->scaling;
+        if (sc[s] > mx) mx = sc[s];
+    }
+    float sum = 0.f;
+    for (int s = 0; s < S; s++) {
+        sc[s] = mk[s] ? expf(sc[s] - mx) : 0.f;
+        sum += sc[s];
+    }
+    float *o = st->attn + (size_t)b * qn + hh * D;
+    for (int d = 0; d < D; d++) o[d] = 0.f;
+    for (int s = 0; s < S; s++) {
+        if (sc[s] == 0.f) continue;
+        const float w = sc[s] / sum;
+        const bf16 *vr = V + (int64_t)s * c->v_pos;
+        for (int d = 0; d < D; d++) o[d] += w * bf16_to_f32(vr[d]);
+    }
+}
+
+static void step_body(Step *st, int tid, int nt) {
+    const Model *m = st->m;
+    const int B = st->B, Hd = m->hidden, H = m->n_heads, Hkv = m->n_kv, D = m->head_dim, I = m->inter;
+    const int qn = H * D, proj_n = qn + 2 * Hkv * D + m->index_dim;
+    float *h = st->h, *x = st->x;
+    int sense = 0, r0, r1, i0, i1;
+#define SYNC() barrier_wait(&st->barrier, nt, &sense)
+    for (int l = 0; l < m->n_layers; l++) {
+        const Layer *L = &m->layers[l];
+        if (tid == 0)
+            for (int b = 0; b < B; b++) rms_norm(h + b * Hd, L->ln1, L->eps1, Hd, x + b * Hd);
+        SYNC();
+        share(proj_n, tid, nt, &r0, &r1);
+        gemv(L->qkv, L->qkv_scale, Hd, x, B, r0, r1, st->proj, proj_n, 0, 0);
+        SYNC();
+        items(B * (Hkv + 1), tid, nt, &i0, &i1);
+        for (int i = i0; i < i1; i++) store_new_keys(st, L, l, i / (Hkv + 1), i % (Hkv + 1));
+        SYNC();
+        items(B * H, tid, nt, &i0, &i1);
+        for (int i = i0; i < i1; i++) attend(st, l, i / H, i % H);
+        SYNC();
+        share(Hd, tid, nt, &r0, &r1);
+        gemv(L->o, L->o_scale, qn, st->attn, B, r0, r1, h, Hd, 0, 1); /* h += o W_o */
+        SYNC();
+        if (tid == 0)
+            for (int b = 0; b < B; b++) rms_norm(h + b * Hd, L->ln2, L->eps2, Hd, x + b * Hd);
+        SYNC();
+        /* gate and up rows i and I + i on the same thread: silu(g) * u without a barrier */
+        share(I, tid, nt, &r0, &r1);
+        for (int i = r0; i < r1; i += 4) {
+            const int e = i + 4 < r1 ? i + 4 : r1;
+            float gate[MAX_ROWS * 4], up[MAX_ROWS * 4];
+            gemv(L->gu, L->gu_scale, Hd, x, B, i, e, gate, 4, i, 0);
+            gemv(L->gu + (size_t)I * Hd, L->gu_scale + I, Hd, x, B, i, e, up, 4, i, 0);
+            for (int b = 0; b < B; b++)
+                for (int j = i; j < e; j++) st->act[(size_t)b * I + j] = silu(gate[b * 4 + j - i]) * up[b * 4 + j - i];
+        }
+        SYNC();
+        share(Hd, tid, nt, &r0, &r1);
+        gemv(L->down, L->down_scale, I, st->act, B, r0, r1, h, Hd, 0, 1); /* h += act W_down */
+        SYNC();
+    }
+    if (tid == 0)
+        for (int b = 0; b < B; b++) rms_norm(h + b * Hd, m->final_norm, m->final_eps, Hd, x + b * Hd);
+    SYNC();
+    share(m->vocab, tid, nt, &r0, &r1);
+    gemv(m->head, m->head_scale, Hd, x, B, r0, r1, st->logits, m->vocab, 0, 0);
+#undef SYNC
+}
+
+int dsa_max_rows(void) { return MAX_ROWS; }
+
+/* Returns 0; -1 when a position is past the rotary tables, -2 for a bad batch, -3 out of memory (the
+   caller falls back; nothing was written). */
+int dsa_decode_step(const Model *m, int B, const int64_t *tokens, const int64_t *positions,
+                    const int64_t *mask, int S, const CacheView *kv, const CacheView *ik,
+                    float *logits, int nthreads) {
+    if (B < 1 || B > MAX_ROWS) return -2;
+    for (int b = 0; b < B; b++)
+        if (positions[b] < 0 || positions[b] >= m->max_pos) return -1;
+    const int Hd = m->hidden, I = m->inter, qn = m->n_heads * m->head_dim;
+    const int proj_n = qn + 2 * m->n_kv * m->head_dim + m->index_dim;
+    Step st = {m, B, S, tokens, positions, mask, kv, ik, logits, NULL, NULL, NULL, NULL, NULL, NULL, {0, 0}};
+    st.h = malloc(sizeof(float) * B * Hd);
+    st.x = malloc(sizeof(float) * B * Hd);
+    st.proj = malloc(sizeof(float) * B * proj_n);
+    st.attn = malloc(sizeof(float) * B * qn);
+    st.act = malloc(sizeof(float) * B * I);
+    st.scores = malloc(sizeof(float) * (size_t)B * m->n_heads * S);
+    int rc = -3;
+    if (st.h && st.x && st.proj && st.attn && st.act && st.scores) {
+        for (int b = 0; b < B; b++) {
+            const bf16 *e = m->embed + (size_t)tokens[b] * Hd;
+            for (int i = 0; i < Hd; i++) st.h[b * Hd + i] = bf16_to_f32(e[i]);
+        }
+        if (nthreads > MAX_THREADS) nthreads = MAX_THREADS;
+        rc = run_step(&st, nthreads < 1 ? 1 : nthreads);
+    }
+    free(st.h); free(st.x); free(st.proj); free(st.attn); free(st.act); free(st.scores);
+    return rc;
+}

@@ -1,0 +1,309 @@
+"""The decode step in C for single streams and small batches on the CPU (``native/decode_step.c``).
+
+At batch 1 the compact torch step (``fast_decode``) spends about half its time between the matmuls
+(dispatch, small ops, thread hand-offs), and aten's int8 matmul reads the weights well below the memory
+bandwidth; at 16-32 rows oneDNN's bfloat16 GEMM reads twice the bytes. ``NativeDecoder.step`` runs the same step as one C call: all layers as one job for a few
+threads of its own, activations in float32, the int8 weights and caches of the compact decoder read in
+place.
+
+It covers int8 weights (``weights.Int8Linear``), bfloat16 activations and caches, batches of up to
+``max_rows`` (32; faster than torch at every size up to it), and dense attention (no DSA, or a context still within DSA's top-k, where the selection is every
+key). Anything else returns None and the engine
+runs the compact step.
+
+The library is compiled on first use with the machine's C compiler (``$CC``, else ``cc``/``gcc``;
+``-O3 -march=native -pthread``) into ``$XDG_CACHE_HOME/tasksynth/native`` (default ``~/.cache``), named by
+a hash of the source, the flags and the CPU, so a change to any of them builds a new one. Without a
+compiler the runner logs why and keeps the torch path.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import threading
+import weakref
+from pathlib import Path
+
+import torch
+
+from dsa_runner.indexer import rope_tables
+
+log = logging.getLogger("dsa_runner")
+
+SOURCE = Path(__file__).with_name("native") / "decode_step.c"
+FLAGS = ["-O3", "-march=native", "-pthread", "-shared", "-fPIC", "-std=gnu11"]
+MAX_HEAD_DIM = 512  # the C step keeps one query head on the stack
+
+_build_lock = threading.Lock()
+_library: ctypes.CDLL | None = None
+_library_error: str | None = None
+
+
+class NativeUnavailable(RuntimeError):
+    """The C step cannot be built or cannot run this model."""
+
+
+# ------------------------------------------------------------------------------------------------
+# building
+
+
+def cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "tasksynth" / "native"
+
+
+def _compiler() -> str:
+    for name in (os.environ.get("CC"), "cc", "gcc", "clang"):
+        if name and shutil.which(name):
+            return name
+    raise NativeUnavailable("no C compiler (set CC, or install gcc)")
+
+
+def _cpu_signature() -> str:
+    """What -march=native depends on: the CPU's model and feature flags."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+        lines = [line for line in text.splitlines() if line.startswith(("model name", "flags"))][:2]
+        return "\n".join(lines)
+    except OSError:
+        return platform.processor() or platform.machine()
+
+
+def library_path() -> Path:
+    cc = _compiler()
+    version = subprocess.run([cc, "--version"], capture_output=True, text=True).stdout.splitlines()[:1]
+    digest = hashlib.sha256()
+    for part in (SOURCE.read_bytes(), " ".join(FLAGS).encode(), cc.encode(), "".join(version).encode(),
+                 _cpu_signature().encode(), platform.machine().encode()):
+        digest.update(part)
+        digest.update(b"\0")
+    return cache_dir() / f"decode_step-{digest.hexdigest()[:16]}.so"
+
+
+def build() -> Path:
+    """Compiles the library unless the cache has it; returns its path. Safe across processes: each
+    compiles to its own temporary file and renames it into place."""
+    path = library_path()
+    if path.exists():
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".build-", suffix=".so")
+    os.close(fd)
+    cmd = [_compiler(), *FLAGS, "-o", tmp, str(SOURCE), "-lm"]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+        if proc.returncode != 0:
+            raise NativeUnavailable(f"compiling {SOURCE.name} failed: {proc.stderr.strip()[-800:]}")
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    log.info("native decode step compiled: %s", path)
+    return path
+
+
+class _Layer(ctypes.Structure):
+    _fields_ = [("ln1", ctypes.c_void_p), ("ln2", ctypes.c_void_p), ("eps1", ctypes.c_float),
+                ("eps2", ctypes.c_float), ("qkv", ctypes.c_void_p), ("qkv_scale", ctypes.c_void_p),
+                ("o", ctypes.c_void_p), ("o_scale", ctypes.c_void_p), ("gu", ctypes.c_void_p),
+                ("gu_scale", ctypes.c_void_p), ("down", ctypes.c_void_p), ("down_scale", ctypes.c_void_p),
+                ("knorm_w", ctypes.c_void_p), ("knorm_b", ctypes.c_void_p), ("knorm_eps", ctypes.c_float)]
+
+
+class _Model(ctypes.Structure):
+    _fields_ = [("n_layers", ctypes.c_int), ("hidden", ctypes.c_int), ("n_heads", ctypes.c_int),
+                ("n_kv", ctypes.c_int), ("head_dim", ctypes.c_int), ("inter", ctypes.c_int),
+                ("vocab", ctypes.c_int), ("index_dim", ctypes.c_int), ("index_rope_dim", ctypes.c_int),
+                ("max_pos", ctypes.c_int), ("scaling", ctypes.c_float), ("embed", ctypes.c_void_p),
+                ("final_norm", ctypes.c_void_p), ("final_eps", ctypes.c_float), ("head", ctypes.c_void_p),
+                ("head_scale", ctypes.c_void_p), ("cos", ctypes.c_void_p), ("sin", ctypes.c_void_p),
+                ("icos", ctypes.c_void_p), ("isin", ctypes.c_void_p), ("layers", ctypes.POINTER(_Layer))]
+
+
+class _CacheView(ctypes.Structure):
+    _fields_ = [("k", ctypes.c_void_p), ("v", ctypes.c_void_p), ("k_row", ctypes.c_int64),
+                ("k_head", ctypes.c_int64), ("k_pos", ctypes.c_int64), ("v_row", ctypes.c_int64),
+                ("v_head", ctypes.c_int64), ("v_pos", ctypes.c_int64)]
+
+
+def load_library() -> ctypes.CDLL:
+    """The compiled library (built on first call); raises NativeUnavailable with the reason."""
+    global _library, _library_error
+    with _build_lock:
+        if _library is None and _library_error is None:
+            try:
+                lib = ctypes.CDLL(str(build()))
+                fn = lib.dsa_decode_step
+                fn.restype = ctypes.c_int
+                fn.argtypes = [ctypes.POINTER(_Model), ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p,
+                               ctypes.c_void_p, ctypes.c_int, ctypes.POINTER(_CacheView),
+                               ctypes.POINTER(_CacheView), ctypes.c_void_p, ctypes.c_int]
+                lib.dsa_max_rows.restype = ctypes.c_int
+                lib.dsa_max_rows.argtypes = []
+                _library = lib
+            except (NativeUnavailable, OSError, subprocess.SubprocessError) as exc:
+                _library_error = str(exc)
+        if _library is None:
+            raise NativeUnavailable(_library_error)
+        return _library
+
+
+# ------------------------------------------------------------------------------------------------
+# the decoder
+
+
+def unsupported_reason(compact) -> str | None:
+    """Why the C step cannot run the model of ``compact`` (a fast_decode.CompactDecoder); None: it can."""
+    if compact.embed.weight.device.type != "cpu":
+        return "not on the CPU"
+    if compact.dtype != torch.bfloat16:
+        return f"activations in {compact.dtype} (the C step reads bfloat16)"
+    if compact.head_dim > MAX_HEAD_DIM or compact.head_dim % 2:
+        return f"head dim {compact.head_dim}"
+    if compact.n_heads % compact.n_kv:
+        return "query heads not a multiple of key/value heads"
+    linears = [compact.lm_head]
+    for layer in compact.layers:
+        if layer["qkv"].w_int8 is None or layer["gate_up"].w_int8 is None:
+            return "weights not int8 (quantize=none)"
+        linears += [layer["o"], layer["down"]]
+        if compact.dsa and not layer["key_fused"]:
+            return "index keys not fused into the qkv projection"
+    if any(getattr(lin, "w_int8", None) is None for lin in linears):
+        return "weights not int8 (quantize=none)"
+    return None
+
+
+def _f32(t: torch.Tensor) -> torch.Tensor:
+    return t.detach().to(torch.float32).contiguous()
+
+
+class NativeDecoder:
+    """The C decode step over the weights of a ``CompactDecoder`` (shared, not copied, but the small
+    norm weights and the rotary tables, kept in float32)."""
+
+    def __init__(self, compact, threads: int):
+        reason = unsupported_reason(compact)
+        if reason is not None:
+            raise NativeUnavailable(reason)
+        self.lib = load_library()
+        self.max_rows = self.lib.dsa_max_rows()
+        self.compact = compact
+        self.threads = threads
+        keep: list[torch.Tensor] = []  # every tensor the C structs point into stays alive with self
+
+        def ptr(t: torch.Tensor) -> int:
+            if not t.is_contiguous():
+                t = t.contiguous()
+            keep.append(t)
+            return t.data_ptr()
+
+        c = compact
+        first = c.layers[0]
+        q_rows = c.n_heads * c.head_dim + 2 * c.n_kv * c.head_dim
+        index_dim = first["qkv"].w_int8.shape[0] - q_rows if c.dsa else 0
+        self.layers = (_Layer * c.num_layers)()
+        for i, L in enumerate(c.layers):
+            spec = self.layers[i]
+            spec.ln1, spec.eps1 = ptr(_f32(L["ln1"][0])), L["ln1"][1]
+            spec.ln2, spec.eps2 = ptr(_f32(L["ln2"][0])), L["ln2"][1]
+            spec.qkv, spec.qkv_scale = ptr(L["qkv"].w_int8), ptr(L["qkv"].scale)
+            spec.o, spec.o_scale = ptr(L["o"].w_int8), ptr(L["o"].scale)
+            spec.gu, spec.gu_scale = ptr(L["gate_up"].w_int8), ptr(L["gate_up"].scale)
+            spec.down, spec.down_scale = ptr(L["down"].w_int8), ptr(L["down"].scale)
+            if index_dim:
+                norm = L["indexer"].k_norm
+                spec.knorm_w, spec.knorm_b, spec.knorm_eps = ptr(_f32(norm.weight)), ptr(_f32(norm.bias)), norm.eps
+        for scale in [L[k].scale for L in c.layers for k in ("qkv", "o", "gate_up", "down")] + [c.lm_head.scale]:
+            if scale.dtype != torch.bfloat16:
+                raise NativeUnavailable(f"int8 scales in {scale.dtype}")
+        model = _Model()
+        model.n_layers, model.hidden = c.num_layers, c.embed.weight.shape[1]
+        model.n_heads, model.n_kv, model.head_dim = c.n_heads, c.n_kv, c.head_dim
+        model.inter = c.layers[0]["gate_up"].w_int8.shape[0] // 2
+        model.vocab = c.lm_head.w_int8.shape[0]
+        model.scaling = c.scaling
+        model.embed = ptr(c.embed.weight)
+        model.final_norm, model.final_eps = ptr(_f32(c.final_norm[0])), c.final_norm[1]
+        model.head, model.head_scale = ptr(c.lm_head.w_int8), ptr(c.lm_head.scale)
+        cos, sin = _f32(c.cos), _f32(c.sin)  # same table as the torch step, in float32
+        model.max_pos = cos.shape[0]
+        model.cos, model.sin = ptr(cos), ptr(sin)
+        model.index_dim = index_dim
+        if index_dim:
+            icfg = c.indexers.cfg
+            model.index_rope_dim = icfg.rope_dim
+            if icfg.rope_dim:
+                positions = torch.arange(model.max_pos)[None]
+                icos, isin = rope_tables(positions, icfg.rope_dim, icfg.rope_theta)
+                model.icos, model.isin = ptr(_f32(icos[0])), ptr(_f32(isin[0]))
+        model.layers = self.layers
+        self.model = model
+        self.vocab = model.vocab
+        self._keep = keep
+        self._kv = (_CacheView * c.num_layers)()
+        self._ik = (_CacheView * c.num_layers)()
+        # the cache buffers the views describe (weak: a finished batch's cache is freed, not kept here)
+        self._seen: list = [None] * (2 * c.num_layers)
+        self._lock = threading.Lock()
+
+    def covers(self, batch: int, seq_len: int) -> bool:
+        c = self.compact
+        if batch > self.max_rows or not c.covers():
+            return False
+        return not (c.dsa and seq_len > c.settings.top_k)  # sparse attention: the torch step
+
+    def _views(self, cache, S: int) -> bool:
+        """Fills the C cache views; makes room for one column. False when the cache is not as expected."""
+        n = self.compact.num_layers
+        layers = cache.layers
+        if len(layers) < (2 * n if self.model.index_dim else n):
+            return False
+        for i in range(2 * n if self.model.index_dim else n):
+            layer = layers[i]
+            if not getattr(layer, "is_initialized", False) or getattr(layer, "_len", None) != S - 1:
+                return False
+            if layer._len + 1 > layer._k.shape[2]:
+                layer._store(layer.keys, layer.values, extra=1)
+            k = layer._k
+            seen = self._seen[i]
+            if seen is not None and seen() is k:
+                continue
+            if k.dtype != torch.bfloat16 or k.stride(-1) != 1 or (i < n and layer._v.stride(-1) != 1):
+                return False
+            view = self._kv[i] if i < n else self._ik[i - n]
+            v = layer._v
+            view.k, view.k_row, view.k_head, view.k_pos = k.data_ptr(), k.stride(0), k.stride(1), k.stride(2)
+            view.v, view.v_row, view.v_head, view.v_pos = v.data_ptr(), v.stride(0), v.stride(1), v.stride(2)
+            self._seen[i] = weakref.ref(k)
+        return True
+
+    def step(self, tokens: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor, cache) -> torch.Tensor | None:
+        """As ``CompactDecoder.step`` (tokens (B,), positions (B,), mask (B, S) with the new column);
+        returns float32 logits (B, V), or None when this step is not one the C code covers."""
+        with self._lock:  # the views below are this decoder's: one step at a time
+            return self._step(tokens, positions, mask, cache)
+
+    def _step(self, tokens, positions, mask, cache):
+        B, S = mask.shape
+        if not self.covers(B, S) or not self._views(cache, S):
+            return None
+        tokens = tokens.to(torch.int64).contiguous()
+        positions = positions.to(torch.int64).contiguous()
+        mask = mask.to(torch.int64).contiguous()
+        logits = torch.empty(B, self.vocab, dtype=torch.float32)
+        rc = self.lib.dsa_decode_step(ctypes.byref(self.model), B, tokens.data_ptr(), positions.data_ptr(),
+                                      mask.data_ptr(), S, self._kv, self._ik, logits.data_ptr(), self.threads)
+        if rc != 0:
+            return None  # a position past the rotary table, or no memory: nothing was written
+        for layer in cache.layers[:2 * self.compact.num_layers if self.model.index_dim else self.compact.num_layers]:
+            layer._len += 1
+            layer._views()
+        return logits
