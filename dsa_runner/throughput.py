@@ -141,10 +141,40 @@ def _greedy_ids(engine, prompt_ids, max_tokens) -> list[int]:
     return engine.tokenizer(box.get("text", ""), add_special_tokens=False)["input_ids"]
 
 
+def _decode_step_logits(engine, prompt_ids: list[int], continuation: list[int]):
+    """Logits of the engine's own decode step (native or compact), teacher-forced over the continuation
+    after a prefill of the prompt: (len(continuation), V), the first row from the prefill. None when
+    the engine decodes with the transformers forward."""
+    import torch
+
+    from dsa_runner.engine import fresh_cache
+
+    decoder = engine._native_decoder or engine._compact_decoder
+    if decoder is None:
+        return None
+    ids = torch.tensor([prompt_ids])
+    mask = torch.ones_like(ids)
+    cache = fresh_cache(engine.num_cache_layers)
+    out = engine.model(input_ids=ids, attention_mask=mask, past_key_values=cache, use_cache=True, logits_to_keep=1)
+    rows = [out.logits[0, -1].float()]
+    pos = torch.tensor([len(prompt_ids)])
+    for tok in continuation[:-1]:
+        mask = torch.cat([mask, mask.new_ones(1, 1)], dim=1)
+        logits = decoder.step(torch.tensor([tok]), pos, mask, cache)
+        if logits is None:  # past what the decoder covers: the transformers forward for this step
+            logits = engine.model(input_ids=torch.tensor([[tok]]), attention_mask=mask, position_ids=pos[:, None],
+                                  past_key_values=cache, use_cache=True, logits_to_keep=1).logits[:, -1]
+        rows.append(logits.float()[0])
+        pos = pos + 1
+    return torch.stack(rows)
+
+
 def accuracy_vs_float32(engine, cfg: BenchConfig, prompt_ids: list[int], continuation: list[int]) -> dict:
-    """Teacher-forced comparison of the served model (its dtype and weight format; the int8 kernel forced
-    for every row) with the same model in float32 without quantisation, over prompt + continuation:
-    top-1 agreement of next-token predictions and mean KL(float32 || served)."""
+    """Teacher-forced comparison of what the engine serves with the same model in float32 without
+    quantisation, over prompt + continuation: top-1 agreement of next-token predictions and mean
+    KL(float32 || served). The served side is the engine's decode step itself (native or compact, with
+    its dtype and weight format); with the transformers forward, that forward with the int8 kernel
+    forced for every row, as in single-stream decoding."""
     import torch
 
     from dsa_runner import weights
@@ -153,17 +183,20 @@ def accuracy_vs_float32(engine, cfg: BenchConfig, prompt_ids: list[int], continu
     ref, _, _ = load_dsa_model(cfg.model, top_k=cfg.top_k, device="cpu", dtype=torch.float32)
     ids = torch.tensor([prompt_ids + continuation])
     start = len(prompt_ids) - 1
-    saved = weights.SMALL_BATCH
-    weights.SMALL_BATCH = 1 << 30  # the int8 path, as in single-stream decoding
-    try:
-        with torch.inference_mode():
-            ours = engine.model(input_ids=ids).logits[0, start:-1].float()
-            theirs = ref(input_ids=ids).logits[0, start:-1].float()
-    finally:
-        weights.SMALL_BATCH = saved
+    with torch.inference_mode():
+        ours = _decode_step_logits(engine, prompt_ids, continuation)
+        if ours is None:
+            saved = weights.SMALL_BATCH
+            weights.SMALL_BATCH = 1 << 30  # the int8 path, as in single-stream decoding
+            try:
+                ours = engine.model(input_ids=ids).logits[0, start:-1].float()
+            finally:
+                weights.SMALL_BATCH = saved
+        theirs = ref(input_ids=ids).logits[0, start:-1].float()
     logp, logq = theirs.log_softmax(-1), ours.log_softmax(-1)
     kl = (logp.exp() * (logp - logq)).sum(-1)
-    return {"positions": int(ours.shape[0]), "top1_agreement": float((ours.argmax(-1) == theirs.argmax(-1)).float().mean()),
+    return {"positions": int(ours.shape[0]), "decode_impl": engine.decode_impl,
+            "top1_agreement": float((ours.argmax(-1) == theirs.argmax(-1)).float().mean()),
             "mean_kl": float(kl.mean()), "max_kl": float(kl.max())}
 
 
@@ -303,7 +336,8 @@ def format_report(report: dict, cfg: BenchConfig) -> str:
             lines.append(f"llama.cpp n_batch={attempt['n_batch']}: ran")
     if "accuracy_vs_float32" in report:
         acc = report["accuracy_vs_float32"]
-        lines.append(f"accuracy vs float32 (teacher-forced, {acc['positions']} positions): top-1 agreement "
+        lines.append(f"accuracy vs float32 (teacher-forced through the {acc.get('decode_impl', '?')} decode step, "
+                     f"{acc['positions']} positions): top-1 agreement "
                      f"{acc['top1_agreement']:.1%}, mean KL {acc['mean_kl']:.4f}, max KL {acc['max_kl']:.4f}")
     if "greedy_agreement_tokens" in report:
         lines.append(f"greedy outputs agree for the first {report['greedy_agreement_tokens']} tokens "
