@@ -397,17 +397,24 @@ class Engine:
         if self._thread is not None:
             raise EngineError("warmup() runs before start()")
         t0 = time.time()
-        with torch.inference_mode():
-            for n in (1, 2):
-                params = SamplingParams(max_tokens=tokens, temperature=1.0, ignore_eos=True)
-                self._waiting.append(GenerationRequest(list(range(1, 9)), n, params, lambda evs: None))
-                while self._waiting or self._rows:
-                    self._admit()
-                    self._compact()
-                    if self._rows:
-                        self._step()
+        for n in (1, 2):
+            params = SamplingParams(max_tokens=tokens, temperature=1.0, ignore_eos=True)
+            self._waiting.append(GenerationRequest(list(range(1, 9)), n, params, lambda evs: None))
+            self.run_until_idle()
         self.stats = EngineStats()
         return time.time() - t0
+
+    def run_until_idle(self) -> None:
+        """The scheduler's loop on the calling thread, until nothing waits or runs: for warm-up and tests,
+        before start() (requests queued on ``_waiting`` directly)."""
+        if self._thread is not None:
+            raise EngineError("run_until_idle() runs before start()")
+        with torch.inference_mode():
+            while self._waiting or self._rows:
+                self._admit()
+                self._compact()
+                if self._rows:
+                    self._step()
 
     def submit(self, request: GenerationRequest) -> None:
         """Queues a request; raises QueueFull or EngineClosed."""

@@ -83,11 +83,7 @@ def _greedy_texts(m, tok, impl):
                     if hasattr(ev, "reason"):
                         results[i] = ev.text
             engine._waiting.append(GenerationRequest(prompt, 1, params, collect))
-        while engine._waiting or engine._rows:
-            engine._admit()
-            engine._compact()
-            if engine._rows:
-                engine._step()
+        engine.run_until_idle()
     return [results[i] for i in range(len(PROMPTS))]
 
 

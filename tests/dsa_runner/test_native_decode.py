@@ -200,11 +200,7 @@ def test_engine_decodes_with_the_native_step(model, reference):
                         results[i] = ev.text
             params = SamplingParams(max_tokens=STEPS, temperature=0.0, ignore_eos=True)
             engine._waiting.append(GenerationRequest(prompt, 1, params, collect))
-        while engine._waiting or engine._rows:
-            engine._admit()
-            engine._compact()
-            if engine._rows:
-                engine._step()
+        engine.run_until_idle()
         assert len(calls) >= STEPS - 1
         agree = total = 0
         for i, prompt in enumerate(PROMPTS):
