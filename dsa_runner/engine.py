@@ -457,7 +457,6 @@ class Engine:
 
     def _run(self) -> None:
         # OpenMP settings belong to the thread that sets them: the scheduler thread takes its own
-        self._torch_threads = None
         self._set_torch_threads(self.threads)
         with torch.inference_mode():
             while True:

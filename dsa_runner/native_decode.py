@@ -2,13 +2,13 @@
 
 At batch 1 the compact torch step (``fast_decode``) spends about half its time between the matmuls
 (dispatch, small ops, thread hand-offs), and aten's int8 matmul reads the weights well below the memory
-bandwidth; at 16-32 rows oneDNN's bfloat16 GEMM reads twice the bytes. ``NativeDecoder.step`` runs the same step as one C call: all layers as one job for a few
-threads of its own, activations in float32, the int8 weights and caches of the compact decoder read in
-place.
+bandwidth; at 16-32 rows oneDNN's bfloat16 GEMM reads twice the bytes. ``NativeDecoder.step`` runs the
+same step as one C call: all layers as one job for a few threads of its own, activations in float32, the
+int8 weights and caches of the compact decoder read in place.
 
 It covers int8 weights (``weights.Int8Linear``), bfloat16 activations and caches, batches of up to
-``max_rows`` (32; faster than torch at every size up to it), and dense attention (no DSA, or a context still within DSA's top-k, where the selection is every
-key). Anything else returns None and the engine
+``max_rows`` (32; faster than torch at every size up to it), and dense attention (no DSA, or a context
+still within DSA's top-k, where the selection is every key). Anything else returns None and the engine
 runs the compact step.
 
 The library is compiled on first use with the machine's C compiler (``$CC``, else ``cc``/``gcc``;
@@ -169,15 +169,14 @@ def unsupported_reason(compact) -> str | None:
         return f"head dim {compact.head_dim}"
     if compact.n_heads % compact.n_kv:
         return "query heads not a multiple of key/value heads"
-    linears = [compact.lm_head]
-    for layer in compact.layers:
-        if layer["qkv"].w_int8 is None or layer["gate_up"].w_int8 is None:
-            return "weights not int8 (quantize=none)"
-        linears += [layer["o"], layer["down"]]
-        if compact.dsa and not layer["key_fused"]:
-            return "index keys not fused into the qkv projection"
-    if any(getattr(lin, "w_int8", None) is None for lin in linears):
+    if compact.dsa and not all(layer["key_fused"] for layer in compact.layers):
+        return "index keys not fused into the qkv projection"
+    # Int8Linear and fast_decode._Fused both carry w_int8 (None for a _Fused of other linears)
+    weights = [compact.lm_head] + [layer[k] for layer in compact.layers for k in ("qkv", "o", "gate_up", "down")]
+    if any(getattr(w, "w_int8", None) is None for w in weights):
         return "weights not int8 (quantize=none)"
+    if any(w.scale.dtype != torch.bfloat16 for w in weights):
+        return "int8 scales not in bfloat16"
     return None
 
 
@@ -221,9 +220,6 @@ class NativeDecoder:
             if index_dim:
                 norm = L["indexer"].k_norm
                 spec.knorm_w, spec.knorm_b, spec.knorm_eps = ptr(_f32(norm.weight)), ptr(_f32(norm.bias)), norm.eps
-        for scale in [L[k].scale for L in c.layers for k in ("qkv", "o", "gate_up", "down")] + [c.lm_head.scale]:
-            if scale.dtype != torch.bfloat16:
-                raise NativeUnavailable(f"int8 scales in {scale.dtype}")
         model = _Model()
         model.n_layers, model.hidden = c.num_layers, c.embed.weight.shape[1]
         model.n_heads, model.n_kv, model.head_dim = c.n_heads, c.n_kv, c.head_dim
@@ -252,6 +248,7 @@ class NativeDecoder:
         self._ik = (_CacheView * c.num_layers)()
         # the cache buffers the views describe (weak: a finished batch's cache is freed, not kept here)
         self._seen: list = [None] * (2 * c.num_layers)
+        self._cache_layers = 2 * c.num_layers if index_dim else c.num_layers  # K/V, then index keys
         self._lock = threading.Lock()
 
     def covers(self, batch: int, seq_len: int) -> bool:
@@ -264,9 +261,9 @@ class NativeDecoder:
         """Fills the C cache views; makes room for one column. False when the cache is not as expected."""
         n = self.compact.num_layers
         layers = cache.layers
-        if len(layers) < (2 * n if self.model.index_dim else n):
+        if len(layers) < self._cache_layers:
             return False
-        for i in range(2 * n if self.model.index_dim else n):
+        for i in range(self._cache_layers):
             layer = layers[i]
             if not getattr(layer, "is_initialized", False) or getattr(layer, "_len", None) != S - 1:
                 return False
@@ -303,7 +300,7 @@ class NativeDecoder:
                                       mask.data_ptr(), S, self._kv, self._ik, logits.data_ptr(), self.threads)
         if rc != 0:
             return None  # a position past the rotary table, or no memory: nothing was written
-        for layer in cache.layers[:2 * self.compact.num_layers if self.model.index_dim else self.compact.num_layers]:
+        for layer in cache.layers[:self._cache_layers]:
             layer._len += 1
             layer._views()
         return logits

@@ -345,6 +345,7 @@ static inline float silu(float g) { return g / (1.0f + expf(-g)); }
 struct Step {
     const Model *m;
     int B, S;
+    int proj_n; /* columns of the fused projection: q, k, v, index key */
     const int64_t *tokens, *positions, *mask;
     const CacheView *kv, *ik;
     float *logits;
@@ -356,8 +357,8 @@ struct Step {
 static void store_new_keys(Step *st, const Layer *L, int l, int b, int g) {
     const Model *m = st->m;
     const int D = m->head_dim, qn = m->n_heads * D, kvn = m->n_kv * D, dI = m->index_dim;
-    const int proj_n = qn + 2 * kvn + dI, pos_w = st->S - 1;
-    float *p = st->proj + (size_t)b * proj_n;
+    const int pos_w = st->S - 1;
+    float *p = st->proj + (size_t)b * st->proj_n;
     const int64_t pos = st->positions[b];
     if (g < m->n_kv) {
         const CacheView *c = &st->kv[l];
@@ -389,11 +390,10 @@ static void store_new_keys(Step *st, const Layer *L, int l, int b, int g) {
 static void attend(Step *st, int l, int b, int hh) {
     const Model *m = st->m;
     const int D = m->head_dim, H = m->n_heads, qn = H * D, S = st->S;
-    const int proj_n = qn + 2 * m->n_kv * D + m->index_dim;
     const CacheView *c = &st->kv[l];
     const int64_t pos = st->positions[b];
     float q[512];
-    memcpy(q, st->proj + (size_t)b * proj_n + hh * D, sizeof(float) * D);
+    memcpy(q, st->proj + (size_t)b * st->proj_n + hh * D, sizeof(float) * D);
     rope(q, D / 2, m->cos + pos * D, m->sin + pos * D);
     const int g = hh / (H / m->n_kv);
     const bf16 *K = c->k + b * c->k_row + g * c->k_head;
@@ -424,17 +424,23 @@ static void attend(Step *st, int l, int b, int hh) {
     }
 }
 
+/* x = rms(h) * w for every row of the batch (thread 0; the caller's barrier publishes x) */
+static void norm_rows(Step *st, int tid, const float *w, float eps) {
+    const int Hd = st->m->hidden;
+    if (tid == 0)
+        for (int b = 0; b < st->B; b++) rms_norm(st->h + b * Hd, w, eps, Hd, st->x + b * Hd);
+}
+
 static void step_body(Step *st, int tid, int nt) {
     const Model *m = st->m;
     const int B = st->B, Hd = m->hidden, H = m->n_heads, Hkv = m->n_kv, D = m->head_dim, I = m->inter;
-    const int qn = H * D, proj_n = qn + 2 * Hkv * D + m->index_dim;
+    const int qn = H * D, proj_n = st->proj_n;
     float *h = st->h, *x = st->x;
     int sense = 0, r0, r1, i0, i1;
 #define SYNC() barrier_wait(&st->barrier, nt, &sense)
     for (int l = 0; l < m->n_layers; l++) {
         const Layer *L = &m->layers[l];
-        if (tid == 0)
-            for (int b = 0; b < B; b++) rms_norm(h + b * Hd, L->ln1, L->eps1, Hd, x + b * Hd);
+        norm_rows(st, tid, L->ln1, L->eps1);
         SYNC();
         share(proj_n, tid, nt, &r0, &r1);
         gemv(L->qkv, L->qkv_scale, Hd, x, B, r0, r1, st->proj, proj_n, 0, 0);
@@ -448,8 +454,7 @@ static void step_body(Step *st, int tid, int nt) {
         share(Hd, tid, nt, &r0, &r1);
         gemv(L->o, L->o_scale, qn, st->attn, B, r0, r1, h, Hd, 0, 1); /* h += o W_o */
         SYNC();
-        if (tid == 0)
-            for (int b = 0; b < B; b++) rms_norm(h + b * Hd, L->ln2, L->eps2, Hd, x + b * Hd);
+        norm_rows(st, tid, L->ln2, L->eps2);
         SYNC();
         /* gate and up rows i and I + i on the same thread: silu(g) * u without a barrier */
         share(I, tid, nt, &r0, &r1);
@@ -466,8 +471,7 @@ static void step_body(Step *st, int tid, int nt) {
         gemv(L->down, L->down_scale, I, st->act, B, r0, r1, h, Hd, 0, 1); /* h += act W_down */
         SYNC();
     }
-    if (tid == 0)
-        for (int b = 0; b < B; b++) rms_norm(h + b * Hd, m->final_norm, m->final_eps, Hd, x + b * Hd);
+    norm_rows(st, tid, m->final_norm, m->final_eps);
     SYNC();
     share(m->vocab, tid, nt, &r0, &r1);
     gemv(m->head, m->head_scale, Hd, x, B, r0, r1, st->logits, m->vocab, 0, 0);
@@ -486,7 +490,8 @@ int dsa_decode_step(const Model *m, int B, const int64_t *tokens, const int64_t 
         if (positions[b] < 0 || positions[b] >= m->max_pos) return -1;
     const int Hd = m->hidden, I = m->inter, qn = m->n_heads * m->head_dim;
     const int proj_n = qn + 2 * m->n_kv * m->head_dim + m->index_dim;
-    Step st = {m, B, S, tokens, positions, mask, kv, ik, logits, NULL, NULL, NULL, NULL, NULL, NULL, {0, 0}};
+    Step st = {m, B, S, proj_n, tokens, positions, mask, kv, ik, logits,
+               NULL, NULL, NULL, NULL, NULL, NULL, {0, 0}};
     st.h = malloc(sizeof(float) * B * Hd);
     st.x = malloc(sizeof(float) * B * Hd);
     st.proj = malloc(sizeof(float) * B * proj_n);
