@@ -38,6 +38,7 @@ import base64
 import ctypes
 import errno
 import json
+import linecache
 import os
 import resource
 import selectors
@@ -626,7 +627,7 @@ class _LoadedModules(importlib.abc.MetaPathFinder, importlib.abc.Loader):
         return None
 
     def exec_module(self, module):
-        exec(compile(self.sources[module.__name__], f"<module {module.__name__}>", "exec"), module.__dict__)
+        exec(compile_source(self.sources[module.__name__], f"<module {module.__name__}>"), module.__dict__)
 
 
 SUPERVISOR: Supervisor | None = None
@@ -683,7 +684,7 @@ def _invoke(request: dict) -> dict:
             namespace = importlib.import_module(request["module"]).__dict__
         else:
             namespace = {"__name__": "__sandbox__", "__builtins__": __builtins__}
-            exec(compile(request["source"], "<call>", "exec"), namespace)
+            exec(compile_source(request["source"], "<call>"), namespace)
         function = namespace.get(request["function"])
         if not callable(function):
             raise NameError(f"no function {request['function']!r} is defined")
@@ -694,10 +695,19 @@ def _invoke(request: dict) -> dict:
         return _exception_payload(exc)
 
 
+def compile_source(source: str, filename: str):
+    """Compile in the child; the source is registered so that tracebacks show its lines."""
+    linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
+    return compile(source, filename, "exec")
+
+
 def _exception_payload(exc: BaseException) -> dict:
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_frame.f_code.co_filename == __file__:
+        tb = tb.tb_next  # the supervisor's own frames say nothing about the code
     return {"exception": {"type": type(exc).__name__, "message": str(exc)[:2000],
                           "errno": getattr(exc, "errno", None),
-                          "traceback": "".join(traceback.format_exception(exc))[-8000:]}}
+                          "traceback": "".join(traceback.format_exception(type(exc), exc, tb))[-8000:]}}
 
 
 def _not_json(value):
