@@ -65,6 +65,7 @@ class DependencyUnavailable(CodeEnvError):
     def __init__(self, requirement: str, why: str):
         super().__init__(f"missing requirement {requirement}: {why}")
         self.requirement = requirement
+        self.why = why
 
 
 @dataclass(frozen=True)
@@ -256,7 +257,10 @@ class Wheelhouse:
         name = canonicalize_name(wanted.name)
         base = self.index_url().rstrip("/") + "/"
         page_url = urllib.parse.urljoin(base, f"{name}/")
-        links = _simple_links(page_url)
+        try:
+            links = _simple_links(page_url)
+        except DependencyUnavailable as exc:
+            raise DependencyUnavailable(requirement, f"no wheel fits the image's Python, and {exc.why}") from None
         choices: list[tuple[Version, str, str, str]] = []
         for filename, url, digest in links:
             if not filename.endswith(_SDIST_SUFFIXES):
@@ -268,7 +272,7 @@ class Wheelhouse:
             if project == name and wanted.specifier.contains(version, prereleases=False):
                 choices.append((version, filename, url, digest))
         if not choices:
-            raise DependencyUnavailable(requirement, f"no wheel for this interpreter and no sdist on {page_url}")
+            raise DependencyUnavailable(requirement, f"no wheel fits the image's Python, and no sdist on {page_url}")
         version, filename, url, digest = max(choices, key=lambda choice: choice[0])
         destination = self.files / filename
         if filename in known:
@@ -331,7 +335,7 @@ def _read_url(url: str) -> bytes:
     except httpx.HTTPError as exc:
         raise DependencyUnavailable(url, f"the index did not answer: {exc}") from None
     if response.status_code == 404:
-        raise DependencyUnavailable(url.rstrip("/").rsplit("/", 1)[-1], f"not on the index ({url})")
+        raise DependencyUnavailable(url, f"the index has no such project ({url})")
     if response.status_code != 200:
         raise DependencyUnavailable(url, f"the index answered HTTP {response.status_code}")
     return response.content
@@ -366,7 +370,7 @@ class OfflineBuild:
 
 BUILD_SCRIPT = (
     "set -e; python3 -m venv /tmp/build-venv; "
-    f"/tmp/build-venv/bin/python -m pip wheel --no-index --find-links {WHEELHOUSE_MOUNT} --no-deps "
+    f"/tmp/build-venv/bin/python -m pip wheel --no-index --find-links {WHEELHOUSE_MOUNT} --no-deps --use-pep517 "
     "--disable-pip-version-check --progress-bar off --wheel-dir /out/wheels \"/in/$SDIST\""
 )
 
