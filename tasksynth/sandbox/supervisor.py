@@ -37,6 +37,7 @@ from __future__ import annotations
 import base64
 import ctypes
 import errno
+import fcntl
 import json
 import linecache
 import os
@@ -73,6 +74,7 @@ CAP_LAST = 63
 PR_CAPBSET_DROP = 24
 PR_SET_NO_NEW_PRIVS = 38
 RESULT_FD = 3
+REQUEST_FD = 4
 EXIT_RESULT_TOO_BIG = 97
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -395,10 +397,26 @@ class Supervisor:
         # Sources, compiled only in the untrusted child: the root supervisor never parses code.
         self.modules: dict[str, str] = {}
         self.state_name = "state.sqlite"
+        self.ready: ReadyChild | None = None  # the next call's process, forked while the host was busy
+        self.calls_seen = False
+
+    def prepare_next_call(self) -> None:
+        """After a reply went out: fork the next call's child now, off the call's critical path. Only once
+        calls were seen (a session's container never gets one) and never while another exists."""
+        if self.calls_seen and self.ready is None:
+            self.ready = ReadyChild()
+
+    def forget_ready_child(self) -> None:
+        """Before anything that changes what a call's child inherits (state, modules) or kills the uid."""
+        if self.ready is not None:
+            self.ready.discard()
+            self.ready = None
 
     def handle(self, request: dict, fds: list[int]) -> dict:
         op = request.get("op")
         try:
+            if op in ("reset", "load", "run", "read_file", "write_file"):
+                self.forget_ready_child()
             return self._handle(op, request, fds)
         except Exception as exc:  # noqa: BLE001 - the supervisor outlives any one request
             return {"ok": False, "error": f"supervisor failed on {op}: {type(exc).__name__}: {exc}"}
@@ -447,18 +465,17 @@ class Supervisor:
         limits = request["limits"]
         if request.get("module") and request["module"] not in self.modules:
             return {"ok": False, "error": f"no module {request['module']!r} is loaded"}
-        out_r, out_w = os.pipe()
-        err_r, err_w = os.pipe()
-        res_r, res_w = os.pipe()
+        self.calls_seen = True
+        child, self.ready = self.ready or ReadyChild(), None
         pids_before, ooms_before = pids_limit_hits(), oom_kills()
         started = time.monotonic()
-        pid = fork()
-        if pid == 0:
-            _call_child(request, limits, out_w, err_w, res_w)  # never returns
-        for fd in (out_w, err_w, res_w):
-            os.close(fd)
-        streams = CappedStreams({"stdout": out_r, "stderr": err_r, "result": res_r}, int(limits["output_cap"]))
-        status, stopped = supervise(pid, streams, float(limits["timeout_s"]))
+        if not child.send(request):  # it died while it waited (only the OOM killer does that): a fresh one
+            child.discard()
+            child = ReadyChild()
+            child.send(request)
+        streams = CappedStreams({"stdout": child.out_r, "stderr": child.err_r, "result": child.res_r},
+                                int(limits["output_cap"]))
+        status, stopped = supervise(child.pid, streams, float(limits["timeout_s"]))
         seconds = time.monotonic() - started
         outcome, reason = classify(status, stopped, limits, pids_before, ooms_before, streams)
         reply = {"ok": True, "outcome": outcome, "reason": reason, "seconds": seconds, "result": None,
@@ -633,18 +650,85 @@ class _LoadedModules(importlib.abc.MetaPathFinder, importlib.abc.Loader):
 SUPERVISOR: Supervisor | None = None
 
 
-def _call_child(request: dict, limits: dict, out_w: int, err_w: int, res_w: int) -> None:
-    """The forked child of a call: becomes untrusted, runs the function, writes its JSON result to fd 3."""
+class ReadyChild:
+    """A forked child that has already become the untrusted user and waits, blocked on a pipe, for the call
+    it will run. Forking and dropping privileges cost about a millisecond; done after the previous reply
+    went out, they are off the next call's critical path. It is forked only when no untrusted process is
+    left (after the previous call's sweep), and holds nothing but its own pipes."""
+
+    def __init__(self):
+        request_r, self.request_w = os.pipe()
+        self.out_r, out_w = os.pipe()
+        self.err_r, err_w = os.pipe()
+        self.res_r, res_w = os.pipe()
+        self.pid = fork()
+        if self.pid == 0:
+            _call_child(request_r, out_w, err_w, res_w)  # never returns
+        for fd in (request_r, out_w, err_w, res_w):
+            os.close(fd)
+
+    def send(self, request: dict) -> bool:
+        data = json.dumps(request, separators=(",", ":")).encode()
+        try:
+            view = memoryview(struct.pack(">I", len(data)) + data)
+            while view:  # the child reads as we write: a request larger than the pipe does not block
+                view = view[os.write(self.request_w, view):]
+            return True
+        except BrokenPipeError:
+            return False
+        finally:
+            os.close(self.request_w)
+            self.request_w = -1
+
+    def discard(self) -> None:
+        """Unused: closing its request pipe makes it exit by itself."""
+        for fd in (self.request_w, self.out_r, self.err_r, self.res_r):
+            if fd >= 0:
+                os.close(fd)
+        os.waitpid(self.pid, 0)
+
+
+def _read_request(fd: int) -> dict | None:
+    def exactly(size: int) -> bytes | None:
+        chunks, got = [], 0
+        while got < size:
+            chunk = os.read(fd, size - got)
+            if not chunk:
+                return None
+            chunks.append(chunk)
+            got += len(chunk)
+        return b"".join(chunks)
+
+    header = exactly(4)
+    body = exactly(struct.unpack(">I", header)[0]) if header else None
+    return json.loads(body) if body else None
+
+
+def _set_call_limits(limits: dict) -> None:
+    """As the untrusted user: limits can only be lowered, never above the container's (a hard limit)."""
+    for name, value in call_rlimits(limits).items():
+        which = getattr(resource, name)
+        _, hard = resource.getrlimit(which)
+        cap = (lambda v: v if hard == resource.RLIM_INFINITY else min(v, hard))
+        # CPU: SIGXCPU at the soft limit (a clear reason), SIGKILL a second later if it is caught.
+        resource.setrlimit(which, (cap(value), cap(value + 1 if name == "RLIMIT_CPU" else value)))
+
+
+def _call_child(request_r: int, out_w: int, err_w: int, res_w: int) -> None:
+    """The forked child of a call: becomes untrusted, waits for its request, sets its limits, runs the
+    function and writes its JSON result to fd 3."""
     status = 1
     call_pid = os.getpid()
     try:
-        os.dup2(out_w, 1)
-        os.dup2(err_w, 2)
-        os.dup2(res_w, RESULT_FD)
+        # Move every pipe out of the way first: a source may sit where another one is to go (3 or 4).
+        high = {target: fcntl.fcntl(fd, fcntl.F_DUPFD, 64)
+                for target, fd in ((1, out_w), (2, err_w), (RESULT_FD, res_w), (REQUEST_FD, request_r))}
+        for target, fd in high.items():
+            os.dup2(fd, target)
         null = os.open("/dev/null", os.O_RDONLY)
         os.dup2(null, 0)
-        os.closerange(RESULT_FD + 1, 1 << 16)  # the host connection and every other supervisor fd
-        become_untrusted(call_rlimits(limits))
+        os.closerange(REQUEST_FD + 1, 1 << 16)  # the host connection and every other supervisor fd
+        become_untrusted()
         os.chdir(WORK)
         os.environ.clear()
         os.environ.update({"PATH": PATH, "HOME": WORK, "LANG": "C.UTF-8",
@@ -653,6 +737,12 @@ def _call_child(request: dict, limits: dict, out_w: int, err_w: int, res_w: int)
         sys.stdout = open(1, "w", buffering=1, encoding="utf-8", errors="replace", closefd=False)
         sys.stderr = open(2, "w", buffering=1, encoding="utf-8", errors="replace", closefd=False)
         sys.meta_path.insert(0, _LoadedModules(SUPERVISOR.modules if SUPERVISOR else {}))
+        request = _read_request(REQUEST_FD)
+        if request is None:
+            os._exit(0)  # not needed after all
+        os.close(REQUEST_FD)
+        limits = request["limits"]
+        _set_call_limits(limits)
         payload = _invoke(request)
         if os.getpid() != call_pid:
             os._exit(0)  # a process the function forked returned through here: only the call answers
@@ -761,6 +851,7 @@ def serve(socket_path: str, accept_timeout_s: float = 120) -> None:
             send_message(conn, reply)
         except OSError:
             return
+        SUPERVISOR.prepare_next_call()
 
 
 if __name__ == "__main__":
