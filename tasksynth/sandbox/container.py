@@ -60,6 +60,7 @@ class SupervisedContainer:
         self.folder: Path | None = None
         self.conn: socket.socket | None = None
         self._ids = itertools.count()
+        self.unusable = ""  # set when the supervisor said it cannot serve again (and the container is gone)
 
     # ---- lifecycle
 
@@ -159,6 +160,9 @@ class SupervisedContainer:
         if reply.get("id") != message["id"]:
             self._die()
             raise SupervisorGone(f"the supervisor of {self.name} answered out of turn")
+        if reply.get("unusable"):
+            self.unusable = reply["unusable"]
+            self._die()
         if not reply.get("ok"):
             raise SandboxInfraError(f"the supervisor of {self.name} could not serve a request: {reply.get('error')}")
         return reply

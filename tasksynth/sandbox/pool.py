@@ -273,11 +273,16 @@ class Attempt:
         way is `SupervisorGone` for this request; the next one gets a new container."""
         member = self._ready_member()
         try:
-            return member.container.request(message, timeout_s=timeout_s)
+            reply = member.container.request(message, timeout_s=timeout_s)
         except SupervisorGone:
             self._member = None
             self.pool._discard(member)
             raise
+        if member.container.unusable:  # answered, but cannot serve again: the rest of the attempt moves
+            self.crashes += 1
+            self._member = None
+            self.pool._discard(member)
+        return reply
 
     def _ready_member(self) -> _Member:
         if self._member is not None:

@@ -68,7 +68,7 @@ import importlib.util
 
 UNTRUSTED_UID = 1000
 WORK = "/work"
-SCRUBBED = ("/work", "/tmp", "/dev/shm")  # the untrusted user's writable places, emptied on reset
+SCRUBBED = ("/work", "/tmp", "/dev/shm", "/dev/mqueue")  # the untrusted user's writable places, emptied on reset
 PATH = "/usr/local/bin:/usr/bin:/bin"
 CAP_LAST = 63
 PR_CAPBSET_DROP = 24
@@ -207,7 +207,10 @@ def kill_untrusted(reap: int | None = None) -> int:
             pass
         os._exit(code)
     status = os.waitpid(reap, 0)[1] if reap is not None else 0
-    os.waitpid(killer, 0)
+    if os.waitpid(killer, 0)[1] != 0 and SUPERVISOR is not None:
+        # Something of the run user would not die (a process stuck in the kernel): this container cannot
+        # promise a clean next call; the host replaces it after this reply.
+        SUPERVISOR.unusable = "a process of the run user could not be killed"
     return status
 
 
@@ -399,6 +402,7 @@ class Supervisor:
         self.state_name = "state.sqlite"
         self.ready: ReadyChild | None = None  # the next call's process, forked while the host was busy
         self.calls_seen = False
+        self.unusable = ""  # why this container must not serve another request, once that is so
 
     def prepare_next_call(self) -> None:
         """After a reply went out: fork the next call's child now, off the call's critical path. Only once
@@ -447,6 +451,7 @@ class Supervisor:
         def scrub_and_copy() -> int:
             for top in SCRUBBED:
                 _empty_folder(top)
+            _remove_sysv_ipc()
             if master is not None:
                 os.lseek(master, 0, os.SEEK_SET)
                 with open(os.path.join(WORK, name), "wb") as out:
@@ -612,6 +617,20 @@ def _exception_outcome(exc: dict, limits: dict) -> tuple[str, str]:
     if number in (errno.ENOSPC, errno.EDQUOT):
         return "disk_full", f"the work folder is full: {line}"
     return "exception", line
+
+
+def _remove_sysv_ipc() -> None:
+    """System V shared memory, queues and semaphores outlive their processes: the run user's go on reset,
+    so that nothing passes from one attempt to the next (POSIX queues live in /dev/mqueue, emptied above)."""
+    for kind, remove in (("shm", lambda i: _libc.shmctl(i, 0, None)), ("msg", lambda i: _libc.msgctl(i, 0, None)),
+                         ("sem", lambda i: _libc.semctl(i, 0, 0))):  # 0: IPC_RMID
+        try:
+            with open(f"/proc/sysvipc/{kind}") as handle:
+                rows = [line.split() for line in handle.readlines()[1:]]
+        except OSError:
+            continue
+        for row in rows:
+            remove(int(row[1]))
 
 
 def _empty_folder(top: str) -> None:
@@ -847,10 +866,14 @@ def serve(socket_path: str, accept_timeout_s: float = 120) -> None:
             return  # the host closed the connection: we are done, and the container ends with us
         reply = SUPERVISOR.handle(request, fds)
         reply["id"] = request.get("id")
+        if SUPERVISOR.unusable:
+            reply["unusable"] = SUPERVISOR.unusable
         try:
             send_message(conn, reply)
         except OSError:
             return
+        if SUPERVISOR.unusable:
+            return  # the container ends with us; the host has been told why
         SUPERVISOR.prepare_next_call()
 
 

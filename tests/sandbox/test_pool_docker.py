@@ -67,6 +67,26 @@ def test_an_attempt_works_on_its_own_copy_of_the_state(pool, master):
         assert db.execute("select balance from accounts where id = 2").fetchone() == (50,)
 
 
+def test_nothing_passes_from_one_attempt_to_the_next(pool):
+    with pool.attempt() as attempt:
+        left = attempt.call(fn("""
+            import ctypes
+            for path in ('/tmp/note', '/dev/shm/note', '/work/note'):
+                open(path, 'w').write('answer: 42')
+            return ctypes.CDLL(None).shmget(4242, 4096, 0o1000 | 0o600)  # System V shared memory
+        """), "f")
+        assert left.ok and left.result >= 0
+        container = attempt._member.container.name
+    with pool.attempt() as attempt:
+        seen = attempt.call(fn("""
+            import os
+            files = [p for p in ('/tmp/note', '/dev/shm/note', '/work/note') if os.path.exists(p)]
+            return files, open('/proc/sysvipc/shm').read().count('\\n') - 1
+        """), "f")
+        assert attempt._member.container.name == container  # the same warm container, reset
+        assert seen.result == [[], 0]
+
+
 def test_a_call_reports_result_output_and_exception(pool):
     printed = pool.call(fn("print('to stdout'); import sys; print('to stderr', file=sys.stderr); return {'a': 1}"), "f")
     assert (printed.result, printed.stdout, printed.stderr) == ({"a": 1}, "to stdout\n", "to stderr\n")
