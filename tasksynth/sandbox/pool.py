@@ -115,6 +115,8 @@ class CallPool:
         self._busy = 0
         self._lock = threading.Condition()
         self._closed = False
+        self._stop = threading.Event()
+        threading.Thread(target=self._release_idle_in_background, name="sandbox-pool-idle", daemon=True).start()
 
     # ---- public
 
@@ -127,6 +129,7 @@ class CallPool:
             return attempt.call(source, function, args, **limits)
 
     def close(self) -> None:
+        self._stop.set()
         with self._lock:
             self._closed = True
             idle, self._idle = self._idle, []
@@ -189,6 +192,11 @@ class CallPool:
             self._busy -= 1
             self._lock.notify()
         member.close()
+
+    def _release_idle_in_background(self) -> None:
+        while not self._stop.wait(IDLE_RELEASE_S / 3):
+            with self._lock:
+                self._release_idle_members(keep_one=False)
 
     def _release_idle_members(self, keep_one: bool) -> None:
         now = time.monotonic()
