@@ -65,3 +65,22 @@ def test_host_slots_bound_containers_across_processes(tmp_path):
     HostSlots.release(first)
     assert other_process() == "True"
     HostSlots.release(second)
+
+
+@pytest.mark.docker
+def test_a_supervisor_drops_to_the_run_user_with_nothing_left(sandbox_image, tmp_path):
+    from tasksynth.docker.ownership import owner_labels
+
+    limits = Limits.from_config(load_config(environ={}), memory="256m", pids=32)
+    name = f"tasksynth-test-drop-{tmp_path.name[-12:]}"
+    args = isolated_run_args(limits, name=name, labels=owner_labels(tmp_path, "oneshot"), supervisor=True)
+    script = "grep -E '^Cap(Prm|Eff|Bnd):' /proc/self/status; " + " ".join(drop_privileges_prefix()) + \
+        " sh -c 'id -u; id -G; grep -E \"^(Cap|NoNewPrivs)\" /proc/self/status; ulimit -f'"
+    result = subprocess.run(["docker", "run", "--rm", *args, sandbox_image, "sh", "-c", script],
+                            capture_output=True, text=True, timeout=120)
+    lines = result.stdout.split("\n")
+    assert lines[:3] == ["CapPrm:\t00000000000001c0", "CapEff:\t00000000000001c0", "CapBnd:\t00000000000001c0"]
+    assert lines[3:5] == ["1000", "1000"]  # the run user, its own group only
+    assert all(line.endswith("0000000000000000") for line in lines[5:10]), lines
+    assert lines[10] == "NoNewPrivs:\t1"
+    assert int(lines[11]) * 512 == limits.file_size_bytes  # ulimit -f counts 512-byte blocks
