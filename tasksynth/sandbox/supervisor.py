@@ -76,6 +76,7 @@ PR_SET_NO_NEW_PRIVS = 38
 RESULT_FD = 3
 REQUEST_FD = 4
 EXIT_RESULT_TOO_BIG = 97
+EXIT_TRUNCATED = 98
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
@@ -557,21 +558,22 @@ class Supervisor:
                 if not stat.S_ISREG(os.fstat(fd).st_mode):
                     raise IsADirectoryError(errno.EISDIR, "not a regular file")
                 os.set_blocking(fd, True)
-                left = int(request["max_bytes"]) + 1
+                left = int(request["max_bytes"])
                 while left > 0 and (chunk := os.read(fd, min(left, 1 << 20))):
                     os.write(w, chunk)
                     left -= len(chunk)
-                code = 0
+                code = EXIT_TRUNCATED if os.read(fd, 1) else 0
             except OSError as exc:
                 os.write(w, f"{type(exc).__name__}: {exc.strerror or exc}".encode()[:500])
             os._exit(code)
         os.close(w)
         streams = CappedStreams({"data": r}, int(request["max_bytes"]))
         status, stopped = supervise(pid, streams, 30)
-        if stopped == "timeout" or not os.WIFEXITED(status) or os.WEXITSTATUS(status) != 0:
+        code = os.WEXITSTATUS(status) if os.WIFEXITED(status) else None
+        if stopped or code not in (0, EXIT_TRUNCATED):
             return {"ok": True, "error": streams.text("data") or "could not read the file"}
         return {"ok": True, "data": base64.b64encode(bytes(streams.data["data"])).decode(),
-                "truncated": streams.over is not None}
+                "truncated": code == EXIT_TRUNCATED}
 
     def write_file(self, request: dict) -> dict:
         data = base64.b64decode(request["data"])

@@ -30,6 +30,9 @@ def test_files_are_written_and_read_as_the_run_user(session):
     session.write_file("/work/notes.txt", "hello")
     assert session.run("cat /work/notes.txt").stdout == "hello"
     assert session.read_file("/inputs/task.txt") == b"read me"
+    assert session.read_file("/inputs/task.txt", max_bytes=4) == b"read"  # cut at the cap, not refused
+    with pytest.raises(SandboxFileError, match="not a regular file"):
+        session.read_file("/dev/zero")
     session.run("ln -sf /etc/shadow /work/link")
     with pytest.raises(SandboxFileError, match="Permission denied"):
         session.read_file("/work/link")
