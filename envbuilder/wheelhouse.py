@@ -35,6 +35,7 @@ import sys
 import tempfile
 import threading
 import urllib.parse
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -48,6 +49,7 @@ from envbuilder.errors import CodeEnvError
 from tasksynth.config import Config
 from tasksynth.docker.engine import docker
 from tasksynth.docker.ownership import owner_labels
+from tasksynth.errors import DockerUnavailable
 from tasksynth.sandbox import Limits, Mount, isolated_run_args, run_oneshot
 
 WHEELHOUSE_MOUNT = "/wheelhouse"
@@ -439,9 +441,6 @@ def run_sandboxed(config: Config, image: str, command: list[str], *, mounts: tup
     `tasksynth.sandbox.run_oneshot` does not offer: `writable_root` lets the root take the install (it changes
     nothing else about the isolation), `keep` leaves the stopped container for the commit; the caller removes
     it (`remove_container`)."""
-    import subprocess
-    import uuid
-
     wall_s = wall_s or float(config.docker.build_timeout_s)
     limits = Limits.from_config(config, wall_s=wall_s)
     name = f"tasksynth-build-{uuid.uuid4().hex[:12]}"
@@ -496,6 +495,8 @@ def target_python(config: Config, python: str, image: str) -> TargetPython:
     if image not in known:
         result = run_oneshot(config, image, ["python3", "-c", _TAGS_SCRIPT],
                              limits=Limits.from_config(config, wall_s=120.0))
+        if result.outcome == "infra_error":
+            raise DockerUnavailable(f"could not start {image} to read its interpreter's tags: {result.reason}")
         try:
             known[image] = json.loads(result.stdout.strip().splitlines()[-1])
         except (ValueError, IndexError):

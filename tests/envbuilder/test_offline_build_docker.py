@@ -24,8 +24,11 @@ import pytest
 from packaging.utils import canonicalize_name, parse_sdist_filename, parse_wheel_filename
 
 from envbuilder.build import build_candidate
+from envbuilder.images import PIP_REQUIREMENT, pip_upgrade_step
 from envbuilder.samples import Sample, SampleCommit, build_repo
+from envbuilder.wheelhouse import WHEELHOUSE_MOUNT, Wheelhouse, target_python
 from tasksynth.docker.engine import docker
+from tasksynth.sandbox import Mount, run_oneshot
 from verifiers.grading import INSTALL_FAILED
 
 pytestmark = pytest.mark.docker
@@ -136,6 +139,10 @@ def index_files(tmp_path_factory) -> Path:
     subprocess.run([sys.executable, "-m", "pip", "download", "--only-binary=:all:", "--dest", str(folder),
                     "--disable-pip-version-check", "--progress-bar", "off",
                     "pip>=22.1", "setuptools>=61", "wheel", "pytest"], check=True, capture_output=True, timeout=600)
+    # an old pip, for the test that the recipe's pip is upgraded first (it knows no --config-settings)
+    subprocess.run([sys.executable, "-m", "pip", "download", "--only-binary=:all:", "--no-deps", "--dest", str(folder),
+                    "--disable-pip-version-check", "--progress-bar", "off", "pip==21.3.1"],
+                   check=True, capture_output=True, timeout=600)
     return folder
 
 
@@ -207,3 +214,26 @@ def test_a_dependency_no_index_has_is_install_failed_naming_it(tmp_path, offline
     assert not outcome.ok and outcome.instance["reason"] == INSTALL_FAILED
     assert "missing requirement no-such-dist-x3>=1" in outcome.instance["detail"]
     assert listener.received == []
+
+
+def test_an_old_pip_is_upgraded_from_the_wheelhouse_before_the_recipe_runs(offline, base_311):
+    """Python 3.9's venv brings pip 20.3, which refuses the recipe's --config-settings; here pip 21.3 (no
+    --config-settings either) stands in for it in the 3.11 image."""
+    config, listener = offline
+    wheelhouse = Wheelhouse(config)
+    target = target_python(config, "3.11", base_311.tag)
+    wheelhouse.provide(["pip==21.3.1"], target)
+    wheelhouse.provide([PIP_REQUIREMENT, "wheel"], target)
+    script = "\n".join([
+        f"export PIP_NO_INDEX=1 PIP_FIND_LINKS={WHEELHOUSE_MOUNT} HOME=/tmp PIP_DISABLE_PIP_VERSION_CHECK=1",
+        "python3 -m venv /tmp/venv && /tmp/venv/bin/python -m pip install -q 'pip==21.3.1'",
+        "/tmp/venv/bin/python -m pip install -q --config-settings x=y wheel 2>&1 || echo OLD PIP REFUSED",
+        pip_upgrade_step("/tmp/venv/bin/python"),
+        "/tmp/venv/bin/python -m pip install -q --config-settings x=y wheel && echo CURRENT PIP ACCEPTED",
+        "/tmp/venv/bin/python -m pip --version",
+    ])
+    run = run_oneshot(config, base_311.tag, ["bash", "-c", script], mounts=[Mount(str(wheelhouse.files),
+                                                                                  WHEELHOUSE_MOUNT)])
+    assert run.ok, run.stdout + run.stderr
+    assert "no such option: --config-settings" in run.stdout and "OLD PIP REFUSED" in run.stdout
+    assert "CURRENT PIP ACCEPTED" in run.stdout and "pip 21." not in run.stdout.splitlines()[-1]

@@ -59,8 +59,8 @@ def test_an_sdist_whose_sha256_is_not_the_index_s_is_refused(tmp_path):
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Index)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        config = load_config(environ={"TASKSYNTH_HOME": str(tmp_path / "home"),
-                                      "TASKSYNTH_CODE__INDEX_URL": f"http://127.0.0.1:{server.server_address[1]}/simple/"})
+        index = f"http://127.0.0.1:{server.server_address[1]}/simple/"
+        config = load_config(environ={"TASKSYNTH_HOME": str(tmp_path / "home"), "TASKSYNTH_CODE__INDEX_URL": index})
         wheelhouse = Wheelhouse(config)
         with pytest.raises(DependencyUnavailable, match=r"missing requirement tampered: .*is not the index's"):
             wheelhouse._download_sdist("tampered", {}, log=None)
