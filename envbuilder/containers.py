@@ -56,7 +56,7 @@ _slots_guard = threading.Lock()
 KILL_GRACE_S = 10  # SIGTERM at the limit, SIGKILL this much later
 RUN_SLACK_S = 20  # per run, for resetting the checkout and applying patches
 CONTAINER_SLACK_S = 60  # per container, for starting it and receiving the trees
-MAX_REPORT_BYTES = 32 * 1024 * 1024  # a JUnit report larger than this is not read (the run has no report)
+MAX_REPORT_BYTES = 16 * 1024 * 1024  # a JUnit report larger than this is not read (the run has no report)
 WORKDIR = "/testbed"
 SCRATCH = ("/tmp", "/io", "/dev/shm", "/dev/mqueue")  # emptied before each run; /io holds the JUnit report
 PRIVATE = "/run/supervisor"  # the supervisor's own tmpfs (root, mode 0700): the trees' archives, the logs
@@ -170,7 +170,7 @@ def run_validation(config: Config, image: str, *, phases: Sequence[PhasePlan], r
             archives = _copy_trees(name, trees, Path(tmp))
             header["trees"] = [{"path": tree, "bytes": path.stat().st_size} for tree, path in archives]
             session = _attach(name, header, [path for _, path in archives], timeout=outer,
-                              line_cap=6 * (MAX_REPORT_BYTES + 2 * max_log_bytes) + 65536, stderr_cap=max_log_bytes)
+                              line_cap=2 * (MAX_REPORT_BYTES + 2 * max_log_bytes) + 65536, stderr_cap=max_log_bytes)
             seconds = time.monotonic() - started
             state = _inspect(name)
         finally:
@@ -233,7 +233,9 @@ class _Session:
 def _attach(name: str, header: dict[str, Any], archives: Sequence[Path], *, timeout: float, line_cap: int,
             stderr_cap: int) -> _Session:
     """Start the container attached: feed it the header and the trees on stdin, read its events from stdout
-    (each line capped before it is parsed), keep the head of stderr, kill it past `timeout`."""
+    (each line capped before it is parsed: a run's line holds at most its capped report and logs, JSON-escaped;
+    a longer one is dropped and that run counts as one that ended without an exit code), keep the head of
+    stderr, kill it past `timeout`."""
     process = subprocess.Popen(["docker", "start", "-a", "-i", name], stdin=subprocess.PIPE,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     timed_out = threading.Event()
