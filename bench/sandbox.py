@@ -9,6 +9,8 @@ Prints:
     a loaded toolkit module, 5 indexed read/write tool calls and one verifier call; as many attempts at once
     as the pool has containers (one per core by default): target >= 100 attempts/s on 2 cores. The same
     attempt is timed with `docker exec` (copy the master, 6 exec calls) as the baseline;
+  - the CPU each call and each attempt costs (the host process plus the containers' cgroups), and what
+    that allows if two cores were ours alone: the figure that does not move with other work on the machine;
   - the load average before and after: on a shared machine the absolute times move with it.
 
 Run: python bench/sandbox.py [--calls 300] [--seconds 10] [--containers N] [--exec-calls 20] [--run-calls 3]
@@ -105,6 +107,38 @@ def one_attempt(pool: CallPool, master: Path, n: int) -> bool:
         return verdict.ok and verdict.result is True
 
 
+def container_cpu_seconds(names: list[str]) -> float | None:
+    """CPU used so far by these containers, from their cgroups (v1 cpuacct or v2 cpu.stat); None if unreadable."""
+    total = 0.0
+    for name in names:
+        cid = subprocess.run(["docker", "inspect", "-f", "{{.Id}}", name], capture_output=True, text=True).stdout.strip()
+        v1 = Path(f"/sys/fs/cgroup/cpuacct/docker/{cid}/cpuacct.usage")
+        v2 = Path(f"/sys/fs/cgroup/system.slice/docker-{cid}.scope/cpu.stat")
+        if v1.exists():
+            total += int(v1.read_text()) / 1e9
+        elif v2.exists():
+            total += int(v2.read_text().split("usage_usec")[1].split()[0]) / 1e6
+        else:
+            return None
+    return total
+
+
+class CpuMeter:
+    """CPU of this process (all threads) plus the given containers, between start() and stop()."""
+
+    def __init__(self, names: list[str]):
+        self.names = names
+
+    def __enter__(self) -> "CpuMeter":
+        self.host, self.containers = time.process_time(), container_cpu_seconds(self.names)
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        after = container_cpu_seconds(self.names)
+        self.host_s = time.process_time() - self.host
+        self.container_s = None if after is None or self.containers is None else after - self.containers
+
+
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
@@ -141,7 +175,7 @@ def main() -> None:
     print(f"cores usable {cores} of {os.cpu_count()}, load average before: {loadavg()}; image {image}; "
           f"master {master.stat().st_size / 2**20:.2f} MiB")
     exec_times, exec_attempt_times, run_times = engine_baselines(config, image, master, options)
-    pool_times, attempts, failures, elapsed = pool_figures(config, image, master, options)
+    pool_times, attempts, failures, elapsed, call_cpu, attempt_cpu = pool_figures(config, image, master, options)
 
     ms = lambda s: f"{s * 1000:.1f} ms"  # noqa: E731
     p50_pool = statistics.median(pool_times)
@@ -159,6 +193,14 @@ def main() -> None:
           f"{failures} failed verification; target >= 100/s on 2 cores)")
     print(f"  docker exec   {exec_rate:.2f} attempts/s, one at a time "
           f"({ms(statistics.median(exec_attempt_times))} per attempt); pool/exec {rate / exec_rate:.0f}x")
+    if call_cpu.container_s is not None and attempts:
+        per_call = (call_cpu.host_s + call_cpu.container_s) / len(pool_times)
+        per_attempt = (attempt_cpu.host_s + attempt_cpu.container_s) / attempts
+        print(f"\nCPU (host client + containers): {ms(per_call)} per trivial call "
+              f"(host {ms(call_cpu.host_s / len(pool_times))}), {ms(per_attempt)} per attempt "
+              f"(host {ms(attempt_cpu.host_s / attempts)})")
+        print(f"  with 2 cores to ourselves that allows about {2 / per_attempt:.0f} attempts/s "
+              f"(CPU-bound estimate, not a measurement)")
     print(f"\nload average after: {loadavg()}")
 
 
@@ -194,11 +236,12 @@ def engine_baselines(config, image: str, master: Path, options) -> tuple[list[fl
     return exec_times, exec_attempt_times, run_times
 
 
-def pool_figures(config, image: str, master: Path, options) -> tuple[list[float], int, int, float]:
+def pool_figures(config, image: str, master: Path, options) -> tuple:
     with CallPool(config, image, size=options.containers, slot_dir=str(master.parent / "slots")) as pool:
         pool.call(TRIVIAL, "echo", [0])  # start the first container
         with pool.attempt() as attempt:
-            pool_times = timed(lambda: attempt.call(TRIVIAL, "echo", [1]), options.calls)
+            with CpuMeter(pool.container_names()) as call_cpu:
+                pool_times = timed(lambda: attempt.call(TRIVIAL, "echo", [1]), options.calls)
         # warm every container, then run attempts from one thread per container
         threads = [threading.Thread(target=one_attempt, args=(pool, master, i)) for i in range(options.containers)]
         [t.start() for t in threads]
@@ -215,11 +258,12 @@ def pool_figures(config, image: str, master: Path, options) -> tuple[list[float]
                 n += options.containers
 
         started = time.monotonic()
-        threads = [threading.Thread(target=worker, args=(i,)) for i in range(options.containers)]
-        [t.start() for t in threads]
-        [t.join() for t in threads]
+        with CpuMeter(pool.container_names()) as attempt_cpu:
+            threads = [threading.Thread(target=worker, args=(i,)) for i in range(options.containers)]
+            [t.start() for t in threads]
+            [t.join() for t in threads]
         elapsed = time.monotonic() - started
-    return pool_times, sum(counts), sum(failures), elapsed
+    return pool_times, sum(counts), sum(failures), elapsed, call_cpu, attempt_cpu
 
 
 if __name__ == "__main__":

@@ -87,13 +87,14 @@ class HostSlots:
 class _Member:
     """A pool container and the slot it holds."""
 
-    def __init__(self, container: SupervisedContainer, slot: int):
-        self.container, self.slot = container, slot
+    def __init__(self, container: SupervisedContainer, slot: int, pool: "CallPool"):
+        self.container, self.slot, self.pool = container, slot, pool
         self.idle_since = time.monotonic()
 
     def close(self) -> None:
         self.container.close()
         HostSlots.release(self.slot)
+        self.pool._members.discard(self)
 
 
 class CallPool:
@@ -112,6 +113,7 @@ class CallPool:
                             "file_size_bytes": settings.file_size_bytes, "output_cap": settings.output_cap_bytes}
         self.retries = settings.infra_retries
         self._idle: list[_Member] = []
+        self._members: set[_Member] = set()  # idle and busy
         self._busy = 0
         self._lock = threading.Condition()
         self._closed = False
@@ -127,6 +129,11 @@ class CallPool:
         """One stateless call in a fresh attempt."""
         with self.attempt() as attempt:
             return attempt.call(source, function, args, **limits)
+
+    def container_names(self) -> list[str]:
+        """The pool's running containers (for `docker stats`, or a benchmark's CPU accounting)."""
+        with self._lock:
+            return sorted(m.container.name for m in self._members if m.container.alive)
 
     def close(self) -> None:
         self._stop.set()
@@ -172,7 +179,10 @@ class CallPool:
                 self._busy -= 1
                 self._lock.notify()
             raise
-        return _Member(container, slot)
+        member = _Member(container, slot, self)
+        with self._lock:
+            self._members.add(member)
+        return member
 
     def _give_back(self, member: _Member) -> None:
         with self._lock:

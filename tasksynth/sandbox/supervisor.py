@@ -38,6 +38,7 @@ import base64
 import ctypes
 import errno
 import fcntl
+import gc
 import json
 import linecache
 import os
@@ -412,7 +413,7 @@ class Supervisor:
             self.ready = ReadyChild()
 
     def forget_ready_child(self) -> None:
-        """Before anything that changes what a call's child inherits (state, modules) or kills the uid."""
+        """Before anything that kills the run user's processes or runs something else as that user."""
         if self.ready is not None:
             self.ready.discard()
             self.ready = None
@@ -420,7 +421,7 @@ class Supervisor:
     def handle(self, request: dict, fds: list[int]) -> dict:
         op = request.get("op")
         try:
-            if op in ("reset", "load", "run", "read_file", "write_file"):
+            if op in ("reset", "run", "read_file", "write_file"):
                 self.forget_ready_child()
             return self._handle(op, request, fds)
         except Exception as exc:  # noqa: BLE001 - the supervisor outlives any one request
@@ -475,6 +476,8 @@ class Supervisor:
         child, self.ready = self.ready or ReadyChild(), None
         pids_before, ooms_before = pids_limit_hits(), oom_kills()
         started = time.monotonic()
+        # What the attempt loaded travels with the request: loading a module does not waste the ready child.
+        request = {**request, "modules": self.modules, "state_name": self.state_name}
         if not child.send(request):  # it died while it waited (only the OOM killer does that): a fresh one
             child.discard()
             child = ReadyChild()
@@ -682,6 +685,9 @@ class ReadyChild:
         self.out_r, out_w = os.pipe()
         self.err_r, err_w = os.pipe()
         self.res_r, res_w = os.pipe()
+        # Objects that exist now are never collected in the child: its collector would otherwise write to
+        # every one of them and copy most of the supervisor's memory, page by page, on each call.
+        gc.freeze()
         self.pid = fork()
         if self.pid == 0:
             _call_child(request_r, out_w, err_w, res_w)  # never returns
@@ -752,16 +758,16 @@ def _call_child(request_r: int, out_w: int, err_w: int, res_w: int) -> None:
         become_untrusted()
         os.chdir(WORK)
         os.environ.clear()
-        os.environ.update({"PATH": PATH, "HOME": WORK, "LANG": "C.UTF-8",
-                           "SANDBOX_STATE": os.path.join(WORK, SUPERVISOR.state_name if SUPERVISOR else "")})
+        os.environ.update({"PATH": PATH, "HOME": WORK, "LANG": "C.UTF-8"})
         sys.stdin = open(0, "r", closefd=False)
         sys.stdout = open(1, "w", buffering=1, encoding="utf-8", errors="replace", closefd=False)
         sys.stderr = open(2, "w", buffering=1, encoding="utf-8", errors="replace", closefd=False)
-        sys.meta_path.insert(0, _LoadedModules(SUPERVISOR.modules if SUPERVISOR else {}))
         request = _read_request(REQUEST_FD)
         if request is None:
             os._exit(0)  # not needed after all
         os.close(REQUEST_FD)
+        os.environ["SANDBOX_STATE"] = os.path.join(WORK, request["state_name"])
+        sys.meta_path.insert(0, _LoadedModules(request["modules"]))
         limits = request["limits"]
         _set_call_limits(limits)
         payload = _invoke(request)
