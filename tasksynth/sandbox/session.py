@@ -53,7 +53,11 @@ class Session:
                 error = exc
         else:
             raise SandboxInfraError(f"could not start a session container: {error}")
-        self.container.request({"op": "reset"}, timeout_s=30)
+        try:
+            self.container.request({"op": "reset"}, timeout_s=30)
+        except SandboxInfraError:
+            self.container.close()
+            raise
 
     def __enter__(self) -> "Session":
         return self
