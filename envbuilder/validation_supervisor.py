@@ -51,11 +51,17 @@ def main() -> int:
     header = json.loads(stdin.readline())
     os.chdir("/")
     trees = []
-    for number, tree in enumerate(header["trees"]):
-        archive = os.path.join(PRIVATE, "tree-%d.tar" % number)
-        with open(archive, "wb") as handle:
-            _copy(stdin, handle, tree["bytes"])
-        trees.append((tree["path"], archive))
+    try:
+        for number, tree in enumerate(header["trees"]):
+            archive = os.path.join(PRIVATE, "tree-%d.tar" % number)
+            with open(archive, "wb") as handle:
+                _copy(stdin, handle, tree["bytes"])
+            trees.append((tree["path"], archive))
+    except OSError as exc:  # the image's trees do not fit in the supervisor's tmpfs: the repository's doing
+        _emit({"event": "start", "index": 0})
+        _emit({"event": "run", "index": 0, "reset_failed": "the checkout does not fit in the sandbox's work "
+               "folders (sandbox.tmpfs_bytes): %s" % exc})
+        return 0
     supervisor = Supervisor(header, trees)
     for index, patches in enumerate(header["runs"]):
         _emit({"event": "start", "index": index})
