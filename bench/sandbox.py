@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sqlite3
 import statistics
 import subprocess
@@ -202,6 +203,7 @@ def main() -> None:
         print(f"  with 2 cores to ourselves that allows about {2 / per_attempt:.0f} attempts/s "
               f"(CPU-bound estimate, not a measurement)")
     print(f"\nload average after: {loadavg()}")
+    shutil.rmtree(work, ignore_errors=True)
 
 
 def engine_baselines(config, image: str, master: Path, options) -> tuple[list[float], list[float], list[float]]:
