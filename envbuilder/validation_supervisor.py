@@ -46,7 +46,8 @@ ipcrm --all 2>/dev/null
 left=$(find "$@" -mindepth 1 -print -quit 2>/dev/null)
 if [ -n "$left" ]; then echo "a run left files that could not be removed: $left"; exit 1; fi
 for pair in $TREES; do
-  tar -x -p --strip-components=1 -f - -C "${pair%:*}" <&"${pair##*:}" || { echo "${pair%:*} could not be restored"; exit 2; }
+  tree=${pair%:*} fd=${pair##*:}
+  tar -x -p --strip-components=1 -f - -C "$tree" <&"$fd" || { echo "$tree could not be restored"; exit 2; }
 done
 """
 
