@@ -226,6 +226,14 @@ class Wheelhouse:
         if depth > 5:
             raise DependencyUnavailable(requirement, "build requirements nested too deep")
         sdist = self._download_sdist(requirement, known, log)
+        # The build requirements it declares (read from its pyproject.toml as data) are fetched up front, so
+        # that the first build usually succeeds; dynamic ones (get_requires_for_build_wheel) are reported.
+        declared = declared_build_requirements(sdist)
+        if self._pip_download(declared, target).returncode != 0:
+            log.add(f"{sdist.name} declares build requirements {', '.join(declared)}: fetched one by one")
+            for build_requirement in declared:
+                self._fetch_one(build_requirement, target, known, log, depth)
+        self._record_new_files(known)
         reported: set[str] = set()
         for _ in range(MAX_SDIST_BUILDS):
             result = build_wheel_offline(self.config, target, self.files, sdist)
@@ -246,12 +254,19 @@ class Wheelhouse:
                                                          + _tail(result.log, 8))
             reported.add(missing)
             log.add(f"building {sdist.name} needs {missing}")
-            download = self._pip_download([missing], target)
-            self._record_new_files(known)
-            if download.returncode != 0:
-                inner = missing_requirement((download.stdout or "") + (download.stderr or "")) or missing
-                self._build_sdist(inner, target, known, log, depth + 1)
+            self._fetch_one(missing, target, known, log, depth)
         raise DependencyUnavailable(requirement, f"its sdist {sdist.name} kept reporting missing requirements")
+
+    def _fetch_one(self, requirement: str, target: TargetPython, known: dict[str, str], log: FetchLog,
+                   depth: int) -> None:
+        """A build requirement: its wheels, or its sdist built here first."""
+        download = self._pip_download([requirement], target)
+        self._record_new_files(known)
+        if download.returncode != 0:
+            inner = missing_requirement((download.stdout or "") + (download.stderr or "")) or requirement
+            self._build_sdist(inner, target, known, log, depth + 1)
+            self._pip_download([requirement], target)
+            self._record_new_files(known)
 
     def _download_sdist(self, requirement: str, known: dict[str, str], log: FetchLog) -> Path:
         """The newest release's sdist that satisfies `requirement`, from the simple API, hash checked."""
@@ -403,6 +418,41 @@ def build_wheel_offline(config: Config, target: TargetPython, wheelhouse: Path, 
             wheels.append(out / entry.name)
     log = "\n".join(part for part in (result.stdout, result.stderr, result.reason) if part)
     return OfflineBuild(result.ok and bool(wheels), log, wheels, scratch)
+
+
+PEP517_FALLBACK_REQUIRES = ["setuptools>=40.8.0", "wheel"]  # what pip builds a setup.py-only sdist with
+
+
+def declared_build_requirements(sdist: Path) -> list[str]:
+    """`[build-system] requires` of an sdist's top-level pyproject.toml, read from the archive as data (pip's
+    fallback for a project without one); nothing of the archive is extracted or run."""
+    import tarfile
+    import tomllib
+    import zipfile
+
+    text = None
+    try:
+        if sdist.name.endswith(".zip"):
+            with zipfile.ZipFile(sdist) as archive:
+                names = [n for n in archive.namelist() if n.count("/") == 1 and n.endswith("/pyproject.toml")]
+                if names and archive.getinfo(names[0]).file_size < 1_000_000:
+                    text = archive.read(names[0]).decode("utf-8", "replace")
+        else:
+            with tarfile.open(sdist) as archive:
+                for member in archive:
+                    if member.isfile() and member.name.count("/") == 1 and member.name.endswith("/pyproject.toml"):
+                        if member.size < 1_000_000:
+                            handle = archive.extractfile(member)
+                            text = handle.read().decode("utf-8", "replace") if handle else None
+                        break
+    except (OSError, tarfile.TarError, zipfile.BadZipFile):
+        return list(PEP517_FALLBACK_REQUIRES)
+    try:
+        build_system = tomllib.loads(text).get("build-system", {}) if text else {}
+    except tomllib.TOMLDecodeError:
+        build_system = {}
+    requires = [r for r in build_system.get("requires", []) if isinstance(r, str) and _valid(r)]
+    return requires if "requires" in build_system else list(PEP517_FALLBACK_REQUIRES)
 
 
 def wheel_requirements(wheel: Path) -> list[str]:

@@ -67,3 +67,25 @@ def test_an_sdist_whose_sha256_is_not_the_index_s_is_refused(tmp_path):
     finally:
         server.shutdown()
     assert list(wheelhouse.files.iterdir()) == []  # nothing of it is kept
+
+
+def test_an_sdist_s_declared_build_requirements_are_read_from_the_archive(tmp_path):
+    import io
+    import tarfile
+
+    from envbuilder.wheelhouse import PEP517_FALLBACK_REQUIRES, declared_build_requirements
+
+    def archive(name, members):
+        path = tmp_path / name
+        with tarfile.open(path, "w:gz") as tar:
+            for member, text in members.items():
+                info = tarfile.TarInfo(member)
+                info.size = len(text.encode())
+                tar.addfile(info, io.BytesIO(text.encode()))
+        return path
+
+    flit = archive("a-1.0.tar.gz", {"a-1.0/pyproject.toml": '[build-system]\nrequires = ["flit_core>=3.2,<4"]\n',
+                                    "a-1.0/tests/pyproject.toml": '[build-system]\nrequires = ["other"]\n'})
+    legacy = archive("b-1.0.tar.gz", {"b-1.0/setup.py": "raise SystemExit('never run by the host')\n"})
+    assert declared_build_requirements(flit) == ["flit_core>=3.2,<4"]
+    assert declared_build_requirements(legacy) == PEP517_FALLBACK_REQUIRES
