@@ -220,14 +220,27 @@ PIDS_CURRENT = ("/sys/fs/cgroup/pids.current", "/sys/fs/cgroup/pids/pids.current
 BASELINE_TASKS: int | None = None  # tasks in the container when no untrusted process runs (pid 1 and us)
 
 
+_OPEN_FILES: dict[tuple[str, ...], int | None] = {}
+
+
+def _read_first(paths: tuple[str, ...]) -> bytes | None:
+    """The content of the first of these cgroup files that exists. Each is opened once and read with
+    pread afterwards: these are read several times per call, and a Python open() costs more than the read."""
+    if paths not in _OPEN_FILES:
+        _OPEN_FILES[paths] = None
+        for path in paths:
+            try:
+                _OPEN_FILES[paths] = os.open(path, os.O_RDONLY)
+                break
+            except OSError:
+                continue
+    fd = _OPEN_FILES[paths]
+    return None if fd is None else os.pread(fd, 4096, 0)
+
+
 def container_tasks() -> int | None:
-    for path in PIDS_CURRENT:
-        try:
-            with open(path) as handle:
-                return int(handle.read())
-        except OSError:
-            continue
-    return None
+    data = _read_first(PIDS_CURRENT)
+    return None if data is None else int(data)
 
 
 def untrusted_processes_left() -> bool:
@@ -262,15 +275,10 @@ def untrusted_pids(exclude: int = 0, living_only: bool = False) -> list[int]:
 
 
 def _counter(paths: tuple[str, ...], key: str) -> int:
-    for path in paths:
-        try:
-            with open(path) as handle:
-                for line in handle:
-                    name, _, value = line.partition(" ")
-                    if name == key:
-                        return int(value)
-        except OSError:
-            continue
+    for line in (_read_first(paths) or b"").decode().splitlines():
+        name, _, value = line.partition(" ")
+        if name == key:
+            return int(value)
     return 0
 
 
@@ -759,9 +767,10 @@ def _call_child(request_r: int, out_w: int, err_w: int, res_w: int) -> None:
         os.chdir(WORK)
         os.environ.clear()
         os.environ.update({"PATH": PATH, "HOME": WORK, "LANG": "C.UTF-8"})
-        sys.stdin = open(0, "r", closefd=False)
-        sys.stdout = open(1, "w", buffering=1, encoding="utf-8", errors="replace", closefd=False)
-        sys.stderr = open(2, "w", buffering=1, encoding="utf-8", errors="replace", closefd=False)
+        # sys.std* already stand on fds 0-2, which now are /dev/null and our pipes (the supervisor never
+        # writes to them, so nothing of its own is buffered); new objects would cost more than the call.
+        sys.stdout.reconfigure(line_buffering=True, errors="replace")
+        sys.stderr.reconfigure(line_buffering=True, errors="replace")
         request = _read_request(REQUEST_FD)
         if request is None:
             os._exit(0)  # not needed after all

@@ -88,8 +88,8 @@ def test_nothing_passes_from_one_attempt_to_the_next(pool):
 
 
 def test_a_call_reports_result_output_and_exception(pool):
-    printed = pool.call(fn("print('to stdout'); import sys; print('to stderr', file=sys.stderr); return {'a': 1}"), "f")
-    assert (printed.result, printed.stdout, printed.stderr) == ({"a": 1}, "to stdout\n", "to stderr\n")
+    printed = pool.call(fn("print('to stdout ✓'); import sys; print('to stderr é', file=sys.stderr); return {'a': 1}"), "f")
+    assert (printed.result, printed.stdout, printed.stderr) == ({"a": 1}, "to stdout ✓\n", "to stderr é\n")
     raised = pool.call("def f(x):\n    return 1 / x\n", "f", [0])
     assert raised.outcome == "exception" and raised.exception["type"] == "ZeroDivisionError"
     assert "return 1 / x" in raised.exception["traceback"]
