@@ -104,6 +104,8 @@ def environment_dockerfile(base_tag: str, recipe: Recipe, repo: str, env_id: str
         f"RUN python3 -m venv {VENV}",
         f"COPY --chown={UID}:{UID} testbed {TESTBED}",
         f"WORKDIR {TESTBED}",
+        # Until the install is committed over it (layer=env), a left-over of a killed build is told apart.
+        f"LABEL {MANAGED_LABEL}=true org.tasksynth.layer=env-prepare org.tasksynth.env_id={env_id}",
     ]
     return "\n".join(lines) + "\n"
 
