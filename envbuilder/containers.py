@@ -38,6 +38,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -195,29 +196,33 @@ def _image_home(image: str) -> str | None:
 
 def _copy_trees(name: str, trees: Sequence[str], folder: Path) -> list[tuple[str, Path]]:
     """Each tree of the created (not yet started) container as the image holds it, as a tar archive on the
-    host: the container's tmpfs work folders start empty, and the supervisor fills them from these."""
-    archives = []
-    for number, tree in enumerate(trees):
-        path = folder / f"tree-{number}.tar"
-        try:
-            with path.open("wb") as handle:
-                done = subprocess.run(["docker", "cp", f"{name}:{tree}", "-"], stdout=handle,
-                                      stderr=subprocess.PIPE, timeout=600)
-        except OSError as exc:
-            if exc.errno == 28:
-                raise DiskFull(f"no space left for a copy of {tree}: {exc}") from None
-            raise
-        if done.returncode != 0:
-            message = done.stderr.decode(errors="replace")
-            if tree != WORKDIR and "Could not find the file" in message:
-                continue  # an image whose $HOME does not exist: nothing to restore there
-            if "Cannot connect to the Docker daemon" in message:
-                raise DockerUnavailable(f"the Docker engine stopped answering: {_last_lines(message, 1)}")
-            if "No space left" in message:
-                raise DiskFull(f"no space left for a copy of {tree}: {_last_lines(message, 1)}")
-            raise ContainerFailed(f"docker could not copy {tree} out of the image: {_last_lines(message, 1)}")
-        archives.append((tree, path))
-    return archives
+    host (copied side by side): the container's tmpfs work folders start empty, and the supervisor fills them
+    from these."""
+    with ThreadPoolExecutor(max_workers=len(trees)) as pool:
+        copied = list(pool.map(lambda numbered: _copy_tree(name, *numbered, folder), enumerate(trees)))
+    return [(tree, path) for tree, path in zip(trees, copied) if path is not None]
+
+
+def _copy_tree(name: str, number: int, tree: str, folder: Path) -> Path | None:
+    path = folder / f"tree-{number}.tar"
+    try:
+        with path.open("wb") as handle:
+            done = subprocess.run(["docker", "cp", f"{name}:{tree}", "-"], stdout=handle, stderr=subprocess.PIPE,
+                                  timeout=600)
+    except OSError as exc:
+        if exc.errno == 28:
+            raise DiskFull(f"no space left for a copy of {tree}: {exc}") from None
+        raise
+    if done.returncode != 0:
+        message = done.stderr.decode(errors="replace")
+        if tree != WORKDIR and "Could not find the file" in message:
+            return None  # an image whose $HOME does not exist: nothing to restore there
+        if "Cannot connect to the Docker daemon" in message:
+            raise DockerUnavailable(f"the Docker engine stopped answering: {_last_lines(message, 1)}")
+        if "No space left" in message:
+            raise DiskFull(f"no space left for a copy of {tree}: {_last_lines(message, 1)}")
+        raise ContainerFailed(f"docker could not copy {tree} out of the image: {_last_lines(message, 1)}")
+    return path
 
 
 @dataclass
