@@ -350,12 +350,14 @@ def _phase_run(event: dict | None, planned: PlannedRun, names: Sequence[str], *,
         apply_log = cap_log(_string(event.get("apply_log")), max_log_bytes)
         return PhaseRun(phase, attempt, PATCH_DOES_NOT_APPLY, None, seconds,
                         f"{which} does not apply: {_last_lines(apply_log, 3)}", log=apply_log)
+    # An OOM kill during the run is its cause even when the run then also ran out of time (a process near the
+    # memory limit can stall in reclaim until the clock runs out).
+    if _number(event.get("oom_kills")) > 0 or (exit_code == 137 and event.get("timed_out") is not True):
+        return PhaseRun(phase, attempt, OOM, exit_code, seconds,
+                        f"the tests were killed by the OOM killer (memory limit {config.docker.memory})", log=log)
     if event.get("timed_out") is True:
         return PhaseRun(phase, attempt, TIMEOUT, None, seconds,
                         f"the tests ran longer than {limit}s and were killed", log=log)
-    if _number(event.get("oom_kills")) > 0 or exit_code == 137:
-        return PhaseRun(phase, attempt, OOM, exit_code, seconds,
-                        f"the tests were killed by the OOM killer (memory limit {config.docker.memory})", log=log)
     report = event["report"] if isinstance(event.get("report"), str) else None
     status, detail, tests = read_report(exit_code, report)
     if report is None and event.get("report_error"):

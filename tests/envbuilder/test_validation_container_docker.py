@@ -72,7 +72,7 @@ def _counting_docker(directory, real_docker, calls):
     directory.mkdir()
     shim = directory / "docker"
     shim.write_text(f"""#!/bin/sh
-if [ "$1" = run ] || [ "$1" = create ]; then echo "$*" >>{calls}; fi
+if [ "$1" = run ] || [ "$1" = create ]; then printf '%s\\n' "$*" | head -c 300 >>{calls}; echo >>{calls}; fi
 exec {real_docker} "$@"
 """)
     shim.chmod(shim.stat().st_mode | stat.S_IEXEC)
@@ -101,7 +101,7 @@ def test_runs_come_in_a_random_order_numbered_within_their_phase():
 def test_runs_share_one_container_but_not_their_state(tmp_path, flow_config, pipeline, monkeypatch):
     import shutil
 
-    config = flow_config(DOCKER__TEST_TIMEOUT_S="6", DOCKER__MEMORY="256m")
+    config = flow_config(DOCKER__TEST_TIMEOUT_S="10", DOCKER__MEMORY="256m")
     repo = isolation_repo(tmp_path)
     calls = tmp_path / "docker-runs.txt"
     monkeypatch.setenv("PATH", f"{_counting_docker(tmp_path / 'shim', shutil.which('docker'), calls)}"
@@ -138,11 +138,11 @@ def test_runs_share_one_container_but_not_their_state(tmp_path, flow_config, pip
     # the runs happen in a random order; the hang after the gold patch is the first after run's timeout, within
     # the per-run limit, and ends the validation (the before runs that came first stay ok)
     b = tasks["b"]
-    assert b["reason"] == "timeout" and "after phase, run 1" in b["detail"] and "longer than 6s" in b["detail"]
+    assert b["reason"] == "timeout" and "after phase, run 1" in b["detail"] and "longer than 10s" in b["detail"]
     assert ("after", 0, "timeout") in by["b"] and all(s == "ok" for p, _, s in by["b"] if p == "before")
     assert len(by["b"]) <= 3
     hung = next(r for r in runs if r["what"].startswith("b:") and r["status"] == "timeout")
-    assert 6 <= hung["seconds"] < 6 + 10 + 5
+    assert 10 <= hung["seconds"] < 10 + 10 + 5
     assert "before phase" not in logs[("b", "after", 0)]
 
     # the OOM kill is the after run's that had it; the before runs stay ok
