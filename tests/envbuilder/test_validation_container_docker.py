@@ -72,7 +72,7 @@ def _counting_docker(directory, real_docker, calls):
     directory.mkdir()
     shim = directory / "docker"
     shim.write_text(f"""#!/bin/sh
-if [ "$1" = run ] || [ "$1" = create ]; then printf '%s\\n' "$*" | head -c 300 >>{calls}; echo >>{calls}; fi
+if [ "$1" = run ] || [ "$1" = create ]; then printf '%.300s\\n' "$*" >>{calls}; fi  # one short write: no interleaving
 exec {real_docker} "$@"
 """)
     shim.chmod(shim.stat().st_mode | stat.S_IEXEC)
