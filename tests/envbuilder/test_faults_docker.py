@@ -90,15 +90,15 @@ def _swebench_sample():
 
 
 def _docker_shim(directory, real_docker):
-    """A `docker` that works for builds and inspection but reports the engine gone for every `docker run`: the
-    engine dying after the batch started."""
+    """A `docker` that works for builds and inspection but reports the engine gone for every validation
+    container it is asked to create or run: the engine dying after the batch started."""
     directory.mkdir()
     shim = directory / "docker"
     shim.write_text(f"""#!/bin/sh
-if [ "$1" = run ]; then
+case "$1 $*" in run*"--name tasksynth-run-"*|create*"--name tasksynth-run-"*)
   echo "Cannot connect to the Docker daemon at unix:///var/run/docker.sock. Is the docker daemon running?" >&2
-  exit 1
-fi
+  exit 1;;
+esac
 exec {real_docker} "$@"
 """)
     shim.chmod(shim.stat().st_mode | stat.S_IEXEC)
