@@ -23,6 +23,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from tasksynth.dataset_card import dataset_card
 from tasksynth.errors import ExportError
 from tasksynth.hashing import sha256_bytes
 from tasksynth.store import Store
@@ -73,12 +74,14 @@ def export_tasks(store: Store, out_dir: str | Path, *, kinds: Iterable[str] = KI
         shards: list[dict[str, Any]] = []
         counts: dict[str, int] = {}
         run_ids: set[str] = set()
+        exported: dict[str, list[dict[str, Any]]] = {}
         for kind in kinds:
             rows = TASK_READERS[kind](store, include_all)
             counts[kind] = len(rows)
             run_ids.update(r.pop("_run_id") for r in rows if r.get("_run_id"))
             for r in rows:
                 r.pop("_run_id", None)
+            exported[kind] = rows
             shards += _write_shards(staging, kind, rows, max_shard_rows)
             if progress:
                 progress(kind, len(rows))
@@ -93,6 +96,9 @@ def export_tasks(store: Store, out_dir: str | Path, *, kinds: Iterable[str] = KI
             "source_run_ids": sorted(run_ids),
             "store": str(store.path),
         }
+        card = dataset_card(store, manifest, exported)
+        (staging / "README.md").write_text(card)
+        manifest["card"] = {"path": "README.md", "bytes": len(card.encode()), "sha256": sha256_bytes(card.encode())}
         (staging / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
         _swap_into_place(staging, out_dir)
     except BaseException:
