@@ -7,7 +7,7 @@
     <bundle>/general_grading.py the grading rules (`verifiers.general`)
     <bundle>/grade.py           `python grade.py TASK.json TRAJECTORY.json` prints a grade
 
-The content hash covers the database's canonical state, the tools' code, the clock and the seed: two bundles
+The content hash covers the database file, the tools' code, the clock and the seed: two bundles
 with the same hash grade every trajectory the same. Tasks reference their bundle by this hash.
 """
 
@@ -23,9 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from general_env import bundle_grade, harness
-from tasksynth.hashing import content_hash
+from tasksynth.hashing import content_hash, sha256_bytes
 from verifiers import general as general_grading
-from verifiers.state_hash import state_hash
 
 BUNDLE_SCHEMA = 1
 DATABASE_FILE, TOOLS_FILE, MANIFEST_FILE = "env.sqlite", "tools.py", "bundle.json"
@@ -48,7 +47,9 @@ class Bundle:
 
     @property
     def bundle_id(self) -> str:
-        return content_hash(BUNDLE_SCHEMA, state_hash(self.database), self.tools_source, self.clock, self.seed)
+        # The database's bytes, not its parsed content: a model-made database is only ever opened in the sandbox.
+        return content_hash(BUNDLE_SCHEMA, sha256_bytes(Path(self.database).read_bytes()), self.tools_source,
+                            self.clock, self.seed)
 
     def manifest(self) -> dict[str, Any]:
         return {"schema": BUNDLE_SCHEMA, "bundle_id": self.bundle_id, "category": self.category,
