@@ -49,11 +49,32 @@ class DockerConfig:
 
 
 @dataclass
+class SandboxConfig:
+    """Untrusted code: one-shot runs, the warm call pool and agent sessions (tasksynth.sandbox)."""
+
+    image: str = ""  # empty: the base image
+    max_containers: int = 4  # warm call-pool containers per host, across processes and homes
+    slot_dir: str = ""  # empty: /tmp/tasksynth-sandbox-slots, shared by every tasksynth process on the host
+    file_size_bytes: int = 256 * 1024 * 1024  # ulimit fsize: the largest file untrusted code may write
+    open_files: int = 1024  # ulimit nofile
+    tmpfs_bytes: int = 512 * 1024 * 1024  # size of each tmpfs work folder
+    output_cap_bytes: int = 1024 * 1024  # stdout and stderr of a run or call, each; more stops it
+    call_timeout_s: float = 10.0  # default wall-clock limit of one function call
+    call_cpu_s: int = 10  # RLIMIT_CPU of a call
+    call_memory_bytes: int = 1024 * 1024 * 1024  # RLIMIT_AS of a call
+    call_processes: int = 64  # RLIMIT_NPROC of a call (counted per uid, see docs/sandbox.md)
+    infra_retries: int = 2  # engine failures retried this many times, then recorded as infra_error
+
+
+@dataclass
 class CodeConfig:
     repeat: int = 2  # runs per phase; a test whose outcome changes between repeats is flaky
     test_scope: str = "touched"  # touched | all
     max_patch_bytes: int = 200_000
     max_files_changed: int = 50
+    # The package index the trusted fetcher downloads from (wheels and sdist archives into <home>/wheelhouse);
+    # empty: pip's own configuration (PIP_INDEX_URL, pip.conf), else PyPI.
+    index_url: str = ""
 
 
 @dataclass
@@ -155,6 +176,7 @@ class Config:
     home: str = "./data"
     store: StoreConfig = field(default_factory=StoreConfig)
     docker: DockerConfig = field(default_factory=DockerConfig)
+    sandbox: SandboxConfig = field(default_factory=SandboxConfig)
     code: CodeConfig = field(default_factory=CodeConfig)
     github: GithubConfig = field(default_factory=GithubConfig)
     search: SearchConfig = field(default_factory=SearchConfig)
@@ -321,7 +343,9 @@ def _check_values(config: Config) -> None:
             raise ConfigError(f"config key '{path}' must be one of {', '.join(allowed)}; got {value!r}")
     positive = {"docker.max_containers": config.docker.max_containers, "code.repeat": config.code.repeat,
                 "flows.max_workers": config.flows.max_workers, "docker.cpus": config.docker.cpus,
-                "runner.top_k": config.runner.top_k, "runner.port": config.runner.port}
+                "runner.top_k": config.runner.top_k, "runner.port": config.runner.port,
+                **{f"sandbox.{f.name}": getattr(config.sandbox, f.name) for f in dataclasses.fields(SandboxConfig)
+                   if f.type in ("int", "float") and f.name != "infra_retries"}}
     for path, value in positive.items():
         if value <= 0:
             raise ConfigError(f"config key '{path}' must be positive; got {value!r}")
