@@ -140,9 +140,10 @@ def _grade(worlds: WorldExecutor, bundle: Bundle, task: dict[str, Any], result: 
         outcome.outcome = SOLVED
         return
     outcome.outcome = FAILED
+    failed = [name for name, ok in grade.checks.items() if not ok]
     if result.stop_reason != "answer":
         outcome.reason = f"solver stopped: {result.stop_reason}"
-    elif grade.state_matches is False:
-        outcome.reason = "final state differs from the expected one"
+    elif failed:
+        outcome.reason = "failed checks: " + ", ".join(failed)
     else:
-        outcome.reason = "failed checks: " + ", ".join(n for n, ok in grade.checks.items() if not ok)
+        outcome.reason = "final state differs from the expected one"

@@ -27,11 +27,12 @@ from typing import Any
 
 from agent import Agent, AgentError, BufferedRecorder, CallRecord, TrajectoryRecord
 from agent.replies import first_json_object
-from general_env.bundle import Bundle, write_bundle
-from general_env.quality_gate import GateReport, run_gate
+from general_env.bundle import Bundle, read_bundle, write_bundle
+from general_env.quality_gate import run_gate
 from general_env.tool_code import ToolCodeError, parse_tool_module
 from tasksynth.config import Config
 from tasksynth.hashing import content_hash
+from tasksynth.sandbox import SandboxFileError, Session
 
 ROLE = "tool_writer"
 ENVIRONMENT_SCHEMA = 1
@@ -66,12 +67,10 @@ def environment_id(config: Config, category: str, index: int, seed: int) -> str:
 def build_environment(config: Config, category: str, index: int, seed: int) -> EnvironmentOutcome:
     """One environment of `category`: agent in a session, then the checks above; never raises for what the
     model did (the outcome says why it was discarded)."""
-    from tasksynth.sandbox import Session
-
     env_id = environment_id(config, category, index, seed)
     recorder = BufferedRecorder()
     outcome = EnvironmentOutcome(env_id, category, "discarded")
-    with Session(config, role="session") as session:
+    with Session(config) as session:
         try:
             agent = Agent(ROLE, config, tools=session_tools(session), recorder=recorder,
                           prompt_vars={"category": category})
@@ -85,12 +84,11 @@ def build_environment(config: Config, category: str, index: int, seed: int) -> E
         manifest = first_json_object(result.final_answer) or {}
         database_name = str(manifest.get("database") or "env.sqlite")
         tools_name = str(manifest.get("tools_file") or "tools.py")
-        database = session.read_file(f"{WORK}/{Path(database_name).name}", max_bytes=MAX_DATABASE_BYTES)
-        tools_source = session.read_file(f"{WORK}/{Path(tools_name).name}", max_bytes=MAX_TOOLS_BYTES)
-    if not manifest:
-        detail = f"the agent stopped ({result.stop_reason}) without a JSON manifest"
-        if database is None or tools_source is None:
-            return _discard(outcome, recorder, "no_manifest", detail)
+        database = _read(session, f"{WORK}/{Path(database_name).name}", MAX_DATABASE_BYTES)
+        tools_source = _read(session, f"{WORK}/{Path(tools_name).name}", MAX_TOOLS_BYTES)
+    if not manifest and (database is None or tools_source is None):
+        return _discard(outcome, recorder, "no_manifest",
+                        f"the agent stopped ({result.stop_reason}) without a JSON manifest or the files")
     if database is None:
         return _discard(outcome, recorder, "no_database", f"no {database_name} in {WORK}")
     if tools_source is None:
@@ -117,8 +115,6 @@ def build_environment(config: Config, category: str, index: int, seed: int) -> E
                         tool_kinds=gate.kinds, database=staged_db, clock=config.general.clock, seed=seed,
                         notes={"notes": str(manifest.get("notes") or "")[:2000], "env_id": env_id})
         path = write_bundle(bundle, config.home_path / "general" / "bundles")
-    from general_env.bundle import read_bundle
-
     outcome.bundle = read_bundle(path)
     outcome.bundle_path = str(path)
     outcome.status = "built"
@@ -127,7 +123,7 @@ def build_environment(config: Config, category: str, index: int, seed: int) -> E
     return outcome
 
 
-def session_tools(session: Any) -> list:
+def session_tools(session: Session) -> list:
     """The shell the tool writer works with: every command runs in the session's container, as the untrusted
     user, with the session's limits."""
 
@@ -160,10 +156,21 @@ def session_tools(session: Any) -> list:
             path: The file to read.
         """
         target = path if path.startswith("/") else f"{WORK}/{path}"
-        data = session.read_file(target, max_bytes=20_000)
-        return "no such file" if data is None else data.decode(errors="replace")
+        try:
+            return session.read_file(target, max_bytes=20_000).decode(errors="replace")
+        except SandboxFileError as exc:
+            return f"cannot read {target}: {exc}"
 
     return [bash, write_file, read_file]
+
+
+def _read(session: Session, path: str, max_bytes: int) -> bytes | None:
+    """A file the agent made, at most `max_bytes` (read in the sandbox as the untrusted user, links not
+    followed); None when it is not there or not a regular file."""
+    try:
+        return session.read_file(path, max_bytes=max_bytes, follow_links=False)
+    except SandboxFileError:
+        return None
 
 
 def _discard(outcome: EnvironmentOutcome, recorder: BufferedRecorder, reason: str,

@@ -49,6 +49,7 @@ class TaskOutcome:
     level: int
     parent_task_id: str | None
     status: str  # verified | discarded
+    index: int = 0
     reason: str | None = None
     detail: str | None = None
     prompt: str = ""
@@ -90,7 +91,7 @@ def write_task(config: Config, bundle: Bundle, env_id: str, index: int, *, level
                parent: dict[str, Any] | None = None) -> TaskOutcome:
     """A verified task, or a discarded one with its reason (never raises for what a model wrote)."""
     parent_id = parent["task_id"] if parent else None
-    outcome = TaskOutcome(task_id(env_id, index, level, parent_id), env_id, level, parent_id, "discarded")
+    outcome = TaskOutcome(task_id(env_id, index, level, parent_id), env_id, level, parent_id, "discarded", index=index)
     recorder = BufferedRecorder()
     variables = {"category": bundle.category, "tools": tools_text(bundle), "notes": bundle.notes.get("notes", ""),
                  "level_instructions": LEVEL_ONE if level == 1 else HARDER.format(
@@ -107,7 +108,8 @@ def write_task(config: Config, bundle: Bundle, env_id: str, index: int, *, level
 def _write(config: Config, bundle: Bundle, worlds: WorldExecutor, outcome: TaskOutcome, recorder: BufferedRecorder,
            variables: dict[str, str]) -> None:
     writer = Agent("task_writer", config, tools=[], recorder=recorder, prompt_vars=variables)
-    result = writer.run_sync("Write the task now.")
+    result = writer.run_sync(f"Write task number {outcome.index + 1} now." if outcome.level == 1
+                             else "Write the harder task now.")
     outcome.trajectory_id = result.trajectory_id
     if result.stop_reason == "error":
         return _discard(outcome, "endpoint_error", result.error)
