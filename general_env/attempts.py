@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from agent import Agent, AgentError, BufferedRecorder, CallRecord, Tool, TrajectoryRecord
+from agent.loop import Opening
 from general_env.bundle import Bundle
 from general_env.execution import AttemptWorld, HarnessFailure, WorldExecutor
 from tasksynth.config import Config
@@ -62,19 +63,30 @@ def attempt_id(task_id: str, index: int) -> str:
 
 def attempt_batch(config: Config, bundle: Bundle, task: dict[str, Any], indices: list[int], *,
                   stop_after_first_success: bool = False) -> list[AttemptOutcome]:
-    """Attempts `indices` of one task, one after the other (batches of a task run side by side)."""
+    """Attempts `indices` of one task. Their first turns are sampled in one request (`n` = the batch: one
+    shared prefill on the bundled runner); then each attempt goes on alone, one after the other (batches of
+    a task run side by side)."""
     outcomes: list[AttemptOutcome] = []
+    shared = BufferedRecorder()
+    try:
+        opener = Agent(ROLE, config, tools=environment_tools(bundle, None), recorder=shared)
+        openings = opener.sample_openings_sync(_request(task), len(indices))
+    except AgentError:
+        openings = []  # each attempt reports the setup problem itself
     with WorldExecutor(config) as worlds:
-        for index in indices:
-            outcome = attempt_task(config, worlds, bundle, task, index)
+        for position, index in enumerate(indices):
+            opening = openings[position] if position < len(openings) else None
+            outcome = attempt_task(config, worlds, bundle, task, index, opening=opening)
             outcomes.append(outcome)
             if stop_after_first_success and outcome.outcome == SOLVED:
                 break
+    if outcomes:  # the shared first-turn request is accounted once, with the batch's first attempt
+        outcomes[0].calls[:0] = shared.calls
     return outcomes
 
 
-def attempt_task(config: Config, worlds: WorldExecutor, bundle: Bundle, task: dict[str, Any],
-                 index: int) -> AttemptOutcome:
+def attempt_task(config: Config, worlds: WorldExecutor, bundle: Bundle, task: dict[str, Any], index: int, *,
+                 opening: Opening | None = None) -> AttemptOutcome:
     from tasksynth.sandbox.results import SandboxInfraError
 
     started = time.monotonic()
@@ -83,7 +95,7 @@ def attempt_task(config: Config, worlds: WorldExecutor, bundle: Bundle, task: di
     try:
         with worlds.attempt(bundle.database) as world:
             agent = Agent(ROLE, config, tools=environment_tools(bundle, world), recorder=recorder)
-            result = agent.run_sync(_request(task))
+            result = agent.run_sync(_request(task), opening=opening)
         outcome.trajectory_id = result.trajectory_id
         if result.stop_reason == "error":
             outcome.reason = f"endpoint_error: {result.error}"[:500]
@@ -98,13 +110,16 @@ def attempt_task(config: Config, worlds: WorldExecutor, bundle: Bundle, task: di
     return outcome
 
 
-def environment_tools(bundle: Bundle, world: AttemptWorld) -> list[Tool]:
-    """The bundle's tools as agent tools whose every call runs in the attempt's sandbox container."""
+def environment_tools(bundle: Bundle, world: AttemptWorld | None) -> list[Tool]:
+    """The bundle's tools as agent tools whose every call runs in the attempt's sandbox container (`world`
+    None: for describing the tools only, as in a request that samples first turns)."""
     tools = []
     for spec in bundle.tools:
         function = spec["function"]
 
         def invoke(_name: str = function["name"], **arguments: Any) -> Any:
+            if world is None:
+                raise ToolCallFailed("no environment is attached to these tools")
             try:
                 called = world.run("call_tool", name=_name, arguments=arguments, clock=bundle.clock,
                                    seed=bundle.seed, tools_source=bundle.tools_source)

@@ -20,7 +20,7 @@ import re
 import threading
 from typing import Any
 
-from scripted_server import reply, tool_call
+from scripted_server import reply, several, tool_call
 from world_fixtures import SOLUTION, ALTERNATIVE_SOLUTION, TOOLS, VERIFIER
 
 ROLES = ("tool_writer", "task_writer", "solution_writer", "verifier_writer", "solver")
@@ -94,7 +94,7 @@ class ScriptedWorld:
         self.solver_starts: dict[str, int] = {}
         self.counts: dict[str, int] = {role: 0 for role in ROLES}
 
-    def answer(self, body: dict[str, Any]) -> dict[str, Any]:
+    def _answer(self, body: dict[str, Any]) -> dict[str, Any]:
         role = body["model"]
         with self.lock:
             self.counts[role] += 1
@@ -131,6 +131,12 @@ class ScriptedWorld:
         if task == HARDER:
             return reply(_fenced(HARDER_VERIFIER))
         return reply(_fenced(VERIFIERS.get(task.split(":", 1)[0], VERIFIER)))
+
+    def answer(self, body: dict[str, Any]) -> dict[str, Any]:
+        step = self._answer(body)
+        if body["model"] == "solver" and body.get("n", 1) > 1:  # first turns of a batch: one choice each
+            step = several(step, *(self._answer(body) for _ in range(body["n"] - 1)))
+        return step
 
     def solver(self, messages, last_user, tool_results):
         """Every third attempt of a task solves it; the others answer at once, wrongly."""
