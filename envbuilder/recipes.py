@@ -284,3 +284,98 @@ def _tox_deps(text: str | None) -> list[str]:
             continue
         deps.append(line)
     return deps
+
+
+# ------------------------------------------------------------------------------------------------ requirements
+
+# Options of `pip install` that take a value (their value is not a requirement).
+_PIP_VALUE_OPTIONS = {"-r", "--requirement", "-c", "--constraint", "-e", "--editable", "-t", "--target",
+                      "--config-settings", "-C", "-i", "--index-url", "--extra-index-url", "-f", "--find-links",
+                      "--prefix", "--root", "--src", "--upgrade-strategy", "--python-version", "--platform",
+                      "--implementation", "--abi", "--only-binary", "--no-binary", "--progress-bar"}
+
+
+def recipe_requirements(recipe: Recipe, read: Callable[[str], str | None]) -> list[str]:
+    """The requirements a recipe's `pip install` steps name, as far as they can be read without running
+    anything: plain requirements, requirements files (and the files they include), and the static
+    dependencies of a local project installed with its extras ([project] in pyproject.toml). The offline
+    build fetches these first; whatever else an install asks for (setup.py's install_requires, markers for
+    another interpreter) it reports missing, and is fetched then. `read` gives a file of the checkout."""
+    found: list[str] = []
+    for step in recipe.env_steps + recipe.instance_steps:
+        for command in re.split(r"&&|;|\|\|", step):
+            try:
+                words = shlex.split(command)
+            except ValueError:
+                continue
+            if "pip" not in " ".join(words[:3]) or "install" not in words:
+                continue
+            args = words[words.index("install") + 1:]
+            found += _pip_arguments(args, read)
+    return list(dict.fromkeys(found))
+
+
+def _pip_arguments(args: list[str], read: Callable[[str], str | None]) -> list[str]:
+    found: list[str] = []
+    index = 0
+    while index < len(args):
+        word = args[index]
+        value = args[index + 1] if index + 1 < len(args) else ""
+        if word in ("-r", "--requirement"):
+            found += _requirements_file(value, read, depth=0)
+        elif word in ("-e", "--editable"):
+            found += _local_project(value, read)
+        if word in _PIP_VALUE_OPTIONS:
+            index += 2
+            continue
+        if word.startswith("-"):
+            index += 1
+            continue
+        if word.startswith((".", "/")):
+            found += _local_project(word, read)
+        elif _is_requirement(word):
+            found.append(word)
+        index += 1
+    return found
+
+
+def _requirements_file(path: str, read: Callable[[str], str | None], depth: int) -> list[str]:
+    if depth > 5:
+        return []
+    found: list[str] = []
+    folder = path.rsplit("/", 1)[0] + "/" if "/" in path else ""
+    for line in (read(path.lstrip("./") if path.startswith("./") else path) or "").splitlines():
+        line = line.split(" #", 1)[0].strip()
+        if not line or line.startswith("#"):
+            continue
+        words = line.split()
+        if words[0] in ("-r", "--requirement") and len(words) > 1:
+            found += _requirements_file(folder + words[1], read, depth + 1)
+        elif not line.startswith("-") and _is_requirement(line):
+            found.append(line)
+    return found
+
+
+def _local_project(target: str, read: Callable[[str], str | None]) -> list[str]:
+    """The static dependencies (and requested extras) of the project at `target` (`.` or `.[test]`)."""
+    path, _, extras = target.partition("[")
+    if path.strip("./"):
+        return []  # another folder: its metadata is read when it is built
+    wanted = [e.strip() for e in extras.rstrip("]").split(",") if e.strip()]
+    project = _toml(read("pyproject.toml")).get("project", {})
+    found = list(project.get("dependencies", []))
+    for extra in wanted:
+        found += project.get("optional-dependencies", {}).get(extra, [])
+    return [r for r in found if _is_requirement(r)]
+
+
+def _is_requirement(text: str) -> bool:
+    from packaging.requirements import InvalidRequirement, Requirement
+
+    if "://" in text or text.startswith(("git+", "file:")):
+        return False
+    try:
+        requirement = Requirement(text)
+    except InvalidRequirement:
+        return False
+    return requirement.url is None

@@ -49,11 +49,32 @@ class DockerConfig:
 
 
 @dataclass
+class SandboxConfig:
+    """Untrusted code: one-shot runs, the warm call pool and agent sessions (tasksynth.sandbox)."""
+
+    image: str = ""  # empty: the base image
+    max_containers: int = 4  # warm call-pool containers per host, across processes and homes
+    slot_dir: str = ""  # empty: /tmp/tasksynth-sandbox-slots, shared by every tasksynth process on the host
+    file_size_bytes: int = 256 * 1024 * 1024  # ulimit fsize: the largest file untrusted code may write
+    open_files: int = 1024  # ulimit nofile
+    tmpfs_bytes: int = 512 * 1024 * 1024  # size of each tmpfs work folder
+    output_cap_bytes: int = 1024 * 1024  # stdout and stderr of a run or call, each; more stops it
+    call_timeout_s: float = 10.0  # default wall-clock limit of one function call
+    call_cpu_s: int = 10  # RLIMIT_CPU of a call
+    call_memory_bytes: int = 1024 * 1024 * 1024  # RLIMIT_AS of a call
+    call_processes: int = 64  # RLIMIT_NPROC of a call (counted per uid, see docs/sandbox.md)
+    infra_retries: int = 2  # engine failures retried this many times, then recorded as infra_error
+
+
+@dataclass
 class CodeConfig:
     repeat: int = 2  # runs per phase; a test whose outcome changes between repeats is flaky
     test_scope: str = "touched"  # touched | all
     max_patch_bytes: int = 200_000
     max_files_changed: int = 50
+    # The package index the trusted fetcher downloads from (wheels and sdist archives into <home>/wheelhouse);
+    # empty: pip's own configuration (PIP_INDEX_URL, pip.conf), else PyPI.
+    index_url: str = ""
 
 
 @dataclass
@@ -76,6 +97,22 @@ class SearchConfig:
     backend: str = "local"  # local (DuckDB full-text over the shipped corpus) | http
     url: str = ""
     api_key_env: str = ""
+
+
+@dataclass
+class GeneralConfig:
+    """General tool environments (general_env/)."""
+
+    envs: int = 1  # environments per category and run
+    tasks_per_env: int = 2  # level-1 tasks written per environment
+    levels: int = 2  # each kept task is made harder up to this level
+    k: int = 100  # attempts per task in the pass@k filter
+    stop_after_first_success: bool = False  # keep-only runs: pass rates are then not estimated
+    max_revisions: int = 2  # a failed self-check is sent back to the writer this many times
+    attempt_batch: int = 10  # attempts per resumable step (a crash redoes at most this many)
+    gate_random_calls: int = 3  # random valid calls per tool in the quality gate
+    clock: str = "2025-01-15T09:00:00"  # the tools' fixed clock
+    call_timeout_s: float = 10.0  # one tool call, solution or check in the sandbox
 
 
 @dataclass
@@ -139,10 +176,12 @@ class Config:
     home: str = "./data"
     store: StoreConfig = field(default_factory=StoreConfig)
     docker: DockerConfig = field(default_factory=DockerConfig)
+    sandbox: SandboxConfig = field(default_factory=SandboxConfig)
     code: CodeConfig = field(default_factory=CodeConfig)
     github: GithubConfig = field(default_factory=GithubConfig)
     search: SearchConfig = field(default_factory=SearchConfig)
     runner: RunnerConfig = field(default_factory=RunnerConfig)
+    general: GeneralConfig = field(default_factory=GeneralConfig)
     flows: FlowsConfig = field(default_factory=FlowsConfig)
     agents: dict[str, RoleConfig] = field(default_factory=dict)
     prices: dict[str, Price] = field(default_factory=dict)
@@ -304,7 +343,9 @@ def _check_values(config: Config) -> None:
             raise ConfigError(f"config key '{path}' must be one of {', '.join(allowed)}; got {value!r}")
     positive = {"docker.max_containers": config.docker.max_containers, "code.repeat": config.code.repeat,
                 "flows.max_workers": config.flows.max_workers, "docker.cpus": config.docker.cpus,
-                "runner.top_k": config.runner.top_k, "runner.port": config.runner.port}
+                "runner.top_k": config.runner.top_k, "runner.port": config.runner.port,
+                **{f"sandbox.{f.name}": getattr(config.sandbox, f.name) for f in dataclasses.fields(SandboxConfig)
+                   if f.type in ("int", "float") and f.name != "infra_retries"}}
     for path, value in positive.items():
         if value <= 0:
             raise ConfigError(f"config key '{path}' must be positive; got {value!r}")

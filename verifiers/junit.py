@@ -41,7 +41,7 @@ def parse_junit(xml: str | bytes | None, *, known_files: Iterable[str] = ()) -> 
     if xml is None or not (xml.strip() if isinstance(xml, str) else xml.strip()):
         raise JUnitError("no JUnit report was written (the test process ended before pytest finished)")
     try:
-        # Bytes: with lxml installed, junitparser refuses a str that carries an encoding declaration.
+        # As bytes: lxml refuses a str that carries an encoding declaration, which pytest 9 writes.
         report = JUnitXml.fromstring(xml.encode() if isinstance(xml, str) else xml)
     except Exception as exc:  # lxml/ElementTree errors differ by backend; all mean the same to the user
         raise JUnitError(f"malformed JUnit XML: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") \

@@ -14,7 +14,8 @@ from tasksynth.cli.data_cmds import export_command, sql_command
 from tasksynth.cli.doctor import demo_command, doctor_command
 from tasksynth.cli.flows_cmd import app as flows_app
 from tasksynth.cli.images import app as images_app
-from tasksynth.cli.placeholders import general_app, search_app
+from tasksynth.cli.general import app as general_app
+from tasksynth.cli.placeholders import search_app
 from tasksynth.cli.report import report_command
 from tasksynth.cli.runner import app as runner_app
 from tasksynth.errors import TasksynthError

@@ -1,0 +1,767 @@
+"""The supervisor inside a sandbox container: takes requests from the host over a unix socket and runs each
+one in a forked child that has become the untrusted user. Standard library only; it is mounted read-only
+into the container and started as `/usr/bin/python3 -I -S supervisor.py SOCKET` (isolated mode, no site:
+nothing the image or the code under test installed is imported into a root process).
+
+Who may talk to it: the socket sits in a host folder mounted into the container, and the supervisor serves
+exactly one connection whose peer is outside the container's pid namespace (SO_PEERCRED reports pid 0 for
+it): a process inside the container cannot issue requests even if it reached the socket. When that one
+connection closes (the host process ended, even by SIGKILL) the supervisor exits and the container with it.
+
+Privileges: the supervisor is root with SETUID, SETGID and SETPCAP only. Every request that touches
+untrusted code or the untrusted user's files forks a child that empties its bounding set, drops its groups,
+becomes UNTRUSTED_UID (which clears its permitted and effective capabilities) and only then does the work.
+Killing the untrusted user's processes is done the same way: a child that has become that uid calls
+kill(-1, SIGKILL), which reaches every process of that uid and nothing else (not the root supervisor, not
+pid 1), so the supervisor needs no KILL capability.
+
+Wire format, both directions: a 4-byte big-endian length, then a JSON object. A `reset` request carries one
+file descriptor (SCM_RIGHTS): the state master, opened read-only by the host.
+
+Requests (`op`):
+  ping                          -> {"ok": true}
+  reset {state_name}  + fd      -> every untrusted process killed, /work /tmp /dev/shm emptied, loaded
+                                   modules forgotten, the master copied to /work/<state_name> (owned by the
+                                   untrusted user)
+  load {name, source}           -> a module the following calls may import by name or call into
+  call {source|module, function, args, limits}
+                                -> {outcome, result, exception, stdout, stderr, seconds, reason}
+  run {command, cwd, env, stdin, limits}
+                                -> {outcome, exit_code, stdout, stderr, seconds, reason}
+  read_file {path, max_bytes}   -> {data (base64), truncated} read as the untrusted user
+  write_file {path, data, mode} -> written as the untrusted user
+"""
+
+from __future__ import annotations
+
+import base64
+import ctypes
+import errno
+import json
+import linecache
+import os
+import resource
+import selectors
+import signal
+import socket
+import stat
+import struct
+import sys
+import time
+import traceback
+
+# Imported once here so that a forked call finds them already loaded (a call's fork copies them for free).
+import collections  # noqa: F401
+import datetime  # noqa: F401
+import decimal  # noqa: F401
+import functools  # noqa: F401
+import hashlib  # noqa: F401
+import itertools  # noqa: F401
+import math  # noqa: F401
+import random  # noqa: F401
+import re  # noqa: F401
+import sqlite3  # noqa: F401
+import statistics  # noqa: F401
+import importlib.abc
+import importlib.util
+
+UNTRUSTED_UID = 1000
+WORK = "/work"
+SCRUBBED = ("/work", "/tmp", "/dev/shm")  # the untrusted user's writable places, emptied on reset
+PATH = "/usr/local/bin:/usr/bin:/bin"
+CAP_LAST = 63
+PR_CAPBSET_DROP = 24
+PR_SET_NO_NEW_PRIVS = 38
+RESULT_FD = 3
+EXIT_RESULT_TOO_BIG = 97
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+# ------------------------------------------------------------------------------------------------ wire
+
+
+def send_message(conn: socket.socket, message: dict) -> None:
+    data = json.dumps(message, separators=(",", ":")).encode()
+    conn.sendall(struct.pack(">I", len(data)) + data)
+
+
+def receive_message(conn: socket.socket) -> tuple[dict | None, list[int]]:
+    header, fds = _receive_exactly(conn, 4, with_fds=True)
+    if header is None:
+        return None, fds
+    body, _ = _receive_exactly(conn, struct.unpack(">I", header)[0])
+    if body is None:
+        return None, fds
+    return json.loads(body), fds
+
+
+def _receive_exactly(conn: socket.socket, size: int, with_fds: bool = False) -> tuple[bytes | None, list[int]]:
+    chunks, got, fds = [], 0, []
+    while got < size:
+        if with_fds and not fds:
+            data, new_fds, _, _ = socket.recv_fds(conn, size - got, 4)
+            fds += new_fds
+        else:
+            data = conn.recv(size - got)
+        if not data:
+            return None, fds
+        chunks.append(data)
+        got += len(data)
+    return b"".join(chunks), fds
+
+
+# ------------------------------------------------------------------------------------------- privileges
+
+
+def bounding_caps() -> list[int]:
+    """The capabilities in our bounding set (the container's: SUPERVISOR_CAPS), read once at start."""
+    with open("/proc/self/status") as handle:
+        line = next(line for line in handle if line.startswith("CapBnd:"))
+    mask = int(line.split()[1], 16)
+    return [cap for cap in range(CAP_LAST + 1) if mask >> cap & 1]
+
+
+BOUNDING_CAPS: list[int] = []
+
+
+def become_untrusted(limits: dict | None = None, *, oom_first: bool = False) -> None:
+    """In a forked child: from here on nothing of root is left. Limits are set first (as root, lowering only).
+    `oom_first`: make the OOM killer take this process before the supervisor. It costs about 2 ms (the
+    kernel walks every process), so calls skip it: their address space is limited below the container's
+    memory, and the OOM killer takes the biggest process, which is theirs, not the supervisor's."""
+    for cap in BOUNDING_CAPS:
+        _libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0)
+    _libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
+    if oom_first:
+        try:
+            with open("/proc/self/oom_score_adj", "w") as handle:
+                handle.write("1000")
+        except OSError:
+            pass
+    for name, value in (limits or {}).items():
+        # CPU: SIGXCPU at the soft limit (a clear reason), SIGKILL a second later if it is caught.
+        hard = value + 1 if name == "RLIMIT_CPU" else value
+        resource.setrlimit(getattr(resource, name), (value, hard))
+    os.setgroups([])
+    os.setresgid(UNTRUSTED_UID, UNTRUSTED_UID, UNTRUSTED_UID)
+    os.setresuid(UNTRUSTED_UID, UNTRUSTED_UID, UNTRUSTED_UID)
+
+
+def call_rlimits(limits: dict) -> dict:
+    return {"RLIMIT_CPU": int(limits["cpu_s"]), "RLIMIT_AS": int(limits["memory_bytes"]),
+            "RLIMIT_NPROC": int(limits["processes"]), "RLIMIT_FSIZE": int(limits["file_size_bytes"])}
+
+
+def fork() -> int:
+    """os.fork(), waiting out a full pids cgroup: the untrusted processes' limit (RLIMIT_NPROC) is set below
+    the container's, so room comes back, and the supervisor must never die of a fork bomb."""
+    for attempt in range(500):
+        try:
+            return os.fork()
+        except BlockingIOError:
+            time.sleep(0.01)
+    return os.fork()
+
+
+def run_as_untrusted(work) -> int:
+    """Run `work()` in a child that has become the untrusted user; its exit status."""
+    pid = fork()
+    if pid == 0:
+        code = 1
+        try:
+            become_untrusted()
+            code = work() or 0
+        except BaseException:  # noqa: BLE001 - a child must never return into the supervisor's loop
+            traceback.print_exc()
+        os._exit(code)
+    return os.waitpid(pid, 0)[1]
+
+
+def kill_untrusted(reap: int | None = None) -> int:
+    """Kill every process of the untrusted user in this container, daemons and fork bombs included.
+    `reap`: a child of ours that is among them; it is reaped here, and its wait status returned."""
+    if reap is None and not untrusted_processes_left():
+        return 0
+
+    def sweep() -> int:
+        # kill(-1) as the untrusted uid reaches all of its processes but ourselves. It reports success while
+        # any other process exists (root's included), so whether any is left is read from /proc; a fork
+        # bomb's children started during one pass are caught by the next.
+        me = os.getpid()
+        for _ in range(5000):
+            os.kill(-1, signal.SIGKILL)
+            if not untrusted_pids(exclude=me, living_only=True):
+                return 0
+            time.sleep(0.0005)
+        return 1
+
+    killer = fork()
+    if killer == 0:
+        code = 1
+        try:
+            become_untrusted()
+            code = sweep()
+        except BaseException:  # noqa: BLE001
+            pass
+        os._exit(code)
+    status = os.waitpid(reap, 0)[1] if reap is not None else 0
+    os.waitpid(killer, 0)
+    return status
+
+
+PIDS_CURRENT = ("/sys/fs/cgroup/pids.current", "/sys/fs/cgroup/pids/pids.current")
+BASELINE_TASKS: int | None = None  # tasks in the container when no untrusted process runs (pid 1 and us)
+
+
+def container_tasks() -> int | None:
+    for path in PIDS_CURRENT:
+        try:
+            with open(path) as handle:
+                return int(handle.read())
+        except OSError:
+            continue
+    return None
+
+
+def untrusted_processes_left() -> bool:
+    """Cheap when nothing is left: the container's task count is back at its baseline."""
+    tasks = container_tasks()
+    if tasks is not None and BASELINE_TASKS is not None and tasks <= BASELINE_TASKS:
+        return False
+    return bool(untrusted_pids())
+
+
+def untrusted_pids(exclude: int = 0, living_only: bool = False) -> list[int]:
+    """Processes of the untrusted uid, read from /proc/PID/status: unlike the ownership of /proc/PID, it cannot
+    be hidden (a process that makes itself non-dumpable shows as root's there). `living_only` leaves out
+    zombies, which run nothing and wait for their parent (pid 1 or us) to reap them."""
+    found = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit() or int(entry.name) == exclude:
+            continue
+        try:
+            with open(f"/proc/{entry.name}/status") as handle:
+                status = handle.read()
+        except OSError:
+            continue
+        fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+        if str(UNTRUSTED_UID) in fields.get("Uid", "").split():
+            if not (living_only and fields.get("State", "").strip().startswith(("Z", "X"))):
+                found.append(int(entry.name))
+    return found
+
+
+# ------------------------------------------------------------------------------------ limit accounting
+
+
+def _counter(paths: tuple[str, ...], key: str) -> int:
+    for path in paths:
+        try:
+            with open(path) as handle:
+                for line in handle:
+                    name, _, value = line.partition(" ")
+                    if name == key:
+                        return int(value)
+        except OSError:
+            continue
+    return 0
+
+
+def pids_limit_hits() -> int:
+    """How often a fork was refused by the container's pids limit (cgroup v2 or v1)."""
+    return _counter(("/sys/fs/cgroup/pids.events", "/sys/fs/cgroup/pids/pids.events"), "max")
+
+
+def oom_kills() -> int:
+    return _counter(("/sys/fs/cgroup/memory.events", "/sys/fs/cgroup/memory/memory.oom_control"), "oom_kill")
+
+
+# ---------------------------------------------------------------------------------------- running a child
+
+
+class CappedStreams:
+    """Reads a child's output pipes as they fill, keeping at most `cap` bytes of each: nothing larger is
+    ever held in memory. A stream that goes over its cap stops the run (`output_capped`)."""
+
+    def __init__(self, fds: dict[str, int], cap: int):
+        self.cap = cap
+        self.data = {name: bytearray() for name in fds}
+        self.over: str | None = None
+        self.selector = selectors.DefaultSelector()
+        for name, fd in fds.items():
+            os.set_blocking(fd, False)
+            self.selector.register(fd, selectors.EVENT_READ, name)
+
+    @property
+    def open(self) -> bool:
+        return bool(self.selector.get_map())
+
+    def pump(self, timeout: float) -> None:
+        for key, _ in self.selector.select(max(timeout, 0)):
+            self.read(key)
+
+    def read(self, key) -> None:
+        try:
+            chunk = os.read(key.fd, 65536)
+        except BlockingIOError:
+            return
+        if not chunk:
+            self.selector.unregister(key.fd)
+            os.close(key.fd)
+            return
+        buffer = self.data[key.data]
+        room = self.cap - len(buffer)
+        buffer += chunk[:max(room, 0)]
+        if len(chunk) > room and self.over is None:
+            self.over = key.data
+
+    def close(self) -> None:
+        for key in list(self.selector.get_map().values()):
+            self.selector.unregister(key.fd)
+            os.close(key.fd)
+        self.selector.close()
+
+    def text(self, name: str) -> str:
+        return self.data[name].decode("utf-8", errors="replace")
+
+
+def supervise(pid: int, streams: CappedStreams, timeout_s: float) -> tuple[int, str | None]:
+    """Wait for the child `pid` while reading its output; stop it on timeout or output over the cap.
+    Returns its wait status and why it was stopped (None: it ended by itself)."""
+    deadline = time.monotonic() + timeout_s
+    pidfd = os.pidfd_open(pid)
+    streams.selector.register(pidfd, selectors.EVENT_READ, "__exit__")
+    stopped = None
+    try:
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                stopped = "timeout"
+                break
+            exited = False
+            for key, _ in streams.selector.select(remaining):
+                if key.data == "__exit__":
+                    exited = True
+                    continue
+                streams.read(key)
+            if streams.over:
+                stopped = "output_capped"
+                break
+            if exited:
+                break
+    finally:
+        streams.selector.unregister(pidfd)
+        os.close(pidfd)
+    if stopped:
+        # The child and everything it started go at once; the supervisor reaps the child meanwhile.
+        status = kill_untrusted(reap=pid)
+    else:
+        status = os.waitpid(pid, 0)[1]
+        # Whatever the child left behind (daemons, a fork bomb) goes too, which also closes the pipes.
+        kill_untrusted()
+    drain_deadline = time.monotonic() + 2
+    while streams.open and time.monotonic() < drain_deadline:
+        streams.pump(0.05)
+    streams.close()
+    return status, stopped
+
+
+def classify(status: int, stopped: str | None, limits: dict, pids_before: int, ooms_before: int,
+             streams: CappedStreams) -> tuple[str, str]:
+    """The outcome caused by the code and a one-line reason (ok has an empty reason)."""
+    if pids_limit_hits() > pids_before:
+        return "pids", f"the process limit was reached ({limits.get('processes', '?')} processes per call)"
+    if stopped == "timeout":
+        return "timeout", f"still running after {limits['timeout_s']:g} s (wall clock); killed"
+    if stopped == "output_capped":
+        return "output_capped", f"wrote more than {streams.cap} bytes on {streams.over}; stopped"
+    if oom_kills() > ooms_before:
+        return "oom", "killed by the container's out-of-memory killer"
+    if os.WIFSIGNALED(status):
+        sig = os.WTERMSIG(status)
+        if sig == signal.SIGXCPU:
+            return "timeout", f"used more than {limits.get('cpu_s', '?')} s of CPU time; killed"
+        if sig == signal.SIGXFSZ:
+            return "file_size", "wrote a file larger than the file size limit"
+        return "killed", f"killed by signal {signal.Signals(sig).name}"
+    return "ok", ""
+
+
+# -------------------------------------------------------------------------------------------- requests
+
+
+class Supervisor:
+    def __init__(self) -> None:
+        # Sources, compiled only in the untrusted child: the root supervisor never parses code.
+        self.modules: dict[str, str] = {}
+        self.state_name = "state.sqlite"
+
+    def handle(self, request: dict, fds: list[int]) -> dict:
+        op = request.get("op")
+        try:
+            return self._handle(op, request, fds)
+        except Exception as exc:  # noqa: BLE001 - the supervisor outlives any one request
+            return {"ok": False, "error": f"supervisor failed on {op}: {type(exc).__name__}: {exc}"}
+        finally:
+            for fd in fds:
+                os.close(fd)
+
+    def _handle(self, op: str, request: dict, fds: list[int]) -> dict:
+        if op == "ping":
+            return {"ok": True}
+        if op == "reset":
+            return self.reset(request, fds)
+        if op == "load":
+            self.modules[request["name"]] = request["source"]
+            return {"ok": True}
+        handler = {"call": self.call, "run": self.run, "read_file": self.read_file,
+                   "write_file": self.write_file}.get(op)
+        return handler(request) if handler else {"ok": False, "error": f"unknown op {op!r}"}
+
+    # ---- state
+
+    def reset(self, request: dict, fds: list[int]) -> dict:
+        kill_untrusted()
+        self.modules.clear()
+        master = fds[0] if fds else None
+        name = self.state_name = os.path.basename(request.get("state_name") or "state.sqlite")
+
+        def scrub_and_copy() -> int:
+            for top in SCRUBBED:
+                _empty_folder(top)
+            if master is not None:
+                os.lseek(master, 0, os.SEEK_SET)
+                with open(os.path.join(WORK, name), "wb") as out:
+                    while chunk := os.read(master, 1 << 20):
+                        out.write(chunk)
+            return 0
+
+        status = run_as_untrusted(scrub_and_copy)
+        if status != 0:
+            return {"ok": False, "error": "could not reset the work folder"}
+        return {"ok": True}
+
+    # ---- function calls
+
+    def call(self, request: dict) -> dict:
+        limits = request["limits"]
+        if request.get("module") and request["module"] not in self.modules:
+            return {"ok": False, "error": f"no module {request['module']!r} is loaded"}
+        out_r, out_w = os.pipe()
+        err_r, err_w = os.pipe()
+        res_r, res_w = os.pipe()
+        pids_before, ooms_before = pids_limit_hits(), oom_kills()
+        started = time.monotonic()
+        pid = fork()
+        if pid == 0:
+            _call_child(request, limits, out_w, err_w, res_w)  # never returns
+        for fd in (out_w, err_w, res_w):
+            os.close(fd)
+        streams = CappedStreams({"stdout": out_r, "stderr": err_r, "result": res_r}, int(limits["output_cap"]))
+        status, stopped = supervise(pid, streams, float(limits["timeout_s"]))
+        seconds = time.monotonic() - started
+        outcome, reason = classify(status, stopped, limits, pids_before, ooms_before, streams)
+        reply = {"ok": True, "outcome": outcome, "reason": reason, "seconds": seconds, "result": None,
+                 "exception": None, "stdout": streams.text("stdout"), "stderr": streams.text("stderr")}
+        if outcome == "ok":
+            if os.WIFEXITED(status) and os.WEXITSTATUS(status) == EXIT_RESULT_TOO_BIG:
+                reply.update(outcome="output_capped", reason=f"the result is larger than {streams.cap} bytes")
+                return reply
+            try:
+                payload = json.loads(bytes(streams.data["result"]) or b"null")
+            except ValueError:
+                payload = None
+            if not isinstance(payload, dict):
+                reply.update(outcome="killed", reason=f"ended (status {status}) without returning a result")
+                return reply
+            reply["result"] = payload.get("result")
+            if payload.get("exception"):
+                exc = payload["exception"]
+                reply["exception"] = exc
+                reply["outcome"], reply["reason"] = _exception_outcome(exc, limits)
+        return reply
+
+    # ---- shell commands (sessions)
+
+    def run(self, request: dict) -> dict:
+        limits = request["limits"]
+        stdin = base64.b64decode(request.get("stdin") or "")
+        out_r, out_w = os.pipe()
+        err_r, err_w = os.pipe()
+        in_r, in_w = os.pipe()
+        pids_before, ooms_before = pids_limit_hits(), oom_kills()
+        started = time.monotonic()
+        pid = fork()
+        if pid == 0:
+            try:
+                os.setsid()
+                become_untrusted({"RLIMIT_FSIZE": int(limits["file_size_bytes"]),
+                                  "RLIMIT_NPROC": int(limits["processes"])}, oom_first=True)
+                os.dup2(in_r, 0)
+                os.dup2(out_w, 1)
+                os.dup2(err_w, 2)
+                os.closerange(3, 1 << 16)
+                os.chdir(request.get("cwd") or WORK)
+                signal.signal(signal.SIGXFSZ, signal.SIG_DFL)
+                signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+                env = {"PATH": PATH, "HOME": WORK, "LANG": "C.UTF-8", **(request.get("env") or {})}
+                os.execve("/bin/sh", ["sh", "-c", request["command"]], env)
+            except BaseException:  # noqa: BLE001
+                traceback.print_exc()
+            os._exit(127)
+        for fd in (out_w, err_w, in_r):
+            os.close(fd)
+        _feed_stdin(in_w, stdin)
+        streams = CappedStreams({"stdout": out_r, "stderr": err_r}, int(limits["output_cap"]))
+        status, stopped = supervise(pid, streams, float(limits["timeout_s"]))
+        outcome, reason = classify(status, stopped, limits, pids_before, ooms_before, streams)
+        exit_code = os.WEXITSTATUS(status) if os.WIFEXITED(status) else -os.WTERMSIG(status)
+        return {"ok": True, "outcome": outcome, "reason": reason, "exit_code": exit_code,
+                "seconds": time.monotonic() - started, "stdout": streams.text("stdout"),
+                "stderr": streams.text("stderr")}
+
+    # ---- files, always as the untrusted user (so a link it planted leads nowhere it could not go itself)
+
+    def read_file(self, request: dict) -> dict:
+        r, w = os.pipe()
+        pid = fork()
+        if pid == 0:
+            code = 1
+            try:
+                os.close(r)
+                become_untrusted()
+                flags = os.O_RDONLY | (os.O_NOFOLLOW if request.get("no_follow") else 0)
+                fd = os.open(request["path"], flags | os.O_NONBLOCK)  # a FIFO must not block us
+                if not stat.S_ISREG(os.fstat(fd).st_mode):
+                    raise IsADirectoryError(errno.EISDIR, "not a regular file")
+                os.set_blocking(fd, True)
+                left = int(request["max_bytes"]) + 1
+                while left > 0 and (chunk := os.read(fd, min(left, 1 << 20))):
+                    os.write(w, chunk)
+                    left -= len(chunk)
+                code = 0
+            except OSError as exc:
+                os.write(w, f"{type(exc).__name__}: {exc.strerror or exc}".encode()[:500])
+            os._exit(code)
+        os.close(w)
+        streams = CappedStreams({"data": r}, int(request["max_bytes"]))
+        status, stopped = supervise(pid, streams, 30)
+        if stopped == "timeout" or not os.WIFEXITED(status) or os.WEXITSTATUS(status) != 0:
+            return {"ok": True, "error": streams.text("data") or "could not read the file"}
+        return {"ok": True, "data": base64.b64encode(bytes(streams.data["data"])).decode(),
+                "truncated": streams.over is not None}
+
+    def write_file(self, request: dict) -> dict:
+        data = base64.b64decode(request["data"])
+        mode = int(request.get("mode", 0o644))
+
+        def write() -> int:
+            fd = os.open(request["path"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+            with os.fdopen(fd, "wb") as out:
+                out.write(data)
+            os.chmod(request["path"], mode)
+            return 0
+
+        status = run_as_untrusted(write)
+        return {"ok": True} if status == 0 else {"ok": True, "error": f"could not write {request['path']}"}
+
+
+def _feed_stdin(fd: int, data: bytes) -> None:
+    """Write the command's stdin (bounded by the host) and close it; a reader that never reads gets EOF."""
+    try:
+        os.set_blocking(fd, False)
+        view = memoryview(data)
+        deadline = time.monotonic() + 5
+        while view and time.monotonic() < deadline:
+            try:
+                view = view[os.write(fd, view):]
+            except BlockingIOError:
+                time.sleep(0.001)
+    except BrokenPipeError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _exception_outcome(exc: dict, limits: dict) -> tuple[str, str]:
+    line = f"{exc['type']}: {exc['message']}"[:500]
+    if exc["type"] == "MemoryError":
+        return "oom", f"ran out of memory (address space limit {limits['memory_bytes']} bytes): {line}"
+    number = exc.get("errno")
+    if number == errno.EAGAIN and exc["type"] in ("BlockingIOError", "OSError"):
+        return "pids", f"could not start another process: {line}"
+    if number == errno.EFBIG:
+        return "file_size", f"wrote a file larger than {limits['file_size_bytes']} bytes: {line}"
+    if number in (errno.ENOSPC, errno.EDQUOT):
+        return "disk_full", f"the work folder is full: {line}"
+    return "exception", line
+
+
+def _empty_folder(top: str) -> None:
+    try:
+        entries = list(os.scandir(top))
+    except OSError:
+        return
+    for entry in entries:
+        try:
+            if entry.is_dir(follow_symlinks=False):
+                os.chmod(entry.path, 0o700)  # our own folder, even if the code took its permissions away
+                _empty_folder(entry.path)
+                os.rmdir(entry.path)
+            else:
+                os.unlink(entry.path)
+        except OSError:
+            continue
+
+
+class _LoadedModules(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    """Lets a call `import` the modules loaded for this attempt, executing each at most once per call."""
+
+    def __init__(self, sources: dict[str, str]):
+        self.sources = sources
+
+    def find_spec(self, name, path=None, target=None):
+        return importlib.util.spec_from_loader(name, self) if name in self.sources else None
+
+    def create_module(self, spec):
+        return None
+
+    def exec_module(self, module):
+        exec(compile_source(self.sources[module.__name__], f"<module {module.__name__}>"), module.__dict__)
+
+
+SUPERVISOR: Supervisor | None = None
+
+
+def _call_child(request: dict, limits: dict, out_w: int, err_w: int, res_w: int) -> None:
+    """The forked child of a call: becomes untrusted, runs the function, writes its JSON result to fd 3."""
+    status = 1
+    call_pid = os.getpid()
+    try:
+        os.dup2(out_w, 1)
+        os.dup2(err_w, 2)
+        os.dup2(res_w, RESULT_FD)
+        null = os.open("/dev/null", os.O_RDONLY)
+        os.dup2(null, 0)
+        os.closerange(RESULT_FD + 1, 1 << 16)  # the host connection and every other supervisor fd
+        become_untrusted(call_rlimits(limits))
+        os.chdir(WORK)
+        os.environ.clear()
+        os.environ.update({"PATH": PATH, "HOME": WORK, "LANG": "C.UTF-8",
+                           "SANDBOX_STATE": os.path.join(WORK, SUPERVISOR.state_name if SUPERVISOR else "")})
+        sys.stdin = open(0, "r", closefd=False)
+        sys.stdout = open(1, "w", buffering=1, encoding="utf-8", errors="replace", closefd=False)
+        sys.stderr = open(2, "w", buffering=1, encoding="utf-8", errors="replace", closefd=False)
+        sys.meta_path.insert(0, _LoadedModules(SUPERVISOR.modules if SUPERVISOR else {}))
+        payload = _invoke(request)
+        if os.getpid() != call_pid:
+            os._exit(0)  # a process the function forked returned through here: only the call answers
+        try:
+            data = json.dumps(payload, default=_not_json).encode()
+        except (TypeError, ValueError) as exc:
+            data = json.dumps(_exception_payload(exc)).encode()
+        for stream in (sys.stdout, sys.stderr):
+            stream.flush()
+        if len(data) > int(limits["output_cap"]):
+            status = EXIT_RESULT_TOO_BIG
+        else:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(RESULT_FD, view):]
+            status = 0
+    except BaseException:  # noqa: BLE001 - nothing may escape a forked child
+        try:
+            traceback.print_exc()
+            sys.stderr.flush()
+        except BaseException:  # noqa: BLE001
+            pass
+    os._exit(status)
+
+
+def _invoke(request: dict) -> dict:
+    try:
+        if request.get("module"):
+            namespace = importlib.import_module(request["module"]).__dict__
+        else:
+            namespace = {"__name__": "__sandbox__", "__builtins__": __builtins__}
+            exec(compile_source(request["source"], "<call>"), namespace)
+        function = namespace.get(request["function"])
+        if not callable(function):
+            raise NameError(f"no function {request['function']!r} is defined")
+        args = request.get("args")
+        result = function(**args) if isinstance(args, dict) else function(*(args or []))
+        return {"result": result}
+    except BaseException as exc:  # noqa: BLE001 - SystemExit and KeyboardInterrupt are the code's outcome too
+        return _exception_payload(exc)
+
+
+def compile_source(source: str, filename: str):
+    """Compile in the child; the source is registered so that tracebacks show its lines."""
+    linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
+    return compile(source, filename, "exec")
+
+
+def _exception_payload(exc: BaseException) -> dict:
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_frame.f_code.co_filename == __file__:
+        tb = tb.tb_next  # the supervisor's own frames say nothing about the code
+    return {"exception": {"type": type(exc).__name__, "message": str(exc)[:2000],
+                          "errno": getattr(exc, "errno", None),
+                          "traceback": "".join(traceback.format_exception(type(exc), exc, tb))[-8000:]}}
+
+
+def _not_json(value):
+    raise TypeError(f"the result holds a {type(value).__name__}, which is not JSON")
+
+
+# ------------------------------------------------------------------------------------------------ main
+
+
+def serve(socket_path: str, accept_timeout_s: float = 120) -> None:
+    global SUPERVISOR, BASELINE_TASKS, BOUNDING_CAPS
+    SUPERVISOR = Supervisor()
+    BASELINE_TASKS = container_tasks()
+    BOUNDING_CAPS = bounding_caps()
+    signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+    try:
+        os.unlink(socket_path)
+    except FileNotFoundError:
+        pass
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(socket_path)
+    os.chmod(socket_path, 0o666)  # reachable only through the host folder; peers are checked below
+    listener.listen(4)
+    listener.settimeout(accept_timeout_s)
+    deadline = time.monotonic() + accept_timeout_s
+    while True:
+        try:
+            conn, _ = listener.accept()
+        except socket.timeout:
+            return  # nobody came: the host that started us is gone
+        pid, _, _ = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
+        if pid == 0:  # a peer outside our pid namespace: the host
+            break
+        conn.close()
+        if time.monotonic() > deadline:
+            return
+    listener.close()
+    os.unlink(socket_path)  # nobody else can connect from now on
+    conn.settimeout(None)
+    conn.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)
+    while True:
+        try:
+            request, fds = receive_message(conn)
+        except (OSError, ValueError):
+            return
+        if request is None:
+            return  # the host closed the connection: we are done, and the container ends with us
+        reply = SUPERVISOR.handle(request, fds)
+        reply["id"] = request.get("id")
+        try:
+            send_message(conn, reply)
+        except OSError:
+            return
+
+
+if __name__ == "__main__":
+    serve(sys.argv[1], float(sys.argv[2]) if len(sys.argv) > 2 else 120)

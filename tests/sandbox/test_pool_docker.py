@@ -1,0 +1,260 @@
+"""The call pool on the real engine: state reset per attempt, modules, and hostile functions. Each hostile
+call must end with its own outcome and reason, and the next call on the same pool must be served."""
+
+from __future__ import annotations
+
+import sqlite3
+import subprocess
+import textwrap
+
+import pytest
+
+pytestmark = pytest.mark.docker
+
+TRIVIAL = "def echo(x):\n    return x\n"
+
+
+def fn(body: str) -> str:
+    """Source of a function `f` with this body."""
+    return "def f():\n" + textwrap.indent(textwrap.dedent(body).strip("\n"), "    ") + "\n"
+
+
+def assert_pool_serves(pool):
+    result = pool.call(TRIVIAL, "echo", {"x": [1, "two"]})
+    assert result.outcome == "ok" and result.result == [1, "two"], result
+
+
+@pytest.fixture
+def master(tmp_path):
+    path = tmp_path / "env.sqlite"
+    with sqlite3.connect(path) as db:
+        db.execute("create table accounts(id integer primary key, owner text, balance integer)")
+        db.executemany("insert into accounts values (?, ?, ?)", [(1, "ada", 100), (2, "bob", 50)])
+    return path
+
+
+TOOLS = textwrap.dedent("""
+    import os, sqlite3
+
+    def db():
+        return sqlite3.connect(os.environ["SANDBOX_STATE"])
+
+    def transfer(src, dst, amount):
+        with db() as c:
+            c.execute("update accounts set balance = balance - ? where id = ?", (amount, src))
+            c.execute("update accounts set balance = balance + ? where id = ?", (amount, dst))
+        return balances()
+
+    def balances():
+        return dict(db().execute("select owner, balance from accounts order by id").fetchall())
+""")
+
+
+def test_an_attempt_works_on_its_own_copy_of_the_state(pool, master):
+    with pool.attempt(state_master=master) as attempt:
+        attempt.load("tools", TOOLS)
+        moved = attempt.call_module("tools", "transfer", {"src": 1, "dst": 2, "amount": 30})
+        assert moved.outcome == "ok" and moved.result == {"ada": 70, "bob": 80}
+        verdict = attempt.call("import tools\ndef verify():\n    return tools.balances()['bob'] == 80\n", "verify")
+        assert verdict.result is True
+        leftover = attempt.call(fn("open('/tmp/leftover', 'w').write('x'); return 1"), "f")
+        assert leftover.ok
+    with pool.attempt(state_master=master) as attempt:
+        attempt.load("tools", TOOLS)
+        assert attempt.call_module("tools", "balances").result == {"ada": 100, "bob": 50}
+        assert attempt.call(fn("import os; return os.path.exists('/tmp/leftover')"), "f").result is False
+    with sqlite3.connect(master) as db:  # the master itself never changes
+        assert db.execute("select balance from accounts where id = 2").fetchone() == (50,)
+
+
+def test_a_call_reports_result_output_and_exception(pool):
+    printed = pool.call(fn("print('to stdout'); import sys; print('to stderr', file=sys.stderr); return {'a': 1}"), "f")
+    assert (printed.result, printed.stdout, printed.stderr) == ({"a": 1}, "to stdout\n", "to stderr\n")
+    raised = pool.call("def f(x):\n    return 1 / x\n", "f", [0])
+    assert raised.outcome == "exception" and raised.exception["type"] == "ZeroDivisionError"
+    assert "return 1 / x" in raised.exception["traceback"]
+    assert pool.call("def f(:\n", "f").exception["type"] == "SyntaxError"
+    assert pool.call(fn("return object()"), "f").exception["type"] == "TypeError"
+
+
+def test_calls_run_as_the_untrusted_user_with_no_capabilities(pool):
+    result = pool.call(fn("""
+        import os
+        status = dict(l.split(':', 1) for l in open('/proc/self/status') if ':' in l)
+        caps = {k: int(status[k], 16) for k in ('CapInh', 'CapPrm', 'CapEff', 'CapBnd', 'CapAmb')}
+        return [os.getuid(), os.geteuid(), os.getgroups(), caps, status['NoNewPrivs'].strip()]
+    """), "f")
+    uid, euid, groups, caps, no_new_privs = result.result
+    assert (uid, euid, groups, no_new_privs) == (1000, 1000, [], "1")
+    assert set(caps.values()) == {0}, caps
+
+
+def test_infinite_loop_times_out(pool):
+    result = pool.call(fn("while True: pass"), "f", timeout_s=1)
+    assert result.outcome == "timeout" and "1 s" in result.reason
+    assert_pool_serves(pool)
+
+
+def test_cpu_time_limit(pool):
+    result = pool.call(fn("while True: pass"), "f", cpu_s=1, timeout_s=10)
+    assert result.outcome == "timeout" and "CPU" in result.reason
+    assert_pool_serves(pool)
+
+
+def test_fork_bomb_hits_the_process_limit_and_leaves_nothing(pool):
+    result = pool.call(fn("""
+        import os, time
+        while True:
+            os.fork()
+    """), "f", timeout_s=4)
+    assert result.outcome == "pids", result
+    survivors = pool.call(fn("""
+        import os
+        return [p for p in os.listdir('/proc') if p.isdigit() and os.stat('/proc/' + p).st_uid == 1000
+                and int(p) != os.getpid()]
+    """), "f")
+    assert survivors.result == []
+
+
+def test_memory_hog(pool):
+    result = pool.call(fn("blocks = [bytearray(16 << 20) for _ in range(1000)]"), "f")
+    assert result.outcome == "oom" and "MemoryError" in result.reason
+    assert_pool_serves(pool)
+
+
+def test_output_flood_is_capped_before_it_is_read(pool):
+    result = pool.call(fn("while True: print('x' * 4096)"), "f", output_cap=10_000)
+    assert result.outcome == "output_capped" and "stdout" in result.reason
+    assert len(result.stdout) == 10_000
+    huge = pool.call(fn("return 'y' * 200_000"), "f", output_cap=10_000)
+    assert huge.outcome == "output_capped" and huge.result is None
+    assert_pool_serves(pool)
+
+
+def test_disk_filler(pool):
+    too_big = pool.call(fn("open('/work/big', 'wb').write(b'x' * (16 << 20))"), "f")
+    assert too_big.outcome == "file_size", too_big
+    full = pool.call(fn("""
+        for i in range(100):
+            open(f'/tmp/part{i}', 'wb').write(b'x' * (4 << 20))
+    """), "f")
+    assert full.outcome == "disk_full", full
+    assert_pool_serves(pool)
+
+
+def test_no_network_not_even_the_hosts_loopback(pool, loopback_listener):
+    result = pool.call(f"""
+import socket
+def f():
+    try:
+        socket.create_connection(('127.0.0.1', {loopback_listener.port}), timeout=2).sendall(b'leak')
+        return 'connected'
+    except OSError as exc:
+        return type(exc).__name__
+""", "f")
+    assert result.result in ("ConnectionRefusedError", "OSError")
+    interfaces = pool.call(fn("return [l.split(':')[0].strip() for l in open('/proc/net/dev').readlines()[2:]]"), "f")
+    assert interfaces.result == ["lo"]
+    assert loopback_listener.connections == 0 and loopback_listener.received == b""
+
+
+def test_host_files_are_not_reachable(pool, tmp_path):
+    secret = tmp_path / "host-secret.txt"
+    secret.write_text("host only")
+    result = pool.call(f"""
+def f():
+    out = {{}}
+    for path in ({str(secret)!r}, '/etc/shadow', '/run/tasksynth-sandbox', '/opt/tasksynth-sandbox/supervisor.py'):
+        try:
+            out[path] = open(path).read()[:20] if not path.endswith('sandbox') else __import__('os').listdir(path)
+        except OSError as exc:
+            out[path] = type(exc).__name__
+    return out
+""", "f")
+    out = result.result
+    assert out[str(secret)] == "FileNotFoundError"
+    assert out["/etc/shadow"] == "PermissionError"  # the image's own, and unreadable to the run user
+    assert out["/run/tasksynth-sandbox"] in ("PermissionError", [])  # the socket folder: nothing to take
+    assert "host only" not in str(out)
+
+
+def test_writing_outside_the_allowed_folders_fails(pool):
+    result = pool.call(fn("""
+        out = {}
+        for path in ('/etc/passwd', '/usr/bin/x', '/opt/tasksynth-sandbox/supervisor.py', '/x'):
+            try:
+                open(path, 'a').write('x')
+                out[path] = 'written'
+            except OSError as exc:
+                out[path] = type(exc).__name__
+        return out
+    """), "f")
+    assert "written" not in result.result.values(), result.result
+
+
+def test_the_supervisor_cannot_be_signalled_or_traced(pool):
+    result = pool.call(fn("""
+        import ctypes, os, signal
+        out = {}
+        for pid in (1, int(open('/proc/1/task/1/children').read().split()[0])):  # tini, the supervisor
+            for sig in (signal.SIGKILL, signal.SIGSTOP, signal.SIGTERM):
+                try:
+                    os.kill(pid, sig)
+                    out[f'{pid}:{sig.name}'] = 'sent'
+                except OSError as exc:
+                    out[f'{pid}:{sig.name}'] = type(exc).__name__
+            libc = ctypes.CDLL(None, use_errno=True)
+            out[f'{pid}:ptrace'] = libc.ptrace(16, pid, 0, 0)  # PTRACE_ATTACH
+            try:
+                open(f'/proc/{pid}/mem', 'rb').read(1)
+                out[f'{pid}:mem'] = 'read'
+            except OSError as exc:
+                out[f'{pid}:mem'] = type(exc).__name__
+        return out
+    """), "f")
+    values = result.result
+    assert not [k for k, v in values.items() if v in ("sent", "read") or v == 0], values
+    assert_pool_serves(pool)
+
+
+def test_a_daemon_does_not_outlive_its_call(pool):
+    started = pool.call(fn("""
+        import os, time
+        if os.fork() == 0:
+            os.setsid()
+            if os.fork() == 0:
+                time.sleep(60)
+            os._exit(0)
+        return os.getpid()
+    """), "f")
+    assert started.ok
+    after = pool.call(fn("""
+        import os
+        mine = os.getpid()
+        return [p for p in os.listdir('/proc') if p.isdigit() and int(p) != mine
+                and 'Uid:\\t1000' in open(f'/proc/{p}/status').read()]
+    """), "f")
+    assert after.result == []
+
+
+def test_a_container_that_dies_is_replaced(pool, master, sandbox_config):
+    with pool.attempt(state_master=master) as attempt:
+        attempt.load("tools", TOOLS)
+        assert attempt.call_module("tools", "transfer", {"src": 1, "dst": 2, "amount": 10}).ok
+        name = attempt._member.container.name
+        killer = subprocess.Popen(["sh", "-c", f"sleep 1; docker kill {name}"])
+        crashed = attempt.call(fn("import time; time.sleep(20)"), "f", timeout_s=30)
+        killer.wait()
+        assert crashed.outcome == "sandbox_crash" and attempt.crashes == 1
+        # The attempt goes on in a new container; its state restarted from the master.
+        assert attempt.call_module("tools", "balances").result == {"ada": 100, "bob": 50}
+        assert attempt._member.container.name != name
+    assert_pool_serves(pool)
+
+
+def test_engine_failures_are_infra_errors_not_the_codes(sandbox_config):
+    from tasksynth.sandbox import CallPool
+
+    with CallPool(sandbox_config, image="tasksynth/no-such-image:never") as broken:
+        result = broken.call(TRIVIAL, "echo", {"x": 1})
+    assert result.outcome == "infra_error" and "2 tries" in result.reason
