@@ -19,7 +19,8 @@ from prefect import flow
 from flows.runtime import flow_run, run_steps
 from general_env.attempts import attempt_batch
 from general_env.environment_building import build_environment, environment_id
-from general_env.funnel import funnel_table, general_funnel
+from flows.artifacts import publish_kind
+from general_env.funnel import general_funnel
 from general_env.records import (built_environments, record_attempts, record_environment, record_pass_at_k,
                                  record_task, verified_tasks)
 from general_env.tasks import task_id, write_task
@@ -78,24 +79,7 @@ def general_pipeline(config: Config | None = None, category: str = "travel plann
             run_id=run_id).as_dict()
         summary["pass_at_k"] = {task["task_id"]: record_pass_at_k(store, task["task_id"], k, estimated=not stop_early)
                                 for _, task in tasks}
-        funnel = general_funnel(store, category=category)
-        summary["funnel"] = funnel
-    publish_funnel(funnel, category)
+        summary["funnel"] = general_funnel(store, category=category)
+        publish_kind(store, "general")
     return summary
 
-
-def publish_funnel(funnel: dict[str, Any], category: str) -> None:
-    """The funnel and costs as Prefect artifacts beside the flow run."""
-    from prefect.artifacts import create_markdown_artifact, create_table_artifact
-
-    create_table_artifact(key="general-funnel", table=funnel_table(funnel),
-                          description=f"General environments funnel for category {category!r}")
-    per_task = funnel["per_kept_task"]
-    lines = [f"# General environments: {category}", "",
-             f"- kept tasks: {funnel['kept_tasks']}",
-             f"- tokens per kept task: {per_task['tokens']}", f"- seconds per kept task: {per_task['seconds']}",
-             f"- cost per kept task (USD): {per_task['cost_usd']}", "", "| role | calls | tokens | seconds | cost |",
-             "|---|---:|---:|---:|---:|"]
-    lines += [f"| {r['role']} | {r['calls']} | {r['tokens']} | {round(r['seconds'] or 0, 1)} | {r['cost_usd'] or 0} |"
-              for r in funnel["cost_by_role"]]
-    create_markdown_artifact(key="general-costs", markdown="\n".join(lines))

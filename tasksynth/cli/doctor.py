@@ -149,6 +149,14 @@ def demo_command(
     details.write_text(json.dumps(result, indent=2, default=str))
     for line in demo_summary(result):
         typer.echo(line)
+    from tasksynth.report.page import render_page, report_data
+    from tasksynth.store import open_store
+
+    with open_store(config, read_only=True) as store:
+        page = render_page(report_data(store))
+    report = config.home_path / "report.html"
+    report.write_text(page)
     typer.echo(f"demo finished in {time.monotonic() - started:.0f}s; details: {details}; store: {config.store_path}; "
                f"export: {out}")
+    typer.echo(f"report: {report} (open it in a browser; `tasksynth report --serve` browses every task)")
     typer.echo(f"next: tasksynth sql \"select instance_id, verdict, reason, fail_to_pass from code_tasks\"")

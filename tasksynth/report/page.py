@@ -81,21 +81,20 @@ the task browser shows {len(data.get('tasks', []))} of {data.get('task_total', 0
 def _kind_block(kind: dict[str, Any]) -> str:
     stages = [s for s, _ in kind["funnel"]]
     counts = [c for _, c in kind["funnel"]]
-    funnel = go.Figure(go.Funnel(y=stages, x=counts, textinfo="value+percent initial"))
+    funnel = go.Figure(go.Funnel(y=stages, x=counts, textinfo="value"))
     funnel.update_layout(height=80 + 48 * len(stages), margin={"l": 10, "r": 10, "t": 10, "b": 10})
     parts = [f'<section class="kind" id="kind-{kind["kind"]}"><h2>{html.escape(kind["title"])}</h2>',
-             '<div class="row"><div class="cell">', "<h3>Funnel</h3>",
-             _figure(funnel, f"funnel-{kind['kind']}", counts=counts), "</div>", '<div class="cell">',
-             "<h3>Every discard reason</h3>", _table(["stage: reason", "count"], list(kind["discards"].items())),
-             "</div></div>"]
+             "<h3>Funnel</h3>", _figure(funnel, f"funnel-{kind['kind']}", counts=counts),
+             "<h3>Every discard reason</h3>", _table(["stage: reason", "count"], list(kind["discards"].items()))]
     charts = []
     for name, buckets in kind["distributions"].items():
         if not buckets:
             continue
         bars = go.Figure(go.Bar(x=list(buckets), y=list(buckets.values())))
-        bars.update_layout(height=260, margin={"l": 10, "r": 10, "t": 30, "b": 10}, title={"text": name})
+        bars.update_layout(height=260, width=430, margin={"l": 10, "r": 10, "t": 30, "b": 10}, title={"text": name})
         bars.update_xaxes(type="category")
-        charts.append(f'<div class="cell">{_figure(bars, f"dist-{kind["kind"]}-{len(charts)}")}</div>')
+        figure_id = f"dist-{kind['kind']}-{len(charts)}"
+        charts.append(f'<div class="chart">{_figure(bars, figure_id)}</div>')
     if charts:
         parts += ["<h3>Distributions</h3>", f'<div class="row">{"".join(charts)}</div>']
     cost_rows = [(c["role"], c["model"], c["calls"], c["tokens"], c["seconds"], round(c["cost_usd"], 4),
@@ -126,7 +125,7 @@ def _table(columns: list[str], rows: list[tuple]) -> str:
 STYLE = """
 body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;margin:0 auto;max-width:1400px;padding:0 16px;color:#1d2330}
 h1{margin:18px 0 4px} h2{border-bottom:1px solid #d9dde5;padding-bottom:4px;margin-top:28px} h3{font-size:15px;margin:12px 0 6px}
-.muted{color:#667085;font-size:13px} .row{display:flex;flex-wrap:wrap;gap:16px} .cell{flex:1 1 420px;min-width:320px}
+.muted{color:#667085;font-size:13px} .figure{width:100%;overflow:hidden} .chart{flex:0 0 440px} .row{display:flex;flex-wrap:wrap;gap:16px} .cell{flex:1 1 420px;min-width:320px}
 table{border-collapse:collapse;font-size:13px;width:100%} th,td{border-bottom:1px solid #eceef2;padding:4px 6px;text-align:left}
 th{background:#f5f6f8} .controls{display:flex;gap:8px;margin-bottom:8px} .controls input{flex:1;padding:4px}
 .browser{display:flex;gap:12px;align-items:flex-start} #task-list{flex:0 0 360px;max-height:640px;overflow:auto;margin:0;

@@ -13,6 +13,7 @@ import itertools
 import json
 import shutil
 import subprocess
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -30,7 +31,7 @@ class HeadlessChromium:
     def __init__(self, workdir: Path):
         if CHROMIUM is None:
             raise RuntimeError("Debian's chromium is not installed (`make test` installs it)")
-        self.profile = Path(workdir) / "chromium-profile"
+        self.profile = Path(tempfile.mkdtemp(prefix="chromium-profile-", dir=workdir))  # its own DevTools port file
         self.process = subprocess.Popen([CHROMIUM, *FLAGS, f"--user-data-dir={self.profile}", "about:blank"],
                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         port = self._devtools_port()
