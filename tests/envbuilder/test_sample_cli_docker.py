@@ -49,7 +49,9 @@ def test_sample_repository_mine_build_validate_export(home, tmp_path, tasksynth,
             assert (row["verdict"], row["reason"], row["agreement"]) == SWEBENCH_VERDICTS[row["instance_id"]]
     by_reason = {r["reason"]: r for r in rows}
     assert by_reason["pass_to_fail"]["pass_to_fail"] == ["tests/test_text.py::test_slugify_lowercases"]
-    assert by_reason["flaky"]["flaky"] == ["tests/test_stats.py::test_mean"]
+    # the simulated race: each run passes a different case, so two cases flipped (1 in 500 runs: the same one)
+    flaky = by_reason["flaky"]["flaky"]
+    assert len(flaky) == 2 and all(t.startswith("tests/test_stats.py::test_mean[") for t in flaky), flaky
 
     # layers: one environment shared by all eight, one instance per base commit, runs as the non-root user
     envs = query(home, "select env_id, status, recipe, recipe_origin, build_log from environments")
@@ -66,7 +68,10 @@ def test_sample_repository_mine_build_validate_export(home, tmp_path, tasksynth,
     labels = json.loads(docker("image", "inspect", "--format", "{{json .Config.Labels}}", image).stdout)
     assert labels["org.tasksynth.managed"] == "true" and labels["org.tasksynth.layer"] == "instance"
     runs = query(home, "select status, count(*) as n from test_runs group by status")
-    assert {r["status"]: r["n"] for r in runs} == {"ok": 30, "patch_does_not_apply": 1}  # 7 x 4, + 2 before and 1 after
+    statuses = {r["status"]: r["n"] for r in runs}
+    # 7 x 4 ok, and the candidate whose gold patch does not apply stops at its first "after" run, which comes
+    # after 0-2 of its "before" runs (runs come in a random order)
+    assert statuses["patch_does_not_apply"] == 1 and 28 <= statuses["ok"] <= 30, statuses
     assert query(home, "select count(*) as n from test_results")[0]["n"] > 50
 
     # a rerun finds everything done and redoes nothing
