@@ -277,9 +277,9 @@ class Store:
         return self.blobs_dir / digest[:2] / f"{digest}.zst"
 
 
-def open_store(config, *, read_only: bool = False) -> Store:
+def open_store(config, *, read_only: bool = False, sandboxed: bool = False) -> Store:
     """The configured store (`config` is a `tasksynth.config.Config`)."""
-    return Store(config.store_path, read_only=read_only, blobs_dir=config.home_path / "blobs")
+    return Store(config.store_path, read_only=read_only, blobs_dir=config.home_path / "blobs", sandboxed=sandboxed)
 
 
 def _locked_or_error(path: Path, exc: Exception) -> Exception:
