@@ -104,7 +104,8 @@ def export_command(
                                                       "Default: all."),
     max_shard_rows: int = typer.Option(10_000, "--max-shard-rows", help="Rows per Parquet shard at most."),
     include_all: bool = typer.Option(False, "--all", help="Export every task, not only accepted ones."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a non-empty OUT_DIR."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a previous export in OUT_DIR (one "
+                                   "whose manifest lists every file in it); any other non-empty folder is refused."),
 ) -> None:
     """Export tasks as Parquet shards that `datasets.load_dataset("parquet", data_dir=OUT_DIR)` loads."""
     config = app_state.config()
