@@ -141,10 +141,15 @@ def run_steps(store, step: str, items: Iterable[Any], run: Callable[[Any], Any],
 
 @contextlib.contextmanager
 def flow_run(store, flow: str, params: dict[str, Any]) -> Iterator[dict[str, Any]]:
-    """Record a flow run in the store: running, then completed with its summary, or failed."""
+    """Record a flow run in the store: running, then completed with its summary, or failed. Runs that an
+    earlier, killed process left `running` are marked crashed first."""
+    from tasksynth.docker.ownership import process_start_time
+
     run_id = current_flow_run_id() or str(uuid.uuid4())
     summary: dict[str, Any] = {"run_id": run_id}
-    store.insert("flow_runs", [{"run_id": run_id, "flow": flow, "params": params, "status": "running"}],
+    mark_crashed_runs(store)
+    store.insert("flow_runs", [{"run_id": run_id, "flow": flow, "params": params, "status": "running",
+                                "pid": os.getpid(), "process_started": process_start_time(os.getpid())}],
                  on_conflict="replace")
     try:
         yield summary
@@ -154,6 +159,21 @@ def flow_run(store, flow: str, params: dict[str, Any]) -> Iterator[dict[str, Any
         raise
     store.execute("UPDATE flow_runs SET status = 'completed', finished_at = current_timestamp, summary = ? "
                   "WHERE run_id = ?", [_json(summary), run_id])
+
+
+def mark_crashed_runs(store) -> list[str]:
+    """Mark `crashed` every run still `running` whose process is gone (same pid and same start time, or none
+    recorded); returns their run ids. A flow holds the store, its only writer, for as long as it runs, so a run
+    of another process that is still `running` when a flow starts was killed."""
+    from tasksynth.docker.ownership import process_start_time
+
+    running = store.query("SELECT run_id, pid, process_started FROM flow_runs WHERE status = 'running'")
+    gone = [r["run_id"] for r in running
+            if r["pid"] is None or process_start_time(r["pid"]) != r["process_started"]]
+    if gone:
+        store.execute("UPDATE flow_runs SET status = 'crashed', finished_at = current_timestamp "
+                      f"WHERE run_id IN ({', '.join('?' for _ in gone)})", gone)
+    return gone
 
 
 def _json(value: Any) -> str:
