@@ -37,6 +37,8 @@ from pathlib import Path
 from envbuilder.errors import CodeEnvError, DiskFull
 from tasksynth.config import Config
 from tasksynth.docker.engine import docker
+from tasksynth.docker.ownership import label_args, owner_labels
+from tasksynth.docker.reaping import claim_folder
 from verifiers.grading import OK, OOM, PATCH_DOES_NOT_APPLY, TESTS_CRASHED, TIMEOUT
 from verifiers.junit import TestOutcome
 
@@ -192,6 +194,7 @@ def run_validation(config: Config, image: str, *, phases: Sequence[PhasePlan], r
     with tempfile.TemporaryDirectory(prefix="tasksynth-run-", dir=scratch_dir(config)) as tmp:
         io = Path(tmp)
         try:
+            claim_folder(io)  # a killed run's folder is reaped by the next run of this home
             (io / "patches").mkdir()
             for patch_name, text in patches.items():
                 (io / "patches" / patch_name).write_text(text)
@@ -210,7 +213,8 @@ def run_validation(config: Config, image: str, *, phases: Sequence[PhasePlan], r
         for path in [io, *io.rglob("*")]:
             if path.is_dir():
                 os.chmod(path, 0o777)
-        args = ["run", "--name", name, "--network", "none", "--cpus", str(config.docker.cpus),
+        args = ["run", "--name", name, *label_args(owner_labels(config.home_path, "validation")),
+                "--network", "none", "--cpus", str(config.docker.cpus),
                 "--memory", config.docker.memory, "--memory-swap", config.docker.memory,
                 "--pids-limit", str(config.docker.pids_limit), "--user", RUN_USER,
                 "-v", f"{io}:/io", image, "bash", "/io/validate.sh"]

@@ -29,6 +29,7 @@ from envbuilder.repos import export_tree, snapshot
 from tasksynth.config import Config
 from tasksynth.docker.base_images import image_lock
 from tasksynth.docker.engine import MANAGED_LABEL, docker, image_exists
+from tasksynth.docker.reaping import claim_folder
 from tasksynth.errors import DockerUnavailable
 from tasksynth.hashing import content_hash
 
@@ -139,6 +140,7 @@ def _build(config: Config, tag: str, dockerfile: str, repo_path: Path, commit: s
     with tempfile.TemporaryDirectory(prefix="tasksynth-build-", dir=scratch_dir(config)) as tmp:
         context = Path(tmp)
         try:
+            claim_folder(context)  # a killed build's context is reaped by the next run of this home
             export_tree(repo_path, commit, context / "testbed")
             if with_git:
                 snapshot(context / "testbed", f"base commit {commit}")

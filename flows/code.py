@@ -24,7 +24,6 @@ from envbuilder.records import candidates as stored_candidates
 from envbuilder.records import instances as stored_instances
 from envbuilder.records import record_build, record_mined, record_validation
 from envbuilder.sources.mining import SourceRequest, mine, request_key
-from envbuilder.statements import draft_statement, record_draft, step_key, stored_drafts
 from envbuilder.validation import validate_instance, validation_id
 from flows.runtime import flow_run, run_steps
 from tasksynth.config import Config, load_config
@@ -132,6 +131,9 @@ def _validate(store, config: Config, chosen: list[dict[str, Any]], repeat: int, 
     return {**report.as_dict(), "changed": changed}
 
 def _draft_statements(store, config: Config, chosen: list[dict[str, Any]], run_id: str) -> dict[str, Any]:
+    # Imported here: the agent loop pulls in the OpenAI client (about 0.6 s), which no other stage needs.
+    from envbuilder.statements import draft_statement, record_draft, step_key, stored_drafts
+
     valid = {r["instance_id"] for r in store.query("SELECT instance_id FROM code_tasks WHERE verdict = 'valid'")}
     items = [c for c in chosen if c["instance_id"] in valid]
     before = stored_drafts(store, [c["candidate_id"] for c in items])

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 import uuid
 from pathlib import Path
 from collections.abc import Callable, Iterable, Iterator
@@ -25,7 +26,8 @@ def prepare_prefect(config: Config) -> None:
     """Keep Prefect's own database and logs in the tasksynth home unless the user points Prefect elsewhere.
 
     Must run before `prefect` is imported: Prefect reads these settings at import time. With no
-    PREFECT_API_URL, Prefect runs flows against a temporary local server (its ephemeral mode)."""
+    PREFECT_API_URL, flows run against the home's long-lived local server (started here when none runs), or
+    against a temporary server per process when `flows.prefect_server = "ephemeral"`."""
     os.environ.setdefault("PREFECT_HOME", str(config.home_path / "prefect"))
     Path(os.environ["PREFECT_HOME"]).expanduser().mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
@@ -34,6 +36,29 @@ def prepare_prefect(config: Config) -> None:
     os.environ.setdefault("PREFECT_UI_ENABLED", "false" if not os.environ.get("PREFECT_API_URL") else "true")
     # Our store keeps results; Prefect's result persistence would only duplicate them on disk.
     os.environ.setdefault("PREFECT_RESULTS_PERSIST_BY_DEFAULT", "false")
+    _use_home_server(config)
+
+
+def _use_home_server(config: Config) -> None:
+    """Point Prefect at this home's long-lived server (flows/prefect_server.py), started on demand, unless the
+    user set PREFECT_API_URL (their server is used as it is) or chose Prefect's ephemeral mode."""
+    from flows import prefect_server
+
+    owned = os.environ.get(prefect_server.OWNED_URL_ENV)
+    configured = os.environ.get("PREFECT_API_URL")
+    if configured and configured != owned:
+        return
+    prefect_server.reap_orphaned_ephemeral_servers(config)
+    if config.flows.prefect_server != "home":
+        return
+    url = prefect_server.ensure_server(config)
+    os.environ["PREFECT_API_URL"] = os.environ[prefect_server.OWNED_URL_ENV] = url
+    if "prefect" in sys.modules:  # Prefect read its settings when it was imported: refresh them if they differ
+        from prefect.context import refresh_global_settings_context
+        from prefect.settings import get_current_settings
+
+        if get_current_settings().api.url != url:
+            refresh_global_settings_context()
 
 
 def task_runner(config: Config):

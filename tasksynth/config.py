@@ -24,6 +24,7 @@ from tasksynth.errors import ConfigError
 
 CONFIG_FILE_NAME = "tasksynth.toml"
 ENV_PREFIX = "TASKSYNTH_"
+TEST_KNOB_PREFIX = "TASKSYNTH_TEST_"  # knobs that tests set to make a machine slow on purpose; not config keys
 DEFAULT_RUNNER_URL = "http://127.0.0.1:8000/v1"
 DEFAULT_RUNNER_MODEL = "smollm2-135m-dsa"
 
@@ -99,6 +100,12 @@ class FlowsConfig:
     retries: int = 2
     retry_delay_s: float = 2.0
     schedules: dict[str, str] = field(default_factory=dict)  # flow name -> cron
+    # Where flow runs are recorded when PREFECT_API_URL is not set: "home" starts one long-lived local Prefect
+    # server per Prefect home on demand and shares it between commands; "ephemeral" is Prefect's own mode (a
+    # temporary server per command, about 10-20 s of start-up each time).
+    prefect_server: str = "home"
+    server_idle_s: float = 1800.0  # the home server stops itself after this long without an API request
+    server_start_timeout_s: float = 120.0  # per attempt; a server that has not answered by then is started again
 
 
 @dataclass
@@ -214,7 +221,7 @@ def load_config(path: str | Path | None = None, *, environ: dict[str, str] | Non
 
 def _apply_environment(raw: dict[str, Any], environ: dict[str, str]) -> None:
     for name, value in environ.items():
-        if not name.startswith(ENV_PREFIX) or not value:
+        if not name.startswith(ENV_PREFIX) or not value or name.startswith(TEST_KNOB_PREFIX):
             continue
         parts = [p.lower() for p in name[len(ENV_PREFIX):].split("__")]
         node = raw
@@ -291,6 +298,7 @@ CHOICES = {
     "code.test_scope": ("touched", "all"),
     "search.backend": ("local", "http"),
     "flows.task_runner": ("thread", "dask"),
+    "flows.prefect_server": ("home", "ephemeral"),
 }
 ROLE_STRATEGIES = ("summary", "discard-75", "discard-all")
 ROLE_TOOL_FORMATS = ("native", "text")
@@ -304,7 +312,9 @@ def _check_values(config: Config) -> None:
             raise ConfigError(f"config key '{path}' must be one of {', '.join(allowed)}; got {value!r}")
     positive = {"docker.max_containers": config.docker.max_containers, "code.repeat": config.code.repeat,
                 "flows.max_workers": config.flows.max_workers, "docker.cpus": config.docker.cpus,
-                "runner.top_k": config.runner.top_k, "runner.port": config.runner.port}
+                "runner.top_k": config.runner.top_k, "runner.port": config.runner.port,
+                "flows.server_idle_s": config.flows.server_idle_s,
+                "flows.server_start_timeout_s": config.flows.server_start_timeout_s}
     for path, value in positive.items():
         if value <= 0:
             raise ConfigError(f"config key '{path}' must be positive; got {value!r}")
