@@ -94,3 +94,24 @@ store_module.Store({str(path)!r}).close()
     with Store(path) as store:  # opens, and finishes what the killed upgrade left
         assert store.schema_version() == newest
         assert store.query("select count(*) as n from schema_migrations where version = ?", [altering])[0]["n"] == 1
+
+
+def test_bulk_insert_counts_new_and_replaced_rows(store):
+    rows = [{"step": "s", "key": str(i), "output": {"i": i}} for i in range(500)]
+    assert store.insert("steps", rows) == 500
+    assert store.insert("steps", rows[:10] + [{"step": "s", "key": "new", "output": None}]) == 1  # 10 known
+    replaced = store.insert("steps", [{"step": "s", "key": "1", "output": {"v": 1}},
+                                      {"step": "s", "key": "1", "output": {"v": 2}},  # the last one wins
+                                      {"step": "s", "key": "2", "output": [{"a": 1}]}], on_conflict="replace")
+    assert replaced == 2
+    assert store.finished_step("s", "1") == {"v": 2} and store.finished_step("s", "2") == [{"a": 1}]
+    with pytest.raises(Exception, match="(?i)duplicate key"):
+        store.insert("steps", [{"step": "s", "key": "3", "output": None}], on_conflict="error")
+    assert store.query("select count(*) as n from steps")[0]["n"] == 501
+
+
+def test_a_column_arrow_cannot_type_goes_in_as_text_and_is_cast(store):
+    store.execute("create table mixed (k varchar primary key, n bigint, tags varchar[])")
+    assert store.insert("mixed", [{"k": "a", "n": 1, "tags": []}, {"k": "b", "n": "2", "tags": ["x"]}]) == 2
+    assert store.query("select k, n, tags from mixed order by k") == [{"k": "a", "n": 1, "tags": []},
+                                                                      {"k": "b", "n": 2, "tags": ["x"]}]
