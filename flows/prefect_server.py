@@ -163,7 +163,9 @@ def _start(config: Config, home: Path) -> ServerRecord:
     port = _free_port()
     log_path = server_log_path(config)
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "PREFECT_HOME": str(home)}
+    env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}  # no outside traffic
+    env.setdefault("PREFECT_UI_ENABLED", "false")
+    env.setdefault("PREFECT_SERVER_LOGGING_LEVEL", "WARNING")
     env.pop("PREFECT_API_URL", None)
     env.pop(OWNED_URL_ENV, None)
     root = str(Path(__file__).resolve().parent.parent)  # the server imports this module from the same tree
