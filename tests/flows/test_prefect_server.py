@@ -147,3 +147,52 @@ def test_a_configured_prefect_api_url_is_used_and_nothing_is_started(own_prefect
     assert result.returncode == 0, result.stderr
     assert not (other_home / "server.json").exists() and _servers_of(other_home.resolve()) == []
     assert any(run["flow_id"] for run in _flow_runs(url))  # the run shows on the configured server
+
+
+EPHEMERAL_FLOW = """
+import time
+from tasksynth.config import load_config
+from flows.runtime import prepare_prefect
+
+prepare_prefect(load_config())
+from prefect import flow
+
+
+@flow
+def waits():
+    print("in flow", flush=True)
+    time.sleep(300)
+
+
+waits()
+"""
+
+
+def test_an_ephemeral_server_left_by_a_killed_command_is_reaped_by_the_next_one(own_prefect_home, monkeypatch):
+    monkeypatch.setenv("TASKSYNTH_FLOWS__PREFECT_SERVER", "ephemeral")  # Prefect's own mode, as before
+    env = {**os.environ, "PYTHONPATH": f"{ROOT}:{os.environ.get('PYTHONPATH', '')}",
+           "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "300"}
+    child = subprocess.Popen([sys.executable, "-c", EPHEMERAL_FLOW], env=env, stdout=subprocess.PIPE, text=True)
+    assert child.stdout.readline().strip() == "in flow"
+    from flows.prefect_server import orphaned_ephemeral_servers, reap_orphaned_ephemeral_servers
+
+    assert orphaned_ephemeral_servers(own_prefect_home) == []  # its command is alive: not an orphan
+    servers = _ephemeral_servers()
+    os.kill(child.pid, signal.SIGKILL)
+    child.wait()
+    orphans = orphaned_ephemeral_servers(own_prefect_home)
+    assert orphans and set(orphans) <= set(servers)
+    assert reap_orphaned_ephemeral_servers(load_config()) == len(orphans)
+    assert orphaned_ephemeral_servers(own_prefect_home) == []
+    assert all(_zombie(pid) for pid in orphans)  # gone (or exited, waiting for init to collect it)
+
+
+def _ephemeral_servers() -> list[int]:
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if b"prefect.server.api.server:create_app" in (proc / "cmdline").read_bytes():
+                found.append(int(proc.name))
+        except (OSError, ValueError):
+            continue
+    return found
