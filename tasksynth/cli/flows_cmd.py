@@ -76,7 +76,7 @@ def run(ctx: typer.Context, name: str = typer.Argument(..., help="Flow name (see
 @app.command("serve")
 def serve() -> None:
     """Serve every flow that has a cron schedule in config ([flows.schedules] NAME = "CRON") with Prefect's
-    `serve`; runs until interrupted. Needs a Prefect server (PREFECT_API_URL) to schedule against."""
+    `serve`; runs until interrupted. Schedules against PREFECT_API_URL, else the home's local Prefect server."""
     from flows.registry import serve_flows
 
     config = app_state.config()
