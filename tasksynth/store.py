@@ -80,9 +80,11 @@ class Store:
             self.migrate()
 
     def _seal(self) -> None:
-        for name in QUERY_EXTENSIONS:
-            with contextlib.suppress(StoreError):
-                self.load_extension(name)
+        indexed = self._conn.execute("SELECT count(*) FROM duckdb_schemas() WHERE schema_name LIKE 'fts_main_%'")
+        if indexed.fetchone()[0]:  # loading costs ~0.1 s: only for a store that has full-text indexes
+            for name in QUERY_EXTENSIONS:
+                with contextlib.suppress(StoreError):
+                    self.load_extension(name)
         self._conn.execute("SET enable_external_access = false")
         self._conn.execute("SET allow_community_extensions = false")
         self._conn.execute("SET lock_configuration = true")
