@@ -46,10 +46,10 @@ from tasksynth.errors import TasksynthError
 RECORD_NAME = "server.json"
 LOCK_NAME = "server.lock"
 # Test knob: the server program sleeps this long before it starts serving (a slow machine, made on purpose).
-START_DELAY_ENV = "TASKSYNTH_TEST_PREFECT_SERVER_DELAY_S"
+START_DELAY_ENV = "_TASKSYNTH_TEST_PREFECT_SERVER_DELAY_S"
 # Set together with PREFECT_API_URL when the URL is this module's server (not the user's): a later command,
 # or a child process, checks the server again instead of trusting the URL.
-OWNED_URL_ENV = "TASKSYNTH_PREFECT_HOME_SERVER_URL"
+OWNED_URL_ENV = "_TASKSYNTH_HOME_PREFECT_API_URL"
 START_ATTEMPTS = 2
 
 

@@ -24,7 +24,6 @@ from tasksynth.errors import ConfigError
 
 CONFIG_FILE_NAME = "tasksynth.toml"
 ENV_PREFIX = "TASKSYNTH_"
-TEST_KNOB_PREFIX = "TASKSYNTH_TEST_"  # knobs that tests set to make a machine slow on purpose; not config keys
 DEFAULT_RUNNER_URL = "http://127.0.0.1:8000/v1"
 DEFAULT_RUNNER_MODEL = "smollm2-135m-dsa"
 
@@ -221,7 +220,7 @@ def load_config(path: str | Path | None = None, *, environ: dict[str, str] | Non
 
 def _apply_environment(raw: dict[str, Any], environ: dict[str, str]) -> None:
     for name, value in environ.items():
-        if not name.startswith(ENV_PREFIX) or not value or name.startswith(TEST_KNOB_PREFIX):
+        if not name.startswith(ENV_PREFIX) or not value:
             continue
         parts = [p.lower() for p in name[len(ENV_PREFIX):].split("__")]
         node = raw
