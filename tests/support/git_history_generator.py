@@ -71,11 +71,10 @@ def generate_history(path: Path, first_parent_commits: int = 700, seed: int = 7)
         if kind < 0.12 and count + 1 < first_parent_commits:  # a merged branch: code, then its test
             branch = f"refs/heads/feature-{n}"
             code, test = source_and_test(n)
-            first = stream.commit(branch, f"Add f_{n}", [code], parent=tip)
-            second = stream.commit(branch, f"Test f_{n}", [test])
+            stream.commit(branch, f"Add f_{n}", [code], parent=tip)
+            branch_tip = stream.commit(branch, f"Test f_{n}", [test])
             tip = stream.commit("refs/heads/main", f"Merge pull request #{n}: f_{n}\n\nAdds f_{n} with its test.",
-                                [code, test], merge=second)
-            del first
+                                [code, test], merge=branch_tip)
         elif kind < 0.50:
             tip = stream.commit("refs/heads/main", f"Fix f_{n} for empty input\n\nIt returned None.",
                                 source_and_test(n))
