@@ -41,7 +41,10 @@ def parse_junit(xml: str | bytes | None, *, known_files: Iterable[str] = ()) -> 
     if xml is None or not (xml.strip() if isinstance(xml, str) else xml.strip()):
         raise JUnitError("no JUnit report was written (the test process ended before pytest finished)")
     try:
-        report = JUnitXml.fromstring(xml if isinstance(xml, str) else xml.decode(errors="replace"))
+        # Bytes, whatever came in: with lxml installed, junitparser refuses a str that carries an encoding
+        # declaration (pytest writes one); undecodable bytes are replaced, as before.
+        text = xml if isinstance(xml, str) else xml.decode(errors="replace")
+        report = JUnitXml.fromstring(text.encode())
     except Exception as exc:  # lxml/ElementTree errors differ by backend; all mean the same to the user
         raise JUnitError(f"malformed JUnit XML: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") \
             from None
