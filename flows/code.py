@@ -28,6 +28,7 @@ from envbuilder.validation import validate_instance, validation_id
 from flows.runtime import flow_run, run_steps
 from tasksynth.config import Config, load_config
 from tasksynth.docker.engine import image_exists, require_engine
+from tasksynth.docker.reaping import reap_leftovers
 from tasksynth.hashing import content_hash
 from tasksynth.store import open_store
 
@@ -63,6 +64,8 @@ def code_pipeline(config: Config | None = None, git: list[str] | tuple[str, ...]
             return summary
         if build or validate:
             require_engine()
+            reaped = reap_leftovers(config.home_path)  # what a killed run of this home left behind
+            summary["reaped"] = {"containers": len(reaped.containers), "folders": len(reaped.folders)}
         chosen = stored_candidates(store, instance_ids)
         if instance_ids:
             missing = sorted(set(instance_ids) - {c["instance_id"] for c in chosen})

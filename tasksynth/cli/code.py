@@ -46,13 +46,13 @@ def _run_pipeline(**params: Any) -> dict[str, Any]:
         from tasksynth.docker.engine import require_engine
 
         require_engine()  # one clear line before any flow starts
-        from tasksynth.docker.reaping import reap_leftovers
-
-        reaped = reap_leftovers(config.home_path)
-        if reaped.containers or reaped.folders:
-            typer.echo(f"removed {reaped.describe()} left by a killed run of this home", err=True)
     with step_progress():
-        return code_pipeline.with_options(task_runner=task_runner(config))(config=config, **params)
+        summary = code_pipeline.with_options(task_runner=task_runner(config))(config=config, **params)
+    reaped = summary.get("reaped", {})
+    if reaped.get("containers") or reaped.get("folders"):
+        typer.echo(f"removed {reaped['containers']} container(s) and {reaped['folders']} folder(s) left by a "
+                   "killed run of this home", err=True)
+    return summary
 
 
 def _with_scope(all_tests: bool):

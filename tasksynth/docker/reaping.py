@@ -29,9 +29,6 @@ class Reaped:
     containers: list[str]
     folders: list[Path]
 
-    def describe(self) -> str:
-        return f"{len(self.containers)} container(s) and {len(self.folders)} folder(s)"
-
 
 def claim_folder(path: str | Path) -> None:
     """Record this process as the owner of a scratch folder it just made."""
@@ -44,7 +41,8 @@ def _folder_owner_dead(path: Path) -> bool:
         owner = json.loads((path / OWNER_FILE).read_text())
     except (OSError, ValueError):
         return False  # no owner recorded: not ours to judge
-    return not owner_alive({OWNER_PID_LABEL: str(owner.get("pid", "")), OWNER_START_LABEL: str(owner.get("start", ""))})
+    return not owner_alive({OWNER_PID_LABEL: str(owner.get("pid", "")),
+                            OWNER_START_LABEL: str(owner.get("start", ""))})
 
 
 def dead_owner_containers(home: str | Path) -> list[str]:
