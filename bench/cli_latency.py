@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -41,18 +42,24 @@ def _git_repo(path: Path) -> Path:
     return path
 
 
-def _timed(args: list[str], env: dict[str, str], cwd: Path, failures: list[str] | None = None) -> float | None:
-    """Wall seconds of one command; a failure ends the bench, or is counted in `failures` when given (the
-    ephemeral mode fails on a busy machine: that is one of the things measured)."""
-    started = time.perf_counter()
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _timed(args: list[str], env: dict[str, str], cwd: Path,
+           failures: list[str] | None = None) -> tuple[float, float] | None:
+    """Wall and CPU (user + system) seconds of one command; a failure ends the bench, or is counted in
+    `failures` when given (the ephemeral mode fails on a busy machine: that is one of the things measured)."""
+    started, cpu_before = time.perf_counter(), _children_cpu()
     result = subprocess.run(args, env=env, cwd=cwd, capture_output=True, text=True)
-    seconds = time.perf_counter() - started
+    seconds, cpu = time.perf_counter() - started, _children_cpu() - cpu_before
     if result.returncode != 0:
         if failures is None:
             raise SystemExit(f"{' '.join(args)} failed: {result.stderr.strip()[-500:]}")
         failures.append(result.stderr.strip().splitlines()[0][:160] if result.stderr.strip() else "failed")
         return None
-    return seconds
+    return seconds, cpu
 
 
 def main() -> None:
@@ -71,19 +78,22 @@ def main() -> None:
     sql = [exe, "sql", "select 1"]
     try:
         ephemeral = {**env, "TASKSYNTH_FLOWS__PREFECT_SERVER": "ephemeral"}
-        first_home = _timed(mine, env, work)  # starts the home server and mines; later runs have nothing to do
-        times: dict[str, list[float]] = {"sql": [], "ephemeral": [], "home": []}
+        first_home = _timed(mine, env, work)[0]  # starts the home server and mines; later runs have nothing to do
+        runs: dict[str, list[tuple[float, float]]] = {"sql": [], "ephemeral": [], "home": []}
         ephemeral_failures: list[str] = []
         for _ in range(args.runs):  # interleaved, so a change in the machine's load hits every mode alike
-            times["sql"].append(_timed(sql, env, work))
-            seconds = _timed(mine, ephemeral, work, ephemeral_failures)
-            if seconds is not None:
-                times["ephemeral"].append(seconds)
-            times["home"].append(_timed(mine, env, work))
+            runs["sql"].append(_timed(sql, env, work))
+            measured = _timed(mine, ephemeral, work, ephemeral_failures)
+            if measured is not None:
+                runs["ephemeral"].append(measured)
+            runs["home"].append(_timed(mine, env, work))
     finally:
         subprocess.run([exe, "flows", "server", "stop"], env=env, cwd=work, capture_output=True)
         shutil.rmtree(work, ignore_errors=True)
+    times = {mode: [wall for wall, _ in values] for mode, values in runs.items()}
     median = {mode: statistics.median(values) if values else float("nan") for mode, values in times.items()}
+    cpu = {mode: statistics.median([c for _, c in values]) if values else float("nan")
+           for mode, values in runs.items()}
     print(f"load average at the end: {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores (run on an idle machine)")
     print(f"median of {args.runs} runs, seconds (all runs: "
           + "; ".join(f"{mode} " + " ".join(f"{v:.2f}" for v in values) for mode, values in times.items()) + ")")
@@ -93,6 +103,8 @@ def main() -> None:
              if ephemeral_failures else ""))
     print(f"  code mine, nothing to do, home server (after) {median['home']:5.2f}   "
           f"(the first command, which starts the server and mines: {first_home:.2f})")
+    print(f"CPU seconds (user + system, median; less sensitive to a busy machine than wall time): sql "
+          f"{cpu['sql']:.2f}, ephemeral {cpu['ephemeral']:.2f}, home server {cpu['home']:.2f}")
     print(f"speed-up of the home server over the ephemeral mode: {median['ephemeral'] / median['home']:.1f}x; "
           f"target <= {TARGET_S:.0f} s: {'met' if median['home'] <= TARGET_S else 'NOT met'}")
 
