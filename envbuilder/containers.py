@@ -47,6 +47,7 @@ from envbuilder.errors import CodeEnvError, DiskFull
 from tasksynth.config import Config
 from tasksynth.docker.engine import docker, engine_status
 from tasksynth.docker.ownership import owner_labels
+from tasksynth.docker.reaping import claim_folder
 from tasksynth.errors import DockerUnavailable
 from tasksynth.sandbox import UNTRUSTED_UID, Limits, drop_privileges_prefix, isolated_run_args
 from verifiers.grading import OK, OOM, PATCH_DOES_NOT_APPLY, TESTS_CRASHED, TIMEOUT
@@ -161,6 +162,7 @@ def run_validation(config: Config, image: str, *, phases: Sequence[PhasePlan], r
               "drop": drop_privileges_prefix(), "workdir": WORKDIR, "scratch": list(SCRATCH)}
     with tempfile.TemporaryDirectory(prefix="tasksynth-run-", dir=scratch_dir(config)) as tmp, \
             container_slot(config):
+        claim_folder(Path(tmp))  # a killed run's folder is reaped by the next run of this home
         started = time.monotonic()
         created = docker("create", "-i", *args, image, "/bin/sh", "-c", LAUNCH, SUPERVISOR_SOURCE, check=False,
                          timeout=120)

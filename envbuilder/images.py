@@ -41,6 +41,7 @@ from tasksynth.config import Config
 from tasksynth.docker.base_images import image_lock
 from tasksynth.docker.engine import MANAGED_LABEL, docker, image_exists
 from tasksynth.docker.ownership import HOME_LABEL, OWNER_PID_LABEL, OWNER_START_LABEL, ROLE_LABEL
+from tasksynth.docker.reaping import claim_folder
 from tasksynth.errors import DockerUnavailable
 from tasksynth.hashing import content_hash
 from tasksynth.sandbox.isolation import Mount
@@ -271,6 +272,7 @@ def _build(config: Config, tag: str, dockerfile: str, repo_path: Path, commit: s
     with tempfile.TemporaryDirectory(prefix="tasksynth-build-", dir=scratch_dir(config)) as tmp:
         context = Path(tmp)
         try:
+            claim_folder(context)  # a killed build's context is reaped by the next run of this home
             export_tree(repo_path, commit, context / "testbed")
             if with_git:
                 snapshot(context / "testbed", f"base commit {commit}")

@@ -19,15 +19,17 @@ GIT_TIMEOUT_S = 300
 # A fixed identity and clock for commits we make ourselves (samples, /testbed snapshots), so SHAs are stable.
 FIXED_IDENTITY = {"GIT_AUTHOR_NAME": "tasksynth", "GIT_AUTHOR_EMAIL": "tasksynth@localhost",
                   "GIT_COMMITTER_NAME": "tasksynth", "GIT_COMMITTER_EMAIL": "tasksynth@localhost"}
-_GIT_CONFIG = ["-c", "commit.gpgsign=false", "-c", "core.autocrlf=false", "-c", "init.defaultBranch=main",
-               "-c", "core.quotepath=off", "-c", "advice.detachedHead=false"]
+GIT_CONFIG = ["-c", "commit.gpgsign=false", "-c", "core.autocrlf=false", "-c", "init.defaultBranch=main",
+              "-c", "core.quotepath=off", "-c", "advice.detachedHead=false"]
+# How a candidate's patch is written: plain text, every path as it is (no rename detection), full blob ids.
+DIFF_OPTIONS = ["--no-color", "--no-ext-diff", "--no-renames", "--full-index"]
 _URL = re.compile(r"^(https?|ssh|git)://|^[\w.-]+@[\w.-]+:")
 
 
 def git(repo: str | Path | None, *args: str, input: bytes | str | None = None, env: dict[str, str] | None = None,
         timeout: float = GIT_TIMEOUT_S, binary: bool = False) -> str | bytes:
     """Run git in `repo`; a failure is a `SourceError` with git's own message."""
-    command = ["git", *_GIT_CONFIG, *(["-C", str(repo)] if repo else []), *args]
+    command = ["git", *GIT_CONFIG, *(["-C", str(repo)] if repo else []), *args]
     try:
         result = subprocess.run(command, input=input.encode() if isinstance(input, str) else input,
                                 capture_output=True, timeout=timeout,

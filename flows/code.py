@@ -24,12 +24,12 @@ from envbuilder.records import candidates as stored_candidates
 from envbuilder.records import instances as stored_instances
 from envbuilder.records import record_build, record_mined, record_validation
 from envbuilder.sources.mining import SourceRequest, mine, request_key
-from envbuilder.statements import draft_statement, record_draft, step_key, stored_drafts
 from envbuilder.validation import validate_instance, validation_id
 from flows.artifacts import publish_kind
 from flows.runtime import flow_run, run_steps
 from tasksynth.config import Config, load_config
 from tasksynth.docker.engine import image_exists, require_engine
+from tasksynth.docker.reaping import reap_leftovers
 from tasksynth.hashing import content_hash
 from tasksynth.store import open_store
 
@@ -66,6 +66,8 @@ def code_pipeline(config: Config | None = None, git: list[str] | tuple[str, ...]
             return summary
         if build or validate:
             require_engine()
+            reaped = reap_leftovers(config.home_path)  # what a killed run of this home left behind
+            summary["reaped"] = {"containers": len(reaped.containers), "folders": len(reaped.folders)}
         chosen = stored_candidates(store, instance_ids)
         if instance_ids:
             missing = sorted(set(instance_ids) - {c["instance_id"] for c in chosen})
@@ -135,6 +137,9 @@ def _validate(store, config: Config, chosen: list[dict[str, Any]], repeat: int, 
     return {**report.as_dict(), "changed": changed}
 
 def _draft_statements(store, config: Config, chosen: list[dict[str, Any]], run_id: str) -> dict[str, Any]:
+    # Imported here: the agent loop pulls in the OpenAI client (about 0.6 s), which no other stage needs.
+    from envbuilder.statements import draft_statement, record_draft, step_key, stored_drafts
+
     valid = {r["instance_id"] for r in store.query("SELECT instance_id FROM code_tasks WHERE verdict = 'valid'")}
     items = [c for c in chosen if c["instance_id"] in valid]
     before = stored_drafts(store, [c["candidate_id"] for c in items])

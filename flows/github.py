@@ -18,7 +18,7 @@ from prefect.futures import as_completed
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from envbuilder.sources.github.client import GithubClient, GithubError
-from envbuilder.sources.github.miner import RepositoryMiner, normalize_repo
+from envbuilder.sources.github.miner import RepositoryMiner, normalize_repo, read_repo_list
 from flows.runtime import flow_run, step_task
 from tasksynth.config import Config, load_config
 from tasksynth.store import open_store
@@ -33,8 +33,6 @@ def github_mining(config: Config | None = None, repos: list[str] | tuple[str, ..
     rate-limit countdown and the progress callback."""
     config = config or load_config(config_path)
     if not repos and config.github.repos_file:  # a scheduled run names no repositories
-        from envbuilder.sources.github.cli_support import read_repo_list
-
         repos = read_repo_list(config.github.repos_file)
     repos = list(dict.fromkeys(normalize_repo(r) for r in repos))
     since_time = parse_since(since)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 import uuid
 from pathlib import Path
 from collections.abc import Callable, Iterable, Iterator
@@ -25,7 +26,8 @@ def prepare_prefect(config: Config) -> None:
     """Keep Prefect's own database and logs in the tasksynth home unless the user points Prefect elsewhere.
 
     Must run before `prefect` is imported: Prefect reads these settings at import time. With no
-    PREFECT_API_URL, Prefect runs flows against a temporary local server (its ephemeral mode)."""
+    PREFECT_API_URL, flows run against the home's long-lived local server (started here when none runs), or
+    against a temporary server per process when `flows.prefect_server = "ephemeral"`."""
     os.environ.setdefault("PREFECT_HOME", str(config.home_path / "prefect"))
     Path(os.environ["PREFECT_HOME"]).expanduser().mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
@@ -34,6 +36,29 @@ def prepare_prefect(config: Config) -> None:
     os.environ.setdefault("PREFECT_UI_ENABLED", "false" if not os.environ.get("PREFECT_API_URL") else "true")
     # Our store keeps results; Prefect's result persistence would only duplicate them on disk.
     os.environ.setdefault("PREFECT_RESULTS_PERSIST_BY_DEFAULT", "false")
+    _use_home_server(config)
+
+
+def _use_home_server(config: Config) -> None:
+    """Point Prefect at this home's long-lived server (flows/prefect_server.py), started on demand, unless the
+    user set PREFECT_API_URL (their server is used as it is) or chose Prefect's ephemeral mode."""
+    from flows import prefect_server
+
+    owned = os.environ.get(prefect_server.OWNED_URL_ENV)
+    configured = os.environ.get("PREFECT_API_URL")
+    if configured and configured != owned:
+        return
+    prefect_server.reap_orphaned_ephemeral_servers(config)
+    if config.flows.prefect_server != "home":
+        return
+    url = prefect_server.ensure_server(config)
+    os.environ["PREFECT_API_URL"] = os.environ[prefect_server.OWNED_URL_ENV] = url
+    if "prefect" in sys.modules:  # Prefect read its settings when it was imported: refresh them if they differ
+        from prefect.context import refresh_global_settings_context
+        from prefect.settings import get_current_settings
+
+        if get_current_settings().api.url != url:
+            refresh_global_settings_context()
 
 
 def task_runner(config: Config):
@@ -141,10 +166,15 @@ def run_steps(store, step: str, items: Iterable[Any], run: Callable[[Any], Any],
 
 @contextlib.contextmanager
 def flow_run(store, flow: str, params: dict[str, Any]) -> Iterator[dict[str, Any]]:
-    """Record a flow run in the store: running, then completed with its summary, or failed."""
+    """Record a flow run in the store: running, then completed with its summary, or failed. Runs that an
+    earlier, killed process left `running` are marked crashed first."""
+    from tasksynth.docker.ownership import process_start_time
+
     run_id = current_flow_run_id() or str(uuid.uuid4())
     summary: dict[str, Any] = {"run_id": run_id}
-    store.insert("flow_runs", [{"run_id": run_id, "flow": flow, "params": params, "status": "running"}],
+    mark_crashed_runs(store)
+    store.insert("flow_runs", [{"run_id": run_id, "flow": flow, "params": params, "status": "running",
+                                "pid": os.getpid(), "process_started": process_start_time(os.getpid())}],
                  on_conflict="replace")
     try:
         yield summary
@@ -154,6 +184,21 @@ def flow_run(store, flow: str, params: dict[str, Any]) -> Iterator[dict[str, Any
         raise
     store.execute("UPDATE flow_runs SET status = 'completed', finished_at = current_timestamp, summary = ? "
                   "WHERE run_id = ?", [_json(summary), run_id])
+
+
+def mark_crashed_runs(store) -> list[str]:
+    """Mark `crashed` every run still `running` whose process is gone (same pid and same start time, or none
+    recorded); returns their run ids. A flow holds the store, its only writer, for as long as it runs, so a run
+    of another process that is still `running` when a flow starts was killed."""
+    from tasksynth.docker.ownership import process_start_time
+
+    running = store.query("SELECT run_id, pid, process_started FROM flow_runs WHERE status = 'running'")
+    gone = [r["run_id"] for r in running
+            if r["pid"] is None or process_start_time(r["pid"]) != r["process_started"]]
+    if gone:
+        store.execute("UPDATE flow_runs SET status = 'crashed', finished_at = current_timestamp "
+                      f"WHERE run_id IN ({', '.join('?' for _ in gone)})", gone)
+    return gone
 
 
 def _json(value: Any) -> str:

@@ -136,6 +136,12 @@ class FlowsConfig:
     retries: int = 2
     retry_delay_s: float = 2.0
     schedules: dict[str, str] = field(default_factory=dict)  # flow name -> cron
+    # Where flow runs are recorded when PREFECT_API_URL is not set: "home" starts one long-lived local Prefect
+    # server per Prefect home on demand and shares it between commands; "ephemeral" is Prefect's own mode (a
+    # temporary server per command, about 10-20 s of start-up each time).
+    prefect_server: str = "home"
+    server_idle_s: float = 1800.0  # the home server stops itself after this long without an API request
+    server_start_timeout_s: float = 120.0  # per attempt; a server that has not answered by then is started again
 
 
 @dataclass
@@ -330,6 +336,7 @@ CHOICES = {
     "code.test_scope": ("touched", "all"),
     "search.backend": ("local", "http"),
     "flows.task_runner": ("thread", "dask"),
+    "flows.prefect_server": ("home", "ephemeral"),
 }
 ROLE_STRATEGIES = ("summary", "discard-75", "discard-all")
 ROLE_TOOL_FORMATS = ("native", "text")
@@ -344,6 +351,8 @@ def _check_values(config: Config) -> None:
     positive = {"docker.max_containers": config.docker.max_containers, "code.repeat": config.code.repeat,
                 "flows.max_workers": config.flows.max_workers, "docker.cpus": config.docker.cpus,
                 "runner.top_k": config.runner.top_k, "runner.port": config.runner.port,
+                "flows.server_idle_s": config.flows.server_idle_s,
+                "flows.server_start_timeout_s": config.flows.server_start_timeout_s,
                 **{f"sandbox.{f.name}": getattr(config.sandbox, f.name) for f in dataclasses.fields(SandboxConfig)
                    if f.type in ("int", "float") and f.name != "infra_retries"}}
     for path, value in positive.items():

@@ -3,13 +3,20 @@
     OUT_DIR/<kind>/train-00000-of-000NN.parquet   zstd, one task schema for every kind
     OUT_DIR/manifest.json                         every shard's path, rows and sha256; totals; schema
 
-The export is written to a temporary sibling directory and renamed into place at the end, so a crash
-leaves either the previous export or none, never a manifest that lists shards that are not there.
+The export is written to a staging sibling (`.OUT.partial-<pid>-*`) and renamed into place at the end, so a
+crash never leaves a manifest that lists shards that are not there. `--overwrite` replaces only a previous
+export: a directory whose manifest is ours and lists every file in it; anything else (a user's folder) is
+refused. The swap keeps one of the two exports on disk at every moment: the previous export is renamed to
+its backup sibling (`.OUT.previous`), the staged one renamed into place, then the backup deleted. The next
+export of the same OUT recovers what a crash left: a backup with no export in place is the previous export and
+is renamed back; a backup beside an export in place is deleted; staging directories of dead processes are
+removed.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import glob
 import json
 import math
 import os
@@ -65,13 +72,19 @@ def export_tasks(store: Store, out_dir: str | Path, *, kinds: Iterable[str] = KI
             raise ExportError(f"unknown kind {kind!r}; choose from {', '.join(KINDS)}")
     if max_shard_rows <= 0:
         raise ExportError("--max-shard-rows must be positive")
+    recover_interrupted_export(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise ExportError(f"{out_dir} exists and is not a directory")
-    if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
-        raise ExportError(f"{out_dir} is not empty; pass --overwrite to replace it")
+    if out_dir.exists() and any(out_dir.iterdir()):
+        if not overwrite:
+            raise ExportError(f"{out_dir} is not empty; pass --overwrite to replace a previous export")
+        refusal = _not_a_previous_export(out_dir)
+        if refusal:
+            raise ExportError(f"refusing to overwrite {out_dir}: {refusal}; --overwrite replaces only a "
+                              "previous export (choose another OUT_DIR)")
     out_dir.parent.mkdir(parents=True, exist_ok=True)
 
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
+    staging = Path(tempfile.mkdtemp(prefix=f"{_staging_prefix(out_dir)}{os.getpid()}-", dir=out_dir.parent))
     try:
         shards: list[dict[str, Any]] = []
         counts: dict[str, int] = {}
@@ -144,13 +157,64 @@ def _attach(staging: Path, relative: str, source: str) -> list[dict[str, Any]]:
 
 
 def _swap_into_place(staging: Path, out_dir: Path) -> None:
+    """Old export to its backup, new export into place, backup deleted: a crash between any two steps leaves
+    one whole export on disk, which `recover_interrupted_export` puts back in place."""
+    backup = _backup_of(out_dir)
     if out_dir.exists():
-        old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
-        os.replace(out_dir, old)
-        os.replace(staging, out_dir)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(staging, out_dir)
+        os.replace(out_dir, backup)
+    os.replace(staging, out_dir)
+    shutil.rmtree(backup, ignore_errors=True)
+
+
+def recover_interrupted_export(out_dir: Path) -> None:
+    """Put back what an export killed in its swap left: restore or delete the backup, remove dead staging."""
+    backup = _backup_of(out_dir)
+    if backup.is_dir():
+        if out_dir.exists():
+            shutil.rmtree(backup)
+        else:
+            os.replace(backup, out_dir)
+    if out_dir.parent.is_dir():
+        prefix = _staging_prefix(out_dir)
+        for leftover in out_dir.parent.glob(f"{glob.escape(prefix)}*"):
+            pid = leftover.name[len(prefix):].split("-", 1)[0]
+            if leftover.is_dir() and pid.isdigit() and not _process_alive(int(pid)):
+                shutil.rmtree(leftover, ignore_errors=True)
+
+
+def _not_a_previous_export(out_dir: Path) -> str | None:
+    """Why `out_dir` is not an export this module wrote, or None when it is one."""
+    manifest_path = out_dir / "manifest.json"
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except (OSError, ValueError):
+        return "it has no readable manifest.json"
+    if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
+        return f"its manifest.json is not a {MANIFEST_FORMAT} manifest"
+    listed = {"manifest.json", *(shard.get("path") for shard in manifest.get("shards", []) if isinstance(shard, dict))}
+    unlisted = sorted(str(p.relative_to(out_dir)) for p in out_dir.rglob("*")
+                      if not p.is_dir() and str(p.relative_to(out_dir)) not in listed)
+    if unlisted:
+        return f"it holds files its manifest does not list ({', '.join(unlisted[:3])}{', ...' if len(unlisted) > 3 else ''})"
+    return None
+
+
+def _backup_of(out_dir: Path) -> Path:
+    return out_dir.with_name(f".{out_dir.name}.previous")
+
+
+def _staging_prefix(out_dir: Path) -> str:
+    return f".{out_dir.name}.partial-"
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 # ------------------------------------------------------------------------------------------ per kind

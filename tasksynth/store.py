@@ -3,6 +3,16 @@
 DuckDB lets one process write a database file at a time. The flow process is that writer; Prefect tasks
 return records and the flow writes them, so tasks may run in other processes (Dask) without touching the
 file. A second process that opens the store while a writer holds it gets `StoreLocked`, one clear line.
+
+A store opened with `sandboxed=True` (what `tasksynth sql` uses) is read-only and cut off from everything but
+the store: DuckDB's external access is off (no COPY ... TO, no reading other files, no ATTACH, no network,
+no INSTALL/LOAD) and its configuration is locked, so a query cannot turn those back on. The extensions that
+queries need (full-text search) are loaded before the lock.
+
+Migrations run with a zero checkpoint threshold, so each migration's commit is written straight into the
+database file instead of the write-ahead log: DuckDB 1.5 cannot replay some DDL from the log (`ALTER TABLE ...
+ADD COLUMN` on a table whose defaults call functions fails with "Failure while replaying WAL file ...
+GetDefaultDatabase"), and a migration killed after its commit would leave a store that does not open.
 """
 
 from __future__ import annotations
@@ -12,6 +22,7 @@ import importlib
 import json
 import os
 import re
+import signal
 import threading
 from collections.abc import Iterable, Iterator, Sequence
 from importlib import resources
@@ -19,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
+import pyarrow as pa
 import zstandard
 
 from tasksynth.errors import StoreError, StoreLocked
@@ -26,6 +38,11 @@ from tasksynth.hashing import sha256_bytes
 
 MIGRATION_NAME = re.compile(r"^(\d{3})_([a-z0-9_]+)\.sql$")
 _LOCK_PID = re.compile(r"PID (\d+)")
+# Extensions a query may need (the search pipeline's BM25 indexes); loaded, when installed, before a sandboxed
+# store locks its configuration.
+QUERY_EXTENSIONS = ("fts",)
+# Tests only: the migration version after whose commit the process kills itself, to test recovery.
+_KILL_AFTER_MIGRATION = "TASKSYNTH_TEST_KILL_AFTER_MIGRATION"
 
 
 def migrations() -> list[tuple[int, str, str]]:
@@ -41,21 +58,36 @@ def migrations() -> list[tuple[int, str, str]]:
 class Store:
     """A connection to the store file. Use as a context manager, or call `close()`."""
 
-    def __init__(self, path: str | Path, *, read_only: bool = False, blobs_dir: str | Path | None = None):
+    def __init__(self, path: str | Path, *, read_only: bool = False, blobs_dir: str | Path | None = None,
+                 sandboxed: bool = False):
         self.path = Path(path)
-        self.read_only = read_only
+        self.read_only = read_only = read_only or sandboxed
         self.blobs_dir = Path(blobs_dir) if blobs_dir else self.path.parent / "blobs"
         self._lock = threading.RLock()
         self._depth = 0
+        self._primary_keys: dict[str, list[str]] = {}
         if read_only and not self.path.exists():
             raise StoreError(f"no store at {self.path}; run a flow (or `tasksynth demo`) to create it")
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        config = {"autoinstall_known_extensions": False, "autoload_known_extensions": False} if sandboxed else {}
         try:
-            self._conn = duckdb.connect(str(self.path), read_only=read_only)
+            self._conn = duckdb.connect(str(self.path), read_only=read_only, config=config)
         except duckdb.IOException as exc:
             raise _locked_or_error(self.path, exc) from None
+        if sandboxed:
+            self._seal()
         if not read_only:
             self.migrate()
+
+    def _seal(self) -> None:
+        indexed = self._conn.execute("SELECT count(*) FROM duckdb_schemas() WHERE schema_name LIKE 'fts_main_%'")
+        if indexed.fetchone()[0]:  # loading costs ~0.1 s: only for a store that has full-text indexes
+            for name in QUERY_EXTENSIONS:
+                with contextlib.suppress(StoreError):
+                    self.load_extension(name)
+        self._conn.execute("SET enable_external_access = false")
+        self._conn.execute("SET allow_community_extensions = false")
+        self._conn.execute("SET lock_configuration = true")
 
     # ------------------------------------------------------------------------------------------ lifecycle
 
@@ -76,21 +108,25 @@ class Store:
                 version INTEGER PRIMARY KEY, name VARCHAR NOT NULL,
                 applied_at TIMESTAMP NOT NULL DEFAULT current_timestamp)""")
             done = {row[0] for row in self._conn.execute("SELECT version FROM schema_migrations").fetchall()}
-            applied = []
-            for version, name, sql in migrations():
-                if version in done:
-                    continue
-                with self.transaction():
-                    self._conn.execute(sql)
-                    self._conn.execute("INSERT INTO schema_migrations (version, name) VALUES (?, ?)",
-                                       [version, name])
-                applied.append(version)
-            if applied:
-                # Schema changes go into the database file now, not only into the WAL: DuckDB 1.5 cannot
-                # replay some DDL (ALTER TABLE ... ADD COLUMN) from the WAL after a crash, and would refuse
-                # to open the store ("Failure while replaying WAL file ... GetDefaultDatabase").
-                self._conn.execute("CHECKPOINT")
-            return applied
+            pending = [m for m in migrations() if m[0] not in done]
+            self._primary_keys.clear()
+            if not pending:
+                return []
+            # Each commit checkpoints (see the module docstring): there is no moment between a migration's
+            # commit and its checkpoint at which a crash leaves DDL in the WAL.
+            self._conn.execute("CHECKPOINT")
+            self._conn.execute("SET checkpoint_threshold = '0b'")
+            try:
+                for version, name, sql in pending:
+                    with self.transaction():
+                        self._conn.execute(sql)
+                        self._conn.execute("INSERT INTO schema_migrations (version, name) VALUES (?, ?)",
+                                           [version, name])
+                    if os.environ.get(_KILL_AFTER_MIGRATION) == str(version):
+                        os.kill(os.getpid(), signal.SIGKILL)
+            finally:
+                self._conn.execute("RESET checkpoint_threshold")
+            return [m[0] for m in pending]
 
     def schema_version(self) -> int:
         rows = self.query("SELECT max(version) AS v FROM schema_migrations")
@@ -140,24 +176,46 @@ class Store:
 
     def insert(self, table: str, rows: Iterable[dict[str, Any]], *, on_conflict: str = "ignore") -> int:
         """Insert rows; with `ignore` a row whose key exists is skipped (a rerun writes nothing twice),
-        with `replace` it is overwritten. Returns how many rows were new or replaced."""
+        with `replace` it is overwritten. Returns how many rows were new or replaced.
+
+        The rows go in as one Arrow table and one `INSERT ... SELECT`, and the count is the one DuckDB reports
+        for that statement: no per-row statements, no count of the table. With `ignore`, rows whose primary
+        key is already stored are left out by an anti-join first: DuckDB's own conflict check is slow when
+        most rows conflict on a table with several unique constraints (a rerun of a large mine)."""
         rows = list(rows)
         if not rows:
             return 0
         columns = list(rows[0])
         verb = {"ignore": "INSERT OR IGNORE", "replace": "INSERT OR REPLACE", "error": "INSERT"}[on_conflict]
-        sql = (f"{verb} INTO {_ident(table)} ({', '.join(_ident(c) for c in columns)}) "
-               f"VALUES ({', '.join('?' for _ in columns)})")
-        values = [[_encode(row.get(c)) for c in columns] for row in rows]
+        key = self._primary_key(table)
+        key = key if all(k in rows[0] for k in key) else []
+        if on_conflict == "replace" and key:
+            # One statement cannot replace a row twice: the last row per key wins, as one after the other.
+            rows = list({tuple(_encode(row.get(k)) for k in key): row for row in rows}.values())
+        batch = pa.table({c: _arrow_column([_encode(row.get(c)) for row in rows]) for c in columns})
+        view = f"_insert_{threading.get_ident()}"
+        names = ", ".join(_ident(c) for c in columns)
+        sql = f"{verb} INTO {_ident(table)} ({names}) SELECT {names} FROM {view}"
+        if on_conflict == "ignore" and key:
+            sql += (f" WHERE NOT EXISTS (SELECT 1 FROM {_ident(table)} stored WHERE "
+                    + " AND ".join(f"stored.{_ident(k)} = {view}.{_ident(k)}" for k in key) + ")")
         with self._lock:
-            before = self._count(table)
-            with self.transaction():
-                self._conn.executemany(sql, values)
-            after = self._count(table)
-        return len(rows) if on_conflict == "replace" else after - before
+            self._conn.register(view, batch)
+            try:
+                with self.transaction():
+                    changed = self._conn.execute(sql).fetchone()[0]
+            finally:
+                self._conn.unregister(view)
+        return changed
 
-    def _count(self, table: str) -> int:
-        return self._conn.execute(f"SELECT count(*) FROM {_ident(table)}").fetchone()[0]
+    def _primary_key(self, table: str) -> list[str]:
+        if table not in self._primary_keys:
+            with self._lock:
+                found = self._conn.execute(
+                    "SELECT constraint_column_names FROM duckdb_constraints() WHERE schema_name = 'main' "
+                    "AND table_name = ? AND constraint_type = 'PRIMARY KEY'", [table]).fetchone()
+            self._primary_keys[table] = list(found[0]) if found else []
+        return self._primary_keys[table]
 
     def exists(self, table: str, **where: Any) -> bool:
         clause = " AND ".join(f"{_ident(k)} = ?" for k in where)
@@ -221,9 +279,9 @@ class Store:
         return self.blobs_dir / digest[:2] / f"{digest}.zst"
 
 
-def open_store(config, *, read_only: bool = False) -> Store:
+def open_store(config, *, read_only: bool = False, sandboxed: bool = False) -> Store:
     """The configured store (`config` is a `tasksynth.config.Config`)."""
-    return Store(config.store_path, read_only=read_only, blobs_dir=config.home_path / "blobs")
+    return Store(config.store_path, read_only=read_only, blobs_dir=config.home_path / "blobs", sandboxed=sandboxed)
 
 
 def _locked_or_error(path: Path, exc: Exception) -> Exception:
@@ -248,6 +306,15 @@ def _encode(value: Any) -> Any:
     if isinstance(value, list) and value and isinstance(value[0], dict):
         return json.dumps(value, default=str)
     return value
+
+
+def _arrow_column(values: list[Any]) -> pa.Array:
+    """One column of an insert. Values Arrow cannot type as one column (an int beside a string) go in as text,
+    which DuckDB casts to the column's type as it would a parameter."""
+    try:
+        return pa.array(values)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
+        return pa.array([None if v is None else str(v) for v in values], type=pa.string())
 
 
 def _decode_json(value: Any) -> Any:

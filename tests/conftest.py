@@ -19,6 +19,22 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def prefect_server_of_the_session():
+    """Flows of every test (in this process and in the CLI subprocesses) share one local Prefect server, the
+    one of the session's PREFECT_HOME, started by the first test that runs a flow; it is stopped at the end."""
+    import time
+
+    started = time.time()
+    yield
+    from flows.prefect_server import read_record, stop_server
+
+    home = Path(os.environ["PREFECT_HOME"]).resolve()
+    record = read_record(home)
+    if record is not None and record.started_at >= started:
+        stop_server(home)
+
+
 @pytest.fixture
 def home(tmp_path, monkeypatch) -> Path:
     """A fresh TASKSYNTH_HOME; the current directory has no tasksynth.toml."""

@@ -4,20 +4,30 @@ Walks the first-parent history of HEAD, so a merged pull request is one change (
 parent) and the commits inside it are not mined twice. A change becomes a candidate when it touches test files
 and other files: base commit = first parent, patch = the non-test part, test patch = the test part, problem
 statement = the commit (or merge) message. Everything else is kept as a discard with its reason.
+
+The history is read in two streaming passes whatever its length, not commands per commit: one `git log` for
+the messages, one `git log -p` for the diffs (each against the first parent, with the same options a
+`git diff BASE SHA` of the commit would use, so the patches are byte for byte the same). Judging a change is
+a pure function of its message and diff (`judge_change`).
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import os
+import subprocess
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from envbuilder.repos import git, open_repository, repo_name
+from envbuilder.errors import SourceError
+from envbuilder.repos import DIFF_OPTIONS, GIT_CONFIG, git, open_repository, repo_name
 from envbuilder.sources.candidate import Candidate, Discard
 from envbuilder.sources.patches import language_of, split_patch
 
 SOURCE = "git"
 _SEPARATOR = "\x1e"
+_COMMIT_MARK = "\x1fcommit "
 
 
 @dataclass
@@ -32,34 +42,95 @@ class Limits:
     max_files_changed: int = 50
 
 
+@dataclass(frozen=True)
+class Change:
+    """One first-parent step of the history: a commit or a merge, with its diff against its first parent."""
+
+    sha: str
+    parents: list[str]
+    message: str
+    created: str
+    diff: str
+
+
 def mine_history(target: str, home: Path, *, limits: Limits = Limits(), name: str | None = None,
                  clone: bool = True, rev: str = "HEAD", max_commits: int | None = None) -> MineResult:
     repo = open_repository(target, home, clone=clone)
     repo_label = name or repo_name(target)
-    log = git(repo, "log", "--first-parent", "--reverse", f"--format=%H %P{_SEPARATOR}%cI{_SEPARATOR}%B\x1d", rev)
     result = MineResult()
-    entries = [e for e in log.split("\x1d") if e.strip()]
-    if max_commits:
-        entries = entries[-max_commits:]
-    for entry in entries:
-        head, created, message = entry.strip("\n").split(_SEPARATOR, 2)
-        shas = head.split()
-        sha, parents = shas[0], shas[1:]
-        found = examine_change(repo, repo_label, str(repo), sha, parents, message.strip(), created, limits)
+    for change in read_changes(repo, rev, max_commits=max_commits):
+        found = judge_change(change, repo_label, str(repo), limits)
         (result.candidates if isinstance(found, Candidate) else result.discards).append(found)
     return result
 
 
-def examine_change(repo: Path, repo_label: str, repo_url: str, sha: str, parents: list[str], message: str,
-                   created: str, limits: Limits) -> Candidate | Discard:
+def read_changes(repo: Path, rev: str = "HEAD", *, max_commits: int | None = None) -> Iterator[Change]:
+    """The first-parent history of `rev`, oldest first (the newest `max_commits` when given)."""
+    window = [f"--max-count={max_commits}"] if max_commits else []
+    log = git(repo, "log", "--first-parent", "--reverse", *window,
+              f"--format=%H %P{_SEPARATOR}%cI{_SEPARATOR}%B\x1d", rev)
+    headers = []
+    for entry in log.split("\x1d"):
+        if not entry.strip():
+            continue
+        head, created, message = entry.strip("\n").split(_SEPARATOR, 2)
+        shas = head.split()
+        headers.append((shas[0], shas[1:], message.strip(), created))
+    diffs = _first_parent_diffs(repo, rev, window)
+    for sha, parents, message, created in headers:
+        diff_sha, diff = next(diffs, (None, ""))
+        if diff_sha != sha:
+            raise SourceError(f"git log listed {sha} but its diff pass gave {diff_sha} in {repo}")
+        yield Change(sha, parents, message, created, diff)
+
+
+def _first_parent_diffs(repo: Path, rev: str, window: list[str]) -> Iterator[tuple[str, str]]:
+    """(sha, diff against the first parent) of every first-parent commit, from one streaming `git log -p`.
+    Every line of a diff starts with a diff marker, so a line starting with the record separator is always
+    the next commit's header."""
+    command = ["git", *GIT_CONFIG, "-C", str(repo), "log", "--first-parent", "--reverse", *window,
+               "--diff-merges=first-parent", "-p", *DIFF_OPTIONS, f"--format={_COMMIT_MARK}%H", rev]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               env={**os.environ, "GIT_TERMINAL_PROMPT": "0", "LC_ALL": "C"})
+    mark = _COMMIT_MARK.encode()
+    sha: str | None = None
+    lines: list[bytes] = []
+    try:
+        for line in process.stdout:
+            if line.startswith(mark):
+                if sha is not None:
+                    yield sha, _diff_text(lines)
+                sha, lines = line[len(mark):].strip().decode(), []
+            else:
+                lines.append(line)
+        if sha is not None:
+            yield sha, _diff_text(lines)
+    finally:
+        process.stdout.close()
+        stderr = process.stderr.read().decode(errors="replace").strip()
+        process.stderr.close()
+        code = process.wait()
+    if code != 0:
+        raise SourceError(f"git log -p failed in {repo}: {stderr.splitlines()[-1] if stderr else 'no output'}")
+
+
+def _diff_text(lines: list[bytes]) -> str:
+    if lines and lines[0] == b"\n":  # git log puts one blank line between a commit's header and its diff
+        lines = lines[1:]
+    return b"".join(lines).decode(errors="replace")
+
+
+def judge_change(change: Change, repo_label: str, repo_url: str, limits: Limits) -> Candidate | Discard:
     """One commit (or merge) of the history: a candidate, or the reason it is not one."""
+    sha, parents, message, created, diff = (change.sha, change.parents, change.message, change.created,
+                                            change.diff)
+
     def discard(reason: str, detail: str | None = None) -> Discard:
         return Discard("mine", SOURCE, sha, reason, repo=repo_label, detail=detail)
 
     if not parents:
         return discard("root_commit", "the first commit has no parent to serve as the base")
     base = parents[0]
-    diff = git(repo, "diff", "--no-color", "--no-ext-diff", "--no-renames", "--full-index", base, sha)
     if not diff.strip():
         return discard("empty_change", "a merge or commit with no changes against its first parent")
     split = split_patch(diff)

@@ -16,8 +16,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from envbuilder.sources.github import cli_support as gh_cli
 from tasksynth.cli import app_state
+from tasksynth.cli import github_mining as gh_cli
 from tasksynth.errors import TasksynthError
 
 app = typer.Typer(help="Code-agent environments: mine candidate changes (git history, SWE-bench files), build "
@@ -47,7 +47,12 @@ def _run_pipeline(**params: Any) -> dict[str, Any]:
 
         require_engine()  # one clear line before any flow starts
     with step_progress():
-        return code_pipeline.with_options(task_runner=task_runner(config))(config=config, **params)
+        summary = code_pipeline.with_options(task_runner=task_runner(config))(config=config, **params)
+    reaped = summary.get("reaped", {})
+    if reaped.get("containers") or reaped.get("folders"):
+        typer.echo(f"removed {reaped['containers']} container(s) and {reaped['folders']} folder(s) left by a "
+                   "killed run of this home", err=True)
+    return summary
 
 
 def _with_scope(all_tests: bool):
@@ -70,7 +75,7 @@ def mine(
     swebench: list[Path] = typer.Option(None, "--swebench", help=SWEBENCH_HELP, dir_okay=False),
     repos_dir: Path = typer.Option(None, "--repos-dir", help=REPOS_DIR_HELP, file_okay=False),
     clone: bool = typer.Option(True, "--clone/--no-clone", help="Clone a repository that has no local mirror."),
-    # GitHub issue->PR mining (envbuilder/sources/github/cli_support.py)
+    # GitHub issue->PR mining (tasksynth/cli/github_mining.py)
     github: list[str] = typer.Option(None, "--github", metavar="OWNER/NAME", help=gh_cli.GITHUB_HELP),
     github_list: Path = typer.Option(None, "--github-list", dir_okay=False, help=gh_cli.GITHUB_LIST_HELP),
     since: str = typer.Option(None, "--since", metavar="DATE", help=gh_cli.SINCE_HELP),

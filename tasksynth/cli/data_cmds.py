@@ -11,6 +11,7 @@ import sys
 import uuid
 from pathlib import Path
 
+import duckdb
 import typer
 from rich.console import Console
 from rich.table import Table
@@ -25,7 +26,11 @@ def sql_command(
     query: str = typer.Argument(None, help="SQL to run on the store. Omit it to open an interactive DuckDB shell."),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON array of row objects (lists stay lists)."),
 ) -> None:
-    """Query the store with SQL: a table, or JSON with --json.
+    """Query the store with SQL, read-only: a table, or JSON with --json.
+
+    The query sees the store and nothing else: it cannot change the store, write or read other files
+    (COPY ... TO, read_csv), attach databases, install or load extensions, reach the network, or change
+    these settings.
 
     Example: tasksynth sql "select verdict, count(*) from code_tasks group by 1"
     """
@@ -33,13 +38,15 @@ def sql_command(
     if query is None:
         _interactive_shell(config.store_path)
         return
-    path = config.store_path
-    # Read-only when the file exists so a query never takes the writer's place; created on first use.
-    with open_store(config, read_only=path.exists()) as store:
+    with open_store(config, sandboxed=True) as store:
         try:
             cursor_rows = store.query(query)
-        except Exception as exc:  # duckdb's errors carry a clear message already
-            raise TasksynthError(f"query failed: {str(exc).splitlines()[0]}") from None
+        except duckdb.PermissionException as exc:
+            raise TasksynthError(f"refused: `tasksynth sql` reads the store only ({_first_line(exc)})") from None
+        except duckdb.Error as exc:  # duckdb's errors carry a clear message already
+            if "read-only mode" in str(exc) or "configuration has been locked" in str(exc):
+                raise TasksynthError(f"refused: `tasksynth sql` reads the store only ({_first_line(exc)})") from None
+            raise TasksynthError(f"query failed: {_first_line(exc)}") from None
     if as_json:
         typer.echo(json.dumps(cursor_rows, default=_json_default, ensure_ascii=False))
         return
@@ -54,6 +61,10 @@ def sql_command(
     typer.echo(f"{len(cursor_rows)} row{'s' if len(cursor_rows) != 1 else ''}")
 
 
+def _first_line(exc: Exception) -> str:
+    return str(exc).strip().splitlines()[0]
+
+
 def _interactive_shell(path: Path) -> None:
     shell = shutil.which("duckdb")
     if not shell:
@@ -61,7 +72,8 @@ def _interactive_shell(path: Path) -> None:
                              "tasksynth sql \"select ...\")")
     if not path.exists():
         raise StoreError(f"no store at {path}; run a flow (or `tasksynth demo`) first")
-    subprocess.run([shell, "-readonly", str(path)], check=False)
+    # -safe: no access to other files, no extensions, no ATTACH, as for a query passed on the command line.
+    subprocess.run([shell, "-readonly", "-safe", str(path)], check=False)
 
 
 def _json_default(value):
@@ -92,7 +104,8 @@ def export_command(
                                                       "Default: all."),
     max_shard_rows: int = typer.Option(10_000, "--max-shard-rows", help="Rows per Parquet shard at most."),
     include_all: bool = typer.Option(False, "--all", help="Export every task, not only accepted ones."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a non-empty OUT_DIR."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a previous export in OUT_DIR (one "
+                                   "whose manifest lists every file in it); any other non-empty folder is refused."),
 ) -> None:
     """Export tasks as Parquet shards that `datasets.load_dataset("parquet", data_dir=OUT_DIR)` loads."""
     config = app_state.config()

@@ -9,9 +9,43 @@ import typer
 from tasksynth.cli import app_state
 from tasksynth.errors import ConfigError
 
-app = typer.Typer(help="Prefect flows. With no PREFECT_API_URL they run in Prefect's ephemeral mode (no server "
-                       "to start); point PREFECT_API_URL at a Prefect server (`prefect server start`) to see "
-                       "them in the Prefect UI.", no_args_is_help=True)
+app = typer.Typer(help="Prefect flows. With no PREFECT_API_URL they run against one local Prefect server per "
+                       "home, started by the first command that needs it and stopped after an idle time "
+                       "(`tasksynth flows server`); point PREFECT_API_URL at a Prefect server (`prefect server "
+                       "start`) to see them in the Prefect UI.", no_args_is_help=True)
+server_app = typer.Typer(help="The home's local Prefect server: started on demand by flow commands, stopped after "
+                              "flows.server_idle_s without a request.", no_args_is_help=True)
+app.add_typer(server_app, name="server")
+
+
+@server_app.command("status")
+def server_status() -> None:
+    """Say whether the home's Prefect server runs, where, and since when."""
+    import os
+    import time
+
+    from flows.prefect_server import prefect_home, server_status as status_of
+
+    config = app_state.config()
+    record, state = status_of(prefect_home(config))
+    if os.environ.get("PREFECT_API_URL") and (record is None or os.environ["PREFECT_API_URL"] != record.url):
+        typer.echo(f"PREFECT_API_URL is set ({os.environ['PREFECT_API_URL']}): flows use that server")
+    if record is None:
+        typer.echo(f"no local Prefect server for {prefect_home(config)} (the next flow command starts one)")
+        return
+    age = time.time() - record.started_at
+    typer.echo(f"{state}: {record.url} (pid {record.pid}, started {age / 60:.1f} min ago, Prefect home "
+               f"{prefect_home(config)})")
+
+
+@server_app.command("stop")
+def server_stop() -> None:
+    """Stop the home's Prefect server (a later flow command starts a new one)."""
+    from flows.prefect_server import prefect_home, stop_server
+
+    record = stop_server(prefect_home(app_state.config()))
+    typer.echo(f"stopped the Prefect server at {record.url} (pid {record.pid})" if record
+               else "no local Prefect server was running")
 
 
 @app.command("list")
@@ -42,7 +76,7 @@ def run(ctx: typer.Context, name: str = typer.Argument(..., help="Flow name (see
 @app.command("serve")
 def serve() -> None:
     """Serve every flow that has a cron schedule in config ([flows.schedules] NAME = "CRON") with Prefect's
-    `serve`; runs until interrupted. Needs a Prefect server (PREFECT_API_URL) to schedule against."""
+    `serve`; runs until interrupted. Schedules against PREFECT_API_URL, else the home's local Prefect server."""
     from flows.registry import serve_flows
 
     config = app_state.config()

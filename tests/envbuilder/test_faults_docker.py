@@ -75,8 +75,9 @@ def test_each_fault_has_its_reason_and_the_batch_goes_on(tmp_path, flow_config, 
                                ("swebench-test-patch", "patch_does_not_apply")]}
     # no container is left behind
     from tasksynth.docker.engine import docker
+    from tasksynth.docker.ownership import home_key  # this test's containers only: the engine is shared
 
-    assert "tasksynth-run-" not in docker("ps", "-a", "--format", "{{.Names}}").stdout
+    assert docker("ps", "-aq", "--filter", f"label=org.tasksynth.home={home_key(config.home_path)}").stdout == ""
 
 
 def _id(rows, what):

@@ -1,14 +1,19 @@
 """Mining candidates from a real git history and importing SWE-bench files (no Docker)."""
 
+import dataclasses
 import json
 import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
 
 import pytest
 
 from envbuilder.records import record_mined
-from envbuilder.repos import FIXED_IDENTITY
+from envbuilder.repos import DIFF_OPTIONS, FIXED_IDENTITY, git
 from envbuilder.samples import Sample, SampleCommit, build_repo, build_sample, swebench_sample_path
-from envbuilder.sources.git_history import Limits, mine_history
+from envbuilder.sources.candidate import Candidate
+from envbuilder.sources.git_history import Limits, judge_change, mine_history, read_changes
 from envbuilder.sources.mining import SourceRequest, mine, request_key
 from envbuilder.sources.swebench import import_instances, to_swebench
 
@@ -141,3 +146,32 @@ def test_swebench_export_round_trips_the_instance_fields(minicalc, tmp_path, sto
             assert after[key] == before[key], key
         f2p = before["FAIL_TO_PASS"]
         assert after["FAIL_TO_PASS"] == (json.loads(f2p) if isinstance(f2p, str) else f2p)
+
+
+def test_streaming_reader_gives_each_commit_the_diff_git_diff_gives(tmp_path):
+    """The two streaming passes agree with one `git diff BASE SHA` per commit (the previous reader) on a history
+    with merges, renames, deletions, binary files, empty commits and non-UTF-8 bytes."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "support"))
+    from git_history_generator import generate_history
+
+    repo = tmp_path / "history"
+    generate_history(repo, first_parent_commits=120, seed=3)
+    changes = list(read_changes(repo))
+    assert len(changes) == 120
+    assert any(len(c.parents) == 2 for c in changes)
+    assert any("rename" in c.message.lower() for c in changes) and any("Drop " in c.message for c in changes)
+    per_commit = [dataclasses.replace(c, diff=git(repo, "diff", *DIFF_OPTIONS, c.parents[0], c.sha) if c.parents
+                                      else "") for c in changes]
+    for streamed, separate in zip(changes[1:], per_commit[1:]):
+        assert streamed.diff == separate.diff, streamed.message
+    mined = mine_history(str(repo), tmp_path)
+    before = [judge_change(c, "history", str(repo), Limits()) for c in per_commit]
+    assert mined.candidates == [j for j in before if isinstance(j, Candidate)]
+    assert mined.discards == [j for j in before if not isinstance(j, Candidate)]
+    reasons = Counter(d.reason for d in mined.discards)
+    assert set(reasons) >= {"root_commit", "empty_change", "binary_only", "docs_only", "no_test_changes"}
+    assert len(mined.candidates) + len(mined.discards) == 120
+    newest = mine_history(str(repo), tmp_path, max_commits=10)
+    assert [c.source_ref for c in newest.candidates] == [c.sha for c in changes[-10:]
+                                                        if c.sha in {m.source_ref for m in newest.candidates}]
+    assert len(newest.candidates) + len(newest.discards) == 10

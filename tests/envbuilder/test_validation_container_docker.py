@@ -151,5 +151,6 @@ def test_runs_share_one_container_but_not_their_state(tmp_path, flow_config, pip
     assert ("after", 0, "oom") in by["c"] and all(s == "ok" for p, _, s in by["c"] if p == "before")
 
     from tasksynth.docker.engine import docker
+    from tasksynth.docker.ownership import home_key  # this test's containers only: the engine is shared
 
-    assert "tasksynth-run-" not in docker("ps", "-a", "--format", "{{.Names}}").stdout
+    assert docker("ps", "-aq", "--filter", f"label=org.tasksynth.home={home_key(config.home_path)}").stdout == ""

@@ -8,6 +8,7 @@ import os
 import socket
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -78,6 +79,13 @@ def test_the_demo_starts_the_runner_drafts_statements_and_stops_it(home, monkeyp
         else:
             assert task["reason"] and task["statement"] is None
     assert untouched == [{"n": 0}]
+    # What the README promises: a draft was asked for every valid task, and the output counts them by outcome
+    # (accepted, or the reason each was rejected), as the store has them.
+    outcomes = result["drafts"]["outcomes"]
+    assert sum(outcomes.values()) == len(valid)
+    assert outcomes.get("ok", 0) == sum(task["status"] == "ok" for task in valid)
+    assert {k: v for k, v in outcomes.items() if k != "ok"} == dict(
+        Counter(task["reason"] for task in valid if task["status"] == "rejected"))
     assert len(calls) >= len(valid)
     for call in calls:
         assert call["model"] == "smollm2-135m-dsa" and call["status"] == "ok"

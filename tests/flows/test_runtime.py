@@ -59,6 +59,8 @@ def test_sigkill_then_rerun_resumes_without_redoing_or_duplicating(home, tmp_pat
         rows = store.query("select n from squares order by n")
         assert [r["n"] for r in rows] == list(range(12))  # all there, none twice (n is the primary key)
         summary = store.query("select summary from flow_runs where status = 'completed'")[0]["summary"]
+        statuses = sorted(r["status"] for r in store.query("select status from flow_runs"))
+    assert statuses == ["completed", "crashed"]  # the killed run is not left `running` forever
     assert summary["already_done"] == len(finished_before)
     executions = [int(x) for x in log.read_text().split()]
     rerun_executions = executions[len(executions) - summary["ran"]:]
@@ -76,3 +78,24 @@ def test_dask_task_runner_on_a_local_cluster(home, tmp_path):
         assert store.query("select count(*) as n from squares")[0]["n"] == 4
     # steps ran in Dask worker processes, not in the flow process
     assert len(set(log.read_text().split())) == 4
+
+
+def test_runs_of_dead_processes_are_marked_crashed_live_ones_are_not(store):
+    from flows.runtime import mark_crashed_runs
+    from tasksynth.docker.ownership import process_start_time
+
+    exited = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                            text=True, check=True)
+    dead_pid = int(exited.stdout)
+    me = os.getpid()
+    store.insert("flow_runs", [
+        {"run_id": "killed", "flow": "code", "status": "running", "pid": dead_pid, "process_started": "1"},
+        {"run_id": "pid_reused", "flow": "code", "status": "running", "pid": me, "process_started": "0"},
+        {"run_id": "before_pids", "flow": "code", "status": "running", "pid": None, "process_started": None},
+        {"run_id": "alive", "flow": "code", "status": "running", "pid": me, "process_started": process_start_time(me)},
+        {"run_id": "finished", "flow": "code", "status": "completed", "pid": dead_pid, "process_started": "1"},
+    ])
+    assert sorted(mark_crashed_runs(store)) == ["before_pids", "killed", "pid_reused"]
+    statuses = {r["run_id"]: r["status"] for r in store.query("select run_id, status from flow_runs")}
+    assert statuses == {"killed": "crashed", "pid_reused": "crashed", "before_pids": "crashed", "alive": "running",
+                        "finished": "completed"}

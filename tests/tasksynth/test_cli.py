@@ -7,6 +7,15 @@ import pytest
 GROUPS = ["code", "search", "general", "runner", "export", "sql", "flows", "doctor", "demo", "config", "images"]
 
 
+@pytest.fixture
+def made_store(config):
+    """A store file that exists and is closed (`tasksynth sql` refuses a missing one, and opens read-only)."""
+    from tasksynth.store import open_store
+
+    open_store(config).close()
+    return config.store_path
+
+
 
 
 @pytest.mark.parametrize("group", GROUPS)
@@ -17,19 +26,19 @@ def test_every_group_answers_help(group, home, tmp_path, tasksynth):
     assert len(result.stdout.splitlines()) > 4
 
 
-def test_sql_json(home, tmp_path, tasksynth):
+def test_sql_json(made_store, tmp_path, tasksynth):
     result = tasksynth("sql", "--json", "select 1 as one", cwd=tmp_path, check=True)
     assert json.loads(result.stdout) == [{"one": 1}]
     listed = tasksynth("sql", "--json", "select [1, 2] as xs", cwd=tmp_path, check=True)
     assert json.loads(listed.stdout) == [{"xs": [1, 2]}]
 
 
-def test_sql_table_output(home, tmp_path, tasksynth):
+def test_sql_table_output(made_store, tmp_path, tasksynth):
     result = tasksynth("sql", "select 42 as answer", cwd=tmp_path, check=True)
     assert "answer" in result.stdout and "42" in result.stdout and "1 row" in result.stdout
 
 
-def test_errors_are_one_line_and_exit_non_zero(home, tmp_path, tasksynth):
+def test_errors_are_one_line_and_exit_non_zero(made_store, tmp_path, tasksynth):
     result = tasksynth("sql", "select * from no_such_table", cwd=tmp_path)
     assert result.returncode == 1
     assert result.stderr.startswith("error: query failed:")

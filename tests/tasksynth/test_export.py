@@ -1,5 +1,6 @@
 import hashlib
 import json
+import os
 
 import pyarrow.parquet as pq
 import pytest
@@ -70,16 +71,40 @@ def test_datasets_loads_the_export(store, tmp_path):
     assert set(loaded.column_names) >= {"task_id", "kind", "prompt", "environment", "verifier", "metadata"}
 
 
-def test_refuses_non_empty_dir_unless_overwrite(store, tmp_path):
+def test_overwrite_replaces_only_a_previous_export(store, tmp_path):
     _fill(store)
     out = tmp_path / "out"
-    out.mkdir()
-    (out / "keep.txt").write_text("mine")
+    export_tasks(store, out)
     with pytest.raises(ExportError, match="not empty"):
         export_tasks(store, out)
-    export_tasks(store, out, overwrite=True)
-    assert not (out / "keep.txt").exists()
-    assert (out / "manifest.json").exists()
+    export_tasks(store, out, overwrite=True, include_all=True)
+    assert json.loads((out / "manifest.json").read_text())["selection"] == "all"
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".out")] == []  # no backup, no staging
+
+
+@pytest.mark.parametrize("setup, reason", [
+    (lambda d: (d / "notes.txt").write_text("mine"), "no readable manifest.json"),
+    (lambda d: (d / "manifest.json").write_text('{"format": "other/1"}'), "not a tasksynth-export/1 manifest"),
+])
+def test_overwrite_refuses_a_folder_that_is_not_an_export(store, tmp_path, setup, reason):
+    _fill(store)
+    out = tmp_path / "documents"
+    out.mkdir()
+    setup(out)
+    before = sorted(p.name for p in out.iterdir())
+    with pytest.raises(ExportError, match=f"refusing to overwrite .*{reason}"):
+        export_tasks(store, out, overwrite=True)
+    assert sorted(p.name for p in out.iterdir()) == before
+
+
+def test_overwrite_refuses_an_export_holding_other_files(store, tmp_path):
+    _fill(store)
+    out = tmp_path / "out"
+    export_tasks(store, out)
+    (out / "code" / "my-notes.md").write_text("not ours")
+    with pytest.raises(ExportError, match=r"files its manifest does not list \(code/my-notes.md\)"):
+        export_tasks(store, out, overwrite=True)
+    assert (out / "code" / "my-notes.md").read_text() == "not ours"
 
 
 def test_crash_mid_export_leaves_previous_export_intact(store, tmp_path, monkeypatch):
@@ -103,3 +128,76 @@ def test_crash_mid_export_leaves_previous_export_intact(store, tmp_path, monkeyp
 def test_unknown_kind_is_refused(store, tmp_path):
     with pytest.raises(ExportError, match="unknown kind"):
         export_tasks(store, tmp_path / "o", kinds=["video"])
+
+
+# A crash inside the swap: the export process is SIGKILLed right after one of its renames.
+CRASHING_EXPORT = """
+import os, signal, sys
+import tasksynth.export as export
+from tasksynth.store import Store
+
+renames = 0
+real_replace = os.replace
+
+
+def replace_then_die(src, dst):
+    global renames
+    real_replace(src, dst)
+    renames += 1
+    if renames == int(sys.argv[3]):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+export.os.replace = replace_then_die
+with Store(sys.argv[1], read_only=True) as store:
+    export.export_tasks(store, sys.argv[2], overwrite=True, include_all=True)
+"""
+
+
+@pytest.mark.parametrize("killed_after_rename, survivor", [(1, "previous"), (2, "new")])
+def test_export_killed_in_the_swap_is_recovered_by_the_next_run(config, tmp_path, killed_after_rename, survivor):
+    import subprocess
+    import sys
+
+    from tasksynth.store import open_store
+
+    with open_store(config) as store:
+        _fill(store)
+        out = tmp_path / "out"
+        export_tasks(store, out)
+    killed = subprocess.run([sys.executable, "-c", CRASHING_EXPORT, str(config.store_path), str(out),
+                             str(killed_after_rename)], capture_output=True, text=True, timeout=120)
+    assert killed.returncode == -9, killed.stderr
+    backup = tmp_path / ".out.previous"
+    assert backup.is_dir()  # the previous export, renamed aside
+    assert out.exists() == (survivor == "new")
+    with open_store(config, read_only=True) as store:
+        from tasksynth.export import recover_interrupted_export
+
+        recover_interrupted_export(out)
+        selection = json.loads((out / "manifest.json").read_text())["selection"]
+        assert selection == ("all" if survivor == "new" else "accepted")
+        assert not backup.exists()
+        export_tasks(store, out, overwrite=True)  # and the next export goes through
+    assert json.loads((out / "manifest.json").read_text())["selection"] == "accepted"
+
+
+def test_staging_left_by_a_dead_export_is_removed(store, tmp_path):
+    _fill(store)
+    dead = subprocess_pid_that_exited()
+    staged = tmp_path / f".out.partial-{dead}-abc"
+    (staged / "code").mkdir(parents=True)
+    live = tmp_path / f".out.partial-{os.getpid()}-xyz"
+    live.mkdir()
+    export_tasks(store, tmp_path / "out")
+    assert not staged.exists()
+    assert live.exists()  # a running export's staging is not ours to remove
+
+
+def subprocess_pid_that_exited() -> int:
+    import subprocess
+    import sys
+
+    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                              text=True, check=True)
+    return int(finished.stdout)

@@ -7,5 +7,5 @@
     linking.py   closing keywords (`fixes #12`, `closes owner/name#3`) in PR bodies and commit messages
     filters.py   the heuristic filters, each with its reason
     miner.py     one repository: pages -> cheap filters -> issues and diffs -> candidates or discards
-    cli_support.py  `tasksynth code mine --github/--github-list`
+The command `tasksynth code mine --github/--github-list` is tasksynth/cli/github_mining.py.
 """

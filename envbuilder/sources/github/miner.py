@@ -16,6 +16,7 @@ from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 from envbuilder.sources.candidate import Candidate, Discard
@@ -317,6 +318,23 @@ def normalize_repo(repo: str) -> str:
     if len(parts) != 2 or not all(_NAME.fullmatch(p) and p not in (".", "..") for p in parts):
         raise GithubError(f"not a repository (expected OWNER/NAME): {repo!r}")
     return text
+
+
+def read_repo_list(path: str | Path) -> list[str]:
+    """The repositories listed in a file, one OWNER/NAME or URL per line; `#` starts a comment."""
+    file = Path(path)
+    if not file.is_file():
+        raise GithubError(f"--github-list: no such file: {file}")
+    repos = []
+    for number, line in enumerate(file.read_text().splitlines(), 1):
+        text = line.split("#", 1)[0].strip()
+        if not text:
+            continue
+        try:
+            repos.append(normalize_repo(text))
+        except GithubError:
+            raise GithubError(f"{file}:{number}: not a repository (expected OWNER/NAME): {text!r}") from None
+    return repos
 
 
 def repo_clone_url(api_url: str, repo: str) -> str:

@@ -14,8 +14,9 @@ from conftest import TOKEN
 from rich.console import Console
 from scenarios import EXPECTED, bulk_repo, widgets_repo
 
-from envbuilder.sources.github.cli_support import mine_github, read_repo_list
 from envbuilder.sources.github.client import GithubError
+from envbuilder.sources.github.miner import read_repo_list
+from tasksynth.cli.github_mining import mine_github
 from tasksynth.store import open_store
 
 SECONDARY = {"message": "You have exceeded a secondary rate limit. Please wait a few minutes before you try again."}

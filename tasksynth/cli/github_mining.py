@@ -1,6 +1,7 @@
 """`tasksynth code mine --github OWNER/NAME [--since DATE] [--limit N]` and `--github-list FILE`.
 
-The command's logic lives here so `tasksynth/cli/code.py` only adds the options and calls `mine_github`.
+The command's logic lives here so `tasksynth/cli/code.py` only adds the options and calls `mine_github`; the
+mining itself is the `github_mining` flow (flows/github.py) over envbuilder/sources/github/.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from envbuilder.sources.github.client import GithubError
-from envbuilder.sources.github.miner import MiningReport, normalize_repo
+from envbuilder.sources.github.miner import MiningReport, normalize_repo, read_repo_list
 from envbuilder.sources.github.waiting import CountdownSleeper
 from tasksynth.config import Config, secret
 
@@ -21,22 +22,6 @@ GITHUB_HELP = "Mine merged pull requests that resolve issues in this GitHub repo
 GITHUB_LIST_HELP = "Mine every repository listed in FILE (one OWNER/NAME or URL per line; # starts a comment)."
 SINCE_HELP = "GitHub: only pull requests updated on or after this date (YYYY-MM-DD)."
 LIMIT_HELP = "GitHub: examine at most N new pull requests per repository this run (a rerun continues)."
-
-
-def read_repo_list(path: str | Path) -> list[str]:
-    file = Path(path)
-    if not file.is_file():
-        raise GithubError(f"--github-list: no such file: {file}")
-    repos = []
-    for number, line in enumerate(file.read_text().splitlines(), 1):
-        text = line.split("#", 1)[0].strip()
-        if not text:
-            continue
-        try:
-            repos.append(normalize_repo(text))
-        except GithubError:
-            raise GithubError(f"{file}:{number}: not a repository (expected OWNER/NAME): {text!r}") from None
-    return repos
 
 
 def mine_github(config: Config, repos: list[str], *, since: str | None = None, limit: int | None = None,
@@ -53,7 +38,7 @@ def mine_github(config: Config, repos: list[str], *, since: str | None = None, l
         console.print(f"[yellow]no token in ${config.github.token_env}: mining through the REST API at GitHub's "
                       "anonymous rate (60 requests/hour); set the variable for GraphQL and 5,000/hour[/]")
     prepare_prefect(config)
-    from flows.github import github_mining
+    from flows.github import github_mining  # after prepare_prefect: Prefect reads its settings at import
 
     # The rate-limit countdown is one more line of this display (CountdownSleeper adds it as a task).
     with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
