@@ -191,7 +191,8 @@ def _not_a_previous_export(out_dir: Path) -> str | None:
         return "it has no readable manifest.json"
     if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
         return f"its manifest.json is not a {MANIFEST_FORMAT} manifest"
-    listed = {"manifest.json", *(shard.get("path") for shard in manifest.get("shards", []) if isinstance(shard, dict))}
+    entries = [*manifest.get("shards", []), *manifest.get("files", []), manifest.get("card") or {}]
+    listed = {"manifest.json", *(entry.get("path") for entry in entries if isinstance(entry, dict))}
     unlisted = sorted(str(p.relative_to(out_dir)) for p in out_dir.rglob("*")
                       if not p.is_dir() and str(p.relative_to(out_dir)) not in listed)
     if unlisted:
