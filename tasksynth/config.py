@@ -72,10 +72,36 @@ class GithubConfig:
 
 
 @dataclass
+class AnswererConfig:
+    """One answer agent of the search pipeline (search_synth.answer_agents); empty / negative: the role's."""
+
+    name: str = "answerer"
+    role: str = "answerer"
+    model: str = ""
+    temperature: float = -1.0
+    search: bool = True
+    max_turns: int = 0
+
+
+def _default_answerers() -> list[AnswererConfig]:
+    return [AnswererConfig(name="search-t0.7", temperature=0.7),
+            AnswererConfig(name="search-t1.0", temperature=1.0),
+            AnswererConfig(name="search-short", temperature=0.3, max_turns=3),
+            AnswererConfig(name="no-search", temperature=0.3, search=False, max_turns=1)]
+
+
+@dataclass
 class SearchConfig:
     backend: str = "local"  # local (DuckDB full-text over the shipped corpus) | http
     url: str = ""
     api_key_env: str = ""
+    # search QA synthesis (search_synth/, flows/search.py)
+    entities: int = 20  # long-tail entities per `search synth` run
+    min_support: int = 2  # an entity needs this many passages, attributes or links
+    answerers: list[AnswererConfig] = field(default_factory=_default_answerers)
+    strong_models: list[str] = field(default_factory=list)  # filters on none of these: the item is weak_filter
+    import_samples: int = 4  # `search import`: answers sampled with search and without, each
+    import_margin: float = 0.25  # kept when accuracy with search exceeds accuracy without by this much
 
 
 @dataclass
