@@ -92,9 +92,18 @@ def _default_answerers() -> list[AnswererConfig]:
 
 @dataclass
 class SearchConfig:
-    backend: str = "local"  # local (DuckDB full-text over the shipped corpus) | http
-    url: str = ""
-    api_key_env: str = ""
+    backend: str = "local"  # local (BM25 over an ingested corpus) | searxng | brave (web search over HTTP)
+    url: str = ""  # searxng: the instance's base URL; brave: empty for the public API endpoint
+    api_key_env: str = ""  # the environment variable holding the web search API key (brave)
+    corpus: str = ""  # the default local corpus (empty: the only one under <home>/corpora)
+    cache: str = ""  # web search and page cache folder (empty: <home>/web-cache); "off" disables it
+    allow_private_hosts: bool = False  # let fetched URLs reach loopback/private/link-local addresses
+    timeout_s: float = 20.0
+    retries: int = 2  # extra attempts after a timeout, a connection error, a 429 or a 5xx, with backoff
+    backoff_s: float = 1.0
+    rate_limit_per_s: float = 2.0  # requests per second to one host, at most
+    max_page_bytes: int = 3_000_000  # a fetched page is cut off here
+    max_page_chars: int = 200_000  # readable text kept from a fetched page
     # search QA synthesis (search_synth/, flows/search.py)
     entities: int = 20  # long-tail entities per `search synth` run
     min_support: int = 2  # an entity needs this many passages, attributes or links
@@ -315,7 +324,7 @@ def _coerce(hint: Any, value: Any, path: str) -> Any:
 CHOICES = {
     "docker.image_source": ("auto", "registry", "debootstrap"),
     "code.test_scope": ("touched", "all"),
-    "search.backend": ("local", "http"),
+    "search.backend": ("local", "searxng", "brave"),
     "flows.task_runner": ("thread", "dask"),
 }
 ROLE_STRATEGIES = ("summary", "discard-75", "discard-all")
