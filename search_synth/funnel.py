@@ -55,7 +55,7 @@ def funnel(store, corpus: str | None = None) -> dict[str, Any]:
     per_kept = {k: (cost[k] / kept if kept else None) for k in ("tokens", "seconds", "cost_usd")}
     return {"corpus": corpus, **{k: counts[k] for k in STAGES}, "kept_weak_filter": counts["kept_weak_filter"],
             "calls": cost["calls"], "tokens": int(cost["tokens"]), "seconds": round(float(cost["seconds"]), 3),
-            "cost_usd": round(float(cost["cost_usd"]), 6), "per_kept": per_kept, "discards": discards}
+            "cost_usd": float(cost["cost_usd"]), "per_kept": per_kept, "discards": discards}
 
 
 def funnel_table(report: dict[str, Any]) -> list[dict[str, Any]]:
