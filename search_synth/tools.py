@@ -1,7 +1,8 @@
 """The agents' search tools over a local corpus, and the text they return.
 
 `corpus_tools(corpus)` gives two plain callables, `search` and `open`, whose type hints and docstrings become
-the tool schemas (agent/tools.py builds them). Their results are plain text built by `format_hits` and
+the tool schemas (agent/tools.py builds them). `corpus` is a local `Corpus` or a `search_synth.web.WebSearch`
+(anything with `search(query, k)` and `open(doc_id, page)`); `search_tools(config)` picks by `search.backend`. Their results are plain text built by `format_hits` and
 `format_page`; `tasksynth search query` and `tasksynth search open` print the same text, so a person sees
 exactly what an agent saw. With `--json`, the CLI prints `hits_json` / `page_json` instead.
 """
@@ -11,7 +12,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import asdict
 
-from search_synth.corpus import Corpus, CorpusError, DocumentPage, SearchHit
+from search_synth.corpus import Corpus, DocumentPage, SearchHit, open_corpus
+from tasksynth.errors import TasksynthError
 
 MAX_K = 20
 
@@ -52,7 +54,8 @@ def page_json(page: DocumentPage) -> dict:
 
 
 def corpus_tools(corpus: Corpus) -> list[Callable[..., str]]:
-    """The tools `search` and `open` over `corpus`, for an agent (errors come back as text the model can act on)."""
+    """The tools `search` and `open` over `corpus`, for an agent (errors come back as text the model can act on:
+    an unknown id, a page out of range, a refused or failing URL)."""
 
     def search(query: str, k: int = 5) -> str:
         """Search the document collection; returns titles, ids and a snippet of the best passage of each.
@@ -62,7 +65,10 @@ def corpus_tools(corpus: Corpus) -> list[Callable[..., str]]:
             k: How many documents to return (1-20).
         """
         k = max(1, min(int(k), MAX_K))
-        return format_hits(query, corpus.search(query, k))
+        try:
+            return format_hits(query, corpus.search(query, k))
+        except TasksynthError as exc:
+            return f"Error: {exc}"
 
     def open(doc_id: str, page: int = 0) -> str:  # noqa: A001 - the tool's name as the model sees it
         """Read a document by its id (from search results or links), one page at a time.
@@ -73,7 +79,17 @@ def corpus_tools(corpus: Corpus) -> list[Callable[..., str]]:
         """
         try:
             return format_page(corpus.open(doc_id, int(page)))
-        except CorpusError as exc:
+        except TasksynthError as exc:
             return f"Error: {exc}"
 
     return [search, open]
+
+
+def search_tools(config, corpus_name: str | None = None) -> list[Callable[..., str]]:
+    """`search` and `open` over what the config names: the local corpus (`search.backend = "local"`, the corpus
+    `corpus_name`, `search.corpus` or the only one) or the web (`searxng`, `brave`)."""
+    if config.search.backend == "local":
+        return corpus_tools(open_corpus(config, corpus_name))
+    from search_synth.web import WebSearch
+
+    return corpus_tools(WebSearch(config))

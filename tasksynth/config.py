@@ -98,6 +98,8 @@ class SearchConfig:
     corpus: str = ""  # the default local corpus (empty: the only one under <home>/corpora)
     cache: str = ""  # web search and page cache folder (empty: <home>/web-cache); "off" disables it
     allow_private_hosts: bool = False  # let fetched URLs reach loopback/private/link-local addresses
+    allow_hosts: list[str] = field(default_factory=list)  # host:port pairs reachable anyway (a local mirror)
+    cache_ttl_s: int = 7 * 24 * 3600
     timeout_s: float = 20.0
     retries: int = 2  # extra attempts after a timeout, a connection error, a 429 or a 5xx, with backoff
     backoff_s: float = 1.0
