@@ -165,3 +165,88 @@ def search_open(
 
 
 # ---------------------------------------------------------------------------------------------- synthesis
+# (owned by the search QA pipeline: synth, import, report; flows/search.py does the work)
+
+
+def _run_search_flow(name: str, params: dict) -> dict:
+    from flows.registry import run_flow
+    from tasksynth.cli.progress import step_progress
+
+    config = app_state.config()
+    config.home_path.mkdir(parents=True, exist_ok=True)
+    with step_progress():
+        return run_flow(config, name, params)
+
+
+def _print_funnel(report: dict) -> None:
+    from search_synth.funnel import funnel_table
+
+    title = f"corpus {report['corpus']}" if report.get("corpus") else "all corpora"
+    typer.echo(f"search QA funnel ({title})")
+    for row in funnel_table(report):
+        typer.echo(f"  {row['stage']:<10} {row['items']!s:<8} {row['of previous']}".rstrip())
+    if report["discards"]:
+        typer.echo("discarded")
+        for d in report["discards"]:
+            typer.echo(f"  {d['stage']:<16} {d['reason']:<24} {d['items']}")
+
+
+@app.command("synth")
+def search_synth(
+    corpus: str = typer.Option(None, "--corpus", help="Corpus name (default: search.corpus or the only one)."),
+    entities: int = typer.Option(None, "--entities", min=1, help="Long-tail entities to build questions on "
+                                                                 "(default: search.entities)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the entity sample: the same seed picks the same entities."),
+    as_json: bool = typer.Option(False, "--json", help="Print the flow's whole summary as JSON."),
+) -> None:
+    """Synthesise hard search questions: long-tail entities -> question agent (+search) -> verifier ->
+    answer agents -> keep only items every answer agent gets wrong. Resumable: rerun after a crash."""
+    summary = _run_search_flow("search", {"corpus": corpus, "entities": entities, "seed": seed})
+    if as_json:
+        typer.echo(json.dumps(summary, default=str, indent=2))
+        return
+    _print_funnel(summary["funnel"])
+    failed = [e for step in ("entities", "questions", "truth", "answers", "judge", "keep")
+              for e in (summary.get(step) or {}).get("errors", [])]
+    for error in failed:
+        typer.secho(f"not done (a rerun retries it): {error}", fg="yellow", err=True)
+
+
+@app.command("import")
+def search_import(
+    path: Path = typer.Argument(..., metavar="FILE.jsonl", dir_okay=False,
+                                help='One JSON object a line: {"question", "answer" (or a list of aliases), '
+                                     'optional "id", "evidence", "metadata"}; see docs/search_qa.md.'),
+    corpus: str = typer.Option(None, "--corpus", help="Corpus the answer agents search."),
+    samples: int = typer.Option(None, "-k", "--samples", min=1, help="Answers with and without search, each "
+                                                                     "(default: search.import_samples)."),
+    margin: float = typer.Option(None, "--margin", help="Keep an item when accuracy with search exceeds "
+                                                        "accuracy without by this much (default: search.import_margin)."),
+) -> None:
+    """Import existing QA items, keeping those where search raises accuracy by the margin."""
+    summary = _run_search_flow("search-import", {"path": str(path), "corpus": corpus, "samples": samples,
+                                                 "margin": margin})
+    for problem in summary["bad_lines"]:
+        typer.secho(f"skipped {path}: {problem}", fg="yellow", err=True)
+    for row in summary["items"]:
+        typer.echo(f"{row['item_id']}  with search {row['accuracy_with_search']:.2f}  without "
+                   f"{row['accuracy_without_search']:.2f}  {'kept' if row['accepted'] else row['verdict']}")
+    typer.echo(f"{summary['kept']} of {len(summary['items'])} items kept; {len(summary['bad_lines'])} bad lines")
+
+
+@app.command("report")
+def search_report(
+    corpus: str = typer.Option(None, "--corpus", help="Only this corpus (default: every corpus)."),
+    as_json: bool = typer.Option(False, "--json", help="The funnel as JSON."),
+) -> None:
+    """The funnel (entities -> questions -> verified -> all wrong -> kept), discards by reason, and tokens,
+    seconds and cost per kept item."""
+    from search_synth.funnel import funnel
+
+    config = app_state.config()
+    with open_store(config, read_only=config.store_path.exists()) as store:
+        report = funnel(store, corpus)
+    if as_json:
+        typer.echo(json.dumps(report, default=str, indent=2))
+    else:
+        _print_funnel(report)
