@@ -56,7 +56,7 @@ def short_answer(text: str | None) -> str | None:
         else:
             lines = [line.strip() for line in text.splitlines() if line.strip()]
             answer = lines[-1] if lines else ""
-    answer = answer.strip().strip("*").strip().rstrip(".").strip()
+    answer = answer.strip().strip("*_`\"' ").rstrip(".").strip("*_`\"' ")
     if not answer or any(a in answer.lower() for a in ABSTENTIONS):
         return None
     return answer[:MAX_ANSWER_CHARS]
