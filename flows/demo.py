@@ -1,5 +1,6 @@
 """The main job on shipped data, end to end: the sample repository's history -> candidates -> Docker
-environments -> validation -> problem statements drafted by an agent -> the store -> a Parquet export.
+environments -> validation -> problem statements drafted by an agent -> a small search QA run (a corpus of
+country facts from the installed `pycountry` package, two entities) -> the store -> a Parquet export.
 What `tasksynth demo` and `make demo` run.
 
 The agent is whatever the statement_writer role points at. With the default (the bundled runner on
@@ -15,6 +16,7 @@ from prefect import flow
 
 from envbuilder.statements import ROLE as STATEMENT_ROLE
 from flows.code import code_pipeline, sample_paths
+from flows.search import search_pipeline
 from flows.runner_process import local_runner, say_on_stderr
 from tasksynth.config import Config, load_config
 from tasksynth.export import export_tasks
@@ -30,6 +32,8 @@ def demo_flow(config: Config | None = None, out_dir: str | None = None, config_p
         code = code_pipeline(config=config, **sample_paths(config, sample))
         runner.wait_ready()
         drafted = code_pipeline(config=config, build=False, validate=False, draft_statements=True)
+        demo_search_corpus(config)
+        search = search_pipeline(config=demo_search_config(config), corpus=DEMO_CORPUS, entities=2, seed=0)
     with open_store(config) as store:
         exported = export_tasks(store, out, overwrite=True)
         tasks = store.query("SELECT t.instance_id, t.verdict, t.reason, len(t.fail_to_pass) AS f2p, "
@@ -40,5 +44,34 @@ def demo_flow(config: Config | None = None, out_dir: str | None = None, config_p
             "runner": {"endpoint": runner.base_url, "started": runner.started, "pid": runner.pid,
                        "ready_s": runner.ready_s},
             "tasks": tasks,
+            "search": {k: search[k] for k in ("funnel",) if k in search},
             "export": {"dir": str(exported.out_dir), "counts": exported.counts,
                        "shards": [s["path"] for s in exported.shards]}}
+
+
+DEMO_CORPUS = "demo-facts"
+# Roles the user has not configured get budgets a small CPU model gets through in a minute or two.
+DEMO_SEARCH_ROLES = {"question_builder": (256, 3), "answerer": (48, 2), "verifier": (48, 2), "grader": (32, 1)}
+
+
+def demo_search_corpus(config: Config) -> None:
+    """Ingest (once) 200 country facts from the installed pycountry package as the demo's corpus."""
+    from search_synth.corpus import FactsSource, Limited, ingest
+
+    ingest(config, DEMO_CORPUS, Limited(FactsSource(["pycountry"]), 200), progress=False)
+
+
+def demo_search_config(config: Config) -> Config:
+    import dataclasses
+
+    from tasksynth.config import AnswererConfig
+
+    agents = dict(config.agents)
+    for role, (max_tokens, max_turns) in DEMO_SEARCH_ROLES.items():
+        if role not in agents:
+            agents[role] = dataclasses.replace(config.role(role), max_tokens=max_tokens, max_turns=max_turns,
+                                               context_window=2048, max_tool_result_chars=1500)
+    search = dataclasses.replace(config.search, answerers=[AnswererConfig(name="search", temperature=0.3),
+                                                           AnswererConfig(name="no-search", search=False,
+                                                                          temperature=0.3, max_turns=1)])
+    return dataclasses.replace(config, agents=agents, search=search)

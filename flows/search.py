@@ -46,14 +46,15 @@ def search_pipeline(config: Config | None = None, corpus: str | None = None, ent
                     seed: int = 0, config_path: str | None = None) -> dict[str, Any]:
     """Synthesise search QA items from `entities` long-tail entities of a corpus; returns the funnel."""
     from search_synth.corpus import corpus_environment, open_corpus
-    from search_synth.tools import corpus_tools
+    from search_synth.tools import corpus_tools, search_tools
 
     config = config or load_config(config_path)
     count = entities or config.search.entities
     check_answerers(config.search.answerers)
-    opened = open_corpus(config, corpus)
+    opened = open_corpus(config, corpus)  # entities and facts always come from a local corpus
     info = opened.info
-    tools = corpus_tools(opened)
+    # the agents search that corpus, or the web when search.backend names a web search API
+    tools = corpus_tools(opened) if config.search.backend == "local" else search_tools(config)
     environment = corpus_environment(info)
     params = {"corpus": info.name, "content_hash": info.content_hash, "entities": count, "seed": seed}
     with open_store(config) as store, flow_run(store, "search", params) as summary:
