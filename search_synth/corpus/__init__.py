@@ -26,7 +26,7 @@ Use (everything below is importable from `search_synth.corpus`)::
 * Tests build a corpus with `tests/search_synth/corpus_fixtures.make_corpus(config, name, documents)`.
 * Agent tools over a corpus: `search_synth.tools.corpus_tools(corpus)`.
 
-Storage and index design: `local.py` (files under `<home>/corpora/<name>/`), `bm25.py` (bm25s shards).
+Storage and index design: `local.py` (files under `<home>/corpora/<name>/`), `bm25.py` (BM25 shards in numpy).
 """
 
 from search_synth.corpus.facts import FactsSource

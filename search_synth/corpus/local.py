@@ -5,7 +5,7 @@ Layout::
 
     docs.sqlite        documents (seq, doc_id, title, url, text, links, attributes, doc_hash),
                        chunks (chunk_id -> document seq + character span), ingest state
-    index/shard-NNNNN  BM25 shards (bm25s, memory-mapped) over `title + chunk text`
+    index/shard-NNNNN  BM25 shards (numpy arrays, memory-mapped) over `title + passage text`
     info.json          CorpusInfo, written last: a corpus without it is an unfinished ingest
 
 Ingest runs in three resumable phases: (1) documents stream from the source in batches, each batch committed
@@ -288,19 +288,27 @@ def _load_documents(db: sqlite3.Connection, source: Source, report: _Progress, b
 
     def flush() -> None:
         nonlocal seq, chunk_id, consumed, chars
+        fresh: dict[str, Document] = {}
+        for doc in pending:  # a repeated id keeps its first document
+            fresh.setdefault(doc.doc_id, doc)
         db.execute("BEGIN")
-        for doc in pending:
-            inserted = db.execute(
-                "INSERT OR IGNORE INTO documents VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (seq, doc.doc_id, doc.title, doc.url, doc.text, json.dumps(doc.links, ensure_ascii=False),
-                 json.dumps(doc.attributes, ensure_ascii=False), doc.content_hash())).rowcount
-            if inserted:  # a repeated id keeps its first document
-                spans = chunk_spans(doc.text)
-                db.executemany("INSERT INTO chunks VALUES (?, ?, ?, ?)",
-                               [(chunk_id + i, seq, a, b) for i, (a, b) in enumerate(spans)])
-                chunk_id += len(spans)
-                seq += 1
-                chars += len(doc.text)
+        known = {row[0] for part in _batches(list(fresh)) for row in db.execute(
+            f"SELECT doc_id FROM documents WHERE doc_id IN ({','.join('?' * len(part))})", part)}
+        documents, chunks = [], []
+        for doc in fresh.values():
+            if doc.doc_id in known:
+                continue
+            documents.append((seq, doc.doc_id, doc.title, doc.url, doc.text,
+                              json.dumps(doc.links, ensure_ascii=False) if doc.links else "[]",
+                              json.dumps(doc.attributes, ensure_ascii=False) if doc.attributes else "{}",
+                              doc.content_hash()))
+            for start, stop in chunk_spans(doc.text):
+                chunks.append((chunk_id, seq, start, stop))
+                chunk_id += 1
+            seq += 1
+            chars += len(doc.text)
+        db.executemany("INSERT INTO documents VALUES (?, ?, ?, ?, ?, ?, ?, ?)", documents)
+        db.executemany("INSERT INTO chunks VALUES (?, ?, ?, ?)", chunks)
         consumed += len(pending)
         _set_state(db, "records", consumed)
         _set_state(db, "chars", chars)
@@ -323,7 +331,7 @@ def _build_index(db: sqlite3.Connection, index_dir: Path, report: _Progress, sha
     built = sorted(p for p in index_dir.glob("shard-*") if not p.name.endswith(".partial"))
     first = 0
     for path in built:
-        span = json.loads((path / "range.json").read_text())
+        span = json.loads((path / "shard.json").read_text())
         first = span["first"] + span["count"]
     number, texts, size = len(built), [], 0
     rows = db.execute("SELECT d.title, substr(d.text, c.start + 1, c.stop - c.start) FROM chunks c JOIN documents d "
@@ -338,6 +346,12 @@ def _build_index(db: sqlite3.Connection, index_dir: Path, report: _Progress, sha
     if texts or number == 0:
         build_shard(index_dir / f"shard-{number:05d}", first, texts or [""])
     report("passages indexed", total, total=total, force=True)
+
+
+def _batches(items: list, size: int = 900) -> Iterator[list]:
+    """Slices small enough for one SQLite statement's parameters."""
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
 
 
 def _content_hash(db: sqlite3.Connection) -> str:
@@ -406,7 +420,7 @@ This folder is a search corpus exported by `tasksynth search corpus export` (for
     search, open_ = corpus_tools(corpus)       # the exact tools the synthesis agents used
     print(search("your question", k=5))
 
-Files: `docs.sqlite` (documents and passages, SQLite), `index/shard-*` (BM25 shards, `bm25s` format,
+Files: `docs.sqlite` (documents and passages, SQLite), `index/shard-*` (BM25 shards: numpy arrays,
 memory-mapped), `info.json` (name, content hash, how it was ingested), `manifest.json` (sha256 of every
 file). The content hash is the `environment.content_hash` of the exported search items.
 """

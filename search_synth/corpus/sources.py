@@ -286,7 +286,9 @@ class DictdSource(Source):
             for number, (offset, length, names) in enumerate(entries):
                 if number < skip:
                     continue
-                if offset != position:  # forward: gzip reads on; backward (an overlap, rare) rereads from the top
+                if offset > position:  # entries are usually separated by a newline or two: read past them
+                    data.read(offset - position)
+                elif offset < position:  # an entry overlapping the previous one (rare): gzip rereads from the top
                     data.seek(offset)
                 raw = data.read(length)
                 position = offset + length
