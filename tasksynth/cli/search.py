@@ -134,6 +134,18 @@ def corpus_export(name: str = typer.Argument(..., help="Corpus name."),
 # ---------------------------------------------------------------------------------------------- what agents see
 
 
+def _searcher(corpus: str | None):
+    """What the agents search: the named corpus, else by `search.backend` (the local corpus or the web)."""
+    config = app_state.config()
+    if corpus or config.search.backend == "local":
+        from search_synth.corpus import open_corpus
+
+        return open_corpus(config, corpus)
+    from search_synth.web import WebSearch
+
+    return WebSearch(config)
+
+
 @app.command("query")
 def search_query(
     text: str = typer.Argument(..., help="The query, as an agent would send it."),
@@ -141,26 +153,26 @@ def search_query(
     k: int = typer.Option(10, "-k", min=1, help="How many documents."),
     as_json: bool = typer.Option(False, "--json", help="The hits as JSON instead of the agents' text."),
 ) -> None:
-    """Search a local corpus and print exactly what the agents' `search` tool returns."""
-    from search_synth.corpus import open_corpus
+    """Search and print exactly what the agents' `search` tool returns (a local corpus, or the web when
+    search.backend is searxng or brave and no --corpus is given)."""
     from search_synth.tools import format_hits, hits_json
 
-    hits = open_corpus(app_state.config(), corpus).search(text, k)
+    hits = _searcher(corpus).search(text, k)
     typer.echo(json.dumps(hits_json(text, hits), ensure_ascii=False) if as_json else format_hits(text, hits))
 
 
 @app.command("open")
 def search_open(
-    doc_id: str = typer.Argument(..., metavar="ID", help="Document id, as shown after 'id:' in search results."),
+    doc_id: str = typer.Argument(..., metavar="ID", help="Document id (a URL on the web), as shown after 'id:' in "
+                                                         "search results."),
     page: int = typer.Option(0, "--page", min=0, help="Page, from 0."),
     corpus: str = typer.Option(None, "--corpus", help="Corpus name (default: search.corpus or the only one)."),
     as_json: bool = typer.Option(False, "--json", help="The page as JSON instead of the agents' text."),
 ) -> None:
-    """Print one page of a document exactly as the agents' `open` tool returns it."""
-    from search_synth.corpus import open_corpus
+    """Print one page of a document exactly as the agents' `open` tool returns it (for the web: ID is a URL)."""
     from search_synth.tools import format_page, page_json
 
-    shown = open_corpus(app_state.config(), corpus).open(doc_id, page)
+    shown = _searcher(corpus).open(doc_id, page)
     typer.echo(json.dumps(page_json(shown), ensure_ascii=False) if as_json else format_page(shown))
 
 

@@ -39,22 +39,18 @@ def test_add_query_open_list_export_remove(tasksynth, home, tmp_path):
     from search_synth.corpus import load_corpus
 
     corpus = load_corpus(home / "corpora" / "stars")
-    search, open_ = corpus_tools(corpus)
+    search, _ = corpus_tools(corpus)
     assert shown.strip() == search("closest star", 1)  # exactly what the agent sees
-    hits = json.loads(tasksynth("search", "query", "closest star", "--json", cwd=tmp_path, check=True).stdout)
-    assert hits["hits"][0]["doc_id"] == "alpha"
-    page = tasksynth("search", "open", "alpha", "--corpus", "stars", cwd=tmp_path, check=True).stdout
-    assert page.strip() == open_("alpha") and "links: sol" in page
+    page = json.loads(tasksynth("search", "open", "alpha", "--corpus", "stars", "--json", cwd=tmp_path,
+                                check=True).stdout)
+    assert page["links"] == ["sol"] and page["text"] == corpus.open("alpha").text
     missing = tasksynth("search", "open", "nope", cwd=tmp_path)
     assert missing.returncode == 1 and "error: no document 'nope' in corpus 'stars'" in missing.stderr
 
-    both = tasksynth("search", "corpus", "add", "x", "--jsonl", str(source), "--facts", "pycountry", cwd=tmp_path)
-    assert both.returncode == 1 and "give exactly one source" in both.stderr
     exported = tasksynth("search", "corpus", "export", "stars", str(tmp_path / "out"), cwd=tmp_path, check=True)
     assert "LOADING.md" in exported.stdout and (tmp_path / "out" / "manifest.json").exists()
     tasksynth("search", "corpus", "remove", "stars", cwd=tmp_path, check=True)
     assert "no corpora" in tasksynth("search", "corpus", "list", cwd=tmp_path, check=True).stdout
-    assert tasksynth("search", "status", cwd=tmp_path, check=True).returncode == 0
 
 
 def test_ingest_killed_mid_way_resumes_to_the_same_corpus(config, home, tmp_path):
