@@ -181,7 +181,7 @@ def measure_duckdb_fts(corpus, pairs, folder: Path) -> dict:
 
 def report(ours: dict, baseline: dict, label: str) -> None:
     print(f"\n## {ours['corpus']}: {ours['documents']:,} documents, {ours['MB']:.1f} MB of text")
-    print(f"ours (bm25s shards): ingest {ours['ingest_s']:.1f} s = {ours['docs_per_s']:,.0f} docs/s, "
+    print(f"ours (numpy BM25 shards): ingest {ours['ingest_s']:.1f} s = {ours['docs_per_s']:,.0f} docs/s, "
           f"{ours['MB_per_s']:.2f} MB/s; query p50 {ours['p50_ms']:.2f} ms; recall@10 {ours['recall@10']:.3f} "
           f"({ours['queries']} queries)")
     if "error" in baseline:

@@ -179,3 +179,15 @@ def test_wordnet_database_synsets_and_pointers(config, tmp_path):
     assert "dodo is a kind of columbiform bird." in dodo.text
     assert corpus.open("wordnet:a:00001740").title == "flightless"
     assert corpus.search("travel through the air", 1)[0].doc_id == "wordnet:v:01835496"
+
+
+def test_debian_install_needs_root_and_names_dictd_packages(monkeypatch):
+    from search_synth.corpus import CorpusError
+    from search_synth.corpus import debian
+
+    monkeypatch.setattr(debian.os, "geteuid", lambda: 1000)
+    with pytest.raises(CorpusError, match=r"installing dict-surely-missing needs root: run `sudo apt-get install "
+                                          r"dict-surely-missing` first"):
+        debian_source(["dict-surely-missing"])
+    with pytest.raises(CorpusError, match="holds no dictd database"):
+        debian_source(["dict-surely-missing"], install=False)
