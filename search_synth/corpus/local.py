@@ -291,24 +291,26 @@ def _load_documents(db: sqlite3.Connection, source: Source, report: _Progress, b
         fresh: dict[str, Document] = {}
         for doc in pending:  # a repeated id keeps its first document
             fresh.setdefault(doc.doc_id, doc)
+        first = seq
+        rows = [(first + i, doc.doc_id, doc.title, doc.url, doc.text,
+                 json.dumps(doc.links, ensure_ascii=False) if doc.links else "[]",
+                 json.dumps(doc.attributes, ensure_ascii=False) if doc.attributes else "{}", doc.content_hash())
+                for i, doc in enumerate(fresh.values())]
         db.execute("BEGIN")
-        known = {row[0] for part in _batches(list(fresh)) for row in db.execute(
-            f"SELECT doc_id FROM documents WHERE doc_id IN ({','.join('?' * len(part))})", part)}
-        documents, chunks = [], []
-        for doc in fresh.values():
-            if doc.doc_id in known:
-                continue
-            documents.append((seq, doc.doc_id, doc.title, doc.url, doc.text,
-                              json.dumps(doc.links, ensure_ascii=False) if doc.links else "[]",
-                              json.dumps(doc.attributes, ensure_ascii=False) if doc.attributes else "{}",
-                              doc.content_hash()))
-            for start, stop in chunk_spans(doc.text):
-                chunks.append((chunk_id, seq, start, stop))
-                chunk_id += 1
-            seq += 1
-            chars += len(doc.text)
-        db.executemany("INSERT INTO documents VALUES (?, ?, ?, ?, ?, ?, ?, ?)", documents)
+        inserted = db.executemany("INSERT OR IGNORE INTO documents VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows).rowcount
+        kept = range(first, first + len(rows))
+        if inserted != len(rows):  # ids stored by an earlier batch: only the new rows get passages
+            kept = {r[0] for r in db.execute("SELECT seq FROM documents WHERE seq BETWEEN ? AND ?",
+                                             (first, first + len(rows) - 1))}
+        chunks = []
+        for row in rows:
+            if row[0] in kept:
+                for start, stop in chunk_spans(row[4]):
+                    chunks.append((chunk_id, row[0], start, stop))
+                    chunk_id += 1
+                chars += len(row[4])
         db.executemany("INSERT INTO chunks VALUES (?, ?, ?, ?)", chunks)
+        seq = first + len(rows)
         consumed += len(pending)
         _set_state(db, "records", consumed)
         _set_state(db, "chars", chars)
@@ -346,12 +348,6 @@ def _build_index(db: sqlite3.Connection, index_dir: Path, report: _Progress, sha
     if texts or number == 0:
         build_shard(index_dir / f"shard-{number:05d}", first, texts or [""])
     report("passages indexed", total, total=total, force=True)
-
-
-def _batches(items: list, size: int = 900) -> Iterator[list]:
-    """Slices small enough for one SQLite statement's parameters."""
-    for start in range(0, len(items), size):
-        yield items[start:start + size]
 
 
 def _content_hash(db: sqlite3.Connection) -> str:

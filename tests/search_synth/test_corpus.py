@@ -108,3 +108,14 @@ def test_bad_jsonl_line_is_named(config, tmp_path):
     path.write_text('{"id": "a", "title": "A", "text": "fine"}\n{"id": "b", "title": "B"}\n')
     with pytest.raises(CorpusError, match=r"bad.jsonl:2: needs a non-empty 'id' and a string 'text'"):
         ingest(config, "bad", JsonlSource(path), progress=False)
+
+
+def test_a_repeated_id_keeps_its_first_document(config, tmp_path):
+    docs = [Document("a", "A", "first alpha"), Document("b", "B", "bravo"), Document("a", "A2", "second alpha"),
+            Document("c", "C", "charlie"), Document("b", "B2", "again")]
+    info = ingest(config, "dups", JsonlSource(write_jsonl(tmp_path / "d.jsonl", docs)), progress=False, batch=2)
+    corpus = open_corpus(config, "dups")
+    assert info.documents == 3 and info.chunks == 3
+    assert [(d.doc_id, d.text) for d in corpus.documents()] == [("a", "first alpha"), ("b", "bravo"),
+                                                                 ("c", "charlie")]
+    assert corpus.search("second alpha", 5)[0].doc_id == "a" and corpus.search("again", 5) == []
