@@ -19,7 +19,7 @@ from tasksynth.store import open_store  # noqa: E402
 
 pytestmark = pytest.mark.model
 
-TINY = {"question_builder": (160, 2), "answerer": (32, 2), "verifier": (32, 2), "grader": (24, 1)}
+TINY = {"question_builder": (128, 2), "answerer": (32, 2), "verifier": (32, 2), "grader": (24, 1)}
 
 
 def test_search_pipeline_on_the_bundled_model(runner_url, tmp_path):  # noqa: F811
@@ -39,17 +39,17 @@ def test_search_pipeline_on_the_bundled_model(runner_url, tmp_path):  # noqa: F8
     except CorpusError as exc:
         pytest.skip(f"dict-jargon is not available here: {exc}")
 
-    summary = run_flow(config, "search", {"corpus": "jargon", "entities": 3, "seed": 1})
+    summary = run_flow(config, "search", {"corpus": "jargon", "entities": 2, "seed": 1})
 
     report = summary["funnel"]
-    assert report["entities"] == 3
+    assert report["entities"] == 2
     assert report["entities"] >= report["questions"] >= report["verified"] >= report["all_wrong"] >= report["kept"]
     with open_store(config, read_only=True) as store:
         questions = store.query("SELECT status, reason FROM search_questions")
         discards = store.query("SELECT count(*) AS n FROM discards WHERE stage LIKE 'search.%'")[0]["n"]
         kept = store.query("SELECT weak_filter FROM search_items WHERE accepted")
         calls = store.query("SELECT count(*) AS n, sum(prompt_tokens + completion_tokens) AS tokens FROM agent_calls")[0]
-    assert len(questions) == 3 and all(q["status"] == "ok" or q["reason"] for q in questions)
+    assert len(questions) == 2 and all(q["status"] == "ok" or q["reason"] for q in questions)
     # every question that did not make it has a discard with its reason (or is still waiting on none)
     assert discards == report["entities"] - report["kept"] - summary["keep"]["pending"]
     assert all(k["weak_filter"] for k in kept)  # only the bundled model ran the filters

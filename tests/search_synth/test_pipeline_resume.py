@@ -81,3 +81,15 @@ def test_sigkill_mid_run_then_rerun_resumes(tmp_path, monkeypatch):
                      "search_items": 5, "discards": 7}
     for stage, number in EXPECTED_FUNNEL.items():
         assert f"{stage.replace('_', ' '):<10} {number}" in output
+
+    # `search report` prints the same funnel from the store, with the discards and the cost per kept item
+    env = {**os.environ, "PYTHONPATH": f"{ROOT}:{os.environ.get('PYTHONPATH', '')}"}
+    env.pop("TASKSYNTH_HOME", None)
+    report = subprocess.run([str(Path(sys.executable).with_name("tasksynth")), "search", "report", "--corpus",
+                             "valley"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert report.returncode == 0, report.stderr
+    for stage, number in EXPECTED_FUNNEL.items():
+        assert f"{stage.replace('_', ' '):<10} {number}" in report.stdout
+    assert ["search.keep", "ambiguous", "1"] in [line.split() for line in report.stdout.splitlines()]
+    assert "per kept item: " in report.stdout
+    assert "51 calls" in report.stdout
