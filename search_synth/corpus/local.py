@@ -16,6 +16,7 @@ id) and `info.json`. Memory is bounded by the batch size and the shard size, not
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import re
@@ -253,6 +254,12 @@ def ingest(config, name: str, source: Source, *, progress: bool | Callable[[str]
                               f"(`tasksynth search corpus remove {name}`)")
         return info
     directory.mkdir(parents=True, exist_ok=True)
+    lock = (directory / "ingest.lock").open("a+")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.close()
+        raise CorpusError(f"another process is ingesting corpus {name!r}; wait for it or stop it") from None
     db = _connect(directory)
     try:
         started = _state(db, "source")
@@ -271,11 +278,12 @@ def ingest(config, name: str, source: Source, *, progress: bool | Callable[[str]
                           chunks=db.execute("SELECT count(*) FROM chunks").fetchone()[0],
                           created_at=_state(db, "created_at"))
         db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        partial = info_path.with_suffix(".partial")
+        partial.write_text(json.dumps(info.to_dict(), indent=2))
+        partial.replace(info_path)
     finally:
         db.close()
-    partial = info_path.with_suffix(".partial")
-    partial.write_text(json.dumps(info.to_dict(), indent=2))
-    partial.replace(info_path)
+        lock.close()  # releases the lock; the file stays (removing it would race with a waiting ingest)
     return info
 
 
@@ -430,7 +438,7 @@ def export_corpus(config, name: str, out: Path) -> Path:
     if out.exists() and any(out.iterdir()):
         raise CorpusError(f"{out} exists and is not empty")
     shutil.copytree(corpus.directory, out, dirs_exist_ok=True,
-                    ignore=shutil.ignore_patterns("*.partial", "*-wal", "*-shm"))
+                    ignore=shutil.ignore_patterns("*.partial", "*-wal", "*-shm", "ingest.lock"))
     files = {}
     for path in sorted(p for p in out.rglob("*") if p.is_file()):
         files[path.relative_to(out).as_posix()] = hashlib.sha256(path.read_bytes()).hexdigest()

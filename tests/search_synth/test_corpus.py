@@ -119,3 +119,15 @@ def test_a_repeated_id_keeps_its_first_document(config, tmp_path):
     assert [(d.doc_id, d.text) for d in corpus.documents()] == [("a", "first alpha"), ("b", "bravo"),
                                                                  ("c", "charlie")]
     assert corpus.search("second alpha", 5)[0].doc_id == "a" and corpus.search("again", 5) == []
+
+
+def test_two_ingests_of_one_corpus_do_not_run_at_once(config, tmp_path):
+    import fcntl
+
+    folder = config.home_path / "corpora" / "busy"
+    folder.mkdir(parents=True)
+    with (folder / "ingest.lock").open("a+") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        with pytest.raises(CorpusError, match="another process is ingesting corpus 'busy'"):
+            ingest(config, "busy", JsonlSource(write_jsonl(tmp_path / "b.jsonl", DOCS)), progress=False)
+    assert ingest(config, "busy", JsonlSource(tmp_path / "b.jsonl"), progress=False).documents == 4
