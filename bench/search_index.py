@@ -69,8 +69,7 @@ def known_items(corpus, seed: int = 1234) -> list[tuple[str, str]]:
     """(doc_id, query) pairs: 8 consecutive body words of 1,000 seeded documents, title words removed."""
     docs = []
     for doc in corpus.documents():
-        title_words = {w.lower() for w in re.findall(r"\w+", doc.title)}
-        words = [w for w in re.findall(r"\w+", doc.text) if w.lower() not in title_words]
+        words = body_words(doc)
         if len(words) >= RUN + 4:
             docs.append((doc.doc_id, words))
     rng = random.Random(seed)
@@ -81,6 +80,27 @@ def known_items(corpus, seed: int = 1234) -> list[tuple[str, str]]:
     return pairs
 
 
+def body_words(doc) -> list[str]:
+    title_words = {w.lower() for w in re.findall(r"\w+", doc.title)}
+    return [w for w in re.findall(r"\w+", doc.text) if w.lower() not in title_words]
+
+
+def holds_run(corpus, doc_id: str, query: str) -> bool:
+    """Whether the document holds the query's 8-word run too: in the generated corpus a dictionary paragraph
+    appears in about five documents, so a run can have several right answers."""
+    words = body_words(corpus.document(doc_id))
+    run = query.split()
+    return any(words[i:i + RUN] == run for i in range(len(words) - RUN + 1))
+
+
+def relaxed_recall(corpus, pairs, results) -> float:
+    """Recall@10 when any document holding the run counts as found."""
+    found = 0
+    for (doc_id, query), top in zip(pairs, results):
+        found += doc_id in top or any(holds_run(corpus, other, query) for other in top)
+    return found / len(results)
+
+
 def measure_ours(config, name: str, source, chars_hint: int | None = None) -> dict:
     started = time.perf_counter()
     info = ingest(config, name, source, progress=lambda line: print("  " + line, file=sys.stderr))
@@ -88,17 +108,18 @@ def measure_ours(config, name: str, source, chars_hint: int | None = None) -> di
     corpus = open_corpus(config, name)
     chars = sum(len(d.text.encode()) for d in corpus.documents()) if chars_hint is None else chars_hint
     pairs = known_items(corpus)
-    latencies, found = [], 0
+    latencies, found, results = [], 0, []
     corpus.search("warm up the index", 10)
     for doc_id, query in pairs:
         t = time.perf_counter()
         hits = corpus.search(query, 10)
         latencies.append(time.perf_counter() - t)
         found += any(h.doc_id == doc_id for h in hits)
+        results.append([h.doc_id for h in hits])
     return {"corpus": name, "documents": info.documents, "MB": chars / 1e6, "ingest_s": seconds,
             "docs_per_s": info.documents / seconds, "MB_per_s": chars / 1e6 / seconds,
             "p50_ms": statistics.median(latencies) * 1000, "recall@10": found / len(pairs), "queries": len(pairs),
-            "pairs": pairs, "corpus_obj": corpus}
+            "relaxed": relaxed_recall(corpus, pairs, results), "pairs": pairs, "corpus_obj": corpus}
 
 
 def measure_rank_bm25(corpus, pairs) -> dict:
@@ -115,14 +136,16 @@ def measure_rank_bm25(corpus, pairs) -> dict:
         tokenized.append(query_tokens(f"{doc.title}\n{doc.text}"))
     bm25 = BM25Okapi(tokenized)
     seconds = time.perf_counter() - started
-    latencies, found = [], 0
+    latencies, found, results = [], 0, []
     for doc_id, query in pairs[:BASELINE_QUERIES]:
         t = time.perf_counter()
         top = bm25.get_top_n(query_tokens(query), ids, n=10)
         latencies.append(time.perf_counter() - t)
         found += doc_id in top
+        results.append(top)
     return {"index_s": seconds, "docs_per_s": len(ids) / seconds, "p50_ms": statistics.median(latencies) * 1000,
-            "recall@10": found / min(len(pairs), BASELINE_QUERIES), "queries": min(len(pairs), BASELINE_QUERIES)}
+            "recall@10": found / len(results), "queries": len(results),
+            "relaxed": relaxed_recall(corpus, pairs, results)}
 
 
 def measure_bm25s(corpus, pairs) -> dict:
@@ -139,16 +162,18 @@ def measure_bm25s(corpus, pairs) -> dict:
     retriever.index(bm25s.tokenize(texts, stopwords="en", show_progress=False), show_progress=False)
     seconds = time.perf_counter() - started
     del texts
-    latencies, found = [], 0
+    latencies, found, results = [], 0, []
     for doc_id, query in pairs:
         t = time.perf_counter()
         tokens = [w for w in bm25s.tokenize([query], stopwords="en", return_ids=False, show_progress=False)[0]
                   if w in retriever.vocab_dict]
         rows, _ = retriever.retrieve([tokens], k=10, show_progress=False, n_threads=1) if tokens else ([[]], None)
         latencies.append(time.perf_counter() - t)
-        found += doc_id in {ids[int(i)] for i in rows[0]}
+        top = [ids[int(i)] for i in rows[0]]
+        found += doc_id in top
+        results.append(top)
     return {"index_s": seconds, "docs_per_s": len(ids) / seconds, "p50_ms": statistics.median(latencies) * 1000,
-            "recall@10": found / len(pairs), "queries": len(pairs)}
+            "recall@10": found / len(pairs), "queries": len(pairs), "relaxed": relaxed_recall(corpus, pairs, results)}
 
 
 def measure_duckdb_fts(corpus, pairs, folder: Path) -> dict:
@@ -166,7 +191,7 @@ def measure_duckdb_fts(corpus, pairs, folder: Path) -> dict:
     db.execute("INSERT INTO docs SELECT * FROM incoming")
     db.execute("PRAGMA create_fts_index('docs', 'doc_id', 'title', 'text', stopwords='english')")
     seconds = time.perf_counter() - started
-    latencies, found = [], 0
+    latencies, found, results = [], 0, []
     sql = ("SELECT doc_id FROM (SELECT doc_id, fts_main_docs.match_bm25(doc_id, ?) AS score FROM docs) "
            "WHERE score IS NOT NULL ORDER BY score DESC LIMIT 10")
     for doc_id, query in pairs[:BASELINE_QUERIES]:
@@ -174,29 +199,34 @@ def measure_duckdb_fts(corpus, pairs, folder: Path) -> dict:
         top = [r[0] for r in db.execute(sql, [query]).fetchall()]
         latencies.append(time.perf_counter() - t)
         found += doc_id in top
+        results.append(top)
     db.close()
     return {"index_s": seconds, "docs_per_s": len(rows) / seconds, "p50_ms": statistics.median(latencies) * 1000,
-            "recall@10": found / min(len(pairs), BASELINE_QUERIES), "queries": min(len(pairs), BASELINE_QUERIES)}
+            "recall@10": found / len(results), "queries": len(results),
+            "relaxed": relaxed_recall(corpus, pairs, results)}
 
 
 def report(ours: dict, baseline: dict, label: str) -> None:
     print(f"\n## {ours['corpus']}: {ours['documents']:,} documents, {ours['MB']:.1f} MB of text")
     print(f"ours (numpy BM25 shards): ingest {ours['ingest_s']:.1f} s = {ours['docs_per_s']:,.0f} docs/s, "
-          f"{ours['MB_per_s']:.2f} MB/s; query p50 {ours['p50_ms']:.2f} ms; recall@10 {ours['recall@10']:.3f} "
-          f"({ours['queries']} queries)")
+          f"{ours['MB_per_s']:.2f} MB/s; query p50 {ours['p50_ms']:.2f} ms; recall@10 {ours['recall@10']:.3f}, "
+          f"any document holding the run {ours['relaxed']:.3f} ({ours['queries']} queries)")
     if "error" in baseline:
         print(f"{label}: {baseline['error']}")
         return
     print(f"{label}: index {baseline['index_s']:.1f} s = {baseline['docs_per_s']:,.0f} docs/s; query p50 "
-          f"{baseline['p50_ms']:.2f} ms; recall@10 {baseline['recall@10']:.3f} ({baseline['queries']} queries)")
-    print(f"ratio ours/{label}: ingest rate x{ours['docs_per_s'] / baseline['docs_per_s']:.2f}, "
-          f"query p50 x{baseline['p50_ms'] / ours['p50_ms']:.1f} faster")
+          f"{baseline['p50_ms']:.2f} ms; recall@10 {baseline['recall@10']:.3f}, any document holding the run "
+          f"{baseline['relaxed']:.3f} ({baseline['queries']} queries)")
+    speed = baseline["p50_ms"] / ours["p50_ms"]
+    print(f"ratio ours/{label}: ingest rate x{ours['docs_per_s'] / baseline['docs_per_s']:.2f}, query p50 "
+          + (f"x{speed:.1f} faster" if speed >= 1 else f"x{1 / speed:.1f} slower"))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--jsonl-mb", type=int, default=200, help="size of the generated JSONL (1000 for 1 GB)")
     parser.add_argument("--skip-jsonl", action="store_true", help="only the dictd corpus")
+    parser.add_argument("--skip-dictd", action="store_true", help="only the generated JSONL")
     parser.add_argument("--compare-duckdb", action="store_true", help="also measure DuckDB fts on the dictd corpus")
     parser.add_argument("--no-baseline", action="store_true", help="skip rank_bm25")
     args = parser.parse_args()
@@ -204,8 +234,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="search-bench-") as tmp:
         os.environ["TASKSYNTH_HOME"] = tmp
         config = load_config()
-        index = largest_dictd()
-        if index is None:
+        index = None if args.skip_dictd else largest_dictd()
+        if args.skip_dictd:
+            pass
+        elif index is None:
             print("no dictd database under /usr/share/dictd: apt-get install dict-gcide", file=sys.stderr)
         else:
             print(f"# dictd: {index}", file=sys.stderr)

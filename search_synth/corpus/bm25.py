@@ -104,9 +104,10 @@ class Shard:
     def load(cls, path: Path) -> Shard:
         meta = json.loads((path / "shard.json").read_text())
         words = json.loads((path / "terms.json").read_text())
+        # plain ndarray views of the memory maps: slicing a np.memmap costs more than the slice itself
         return cls(path, meta["first"], meta["count"], {w: i for i, w in enumerate(words)},
-                   np.load(path / "indptr.npy", mmap_mode="r"), np.load(path / "rows.npy", mmap_mode="r"),
-                   np.load(path / "scores.npy", mmap_mode="r"))
+                   np.load(path / "indptr.npy"), np.asarray(np.load(path / "rows.npy", mmap_mode="r")),
+                   np.asarray(np.load(path / "scores.npy", mmap_mode="r")))
 
     def _columns(self, tokens: list[str]) -> list[int]:
         return [self.terms[t] for t in dict.fromkeys(tokens) if t in self.terms]
@@ -118,16 +119,17 @@ class Shard:
         spans = [(int(self.indptr[c]), int(self.indptr[c + 1])) for c in columns]
         rows = np.concatenate([self.rows[a:b] for a, b in spans])
         weights = np.concatenate([self.scores[a:b] for a, b in spans])
-        if rows.size * 8 < self.count:  # few postings: add up per distinct passage
+        if rows.size * 64 < self.count:  # few postings: add up per distinct passage, not over every passage
             candidates, inverse = np.unique(rows, return_inverse=True)
             totals = np.bincount(inverse, weights=weights)
         else:
-            candidates, totals = None, np.bincount(rows, weights=weights, minlength=self.count)
+            dense = np.bincount(rows, weights=weights, minlength=self.count)
+            candidates = np.flatnonzero(dense)
+            totals = dense[candidates]
         k = min(k, totals.size)
-        best = np.argpartition(-totals, k - 1)[:k] if k < totals.size else np.arange(totals.size)
-        best = best[np.lexsort((best, -totals[best]))]
-        ids = best if candidates is None else candidates[best]
-        return [(self.first + int(i), float(totals[j])) for i, j in zip(ids, best) if totals[j] > 0]
+        best = np.argpartition(totals, totals.size - k)[-k:] if k < totals.size else np.arange(totals.size)
+        best = best[np.lexsort((candidates[best], -totals[best]))]
+        return [(self.first + int(candidates[j]), float(totals[j])) for j in best if totals[j] > 0]
 
     def chunks_with_all(self, tokens: list[str]) -> np.ndarray:
         """Passage ids (global) whose text holds every one of `tokens`."""
