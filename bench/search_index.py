@@ -242,7 +242,8 @@ def main() -> None:
         else:
             print(f"# dictd: {index}", file=sys.stderr)
             ours = measure_ours(config, index.name[:-6], DictdSource(index))
-            baseline = {"error": "skipped"} if args.no_baseline else measure_rank_bm25(ours["corpus_obj"], ours["pairs"])
+            baseline = ({"error": "skipped"} if args.no_baseline
+                        else measure_rank_bm25(ours["corpus_obj"], ours["pairs"]))
             report(ours, baseline, "rank_bm25")
             report(ours, measure_bm25s(ours["corpus_obj"], ours["pairs"]), "bm25s")
             if args.compare_duckdb:
@@ -254,7 +255,8 @@ def main() -> None:
             print(f"# generated {path.stat().st_size / 1e6:.0f} MB JSONL, {count:,} documents, in "
                   f"{time.perf_counter() - started:.0f} s", file=sys.stderr)
             ours = measure_ours(config, f"generated-{args.jsonl_mb}mb", JsonlSource(path))
-            baseline = {"error": "skipped"} if args.no_baseline else measure_rank_bm25(ours["corpus_obj"], ours["pairs"])
+            baseline = ({"error": "skipped"} if args.no_baseline
+                        else measure_rank_bm25(ours["corpus_obj"], ours["pairs"]))
             report(ours, baseline, "rank_bm25")
             report(ours, measure_bm25s(ours["corpus_obj"], ours["pairs"]), "bm25s")
 

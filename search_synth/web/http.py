@@ -133,7 +133,8 @@ class WebHttp:
         finally:
             response.close()
         if response.status_code != 200:
-            raise WebError(f"GET {_public(url)} answered HTTP {response.status_code}: {body[:200].decode(errors='replace')}")
+            detail = body[:200].decode(errors="replace")
+            raise WebError(f"GET {_public(url)} answered HTTP {response.status_code}: {detail}")
         try:
             data = json.loads(body)
         except ValueError:
