@@ -84,6 +84,10 @@ def test_export_loads_with_the_same_tools(config, tmp_path, corpus):
     manifest = export_corpus(config, "islands", tmp_path / "export")
     data = json.loads(manifest.read_text())
     assert data["corpus"]["content_hash"] == corpus.info.content_hash and "docs.sqlite" in data["files"]
+    import sqlite3
+
+    with sqlite3.connect(tmp_path / "export" / "docs.sqlite") as db:  # no -wal/-shm needed: loads read-only
+        assert db.execute("PRAGMA journal_mode").fetchone() == ("delete",)
     loaded = load_corpus(tmp_path / "export")
     search, open_ = corpus_tools(loaded)
     assert search("capital of Mauritius", 2) == corpus_tools(corpus)[0]("capital of Mauritius", 2)
