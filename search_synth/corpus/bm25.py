@@ -9,7 +9,8 @@ idf = ln(1 + (N - df + 0.5) / (df + 0.5))), computed at index time, so a query o
 terms and takes the top k.
 
 Bounded memory: the index is a list of *shards*, each built from at most `shard_chars` characters of passage
-text, saved on its own (`terms.json`, `indptr.npy`, `rows.npy`, `scores.npy`, `shard.json`) and memory-mapped. A
+text, saved on its own (`terms.json`, `indptr.npy`, `rows.npy`, `scores.npy`, `maxscore.npy`, `shard.json`) and
+memory-mapped. A
 query asks every shard for its top k and merges by score. Each shard keeps its own IDF, which for shards of tens
 of megabytes of one corpus differs little from the global one; a corpus smaller than one shard (every test,
 every dictionary) is exact BM25.
@@ -83,6 +84,10 @@ def build_shard(directory: Path, first: int, texts: list[str]) -> None:
     np.save(partial / "indptr.npy", indptr)
     np.save(partial / "rows.npy", row)
     np.save(partial / "scores.npy", scores.astype(np.float32))
+    best = np.zeros(terms, dtype=np.float32)  # each term's highest score: the bound that lets a query skip it
+    if scores.size:
+        np.maximum.at(best, term, scores)
+    np.save(partial / "maxscore.npy", best)
     (partial / "terms.json").write_text(json.dumps(words, ensure_ascii=False))
     (partial / "shard.json").write_text(json.dumps({"first": first, "count": n, "k1": K1, "b": B, "avgdl": avgdl}))
     os.replace(partial, directory)
@@ -99,6 +104,7 @@ class Shard:
     indptr: np.ndarray
     rows: np.ndarray
     scores: np.ndarray
+    maxscore: np.ndarray
 
     @classmethod
     def load(cls, path: Path) -> Shard:
@@ -107,29 +113,49 @@ class Shard:
         # plain ndarray views of the memory maps: slicing a np.memmap costs more than the slice itself
         return cls(path, meta["first"], meta["count"], {w: i for i, w in enumerate(words)},
                    np.load(path / "indptr.npy"), np.asarray(np.load(path / "rows.npy", mmap_mode="r")),
-                   np.asarray(np.load(path / "scores.npy", mmap_mode="r")))
+                   np.asarray(np.load(path / "scores.npy", mmap_mode="r")), np.load(path / "maxscore.npy"))
 
     def _columns(self, tokens: list[str]) -> list[int]:
         return [self.terms[t] for t in dict.fromkeys(tokens) if t in self.terms]
 
     def search(self, tokens: list[str], k: int) -> list[tuple[int, float]]:
+        """The best `k` (passage id, score) pairs of this shard, exact, by MaxScore: the rarest terms pick the
+        candidate passages, the common ones are only looked up for those candidates (binary search in their
+        sorted postings). That is exact once the k-th best candidate beats the sum of the common terms' highest
+        scores, which no passage outside the candidates can exceed; until then one more term becomes a picker."""
         columns = self._columns(tokens)
         if not columns:
             return []
-        spans = [(int(self.indptr[c]), int(self.indptr[c + 1])) for c in columns]
-        rows = np.concatenate([self.rows[a:b] for a, b in spans])
-        weights = np.concatenate([self.scores[a:b] for a, b in spans])
-        if rows.size * 64 < self.count:  # few postings: add up per distinct passage, not over every passage
-            candidates, inverse = np.unique(rows, return_inverse=True)
-            totals = np.bincount(inverse, weights=weights)
-        else:
-            dense = np.bincount(rows, weights=weights, minlength=self.count)
-            candidates = np.flatnonzero(dense)
-            totals = dense[candidates]
+        spans = sorted(((int(self.indptr[c]), int(self.indptr[c + 1]), float(self.maxscore[c])) for c in columns),
+                       key=lambda span: span[1] - span[0])
+        bound = [0.0] * (len(spans) + 1)  # bound[i]: the most that terms i.. can add to a passage
+        for i in range(len(spans) - 1, -1, -1):
+            bound[i] = bound[i + 1] + spans[i][2]
+        for split in range(1, len(spans) + 1):
+            candidates, totals = self._sum_postings(spans[:split])
+            for a, b, _ in spans[split:]:
+                rows = self.rows[a:b]
+                at = np.minimum(np.searchsorted(rows, candidates), b - a - 1)
+                found = rows[at] == candidates
+                totals[found] += self.scores[a:b][at[found]]
+            if split == len(spans) or (totals.size >= k and np.partition(totals, totals.size - k)[totals.size - k]
+                                       > bound[split]):
+                break
         k = min(k, totals.size)
         best = np.argpartition(totals, totals.size - k)[-k:] if k < totals.size else np.arange(totals.size)
         best = best[np.lexsort((candidates[best], -totals[best]))]
         return [(self.first + int(candidates[j]), float(totals[j])) for j in best if totals[j] > 0]
+
+    def _sum_postings(self, spans: list[tuple[int, int, float]]) -> tuple[np.ndarray, np.ndarray]:
+        """(passages, summed scores) over the postings of these terms, passages ascending."""
+        rows = np.concatenate([self.rows[a:b] for a, b, _ in spans])
+        weights = np.concatenate([self.scores[a:b] for a, b, _ in spans])
+        if rows.size * 64 < self.count:  # few postings: add up per distinct passage, not over every passage
+            candidates, inverse = np.unique(rows, return_inverse=True)
+            return candidates, np.bincount(inverse, weights=weights)
+        dense = np.bincount(rows, weights=weights, minlength=self.count)
+        candidates = np.flatnonzero(dense)
+        return candidates, dense[candidates]
 
     def chunks_with_all(self, tokens: list[str]) -> np.ndarray:
         """Passage ids (global) whose text holds every one of `tokens`."""

@@ -135,3 +135,30 @@ def test_two_ingests_of_one_corpus_do_not_run_at_once(config, tmp_path):
         with pytest.raises(CorpusError, match="another process is ingesting corpus 'busy'"):
             ingest(config, "busy", JsonlSource(write_jsonl(tmp_path / "b.jsonl", DOCS)), progress=False)
     assert ingest(config, "busy", JsonlSource(tmp_path / "b.jsonl"), progress=False).documents == 4
+
+
+def test_bm25_top_k_is_exact_when_common_terms_are_skipped(tmp_path):
+    import random
+
+    import numpy as np
+
+    from search_synth.corpus.bm25 import Shard, build_shard, query_tokens
+
+    rng = random.Random(5)
+    common = ["webster", "noun", "verb"]  # in most passages: looked up only for the candidates
+    rare = [f"w{i}" for i in range(400)]
+    texts = [" ".join(rng.choice(common) if rng.random() < 0.5 else rng.choice(rare)
+                      for _ in range(rng.randint(5, 60))) for _ in range(3000)]
+    build_shard(tmp_path / "shard-00000", 100, texts)
+    shard = Shard.load(tmp_path / "shard-00000")
+    for _ in range(50):
+        query = query_tokens(" ".join(rng.sample(common, 2) + rng.sample(rare, rng.randint(1, 3))))
+        columns = [shard.terms[t] for t in dict.fromkeys(query) if t in shard.terms]
+        brute = np.zeros(shard.count)
+        for c in columns:
+            a, b = shard.indptr[c], shard.indptr[c + 1]
+            np.add.at(brute, shard.rows[a:b], shard.scores[a:b])
+        expected = sorted(brute[brute > 0], reverse=True)[:10]
+        got = shard.search(query, 10)
+        assert np.allclose([score for _, score in got], expected, rtol=1e-5)
+        assert all(np.isclose(brute[i - 100], score, rtol=1e-5) for i, score in got)
