@@ -135,3 +135,22 @@ def test_weak_filter_when_only_weaker_models_ran_the_filters(world):
     assert kept == [{"weak_filter": True}]
     with open_store(config, read_only=True) as store:
         assert funnel(store, "valley")["kept_weak_filter"] == 1
+
+
+def test_a_dead_endpoint_leaves_its_steps_for_the_rerun(world):
+    """The verifier's endpoint fails for good: nothing past the questions is decided, nothing is lost, and
+    the rerun (endpoint back) finishes the funnel without asking the question builder again."""
+    from scripted_server import error
+
+    config, server = world
+    server._script = lambda body: error(503, "overloaded") if body["model"] == "verifier" else script(body)
+    first = run_search(config)
+    assert first["truth"]["failed"] == 5 and first["funnel"]["kept"] == 0
+    assert all("EndpointDown" in e for e in first["truth"]["errors"])
+    builder_calls = sum(r.body["model"] == "builder" for r in server.requests)
+
+    server._script = script
+    again = run_search(config)
+    assert again["questions"]["already_done"] == 8 and again["truth"]["ran"] == 5
+    assert sum(r.body["model"] == "builder" for r in server.requests) == builder_calls
+    assert {k: again["funnel"][k] for k in EXPECTED_FUNNEL} == EXPECTED_FUNNEL
