@@ -18,7 +18,7 @@ from envbuilder.statements import ROLE as STATEMENT_ROLE
 from flows.code import code_pipeline, sample_paths
 from flows.search import search_pipeline
 from flows.runner_process import local_runner, say_on_stderr
-from tasksynth.config import Config, load_config
+from tasksynth.config import Config, RoleConfig, load_config
 from tasksynth.export import export_tasks
 from tasksynth.store import open_store
 
@@ -33,7 +33,8 @@ def demo_flow(config: Config | None = None, out_dir: str | None = None, config_p
         runner.wait_ready()
         drafted = code_pipeline(config=config, build=False, validate=False, draft_statements=True)
         demo_search_corpus(config)
-        search = search_pipeline(config=demo_search_config(config), corpus=DEMO_CORPUS, entities=2, seed=0)
+        search = search_pipeline(config=demo_search_config(config, config.role(STATEMENT_ROLE)), corpus=DEMO_CORPUS,
+                                 entities=2, seed=0)
     with open_store(config) as store:
         exported = export_tasks(store, out, overwrite=True)
         tasks = store.query("SELECT t.instance_id, t.verdict, t.reason, len(t.fail_to_pass) AS f2p, "
@@ -50,7 +51,8 @@ def demo_flow(config: Config | None = None, out_dir: str | None = None, config_p
 
 
 DEMO_CORPUS = "demo-facts"
-# Roles the user has not configured get budgets a small CPU model gets through in a minute or two.
+# Roles the user has not configured use the demo's agent endpoint, with budgets a small CPU model gets
+# through in a minute or two.
 DEMO_SEARCH_ROLES = {"question_builder": (256, 3), "answerer": (48, 2), "verifier": (48, 2), "grader": (32, 1)}
 
 
@@ -61,7 +63,7 @@ def demo_search_corpus(config: Config) -> None:
     ingest(config, DEMO_CORPUS, Limited(FactsSource(["pycountry"]), 200), progress=False)
 
 
-def demo_search_config(config: Config) -> Config:
+def demo_search_config(config: Config, agent: RoleConfig) -> Config:
     import dataclasses
 
     from tasksynth.config import AnswererConfig
@@ -69,7 +71,7 @@ def demo_search_config(config: Config) -> Config:
     agents = dict(config.agents)
     for role, (max_tokens, max_turns) in DEMO_SEARCH_ROLES.items():
         if role not in agents:
-            agents[role] = dataclasses.replace(config.role(role), max_tokens=max_tokens, max_turns=max_turns,
+            agents[role] = dataclasses.replace(agent, prompt="", max_tokens=max_tokens, max_turns=max_turns,
                                                context_window=2048, max_tool_result_chars=1500)
     search = dataclasses.replace(config.search, answerers=[AnswererConfig(name="search", temperature=0.3),
                                                            AnswererConfig(name="no-search", search=False,
