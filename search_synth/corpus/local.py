@@ -112,13 +112,16 @@ class Corpus:
         pool = k * 4
         while True:
             ranked = search_shards(self._shards, query, pool)
+            ids = [chunk_id for chunk_id, _ in ranked]
+            rows = {row[0]: row[1:] for i in range(0, len(ids), 900) for row in self._query(
+                "SELECT c.chunk_id, d.seq, d.doc_id, d.title, d.url, substr(d.text, c.start + 1, c.stop - c.start) "
+                "FROM chunks c JOIN documents d ON d.seq = c.doc_seq "
+                f"WHERE c.chunk_id IN ({','.join('?' * len(ids[i:i + 900]))})", tuple(ids[i:i + 900]))}
             for chunk_id, score in ranked:
-                row = self._query("SELECT d.seq, d.doc_id, d.title, d.url, substr(d.text, c.start + 1, "
-                                  "c.stop - c.start) FROM chunks c JOIN documents d ON d.seq = c.doc_seq "
-                                  "WHERE c.chunk_id = ?", (chunk_id,))
-                if not row or row[0][0] in seen:
+                row = rows.get(chunk_id)
+                if row is None or row[0] in seen:
                     continue
-                seq, doc_id, title, url, passage = row[0]
+                seq, doc_id, title, url, passage = row
                 seen.add(seq)
                 hits.append(SearchHit(doc_id=doc_id, title=title, snippet=snippet(passage, query), score=score,
                                       url=url))
