@@ -53,4 +53,4 @@ def test_search_pipeline_on_the_bundled_model(runner_url, tmp_path):  # noqa: F8
     # every question that did not make it has a discard with its reason (or is still waiting on none)
     assert discards == report["entities"] - report["kept"] - summary["keep"]["pending"]
     assert all(k["weak_filter"] for k in kept)  # only the bundled model ran the filters
-    assert report["calls"] == calls["n"] >= 3 and report["tokens"] == calls["tokens"]
+    assert report["calls"] == calls["n"] >= report["entities"] and report["tokens"] == calls["tokens"]
