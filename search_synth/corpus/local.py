@@ -280,7 +280,10 @@ def ingest(config, name: str, source: Source, *, progress: bool | Callable[[str]
                           documents=db.execute("SELECT count(*) FROM documents").fetchone()[0],
                           chunks=db.execute("SELECT count(*) FROM chunks").fetchone()[0],
                           created_at=_state(db, "created_at"))
-        db.execute("PRAGMA journal_mode=DELETE")  # a finished corpus is read-only: readable from a read-only folder
+        try:  # a finished corpus is read-only: out of WAL mode it opens from a read-only folder, without -wal/-shm
+            db.execute("PRAGMA journal_mode=DELETE")
+        except sqlite3.OperationalError:  # another connection still has it open: it stays in WAL mode, complete
+            db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         partial = info_path.with_suffix(".partial")
         partial.write_text(json.dumps(info.to_dict(), indent=2))
         partial.replace(info_path)

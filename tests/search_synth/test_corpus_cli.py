@@ -10,6 +10,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from contextlib import closing
 
 import pytest
 
@@ -65,7 +66,7 @@ def test_ingest_killed_mid_way_resumes_to_the_same_corpus(config, home, tmp_path
         time.sleep(0.05)
         if state.exists():
             try:
-                with sqlite3.connect(state, timeout=0.1) as db:
+                with closing(sqlite3.connect(state, timeout=0.1)) as db:
                     row = db.execute("SELECT value FROM state WHERE key = 'records'").fetchone()
                 consumed = int(row[0]) if row else 0
             except sqlite3.OperationalError:
@@ -81,5 +82,5 @@ def test_ingest_killed_mid_way_resumes_to_the_same_corpus(config, home, tmp_path
     resumed = ingest(config, "big", JsonlSource(source), progress=False)
     fresh = ingest(config, "fresh", JsonlSource(source), progress=False)
     assert (resumed.documents, resumed.chunks, resumed.content_hash) == (30_000, fresh.chunks, fresh.content_hash)
-    with sqlite3.connect(home / "corpora" / "big" / "docs.sqlite") as db:
+    with closing(sqlite3.connect(home / "corpora" / "big" / "docs.sqlite")) as db:
         assert db.execute("SELECT count(DISTINCT doc_id), count(*) FROM documents").fetchone() == (30_000, 30_000)
