@@ -1,5 +1,7 @@
 """The main job on shipped data, end to end: the sample repository's history -> candidates -> Docker
-environments -> validation -> problem statements drafted by an agent -> the store -> a Parquet export.
+environments -> validation -> problem statements drafted by an agent -> a small search QA run (a corpus of
+country facts from the installed `pycountry` package, two entities) -> one small general tool environment
+-> the store -> a Parquet export.
 What `tasksynth demo` and `make demo` run.
 
 The agent is whatever the statement_writer role points at. With the default (the bundled runner on
@@ -8,35 +10,20 @@ while Docker works, and stops it at the end (`flows.runner_process`)."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
 from prefect import flow
 
-import dataclasses
-
 from envbuilder.statements import ROLE as STATEMENT_ROLE
 from flows.code import code_pipeline, sample_paths
 from flows.general import general_pipeline
+from flows.search import search_pipeline
 from flows.runner_process import local_runner, say_on_stderr
-from tasksynth.config import Config, load_config
+from tasksynth.config import Config, RoleConfig, load_config
 from tasksynth.export import export_tasks
 from tasksynth.store import open_store
-
-
-GENERAL_ROLES = ("tool_writer", "task_writer", "solution_writer", "verifier_writer", "solver")
-DEMO_CATEGORY = "library loans"
-# The demo's agents are the bundled runner with short turns, so that every kind runs within minutes on a CPU;
-# a role the user configured keeps its own settings.
-DEMO_ROLE_SETTINGS = {"max_tokens": 256, "max_turns": 4, "timeout_s": 300.0}
-
-
-def demo_roles(config: Config, base_url: str, roles: tuple[str, ...]) -> Config:
-    agents = dict(config.agents)
-    for role in roles:
-        if role not in agents:
-            agents[role] = dataclasses.replace(config.role(role), base_url=base_url, **DEMO_ROLE_SETTINGS)
-    return dataclasses.replace(config, agents=agents)
 
 
 @flow(name="demo", validate_parameters=False)
@@ -48,8 +35,10 @@ def demo_flow(config: Config | None = None, out_dir: str | None = None, config_p
         code = code_pipeline(config=config, **sample_paths(config, sample))
         runner.wait_ready()
         drafted = code_pipeline(config=config, build=False, validate=False, draft_statements=True)
-        general = general_pipeline(config=demo_roles(config, runner.base_url, GENERAL_ROLES), category=DEMO_CATEGORY,
-                                   envs=1, tasks_per_env=1, levels=1, k=2)
+        agents = demo_agents(config, config.role(STATEMENT_ROLE))
+        demo_search_corpus(config)
+        search = search_pipeline(config=demo_search_config(agents), corpus=DEMO_CORPUS, entities=2, seed=0)
+        general = general_pipeline(config=agents, category=DEMO_CATEGORY, envs=1, tasks_per_env=1, levels=1, k=2)
     with open_store(config) as store:
         exported = export_tasks(store, out, overwrite=True)
         tasks = store.query("SELECT t.instance_id, t.verdict, t.reason, len(t.fail_to_pass) AS f2p, "
@@ -61,5 +50,40 @@ def demo_flow(config: Config | None = None, out_dir: str | None = None, config_p
                        "ready_s": runner.ready_s},
             "tasks": tasks,
             "general": {"category": DEMO_CATEGORY, "funnel": general["funnel"]},
+            "search": {k: search[k] for k in ("funnel",) if k in search},
             "export": {"dir": str(exported.out_dir), "counts": exported.counts,
                        "shards": [s["path"] for s in exported.shards]}}
+
+
+DEMO_CORPUS = "demo-facts"
+DEMO_CATEGORY = "library loans"
+# Roles the user has not configured use the demo's agent endpoint (the bundled runner, usually), with budgets
+# (max_tokens, max_turns) a small CPU model gets through in a minute or two; a configured role keeps its own.
+DEMO_ROLES = {"question_builder": (256, 3), "answerer": (48, 2), "verifier": (48, 2), "grader": (32, 1),
+              "tool_writer": (256, 4), "task_writer": (160, 1), "solution_writer": (256, 1),
+              "verifier_writer": (256, 1), "solver": (96, 4)}
+
+
+def demo_agents(config: Config, agent: RoleConfig) -> Config:
+    agents = dict(config.agents)
+    for role, (max_tokens, max_turns) in DEMO_ROLES.items():
+        if role not in agents:
+            agents[role] = dataclasses.replace(agent, prompt="", max_tokens=max_tokens, max_turns=max_turns,
+                                               context_window=2048, max_tool_result_chars=1500)
+    return dataclasses.replace(config, agents=agents)
+
+
+def demo_search_corpus(config: Config) -> None:
+    """Ingest (once) 200 country facts from the installed pycountry package as the demo's corpus."""
+    from search_synth.corpus import FactsSource, Limited, ingest
+
+    ingest(config, DEMO_CORPUS, Limited(FactsSource(["pycountry"]), 200), progress=False)
+
+
+def demo_search_config(config: Config) -> Config:
+    from tasksynth.config import AnswererConfig
+
+    search = dataclasses.replace(config.search, answerers=[AnswererConfig(name="search", temperature=0.3),
+                                                           AnswererConfig(name="no-search", search=False,
+                                                                          temperature=0.3, max_turns=1)])
+    return dataclasses.replace(config, search=search)

@@ -29,6 +29,12 @@ FLOWS: dict[str, FlowEntry] = {
     "code": FlowEntry("flows.code", "code_pipeline", "mine -> build -> validate code-agent environments"),
     "github": FlowEntry("flows.github", "github_mining", "mine GitHub issue->PR pairs over a list of repositories",
                         threads_only=True),
+    "search": FlowEntry("flows.search", "search_pipeline",
+                        "search QA: long-tail entities -> question agent -> verifier -> answer agents -> keep",
+                        threads_only=True),
+    "search-import": FlowEntry("flows.search", "search_import",
+                               "import QA items, kept where search raises accuracy by a margin",
+                               threads_only=True),
 }
 
 

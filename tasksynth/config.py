@@ -93,10 +93,47 @@ class GithubConfig:
 
 
 @dataclass
+class AnswererConfig:
+    """One answer agent of the search pipeline (search_synth.answer_agents); empty / negative: the role's."""
+
+    name: str = "answerer"
+    role: str = "answerer"
+    model: str = ""
+    temperature: float = -1.0
+    search: bool = True
+    max_turns: int = 0
+
+
+def _default_answerers() -> list[AnswererConfig]:
+    return [AnswererConfig(name="search-t0.7", temperature=0.7),
+            AnswererConfig(name="search-t1.0", temperature=1.0),
+            AnswererConfig(name="search-short", temperature=0.3, max_turns=3),
+            AnswererConfig(name="no-search", temperature=0.3, search=False, max_turns=1)]
+
+
+@dataclass
 class SearchConfig:
-    backend: str = "local"  # local (DuckDB full-text over the shipped corpus) | http
-    url: str = ""
-    api_key_env: str = ""
+    backend: str = "local"  # local (BM25 over an ingested corpus) | searxng | brave (web search over HTTP)
+    url: str = ""  # searxng: the instance's base URL; brave: empty for the public API endpoint
+    api_key_env: str = ""  # the environment variable holding the web search API key (brave)
+    corpus: str = ""  # the default local corpus (empty: the only one under <home>/corpora)
+    cache: str = ""  # web search and page cache folder (empty: <home>/web-cache); "off" disables it
+    allow_private_hosts: bool = False  # let fetched URLs reach loopback/private/link-local addresses
+    allow_hosts: list[str] = field(default_factory=list)  # host:port pairs reachable anyway (a local mirror)
+    cache_ttl_s: int = 7 * 24 * 3600
+    timeout_s: float = 20.0
+    retries: int = 2  # extra attempts after a timeout, a connection error, a 429 or a 5xx, with backoff
+    backoff_s: float = 1.0
+    rate_limit_per_s: float = 2.0  # requests per second to one host, at most
+    max_page_bytes: int = 3_000_000  # a fetched page is cut off here
+    max_page_chars: int = 200_000  # readable text kept from a fetched page
+    # search QA synthesis (search_synth/, flows/search.py)
+    entities: int = 20  # long-tail entities per `search synth` run
+    min_support: int = 2  # an entity needs this many passages, attributes or links
+    answerers: list[AnswererConfig] = field(default_factory=_default_answerers)
+    strong_models: list[str] = field(default_factory=list)  # filters on none of these: the item is weak_filter
+    import_samples: int = 4  # `search import`: answers sampled with search and without, each
+    import_margin: float = 0.25  # kept when accuracy with search exceeds accuracy without by this much
 
 
 @dataclass
@@ -334,7 +371,7 @@ def _coerce(hint: Any, value: Any, path: str) -> Any:
 CHOICES = {
     "docker.image_source": ("auto", "registry", "debootstrap"),
     "code.test_scope": ("touched", "all"),
-    "search.backend": ("local", "http"),
+    "search.backend": ("local", "searxng", "brave"),
     "flows.task_runner": ("thread", "dask"),
     "flows.prefect_server": ("home", "ephemeral"),
 }

@@ -253,19 +253,38 @@ def _code_rows(store: Store, include_all: bool) -> list[dict[str, Any]]:
     } for r in records]
 
 
+SEARCH_SYSTEM_PROMPT = ("Answer the question by searching the document collection with the `search` and `open` "
+                        "tools. End with one line: Answer: <short answer>.")
+
+
 def _search_rows(store: Store, include_all: bool) -> list[dict[str, Any]]:
+    """Search QA items (search_synth/, flows/search.py). The verifier holds everything
+    `verifiers.rubric.grade_search` needs to reward an answer from the row alone."""
     where = "" if include_all else "WHERE accepted"
     records = store.query(f"SELECT * FROM search_items {where} ORDER BY item_id")
-    return [{
-        "task_id": f"search/{r['item_id']}",
-        "kind": "search",
-        "prompt": [{"role": "user", "content": r["question"]}],
-        "environment": _json({"type": "search", "tools": ["search", "open_page"]}),
-        "verifier": _json({"type": "rubric", "answer": r["answer"], "rubric": r["rubric"]}),
-        "metadata": _json({"entity": r["entity"], "verdict": r["verdict"], "evidence": r["evidence"],
-                           **(r["metadata"] or {})}),
-        "_run_id": (r["metadata"] or {}).get("run_id"),
-    } for r in records]
+    rows = []
+    for r in records:
+        metadata = dict(r["metadata"] or {})
+        corpus_env = metadata.pop("environment", None) or {}
+        rows.append({
+            "task_id": f"search/{r['item_id']}",
+            "kind": "search",
+            "prompt": [{"role": "system", "content": SEARCH_SYSTEM_PROMPT},
+                       {"role": "user", "content": r["question"]}],
+            "environment": _json({"type": "search", **corpus_env, "tools": ["search", "open"]}),
+            "verifier": _json({"type": "rubric", "grader": "verifiers.rubric.grade_search",
+                               "question": r["question"], "answer": r["answer"], "rubric": r["rubric"],
+                               "evidence": r["evidence"]}),
+            "metadata": _json({"entity": r["entity"], "verdict": r["verdict"], "evidence": r["evidence"],
+                               "source": r.get("source"), "corpus": r.get("corpus"),
+                               "logical_form": r.get("logical_form"), "filter_models": r.get("filter_models"),
+                               "weak_filter": r.get("weak_filter"),
+                               "accuracy_with_search": r.get("accuracy_with_search"),
+                               "accuracy_without_search": r.get("accuracy_without_search"),
+                               "candidate_answers": r["candidate_answers"], **metadata}),
+            "_run_id": r.get("run_id") or metadata.get("run_id"),
+        })
+    return rows
 
 
 def _general_rows(store: Store, include_all: bool) -> list[dict[str, Any]]:

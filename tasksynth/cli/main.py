@@ -15,9 +15,9 @@ from tasksynth.cli.doctor import demo_command, doctor_command
 from tasksynth.cli.flows_cmd import app as flows_app
 from tasksynth.cli.images import app as images_app
 from tasksynth.cli.general import app as general_app
-from tasksynth.cli.placeholders import search_app
 from tasksynth.cli.report import report_command
 from tasksynth.cli.runner import app as runner_app
+from tasksynth.cli.search import app as search_app
 from tasksynth.errors import TasksynthError
 
 app = typer.Typer(
