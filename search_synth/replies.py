@@ -6,39 +6,14 @@ reason) when nothing usable is there."""
 
 from __future__ import annotations
 
-import json
 import re
-from typing import Any
 
-_THINK = re.compile(r"<think>.*?(</think>|$)", re.DOTALL)
-_FENCE = re.compile(r"```[\w-]*\s*\n?(.*?)```", re.DOTALL)
-_TRAILING_COMMA = re.compile(r",\s*([}\]])")
+from agent.replies import first_json_object, strip_thinking
+
 _ANSWER_LINE = re.compile(r"^\s*(?:\*\*)?(?:final answer|answer)(?:\*\*)?\s*[:\-]\s*(.+)$", re.IGNORECASE | re.MULTILINE)
 ABSTENTIONS = ("i don't know", "i do not know", "unknown", "cannot be determined", "not enough information",
                "no answer", "i'm not sure", "i am not sure")
 MAX_ANSWER_CHARS = 200
-
-
-def strip_thinking(text: str | None) -> str:
-    return _THINK.sub("", text or "").strip()
-
-
-def first_json_object(text: str | None) -> dict[str, Any] | None:
-    """The first JSON object in the text (in a fence or bare), or None."""
-    text = strip_thinking(text)
-    candidates = [m.group(1) for m in _FENCE.finditer(text)] + [text]
-    for candidate in candidates:
-        start = candidate.find("{")
-        while start != -1:
-            for chunk in (candidate[start:], _TRAILING_COMMA.sub(r"\1", candidate[start:])):
-                try:
-                    value, _ = json.JSONDecoder().raw_decode(chunk)
-                except ValueError:
-                    continue
-                if isinstance(value, dict):
-                    return value
-            start = candidate.find("{", start + 1)
-    return None
 
 
 def short_answer(text: str | None) -> str | None:

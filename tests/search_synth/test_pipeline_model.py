@@ -5,24 +5,17 @@ the funnel with a stored reason, and that the accounting matches the calls made.
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "agent"))
-
-from test_agent_model import runner_url  # noqa: E402,F401 - the suite's one runner fixture
-
-from tasksynth.config import DEFAULT_RUNNER_MODEL, AnswererConfig, Config, RoleConfig  # noqa: E402
-from tasksynth.store import open_store  # noqa: E402
+from tasksynth.config import DEFAULT_RUNNER_MODEL, AnswererConfig, Config, RoleConfig
+from tasksynth.store import open_store
 
 pytestmark = pytest.mark.model
 
 TINY = {"question_builder": (128, 2), "answerer": (32, 2), "verifier": (32, 2), "grader": (24, 1)}
 
 
-def test_search_pipeline_on_the_bundled_model(runner_url, tmp_path):  # noqa: F811
+def test_search_pipeline_on_the_bundled_model(runner_url, tmp_path):  # runner_url: tests/conftest.py
     from flows.registry import run_flow
     from search_synth.corpus import CorpusError, Limited, debian_source, ingest
 
