@@ -23,7 +23,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests" / "support")]
 
 from headless_browser import HeadlessChromium  # noqa: E402
 
-from tasksynth.report.page import render_page, report_data  # noqa: E402
+from tasksynth.cli.report.page import render_page, report_data  # noqa: E402
 from tasksynth.store import Store  # noqa: E402
 
 

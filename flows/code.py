@@ -25,7 +25,7 @@ from envbuilder.records import instances as stored_instances
 from envbuilder.records import record_build, record_mined, record_validation
 from envbuilder.sources.mining import SourceRequest, mine, request_key
 from envbuilder.validation import validate_instance, validation_id
-from flows.artifacts import publish_kind
+from flows.funnels import publish_kind
 from flows.runtime import flow_run, run_steps
 from tasksynth.config import Config, load_config
 from tasksynth.docker.engine import image_exists, require_engine

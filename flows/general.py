@@ -19,7 +19,7 @@ from prefect import flow
 from flows.runtime import flow_run, run_steps
 from general_env.attempts import attempt_batch
 from general_env.environment_building import build_environment, environment_id
-from flows.artifacts import publish_kind
+from flows.funnels import publish_kind
 from general_env.funnel import general_funnel
 from general_env.records import (built_environments, record_attempts, record_environment, record_pass_at_k,
                                  record_task, verified_tasks)

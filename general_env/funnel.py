@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from tasksynth.funnels import KindSection, count, discards_by_reason, histogram, seconds_sum
+
 PASS_BUCKETS = ((0.0, 0.0, "0 (never solved)"), (0.0, 0.2, "(0, 0.2]"), (0.2, 0.5, "(0.2, 0.5]"),
                 (0.5, 0.8, "(0.5, 0.8]"), (0.8, 1.0, "(0.8, 1]"))
 
@@ -84,3 +86,30 @@ def _rows(store, table: str, ids: list[str], column: str = "env_id") -> list[dic
 
 def _json(value: Any) -> Any:
     return json.loads(value) if isinstance(value, str) else value
+
+
+def general_section(store) -> KindSection | None:
+    envs = count(store, "SELECT count(*) AS n FROM general_environments")
+    if not envs:
+        return None
+    built = count(store, "SELECT count(*) AS n FROM general_environments WHERE status = 'built'")
+    tasks = count(store, "SELECT count(*) AS n FROM general_tasks")
+    verified = count(store, "SELECT count(*) AS n FROM general_tasks WHERE status <> 'discarded'")
+    kept = count(store, "SELECT count(*) AS n FROM general_tasks WHERE accepted")
+    distributions = {
+        "pass@k: successes c of n attempts": histogram(
+            store, "SELECT CASE WHEN c = 0 THEN '0' WHEN c * 5 <= n THEN '(0, 0.2]' WHEN c * 2 <= n THEN "
+                   "'(0.2, 0.5]' WHEN c * 5 <= n * 4 THEN '(0.5, 0.8]' ELSE '(0.8, 1]' END AS bucket, count(*) AS n "
+                   "FROM general_tasks WHERE n > 0 GROUP BY ALL ORDER BY bucket"),
+        "tools per environment": histogram(
+            store, "SELECT json_array_length(tools) AS bucket, count(*) AS n FROM general_environments "
+                   "WHERE status = 'built' GROUP BY ALL ORDER BY bucket"),
+        "tasks per level": histogram(store, "SELECT level AS bucket, count(*) AS n FROM general_tasks "
+                                             "GROUP BY ALL ORDER BY bucket"),
+    }
+    return KindSection("general", "General tool environments",
+                       [("environments made", envs), ("environments built", built), ("tasks written", tasks),
+                        ("tasks verified", verified), ("kept (pass@k > 0)", kept)], discards_by_reason(store, ("general",)),
+                       distributions, ("tool_writer", "task_writer", "solution_writer", "verifier_writer", "solver"),
+                       kept, {"attempts": seconds_sum(store, "SELECT sum(seconds) AS s FROM general_attempts")})
+

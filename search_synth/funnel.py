@@ -15,6 +15,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from tasksynth.funnels import KindSection, count, histogram
+
 STAGES = ("entities", "questions", "verified", "all_wrong", "kept")
 
 
@@ -85,3 +87,22 @@ def funnel_markdown(report: dict[str, Any]) -> str:
         lines += ["", "| discarded at | reason | items |", "|---|---|---|"]
         lines += [f"| {d['stage']} | {d['reason']} | {d['items']} |" for d in report["discards"]]
     return "\n".join(lines)
+
+
+def search_section(store) -> KindSection | None:
+    """The report's view of `funnel`: the stages, every discard reason, and the verdicts' distribution."""
+    if not count(store, "SELECT count(*) AS n FROM search_entities") and \
+            not count(store, "SELECT count(*) AS n FROM search_items"):
+        return None
+    report = funnel(store)
+    discards = {f"{d['stage']}: {d['reason']}": d["items"] for d in report["discards"]}
+    imported = store.query("SELECT reason, count(*) AS n FROM discards WHERE stage = 'search.import' GROUP BY ALL")
+    discards.update({f"search.import: {r['reason']}": r["n"] for r in imported})
+    verdicts = histogram(store, "SELECT verdict AS bucket, count(*) AS n FROM search_items GROUP BY ALL "
+                                "ORDER BY n DESC")
+    sources = histogram(store, "SELECT coalesce(source, 'synth') AS bucket, count(*) AS n FROM search_items "
+                               "GROUP BY ALL ORDER BY n DESC")
+    return KindSection("search", "Search QA", [(stage.replace("_", " "), report[stage]) for stage in STAGES],
+                       discards, {"verdicts": verdicts, "items by source": sources},
+                       ("question_builder", "answerer", "verifier", "grader"), report["kept"],
+                       {"agent calls (model seconds)": round(report["seconds"], 1)})

@@ -149,7 +149,7 @@ def demo_command(
     details.write_text(json.dumps(result, indent=2, default=str))
     for line in demo_summary(result):
         typer.echo(line)
-    from tasksynth.report.page import render_page, report_data
+    from tasksynth.cli.report.page import render_page, report_data
     from tasksynth.store import open_store
 
     with open_store(config, read_only=True) as store:

@@ -158,7 +158,7 @@ def test_a_dead_endpoint_leaves_its_steps_for_the_rerun(world):
 
 def test_the_demo_search_run_on_country_facts(tmp_path):
     """The demo's search part: the pycountry facts corpus, the demo's agent endpoint for every search role."""
-    from flows.demo import DEMO_CORPUS, demo_search_config, demo_search_corpus
+    from flows.demo import DEMO_CORPUS, demo_agents, demo_search_config, demo_search_corpus
     from flows.search import search_pipeline
     from flows.runtime import prepare_prefect
     from scripted_server import reply
@@ -170,7 +170,8 @@ def test_the_demo_search_run_on_country_facts(tmp_path):
     with ScriptedServer(lambda body: reply("I am not sure what to ask.")) as server:
         agent = RoleConfig(base_url=server.base_url, model="demo-agent", max_retries=1, backoff_s=0.01)
         demo_search_corpus(config)
-        summary = search_pipeline(config=demo_search_config(config, agent), corpus=DEMO_CORPUS, entities=2, seed=0)
+        summary = search_pipeline(config=demo_search_config(demo_agents(config, agent)), corpus=DEMO_CORPUS,
+                                  entities=2, seed=0)
     assert {r.body["model"] for r in server.requests} == {"demo-agent"}
     assert summary["funnel"]["entities"] == 2 and summary["funnel"]["kept"] == 0
     assert summary["funnel"]["discards"] == [{"stage": "search.question", "reason": "unparseable_question",

@@ -16,7 +16,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from headless_browser import CHROMIUM, HeadlessChromium  # noqa: E402
 from report_store import expected_funnels, fill  # noqa: E402
 
-from tasksynth.report.server import ReportServer  # noqa: E402
+from tasksynth.cli.report.server import ReportServer  # noqa: E402
 from tasksynth.store import Store, open_store  # noqa: E402
 
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (`make test` installs it)")

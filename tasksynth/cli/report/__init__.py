@@ -1,4 +1,5 @@
-"""`tasksynth report`: a page people can look at, built from the store."""
+"""`tasksynth report`: a page people can look at, built from the store: `page` renders it (every kind's
+section from `flows.funnels.SECTIONS`, a stratified sample of tasks from `tasks`), `server` serves it."""
 
 from __future__ import annotations
 
@@ -27,14 +28,14 @@ def report_command(
     """One self-contained HTML page: per kind the funnel with every discard reason, distributions, tokens,
     seconds and cost per kept task by role and model, time per step, and a task browser. Works with no
     network (every script and style is inside the page)."""
-    from tasksynth.report.page import render_page, report_data
+    from tasksynth.cli.report.page import render_page, report_data
 
     config = app_state.config()
     if not config.store_path.exists():
         raise TasksynthError(f"no store at {config.store_path}; run a flow (or `tasksynth demo`) first")
     kinds = list(kind or []) or None
     if serve:
-        from tasksynth.report.server import ReportServer
+        from tasksynth.cli.report.server import ReportServer
 
         server = ReportServer(lambda: open_store(config, read_only=True), kinds, port=port)
         typer.echo(f"report: {server.url} ({len(server.rows)} tasks); Ctrl-C stops it")

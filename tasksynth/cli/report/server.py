@@ -11,8 +11,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlparse
 
-from tasksynth.report.page import render_page, report_data
-from tasksynth.report.tasks import task_rows, with_trajectories
+from tasksynth.cli.report.page import render_page, report_data
+from tasksynth.cli.report.tasks import task_rows, with_trajectories
 
 PAGE_LIMIT = 500
 

@@ -1,12 +1,22 @@
-"""A flow run's funnel and costs as Prefect artifacts, so the Prefect UI shows them beside the run: a table
-(every stage and discard reason with its count) and a markdown note (tokens, seconds and cost per kept task by
-role and model). The numbers are the report's (`tasksynth.report.sections`): the store as the run left it."""
+"""Every kind's funnel section (`SECTIONS`, what `tasksynth report` draws), and a flow run's funnel and costs
+as Prefect artifacts, so the Prefect UI shows them beside the run: a table (every stage and discard reason with
+its count) and a markdown note (tokens, seconds and cost per kept task by role and model), for the store as
+the run left it."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from tasksynth.report.sections import SECTIONS, costs
+from collections.abc import Callable
+
+from envbuilder.funnel import code_section
+from general_env.funnel import general_section
+from search_synth.funnel import search_section
+from tasksynth.funnels import KindSection, costs
+
+SECTIONS: dict[str, Callable[[Any], KindSection | None]] = {
+    "code": code_section, "search": search_section, "general": general_section,
+}
 
 
 def publish_kind(store, kind: str) -> dict[str, Any] | None:

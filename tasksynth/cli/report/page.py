@@ -16,8 +16,9 @@ import plotly.graph_objects as go
 import plotly.io as pio
 from plotly.offline import get_plotlyjs
 
-from tasksynth.report.sections import SECTIONS, KindSection, costs
-from tasksynth.report.tasks import stratified_sample, task_rows, with_trajectories
+from flows.funnels import SECTIONS
+from tasksynth.cli.report.tasks import stratified_sample, task_rows, with_trajectories
+from tasksynth.funnels import KindSection, costs
 
 DEFAULT_SAMPLE = 500
 
