@@ -9,7 +9,7 @@ import random
 import uuid
 
 
-def fill(store, *, code: int = 12, general: int = 6, search: int = 0, seed: int = 0) -> None:
+def fill(store, *, code: int = 12, general: int = 6, search: int = 4, seed: int = 0) -> None:
     rng = random.Random(seed)
     transcript = store.put_blob(json.dumps({"messages": [{"role": "user", "content": "Write the statement."},
                                                          {"role": "assistant", "content": "Division by zero ..."}]}))
@@ -41,8 +41,11 @@ def fill(store, *, code: int = 12, general: int = 6, search: int = 0, seed: int 
                       "model": "smollm2-135m-dsa", "prompt_tokens": 400, "completion_tokens": 60, "latency_s": 1.5,
                       "cost_usd": 0.0, "status": "ok"})
     if general:
+        bundle = store.path.parent / "bundles" / "b1"  # exported beside the shards
+        bundle.mkdir(parents=True, exist_ok=True)
+        (bundle / "bundle.json").write_text("{}")
         store.insert("general_environments", [{"env_id": "env1", "category": "travel planning", "status": "built",
-                                               "bundle_id": "b1", "bundle_path": "/nonexistent",
+                                               "bundle_id": "b1", "bundle_path": str(bundle),
                                                "tools": json.dumps([{"function": {"name": "search"}},
                                                                     {"function": {"name": "book"}}])},
                                               {"env_id": "env2", "category": "travel planning", "status": "discarded",
@@ -55,7 +58,23 @@ def fill(store, *, code: int = 12, general: int = 6, search: int = 0, seed: int 
                               "prompt": f"Book trip {i}", "verifier": "def check_x(state, answer):\n    return True\n",
                               "status": "attempted" if i % 3 else "discarded", "c": 3 if kept else 0, "n": 10,
                               "accepted": kept and bool(i % 3)})
-    rows = {"candidates": candidates, "code_instances": instances, "code_tasks": tasks, "discards": discards,
+    entities, questions, verdicts, items = [], [], [], []
+    for i in range(search):
+        entities.append({"entity_id": f"e{i}", "corpus": "jargon", "doc_id": f"d{i}", "title": f"Entity {i}"})
+        ok = i % 2 == 0
+        questions.append({"question_id": f"q{i}", "entity_id": f"e{i}", "question": f"Which thing {i}?",
+                          "answer": f"thing {i}", "status": "ok" if ok else "discarded",
+                          "reason": None if ok else "shortcut"})
+        if ok:
+            verdicts.append({"verdict_id": f"v{i}", "question_id": f"q{i}", "check_name": "truth",
+                             "outcome": "supported", "method": "rule"})
+            items.append({"item_id": f"s{i}", "entity": f"Entity {i}", "question": f"Which thing {i}?",
+                          "answer": f"thing {i}", "verdict": "kept" if i == 0 else "answered_by_candidate",
+                          "accepted": i == 0, "question_id": f"q{i}", "corpus": "jargon", "source": "synth"})
+        else:
+            discards.append({"stage": "search.question", "source": "jargon", "item": f"e{i}", "reason": "shortcut"})
+    rows = {"search_entities": entities, "search_questions": questions, "search_verdicts": verdicts,
+            "search_items": items, "candidates": candidates, "code_instances": instances, "code_tasks": tasks, "discards": discards,
             "agent_calls": calls, "trajectories": trajectories, "general_tasks": general_tasks}
     for table, values in rows.items():
         for start in range(0, len(values), 5000):
@@ -75,4 +94,11 @@ def expected_funnels(store) -> dict[str, list[int]]:
                               one("select count(*) n from general_tasks"),
                               one("select count(*) n from general_tasks where status <> 'discarded'"),
                               one("select count(*) n from general_tasks where accepted")]
+    if one("select count(*) n from search_entities"):
+        funnels["search"] = [one("select count(*) n from search_entities"),
+                             one("select count(*) n from search_questions where question is not null"),
+                             one("select count(*) n from search_verdicts where check_name = 'truth' "
+                                 "and outcome = 'supported'"),
+                             0,  # no candidate answers in this store: nothing is "all wrong"
+                             one("select count(*) n from search_items where accepted")]
     return funnels

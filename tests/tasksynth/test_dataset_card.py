@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import yaml
@@ -78,3 +79,23 @@ def test_license_sources(tmp_path):
     assert python_package_license("no-such-package-here") == "unknown"
     assert debian_package_license("bash") != "unknown"  # Debian's machine-readable copyright file
     assert debian_package_license("no-such-package") == "unknown"
+
+
+def test_every_kind_loads_through_the_card(store, tmp_path):
+    sys.path.insert(0, str(Path(__file__).parent))
+    from report_store import fill
+
+    fill(store)
+    out = tmp_path / "out"
+    result = export_tasks(store, out, include_all=True)
+    kinds = [kind for kind, count in result.counts.items() if count]
+    assert kinds == ["code", "search", "general"]
+    header = yaml.safe_load((out / "README.md").read_text().split("---\n")[1])
+    assert [c["config_name"] for c in header["configs"]] == kinds
+    script = ("import datasets, json, sys; print(json.dumps({k: datasets.load_dataset(sys.argv[1], k, split='train')"
+              ".num_rows for k in sys.argv[2:]}))")
+    loaded = subprocess.run([sys.executable, "-c", script, str(out), *kinds], capture_output=True, text=True,
+                            timeout=300, env={**os.environ, "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1",
+                                              "HF_HOME": str(tmp_path / "hf")})
+    assert loaded.returncode == 0, loaded.stderr[-2000:]
+    assert json.loads(loaded.stdout.strip().splitlines()[-1]) == {k: result.counts[k] for k in kinds}
