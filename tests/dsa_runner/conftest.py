@@ -34,3 +34,12 @@ def dsa(smollm):
         from dsa_runner.warmup import reinstall
 
         reinstall(model, indexers)
+
+
+@pytest.fixture(scope="session")
+def loaded():
+    """(engine, info): the server's engine on the default model (not started), 1024-token context."""
+    from dsa_runner.server import ServerConfig, load_engine
+
+    engine, info = load_engine(ServerConfig(max_batch=8, max_queue=16, max_context=1024))
+    return engine, info

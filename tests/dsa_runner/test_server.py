@@ -17,7 +17,7 @@ openai = pytest.importorskip("openai")
 pytest.importorskip("uvicorn")
 
 MODEL = "smollm2-135m-dsa"
-CONTEXT = 1024
+CONTEXT = 1024  # the `loaded` engine's (conftest)
 TOOLS = [
     {"type": "function", "function": {"name": "get_weather", "description": "Current weather of a city",
                                       "parameters": {"type": "object", "properties": {"city": {"type": "string"}},
@@ -63,14 +63,6 @@ class RunningServer:
     def stop(self) -> None:
         self.server.should_exit = True
         self.thread.join(timeout=60)
-
-
-@pytest.fixture(scope="session")
-def loaded():
-    from dsa_runner.server import ServerConfig, load_engine
-
-    engine, info = load_engine(ServerConfig(max_batch=8, max_queue=16, max_context=CONTEXT))
-    return engine, info
 
 
 @pytest.fixture(scope="session")
