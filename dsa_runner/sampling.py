@@ -10,9 +10,10 @@ stream whatever else is in the batch: which other requests run, how many rows a 
 or whether its sibling samples already finished. What can still differ between a request alone and
 in a batch is the logits themselves: a batched matrix product may sum in another order than a
 single-row one (and the CPU's int8 weight-only path switches to bfloat16 above ``weights.SMALL_BATCH``
-rows), so logits may differ in their last bits (measured on SmolLM2-135M: about 1e-3 of a logit or
-less). A sampled token changes only where two candidates' p/E are that close, which is rare over a few
-tokens; greedy decoding is as exposed at exact ties.
+rows), so logits may differ in their last bits, or by the int8 rounding across that switch. A sampled
+token changes only where two candidates' p/E are within that difference, which is rare over a few tokens
+(the test draws 8 tokens at temperature 1 with at most 3 rows, on the int8 path throughout); greedy
+decoding is exposed the same way at near ties.
 """
 
 from __future__ import annotations
