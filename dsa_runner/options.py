@@ -62,9 +62,11 @@ class ServerConfig:
     log_level: str = option("info", "debug, info, warning or error.")
 
     def __repr__(self) -> str:  # the API key never reaches a log line
-        shown = ", ".join(f"{f.name}={'***' if f.metadata.get('secret') and getattr(self, f.name) else getattr(self, f.name)!r}"
-                          for f in fields(self))
-        return f"ServerConfig({shown})"
+        def shown(f):
+            value = getattr(self, f.name)
+            return "'***'" if f.metadata.get("secret") and value else repr(value)
+
+        return "ServerConfig(" + ", ".join(f"{f.name}={shown(f)}" for f in fields(self)) + ")"
 
     def resolved_api_key(self) -> str | None:
         """The key clients must send: --api-key, else the variable --api-key-env names; None: no key."""

@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from dsa_runner import json_prefix
+from dsa_runner import json_prefix, json_schema
 
 MAX_N = 128
 MAX_STOP = 4
@@ -83,6 +83,8 @@ class ChatRequest:
     tools: list[dict] = field(default_factory=list)  # the "function" objects
     tool_choice: str | dict = "auto"  # "none" | "auto" | "required" | {"name": ...}
     json_object: bool = False
+    json_schema: json_schema.Node | None = None  # response_format json_schema, compiled (enforced)
+    json_schema_text: str = ""  # the schema as sent, for the system note
 
 
 def _is_int(x) -> bool:
@@ -217,7 +219,8 @@ def parse_chat_request(body: Any, limits: Limits = DEFAULT_LIMITS) -> ChatReques
             break
     budget = req.n * (req.max_tokens or limits.default_max_tokens)
     if budget > limits.max_total_tokens:
-        shown = f"max_tokens {req.max_tokens}" if req.max_tokens else f"the default max_tokens {limits.default_max_tokens}"
+        shown = (f"max_tokens {req.max_tokens}" if req.max_tokens
+                 else f"the default max_tokens {limits.default_max_tokens}")
         raise BadRequest(f"n x max_tokens is {budget} (n {req.n}, {shown}); this server's limit is "
                          f"{limits.max_total_tokens} tokens per request", "max_tokens" if req.max_tokens else "n",
                          "too_many_tokens")
@@ -268,6 +271,18 @@ def parse_chat_request(body: Any, limits: Limits = DEFAULT_LIMITS) -> ChatReques
         if kind not in ("text", "json_object", "json_schema"):
             raise BadRequest("response_format.type must be text, json_object or json_schema", "response_format")
         req.json_object = kind in ("json_object", "json_schema")
+        if kind == "json_schema":
+            spec = fmt.get("json_schema")
+            if not isinstance(spec, dict) or not isinstance(spec.get("schema"), dict):
+                raise BadRequest("response_format.json_schema.schema must be a JSON schema object",
+                                 "response_format.json_schema.schema")
+            try:
+                req.json_schema = json_schema.compile_schema(spec["schema"],
+                                                             "response_format.json_schema.schema")
+            except json_schema.UnsupportedSchema as exc:
+                raise BadRequest(f"this server cannot enforce this JSON schema: {exc}",
+                                 "response_format.json_schema.schema", "unsupported_schema") from exc
+            req.json_schema_text = json.dumps(spec["schema"], ensure_ascii=False)
     if body.get("logprobs") or body.get("top_logprobs"):
         raise BadRequest("logprobs are not supported by this server", "logprobs")
     for key in ("frequency_penalty", "presence_penalty"):
@@ -293,6 +308,7 @@ To call a function, write a JSON object with its "name" and its "arguments" betw
 </tool_call>"""
 
 JSON_SYSTEM = "Answer with one JSON object and nothing else."
+JSON_SCHEMA_SYSTEM = "Answer with one JSON object that follows this JSON schema, and nothing else:\n{schema}"
 
 
 @dataclass
@@ -341,7 +357,9 @@ def template_messages(req: ChatRequest, native_tools: bool) -> list[dict]:
             json.dumps({"type": "function", "function": t}, ensure_ascii=False) for t in req.tools)))
     if use_tools and req.tool_choice == "required":
         notes.append("Call at least one of these functions.")
-    if req.json_object:
+    if req.json_schema is not None:
+        notes.append(JSON_SCHEMA_SYSTEM.format(schema=req.json_schema_text))
+    elif req.json_object:
         notes.append(JSON_SYSTEM)
     if notes:
         note = "\n\n".join(notes)
@@ -381,6 +399,8 @@ def render_prompt(tokenizer, req: ChatRequest) -> Prompt:
     elif use_tools and req.tool_choice == "required":  # one of the functions, chosen by the model
         prefix = CALL_OPEN + '\n{"name": "'
         state = json_prefix.tool_call_state([t["name"] for t in req.tools])
+    elif req.json_schema is not None:
+        state = json_schema.initial_state(req.json_schema)
     elif req.json_object:
         state = json_prefix.INITIAL
     return Prompt(text + prefix, prefix, state, thinking_open)

