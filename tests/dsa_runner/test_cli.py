@@ -58,3 +58,23 @@ def test_server_config_repr_hides_the_key():
     from dsa_runner.options import ServerConfig
 
     assert "sk-secret" not in repr(ServerConfig(api_key="sk-secret"))
+
+
+def test_the_flows_runner_command_parses_and_passes_the_key_by_name(tmp_path, monkeypatch, caplog):
+    """What flows start (`flows.runner_process.runner_command`) is a valid `runner serve` command line;
+    the key travels as the variable's name, never as its value."""
+    from flows.runner_process import runner_command
+    from tasksynth.config import load_config
+
+    from dsa_runner.server_cli import app as serve_app
+
+    monkeypatch.setenv("TASKSYNTH_HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    config = load_config(environ={"TASKSYNTH_RUNNER__API_KEY_ENV": "RUNNER_FLOW_KEY",
+                                  "TASKSYNTH_RUNNER__MODEL": str(tmp_path / "nope.gguf")})
+    command = runner_command(config, 8123, "smollm2-135m-dsa")
+    args = command[command.index("serve"):]
+    assert args[args.index("--api-key-env") + 1] == "RUNNER_FLOW_KEY"
+    result = CliRunner().invoke(serve_app, args, env={"RUNNER_FLOW_KEY": "sk-flow-secret"})
+    assert result.exit_code == 1 and "does not exist" in result.output  # parsed; stopped at the model
+    assert "sk-flow-secret" not in result.output + caplog.text
