@@ -472,8 +472,12 @@ def serve(cfg: ServerConfig) -> None:
     uvicorn.run(app, host=cfg.host, port=cfg.port, log_level=cfg.log_level, timeout_graceful_shutdown=cfg.drain_s)
 
 
-def main(argv=None) -> None:
+def main() -> None:
     """`python -m dsa_runner`: the `runner serve` command (options from ``options.ServerConfig``)."""
     from dsa_runner.server_cli import main as cli_main
 
     cli_main()
+
+
+if __name__ == "__main__":
+    main()
