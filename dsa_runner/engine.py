@@ -39,6 +39,7 @@ from dsa_runner.generation import (EngineClosed, EngineError, Event, Finished, G
                                    RequestDone, RequestFailed, Row, SamplingParams, TextDelta)
 from dsa_runner.kv_cache import (cache_layer_count, fresh_cache, merge_left_padded, new_cache,
                                  slack_layer_class)
+from dsa_runner.prefix_cache import PrefixCache
 from dsa_runner.sampling import Sampler, row_generator
 
 # the names tests, benchmarks and the server import from here
@@ -49,6 +50,10 @@ __all__ = ["Detokenizer", "Engine", "EngineClosed", "EngineError", "EngineStats"
 log = logging.getLogger("dsa_runner.engine")
 
 
+class PrefillCancelled(Exception):
+    """The request was cancelled between two prefill chunks (internal: the engine closes it)."""
+
+
 # ------------------------------------------------------------------------------------------------
 # the engine
 
@@ -57,7 +62,8 @@ log = logging.getLogger("dsa_runner.engine")
 class EngineStats:
     steps: int = 0
     generated_tokens: int = 0
-    prefill_tokens: int = 0
+    prefill_tokens: int = 0  # prompt tokens run through the model (cached ones not counted)
+    cached_prompt_tokens: int = 0  # prompt tokens taken from the prefix cache instead
     requests_done: int = 0
     requests_cancelled: int = 0
     started: float = field(default_factory=time.time)
@@ -68,8 +74,13 @@ class Engine:
 
     def __init__(self, model, tokenizer, *, max_batch: int = 32, max_queue: int = 256,
                  max_context: int | None = None, device: str | torch.device | None = None,
-                 decode_impl: str = "native", threads: int | None = None):
+                 decode_impl: str = "native", threads: int | None = None,
+                 prefix_cache_bytes: int = 512 << 20, prefill_chunk: int = 512):
         self.model = model
+        # prompts' KV kept across requests (prefix_cache); 0 bytes turns reuse off
+        self.prefix_cache = PrefixCache(prefix_cache_bytes)
+        # prompts run in chunks of this many tokens: a cancelled request stops between two chunks
+        self.prefill_chunk = max(1, prefill_chunk)
         # intra-op threads of the scheduler thread (the one that runs every model step)
         self.threads = threads or torch.get_num_threads()
         self.tokenizer = tokenizer
@@ -140,6 +151,7 @@ class Engine:
             self._waiting.append(GenerationRequest(list(range(1, 9)), n, params, lambda evs: None))
             self.run_until_idle()
         self.stats = EngineStats()
+        self.prefix_cache.clear()
         return time.time() - t0
 
     def run_until_idle(self) -> None:
@@ -171,7 +183,10 @@ class Engine:
                     "max_batch": self.max_batch, "max_queue": self.max_queue,
                     "steps": self.stats.steps, "generated_tokens": self.stats.generated_tokens,
                     "requests_done": self.stats.requests_done,
-                    "requests_cancelled": self.stats.requests_cancelled}
+                    "requests_cancelled": self.stats.requests_cancelled,
+                    "prefill_tokens": self.stats.prefill_tokens,
+                    "cached_prompt_tokens": self.stats.cached_prompt_tokens,
+                    **self.prefix_cache.load()}
 
     def shutdown(self, drain_s: float = 0.0) -> None:
         """Stops admitting; lets running work finish for up to ``drain_s`` seconds, then cancels the
@@ -228,6 +243,10 @@ class Engine:
             if req.prefill is None:
                 try:
                     self._prefill(req)
+                except PrefillCancelled:
+                    self._unqueue(req)
+                    self._close_request(req, cancelled=True)
+                    continue
                 except Exception as exc:
                     log.exception("prefill failed")
                     self._unqueue(req)
@@ -255,15 +274,35 @@ class Engine:
             self._torch_threads = n
 
     def _prefill(self, req: GenerationRequest) -> None:
+        """Runs the prompt (after the longest prefix the prefix cache holds) in chunks of
+        ``prefill_chunk`` tokens, stopping with PrefillCancelled between two chunks when the client has
+        gone; leaves (cache layers, last logits) on ``req.prefill`` and the prompt's cache in the prefix
+        cache."""
         if self.device.type == "cpu":
             self._set_torch_threads(self.threads)
-        ids = torch.tensor([req.prompt_ids], dtype=torch.long, device=self.device)
+        p = len(req.prompt_ids)
+        entry, start = self.prefix_cache.lookup(req.prompt_ids)
         cache = fresh_cache(self.num_cache_layers)
-        out = self.model(input_ids=ids, attention_mask=torch.ones_like(ids),
-                         position_ids=torch.arange(ids.shape[1], device=self.device)[None],
-                         past_key_values=cache, use_cache=True, logits_to_keep=1)
-        req.prefill = (cache.layers, out.logits[:, -1].float())
-        self.stats.prefill_tokens += ids.shape[1]
+        if entry is not None:
+            for layer, kv in zip(cache.layers, entry.tensors):
+                if kv is not None:  # room for the rest of the prompt, so the chunks append in place
+                    layer._store(kv[0][:, :, :start], kv[1][:, :, :start], extra=p - start)
+        ids = torch.tensor([req.prompt_ids], dtype=torch.long, device=self.device)
+        logits = None
+        for lo in range(start, p, self.prefill_chunk):
+            if req.cancelled:
+                raise PrefillCancelled
+            hi = min(p, lo + self.prefill_chunk)
+            out = self.model(input_ids=ids[:, lo:hi], attention_mask=torch.ones(1, hi, dtype=torch.long,
+                                                                                 device=self.device),
+                             position_ids=torch.arange(lo, hi, device=self.device)[None],
+                             past_key_values=cache, use_cache=True, logits_to_keep=1)
+            logits = out.logits[:, -1].float()
+            self.stats.prefill_tokens += hi - lo
+        req.cached_tokens = start
+        self.stats.cached_prompt_tokens += start
+        self.prefix_cache.store(req.prompt_ids, cache.layers)
+        req.prefill = (cache.layers, logits)
         if req.seed is None:
             req.seed = req.params.seed if req.params.seed is not None else int.from_bytes(os.urandom(8), "little") >> 1
 
@@ -392,7 +431,7 @@ class Engine:
         self.stats.requests_done += 1
         if cancelled or req.cancelled:
             self.stats.requests_cancelled += 1
-        done = RequestDone(len(req.prompt_ids), req.completion_tokens)
+        done = RequestDone(len(req.prompt_ids), req.completion_tokens, req.cached_tokens)
         if out is not None:
             out.append(done)
         else:

@@ -61,6 +61,7 @@ class Finished:
 class RequestDone:
     prompt_tokens: int
     completion_tokens: int
+    cached_tokens: int = 0  # prompt tokens whose KV came from the prefix cache
 
 
 @dataclass
@@ -90,6 +91,7 @@ class GenerationRequest:
     completion_tokens: int = 0
     seed: int | None = None  # params.seed, or a random one drawn at prefill; rows derive theirs from it
     prefill: tuple | None = field(default=None, repr=False)  # (cache layers, last logits)
+    cached_tokens: int = 0  # prompt tokens taken from the prefix cache
     closed: bool = False
 
     def cancel(self) -> None:

@@ -52,6 +52,11 @@ class ServerConfig:
     default_max_tokens: int = option(2048, "Completion tokens of a request that sets no max_tokens (at most what "
                                            "the context window leaves).")
     max_total_tokens: int = option(65536, "Largest n x max_tokens one request may ask for (a 400 beyond).")
+    prefix_cache_mb: int = option(512, "Memory (MiB) for prompts' KV kept across requests: a prompt that extends "
+                                       "an earlier one (an agent's next turn, n samples) prefills only the rest. "
+                                       "Least recently used prompts are dropped first; 0 turns reuse off.")
+    prefill_chunk: int = option(512, "Prompt tokens run per forward; a client that disconnects stops its prefill "
+                                     "between two chunks.")
     dense: bool = option(False, "Plain dense attention instead of DSA (for comparison).")
     drain_s: float = option(10.0, "On shutdown, seconds in-flight requests may still run.")
     decode_impl: str = option("native", "Decode steps: native (one C call per step for up to 32 rows on the "

@@ -134,7 +134,8 @@ def load_engine(cfg: ServerConfig) -> tuple[Engine, object]:
         log.info("weights: int8 weight-only for small batches, bfloat16 otherwise (%d linears)",
                  quantize_int8(model))
     engine = Engine(model, tokenizer, max_batch=cfg.max_batch, max_queue=cfg.max_queue,
-                    max_context=cfg.max_context, device=device, threads=threads, decode_impl=cfg.decode_impl)
+                    max_context=cfg.max_context, device=device, threads=threads, decode_impl=cfg.decode_impl,
+                    prefix_cache_bytes=cfg.prefix_cache_mb << 20, prefill_chunk=cfg.prefill_chunk)
     engine.quantize = quantize
     log.info("model %s (hash %s) loaded in %.1fs from %s", info.model_name, info.model_hash, time.time() - t0,
              info.model_path)
@@ -153,6 +154,8 @@ def load_engine(cfg: ServerConfig) -> tuple[Engine, object]:
     log.info("warm-up: %.1fs", engine.warmup())
     log.info("serving as %r: context %d tokens, batch %d rows, queue %d requests, stop tokens %s",
              cfg.served_name, engine.max_context, engine.max_batch, engine.max_queue, engine.stop_token_ids)
+    log.info("prefix cache: %s; prefill in chunks of %d tokens",
+             f"{cfg.prefix_cache_mb} MiB" if cfg.prefix_cache_mb > 0 else "off", engine.prefill_chunk)
     return engine, info
 
 
@@ -343,7 +346,8 @@ def create_app(engine: Engine, info=None, *, served_name: str = DEFAULT_SERVED_N
             choices.append({"index": i, "message": protocol.message_body(parsed), "finish_reason": reason,
                             "logprobs": None})
         return JSONResponse(protocol.completion_body(cid, served_name, choices,
-                                                     protocol.usage_body(done.prompt_tokens, done.completion_tokens)))
+                                                     protocol.usage_body(done.prompt_tokens, done.completion_tokens,
+                                                                         done.cached_tokens)))
 
     async def not_found(request: Request, exc: HTTPException):
         return _error(exc.status_code, f"{request.method} {request.url.path}: {exc.detail}",
@@ -430,7 +434,8 @@ async def _stream(gen: GenerationRequest, events: asyncio.Queue, req: protocol.C
                     if req.include_usage:
                         yield _sse({"id": cid, "object": "chat.completion.chunk", "created": created,
                                     "model": model, "choices": [],
-                                    "usage": protocol.usage_body(ev.prompt_tokens, ev.completion_tokens)})
+                                    "usage": protocol.usage_body(ev.prompt_tokens, ev.completion_tokens,
+                                                                 ev.cached_tokens)})
                     yield "data: [DONE]\n\n"
                     return
                 elif isinstance(ev, RequestFailed):
