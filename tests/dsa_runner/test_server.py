@@ -233,9 +233,12 @@ def test_invalid_json_and_unknown_model_and_path(server):
 def test_context_overflow_is_a_400_not_a_crash(server):
     client = server.client()
     long_text = "word " * (CONTEXT + 50)
+    before = server.health()["prefill_tokens"]
     with pytest.raises(openai.BadRequestError) as err:
         client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": long_text}], max_tokens=5)
     assert err.value.body["code"] == "context_length_exceeded" and err.value.body["param"] == "messages"
+    assert f"maximum context length is {CONTEXT} tokens" in err.value.body["message"]
+    assert server.health()["prefill_tokens"] == before  # refused before any model work
     with pytest.raises(openai.BadRequestError) as err:  # fits alone, not with the completion
         client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}],
                                        max_tokens=CONTEXT)
@@ -243,6 +246,22 @@ def test_context_overflow_is_a_400_not_a_crash(server):
     # and the server still answers
     assert client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}],
                                           max_tokens=3).choices
+
+
+def test_next_turn_reuses_the_cached_prompt(server):
+    """An agent's second turn resends the first: usage counts the first turn's prompt as cached."""
+    client = server.client()
+    messages = [{"role": "system", "content": "You answer in one short line. Session 4711."},
+                {"role": "user", "content": "Name a river in Europe."}]
+    first = client.chat.completions.create(model=MODEL, messages=messages, max_tokens=8, temperature=0)
+    messages += [{"role": "assistant", "content": first.choices[0].message.content},
+                 {"role": "user", "content": "And one in Africa?"}]
+    second = client.chat.completions.create(model=MODEL, messages=messages, max_tokens=8, temperature=0,
+                                            stream=True, stream_options={"include_usage": True})
+    usage = [c.usage for c in second if c.usage][0]
+    assert usage.prompt_tokens_details.cached_tokens == first.usage.prompt_tokens
+    assert usage.prompt_tokens > first.usage.prompt_tokens
+    assert first.usage.prompt_tokens_details.cached_tokens < first.usage.prompt_tokens
 
 
 def test_concurrent_clients_are_batched(server):
