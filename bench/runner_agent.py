@@ -13,9 +13,10 @@ tokens, so both modes see identical prompts whatever the model answered. Reporte
 total, prompt and cached tokens (from ``usage``), the ratio, the CPU's instruction set and the load
 average. Target: the conversation >= 3x faster with reuse.
 
-Not measured here: llama.cpp / llama-server (no llama-cpp-python in this environment, and building it
-from its sdist takes too long on a shared 2-core machine) and prefill tokens/s per length
-(`tasksynth runner bench` measures decoding throughput).
+``--prefill 512,2048,4096,7680`` adds part (1): prefill tokens/s per prompt length, dense and DSA.
+
+Not measured here: llama.cpp / llama-server (llama-cpp-python is not installed in this environment, and
+building it from its sdist takes too long on a shared 2-core machine).
 """
 
 from __future__ import annotations
@@ -152,6 +153,36 @@ def run_conversations(servers: dict[str, Server], turns: int, tool_tokens: int, 
     return results
 
 
+def measure_prefill(lengths: list[int], threads: int | None, top_k: int) -> None:
+    """Part (1): prefill tokens/s of one prompt per length, dense and DSA, on the server's engine (bfloat16,
+    int8 where the server uses it) with untrained indexers (their selection quality does not change the
+    time), prefix reuse off. DSA equals dense below top-k, so only lengths above it differ."""
+    import torch
+
+    from dsa_runner.engine import GenerationRequest, SamplingParams
+    from dsa_runner.server import ServerConfig, load_engine
+
+    engine, info = load_engine(ServerConfig(untrained_indexers=True, top_k=top_k, max_context=8192, threads=threads,
+                                            prefix_cache_mb=0))
+    torch.set_num_threads(engine.threads)
+    settings = engine.model.dsa_settings
+    vocab = engine.vocab_size
+    print(f"\nprefill ({info.model_name}, {info.dtype}, {engine.threads} threads, top-k {top_k}, "
+          f"chunks of {engine.prefill_chunk}):")
+    with torch.inference_mode():
+        for length in lengths:
+            ids = [(i * 7919 + 13) % (vocab - 1) + 1 for i in range(length)]
+            row = []
+            for mode in ("dense", "sparse"):
+                settings.mode = mode
+                req = GenerationRequest(ids, 1, SamplingParams(max_tokens=1), lambda evs: None)
+                t0 = time.perf_counter()
+                engine._prefill(req)
+                row.append(time.perf_counter() - t0)
+            print(f"  {length:5d} tokens: dense {length / row[0]:7.1f} tok/s ({row[0]:6.1f}s), DSA {length / row[1]:7.1f} "
+                  f"tok/s ({row[1]:6.1f}s), DSA/dense {row[0] / row[1]:.2f}x  (load {load_average()})", flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -162,10 +193,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--server-arg", action="append", default=[],
                         help="extra option for both servers, e.g. --server-arg=--dense (repeatable)")
     parser.add_argument("--log-dir", type=Path, default=Path("/tmp"), help="where the servers' logs go")
+    parser.add_argument("--prefill", default="", metavar="LENGTHS",
+                        help="also measure prefill tokens/s, dense and DSA, at these prompt lengths "
+                             "(comma-separated, e.g. 512,2048,4096,7680; a 7.5K prompt takes minutes on 2 cores)")
+    parser.add_argument("--top-k", type=int, default=2048, help="DSA's top-k for --prefill (default 2048)")
+    parser.add_argument("--skip-conversation", action="store_true", help="only --prefill")
     args = parser.parse_args(argv)
 
     print(f"CPU: {cpu_description()}")
     print(f"load average at start: {load_average()}")
+    if args.prefill:
+        measure_prefill([int(x) for x in args.prefill.split(",")], args.threads, args.top_k)
+    if args.skip_conversation:
+        return 0
     common = ["--max-context", "8192", *args.server_arg]
     if args.threads:
         common += ["--threads", str(args.threads)]
