@@ -61,9 +61,9 @@ def load_average() -> str:
 
 
 def tool_output(turn: int, tokens: int) -> str:
-    """About ``tokens`` tokens of plausible, turn-specific tool output (SmolLM2's tokenizer: ~12 per line)."""
+    """About ``tokens`` tokens of plausible, turn-specific tool output (SmolLM2's tokenizer: ~30 per line)."""
     lines = []
-    for i in range(max(1, tokens // 12)):
+    for i in range(max(1, tokens // 30)):
         lines.append(f"src/module_{turn}_{i}.py:{10 + i}: def handler_{i}(value): return value * {turn + i}")
     return "\n".join(lines)
 

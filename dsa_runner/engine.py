@@ -2,6 +2,9 @@
 
 The shape of it (nanoGPT-sized on purpose):
 
+* A prompt is prefilled in chunks of ``prefill_chunk`` tokens, from the longest prefix the prefix cache
+  (``prefix_cache``) holds of an earlier prompt; between two chunks a cancelled request stops. The
+  prompt's cache then goes into the prefix cache for the requests that follow.
 * A request is one prompt and ``n`` samples. Its prompt is prefilled **once** (batch 1); the KV cache
   (main K/V and DSA index keys alike: every layer of the transformers ``Cache``) is then repeated ``n``
   times along the batch, so the n samples share the prefill and decode as rows of the batch.
