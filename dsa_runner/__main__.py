@@ -1,5 +1,5 @@
-"""`python -m dsa_runner [--model ...] [--port 8000]`: serve the DSA model (see dsa_runner.server)."""
+"""`python -m dsa_runner [--model ...] [--port 8000]`: serve the DSA model (the `runner serve` command)."""
 
-from dsa_runner.server import main
+from dsa_runner.server_cli import main
 
 main()

@@ -34,7 +34,9 @@ def warmup(
     model: Optional[Path] = typer.Option(None, help=_MODEL_HELP),
     corpus: Optional[list[Path]] = typer.Option(None, help=_CORPUS_HELP),
     out: Optional[Path] = typer.Option(None, help="Where to write the indexer weights (.safetensors file or "
-                                                  "folder). Default: dsa_indexer.safetensors beside the model."),
+                                                  "folder). Default: the user's cache, "
+                                                  "~/.cache/tasksynth/indexers/<model hash>.safetensors, where "
+                                                  "`runner serve` finds them."),
     steps: int = typer.Option(200, help="Dense warm-up steps."),
     sparse_steps: int = typer.Option(0, help="Optional sparse-stage steps after the dense stage."),
     seq_len: int = typer.Option(512, help="Tokens per training window."),
@@ -52,18 +54,15 @@ def warmup(
 
     from dsa_runner.corpus import read_texts, split_held_out
     from dsa_runner.evaluation import evaluate_indexers
-    from dsa_runner.loading import default_model_path, load_dsa_model
+    from dsa_runner.loading import default_model_path, indexer_cache_path, load_dsa_model
     from dsa_runner.warmup import warmup as run_warmup
 
     try:
         model_path = model or default_model_path()
-        if out is None:
-            out_path = (model_path.parent if model_path.is_file() else model_path) / "dsa_indexer.safetensors"
-        else:
-            out_path = out
         lm, tokenizer, info = load_dsa_model(model_path, top_k=top_k, index_heads=index_heads,
-                                             index_head_dim=index_head_dim, indexer_weights=init, device=device,
-                                             dtype=torch.float32)
+                                             index_head_dim=index_head_dim, device=device, dtype=torch.float32,
+                                             indexer_weights=init, search_indexers=False)
+        out_path = out if out is not None else indexer_cache_path(info.model_hash)
         train, held = split_held_out(read_texts(corpus), held_out)
         eval_k = [min(top_k, max(8, seq_len // 8))]
         before = evaluate_indexers(lm, tokenizer, held, ks=eval_k, seq_len=seq_len, max_windows=2, perplexity=False)
@@ -87,7 +86,8 @@ def warmup(
 def eval_indexer(
     model: Optional[Path] = typer.Option(None, help=_MODEL_HELP),
     indexer_weights: Optional[Path] = typer.Option(None, help="Warmed-up indexer weights (.safetensors). "
-                                                              "Default: the file beside the model, if any."),
+                                                              "Default: the ones `runner warmup` cached for this "
+                                                              "model, else the file beside the model, if any."),
     corpus: Optional[list[Path]] = typer.Option(None, help=_CORPUS_HELP),
     ks: str = typer.Option("16,64,256", help="Comma-separated top-k values to report."),
     seq_len: int = typer.Option(512, help="Tokens per held-out window."),

@@ -2,6 +2,9 @@
 
 The shape of it (nanoGPT-sized on purpose):
 
+* A prompt is prefilled in chunks of ``prefill_chunk`` tokens, from the longest prefix the prefix cache
+  (``prefix_cache``) holds of an earlier prompt; between two chunks a cancelled request stops. The
+  prompt's cache then goes into the prefix cache for the requests that follow.
 * A request is one prompt and ``n`` samples. Its prompt is prefilled **once** (batch 1); the KV cache
   (main K/V and DSA index keys alike: every layer of the transformers ``Cache``) is then repeated ``n``
   times along the batch, so the n samples share the prefill and decode as rows of the batch.
@@ -13,301 +16,45 @@ The shape of it (nanoGPT-sized on purpose):
   (``max_batch``); a request with more samples than free rows joins in chunks, reusing its prefill.
   Requests that cannot be admitted wait in a bounded queue; beyond ``max_queue`` ``submit`` raises
   ``QueueFull`` (the server answers 503).
-* Each layer's cache keeps spare columns at its end (``SlackLayer``), so a decode step writes one column
-  in place instead of concatenating (copying) the whole cache as ``DynamicLayer`` does.
-* Sampling: temperature and top-p per row, the Gumbel/exponential race for the draw (a per-request
-  ``torch.Generator``, so a ``seed`` reproduces a request), stop token ids, stop strings (text that may
-  still become a stop string is held back), and JSON-object constrained decoding (``json_prefix``).
+* Each step: stop token ids, stop strings (text that may still become a stop string is held back),
+  and JSON constrained decoding (``json_prefix``, ``json_schema``) decide when a row finishes.
 
-Results go back through a callback per request (``on_events``) that receives lists of events; the
-server
-turns them into HTTP responses or SSE chunks. Cancelling a request (client gone) frees its rows at the
-next step.
+The parts live in their own modules: ``generation`` (requests, rows, events), ``kv_cache`` (the batch's
+cache), ``detokenizer`` (incremental text), ``sampling`` (next tokens, each sample from its own random
+stream); this module is the scheduler. Results go back through a callback per request (``on_events``)
+that receives lists of events; the server turns them into HTTP responses or SSE chunks. Cancelling a
+request (client gone) frees its rows at the next step.
 """
-
 from __future__ import annotations
 
-import itertools
 import logging
 import os
 import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 
 from dsa_runner import json_prefix
-from dsa_runner.errors import DSARunnerError
+from dsa_runner.detokenizer import Detokenizer, stop_token_ids
+from dsa_runner.generation import (EngineClosed, EngineError, Event, Finished, GenerationRequest, QueueFull,
+                                   RequestDone, RequestFailed, Row, SamplingParams, TextDelta)
+from dsa_runner.kv_cache import (cache_layer_count, fresh_cache, merge_left_padded, new_cache,
+                                 slack_layer_class)
+from dsa_runner.prefix_cache import PrefixCache
+from dsa_runner.sampling import Sampler, row_generator
+
+# the names tests, benchmarks and the server import from here
+__all__ = ["Detokenizer", "Engine", "EngineClosed", "EngineError", "EngineStats", "Event", "Finished",
+           "GenerationRequest", "QueueFull", "RequestDone", "RequestFailed", "SamplingParams", "TextDelta",
+           "cache_layer_count", "fresh_cache", "merge_left_padded", "stop_token_ids"]
 
 log = logging.getLogger("dsa_runner.engine")
 
 
-class EngineError(DSARunnerError):
-    """The engine cannot take a request (closed, overloaded) or failed while running it."""
-
-
-class QueueFull(EngineError):
-    """More requests are waiting than ``max_queue`` allows."""
-
-
-class EngineClosed(EngineError):
-    """The engine is shutting down."""
-
-
-# ------------------------------------------------------------------------------------------------
-# requests and events
-
-
-@dataclass
-class SamplingParams:
-    max_tokens: int
-    temperature: float = 1.0
-    top_p: float = 1.0
-    stop: tuple[str, ...] = ()
-    seed: int | None = None
-    # constrain the output to JSON: the json_prefix state to start from (json_prefix.INITIAL: one
-    # object); the choice finishes when the object closes. None: free text.
-    json_state: tuple | None = None
-    ignore_eos: bool = False  # benchmarks: always generate max_tokens
-
-
-@dataclass
-class TextDelta:
-    index: int  # choice index
-    text: str
-
-
-@dataclass
-class Finished:
-    index: int
-    reason: str  # "stop" | "length" | "cancelled"
-    text: str  # the whole output of this choice (stop string excluded)
-    completion_tokens: int
-
-
-@dataclass
-class RequestDone:
-    prompt_tokens: int
-    completion_tokens: int
-
-
-@dataclass
-class RequestFailed:
-    message: str
-
-
-Event = TextDelta | Finished | RequestDone | RequestFailed
-
-_ids = itertools.count()
-
-
-@dataclass(eq=False)
-class GenerationRequest:
-    """One prompt, ``n`` samples. ``on_events`` is called from the engine thread with lists of events,
-    ending with RequestDone or RequestFailed."""
-
-    prompt_ids: list[int]
-    n: int
-    params: SamplingParams
-    on_events: Callable[[list[Event]], None]
-    id: int = field(default_factory=lambda: next(_ids))
-    cancelled: bool = False
-    # engine-side state
-    admitted: int = 0  # samples that got a row so far
-    finished: int = 0
-    completion_tokens: int = 0
-    generator: torch.Generator | None = None
-    prefill: tuple | None = field(default=None, repr=False)  # (cache layers, last logits)
-    closed: bool = False
-
-    def cancel(self) -> None:
-        """Frees the request's rows at the next step (thread-safe: a flag read by the engine)."""
-        self.cancelled = True
-
-
-# ------------------------------------------------------------------------------------------------
-# KV cache with room to grow
-
-
-def _new_cache():
-    from transformers import DynamicCache
-
-    return DynamicCache()
-
-
-def _make_slack_layer_class():
-    from transformers.cache_utils import DynamicLayer
-
-    class SlackLayer(DynamicLayer):
-        """A ``DynamicLayer`` whose keys/values are views on a buffer with spare columns at the end:
-        appending one decode step writes in place. Works for every (B, H, S, d) tensor pair a Cache
-        holds, DSA index keys (B, 1, S, d_I) with their (B, 1, S, 0) companions included."""
-
-        slack = 64
-
-        def _store(self, keys: torch.Tensor, values: torch.Tensor, extra: int = 0) -> None:
-            B, H, S, d = keys.shape
-            cap = S + extra + self.slack
-            self._k = keys.new_zeros(B, H, cap, d)
-            self._v = values.new_zeros(B, values.shape[1], cap, values.shape[-1])
-            self._k[:, :, :S] = keys
-            self._v[:, :, :S] = values
-            self._len = S
-            self.dtype, self.device = keys.dtype, keys.device
-            self.is_initialized = True
-            self._views()
-
-        def _views(self) -> None:
-            self.keys = self._k[:, :, :self._len]
-            self.values = self._v[:, :, :self._len]
-
-        def update(self, key_states, value_states, *args, **kwargs):
-            if not self.is_initialized:
-                self._store(key_states, value_states)
-                return self.keys, self.values
-            T = key_states.shape[-2]
-            if self._len + T > self._k.shape[2]:
-                self._store(self.keys, self.values, extra=T)
-            self._k[:, :, self._len:self._len + T] = key_states
-            self._v[:, :, self._len:self._len + T] = value_states
-            self._len += T
-            self._views()
-            return self.keys, self.values
-
-        # cache-wide operations, keeping the spare room
-        def batch_select_indices(self, indices: torch.Tensor) -> None:
-            if self.is_initialized:
-                self._k, self._v = self._k[indices], self._v[indices]
-                self._views()
-
-        def batch_repeat_interleave(self, repeats: int) -> None:
-            if self.is_initialized:
-                self._k = self._k.repeat_interleave(repeats, dim=0)
-                self._v = self._v.repeat_interleave(repeats, dim=0)
-                self._views()
-
-        def crop(self, tokens_to_remove: int) -> None:
-            if self.is_initialized and tokens_to_remove < 0:
-                self._len = max(0, self._len + tokens_to_remove)
-                self._views()
-
-        def drop_front(self, columns: int) -> None:
-            """Forgets the first ``columns`` cache columns (padding no row needs any more); no copy."""
-            if self.is_initialized and columns > 0:
-                self._k, self._v = self._k[:, :, columns:], self._v[:, :, columns:]
-                self._len -= columns
-                self._views()
-
-        def reset(self) -> None:
-            self._k = self._v = None
-            super().reset()
-
-    return SlackLayer
-
-
-_SLACK_LAYER = None
-
-
-def slack_layer_class():
-    global _SLACK_LAYER
-    if _SLACK_LAYER is None:
-        _SLACK_LAYER = _make_slack_layer_class()
-    return _SLACK_LAYER
-
-
-def cache_layer_count(model) -> int:
-    """Layers a fresh cache needs: the decoder layers, plus as many for DSA index keys when DSA is on."""
-    cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
-    layers = cfg.num_hidden_layers
-    settings = getattr(model, "dsa_settings", None)
-    if getattr(model, "dsa_indexers", None) is not None and (settings is None or settings.mode != "dense"):
-        layers *= 2
-    return layers
-
-
-def fresh_cache(num_layers: int):
-    """An empty cache whose layers are all ``SlackLayer`` (DSA's index-key layers included, since they
-    exist before its hook would add plain ones)."""
-    cache = _new_cache()
-    cls = slack_layer_class()
-    cache.layers = [cls() for _ in range(num_layers)]
-    return cache
-
-
-def merge_left_padded(parts: list[tuple[list, int]], num_layers: int):
-    """One cache from several left-padded caches ``(layers, seq_len)``, stacked along the batch and
-    right-aligned to the longest; the new padding is zeros (masked out by the attention mask)."""
-    cls = slack_layer_class()
-    S = max(s for _, s in parts)
-    cache = _new_cache()
-    layers = []
-    for i in range(num_layers):
-        present = [(layers_[i], s) for layers_, s in parts]
-        if not all(layer.is_initialized for layer, _ in present):
-            layers.append(cls())
-            continue
-        k0, v0 = present[0][0].keys, present[0][0].values
-        B = sum(layer.keys.shape[0] for layer, _ in present)
-        keys = k0.new_zeros(B, k0.shape[1], S, k0.shape[-1])
-        values = v0.new_zeros(B, v0.shape[1], S, v0.shape[-1])
-        b = 0
-        for layer, s in present:
-            rows = layer.keys.shape[0]
-            keys[b:b + rows, :, S - s:] = layer.keys
-            values[b:b + rows, :, S - s:] = layer.values
-            b += rows
-        merged = cls()
-        merged._store(keys, values)
-        layers.append(merged)
-    cache.layers = layers
-    return cache
-
-
-# ------------------------------------------------------------------------------------------------
-# incremental detokenisation
-
-
-class _Detokenizer:
-    """Text of a growing token list without decoding it all each step (prefix/read offsets): a token
-    that ends inside a UTF-8 character yields no text until the character is complete."""
-
-    __slots__ = ("tokenizer", "prefix", "read")
-
-    def __init__(self, tokenizer):
-        self.tokenizer = tokenizer
-        self.prefix = 0
-        self.read = 0
-
-    def push(self, tokens: list[int]) -> str:
-        decode = self.tokenizer.decode
-        before = decode(tokens[self.prefix:self.read], skip_special_tokens=True)
-        after = decode(tokens[self.prefix:], skip_special_tokens=True)
-        if after.endswith("\ufffd") or len(after) <= len(before):
-            return ""
-        self.prefix, self.read = self.read, len(tokens)
-        return after[len(before):]
-
-
-# ------------------------------------------------------------------------------------------------
-# one sequence = one row of the batch
-
-
-class _Row:
-    __slots__ = ("request", "index", "tokens", "text", "emitted", "detok", "done", "json_state", "hold")
-
-    def __init__(self, request: GenerationRequest, index: int, tokenizer):
-        self.request = request
-        self.index = index
-        self.tokens: list[int] = []
-        self.text = ""
-        self.emitted = 0
-        self.detok = _Detokenizer(tokenizer)
-        self.done: str | None = None
-        params = request.params
-        self.json_state = params.json_state
-        self.hold = max((len(s) for s in request.params.stop), default=1) - 1
+class PrefillCancelled(Exception):
+    """The request was cancelled between two prefill chunks (internal: the engine closes it)."""
 
 
 # ------------------------------------------------------------------------------------------------
@@ -318,7 +65,8 @@ class _Row:
 class EngineStats:
     steps: int = 0
     generated_tokens: int = 0
-    prefill_tokens: int = 0
+    prefill_tokens: int = 0  # prompt tokens run through the model (cached ones not counted)
+    cached_prompt_tokens: int = 0  # prompt tokens taken from the prefix cache instead
     requests_done: int = 0
     requests_cancelled: int = 0
     started: float = field(default_factory=time.time)
@@ -329,8 +77,13 @@ class Engine:
 
     def __init__(self, model, tokenizer, *, max_batch: int = 32, max_queue: int = 256,
                  max_context: int | None = None, device: str | torch.device | None = None,
-                 decode_impl: str = "native", threads: int | None = None):
+                 decode_impl: str = "native", threads: int | None = None,
+                 prefix_cache_bytes: int = 512 << 20, prefill_chunk: int = 512):
         self.model = model
+        # prompts' KV kept across requests (prefix_cache); 0 bytes turns reuse off
+        self.prefix_cache = PrefixCache(prefix_cache_bytes)
+        # prompts run in chunks of this many tokens: a cancelled request stops between two chunks
+        self.prefill_chunk = max(1, prefill_chunk)
         # intra-op threads of the scheduler thread (the one that runs every model step)
         self.threads = threads or torch.get_num_threads()
         self.tokenizer = tokenizer
@@ -348,10 +101,9 @@ class Engine:
         self._cv = threading.Condition()
         self._closing = False
         self._thread: threading.Thread | None = None
-        self._token_texts: list[str] | None = None
-        self._stop_ids_dev: torch.Tensor | None = None
+        self.sampler = Sampler(tokenizer, self.stop_token_ids)
         # the running batch
-        self._rows: list[_Row] = []
+        self._rows: list[Row] = []
         self._cache = None
         self._mask: torch.Tensor | None = None  # (B, S) long, 0 = padding
         self._pos: torch.Tensor | None = None  # (B,) next position id of each row
@@ -402,6 +154,7 @@ class Engine:
             self._waiting.append(GenerationRequest(list(range(1, 9)), n, params, lambda evs: None))
             self.run_until_idle()
         self.stats = EngineStats()
+        self.prefix_cache.clear()
         return time.time() - t0
 
     def run_until_idle(self) -> None:
@@ -433,7 +186,10 @@ class Engine:
                     "max_batch": self.max_batch, "max_queue": self.max_queue,
                     "steps": self.stats.steps, "generated_tokens": self.stats.generated_tokens,
                     "requests_done": self.stats.requests_done,
-                    "requests_cancelled": self.stats.requests_cancelled}
+                    "requests_cancelled": self.stats.requests_cancelled,
+                    "prefill_tokens": self.stats.prefill_tokens,
+                    "cached_prompt_tokens": self.stats.cached_prompt_tokens,
+                    **self.prefix_cache.load()}
 
     def shutdown(self, drain_s: float = 0.0) -> None:
         """Stops admitting; lets running work finish for up to ``drain_s`` seconds, then cancels the
@@ -490,6 +246,10 @@ class Engine:
             if req.prefill is None:
                 try:
                     self._prefill(req)
+                except PrefillCancelled:
+                    self._unqueue(req)
+                    self._close_request(req, cancelled=True)
+                    continue
                 except Exception as exc:
                     log.exception("prefill failed")
                     self._unqueue(req)
@@ -517,18 +277,37 @@ class Engine:
             self._torch_threads = n
 
     def _prefill(self, req: GenerationRequest) -> None:
+        """Runs the prompt (after the longest prefix the prefix cache holds) in chunks of
+        ``prefill_chunk`` tokens, stopping with PrefillCancelled between two chunks when the client has
+        gone; leaves (cache layers, last logits) on ``req.prefill`` and the prompt's cache in the prefix
+        cache."""
         if self.device.type == "cpu":
             self._set_torch_threads(self.threads)
-        ids = torch.tensor([req.prompt_ids], dtype=torch.long, device=self.device)
+        p = len(req.prompt_ids)
+        entry, start = self.prefix_cache.lookup(req.prompt_ids)
         cache = fresh_cache(self.num_cache_layers)
-        out = self.model(input_ids=ids, attention_mask=torch.ones_like(ids),
-                         position_ids=torch.arange(ids.shape[1], device=self.device)[None],
-                         past_key_values=cache, use_cache=True, logits_to_keep=1)
-        req.prefill = (cache.layers, out.logits[:, -1].float())
-        self.stats.prefill_tokens += ids.shape[1]
-        if req.generator is None:
-            seed = req.params.seed if req.params.seed is not None else int.from_bytes(os.urandom(8), "little") >> 1
-            req.generator = torch.Generator(device=self.device).manual_seed(seed)
+        if entry is not None:
+            for layer, kv in zip(cache.layers, entry.tensors):
+                if kv is not None:  # room for the rest of the prompt, so the chunks append in place
+                    layer._store(kv[0][:, :, :start], kv[1][:, :, :start], extra=p - start)
+        ids = torch.tensor([req.prompt_ids], dtype=torch.long, device=self.device)
+        logits = None
+        for lo in range(start, p, self.prefill_chunk):
+            if req.cancelled:
+                raise PrefillCancelled
+            hi = min(p, lo + self.prefill_chunk)
+            out = self.model(input_ids=ids[:, lo:hi], attention_mask=torch.ones(1, hi, dtype=torch.long,
+                                                                                 device=self.device),
+                             position_ids=torch.arange(lo, hi, device=self.device)[None],
+                             past_key_values=cache, use_cache=True, logits_to_keep=1)
+            logits = out.logits[:, -1].float()
+            self.stats.prefill_tokens += hi - lo
+        req.cached_tokens = start
+        self.stats.cached_prompt_tokens += start
+        self.prefix_cache.store(req.prompt_ids, cache.layers)
+        req.prefill = (cache.layers, logits)
+        if req.seed is None:
+            req.seed = req.params.seed if req.params.seed is not None else int.from_bytes(os.urandom(8), "little") >> 1
 
     def _join(self, req: GenerationRequest, k: int) -> None:
         """Adds k samples of a prefilled request to the running batch and draws their first token."""
@@ -542,13 +321,15 @@ class Engine:
                 fresh._store(layer.keys.repeat_interleave(k, 0) if k > 1 else layer.keys,
                              layer.values.repeat_interleave(k, 0) if k > 1 else layer.values)
             new_layers.append(fresh)
-        rows = [_Row(req, req.admitted + i, self.tokenizer) for i in range(k)]
+        sampled = req.params.temperature != 0
+        rows = [Row(req, i, self.tokenizer, row_generator(req.seed, i, self.device) if sampled else None)
+                for i in range(req.admitted, req.admitted + k)]
         req.admitted += k
-        first_ids, first = self._sample(logits.expand(k, -1), rows)
+        first_ids, first = self.sampler.sample(logits.expand(k, -1), rows)
         new_mask = torch.ones(k, p, dtype=torch.long, device=self.device)
         new_pos = torch.full((k,), p, dtype=torch.long, device=self.device)
         if not self._rows:
-            cache = _new_cache()
+            cache = new_cache()
             cache.layers = new_layers
             self._cache, self._mask, self._pos = cache, new_mask, new_pos
             self._last = first_ids
@@ -585,7 +366,7 @@ class Engine:
                              logits_to_keep=1)
             logits = out.logits[:, -1]
         self._pos += 1
-        self._last, tokens = self._sample(logits.float(), self._rows)
+        self._last, tokens = self.sampler.sample(logits.float(), self._rows)
         self.stats.steps += 1
         events: dict[GenerationRequest, list[Event]] = {}
         for row, tok in zip(self._rows, tokens):
@@ -597,83 +378,9 @@ class Engine:
         self._compact()
 
     # -- sampling ---------------------------------------------------------------------------------
-
-    def _sample(self, logits: torch.Tensor, rows: list[_Row]) -> tuple[torch.Tensor, list[int]]:
-        """One token per row: greedy at temperature 0, else temperature + top-p, drawn by an exponential
-        race (argmax p / E, E ~ Exp(1) from the request's generator), which also orders the candidates
-        for the JSON constraint as a draw without replacement would. Returns the tokens as a (B,) long
-        tensor on the device (the next step's input, never copied back from the host) and as a list
-        (one device-to-host copy per step: the only synchronisation of a decode step)."""
-        B = logits.shape[0]
-        no_eos = [i for i, r in enumerate(rows) if r.request.params.ignore_eos]
-        if no_eos:
-            stops = self._stop_ids_tensor(logits.device)
-            if len(no_eos) == B:
-                logits = logits.index_fill(-1, stops, float("-inf"))
-            else:
-                logits = logits.clone()
-                logits[torch.tensor(no_eos, device=logits.device)[:, None], stops[None]] = float("-inf")
-        temps = [r.request.params.temperature for r in rows]
-        greedy = all(t == 0 for t in temps)
-        json_rows = [i for i, r in enumerate(rows) if r.json_state is not None]
-        if greedy:
-            scores = logits
-        else:
-            t = torch.tensor([max(x, 1e-5) for x in temps], device=logits.device)[:, None]
-            probs = torch.softmax(logits / t, dim=-1)
-            top_ps = [r.request.params.top_p for r in rows]
-            nucleus = [i for i, p in enumerate(top_ps) if p < 1.0]
-            if nucleus:
-                idx = torch.tensor(nucleus, device=logits.device)
-                sub = probs[idx]
-                sorted_p, order = sub.sort(dim=-1, descending=True)
-                limit = torch.tensor([top_ps[i] for i in nucleus], device=logits.device)[:, None]
-                sorted_p[(sorted_p.cumsum(-1) - sorted_p) > limit] = 0.0
-                probs[idx] = torch.zeros_like(sub).scatter_(-1, order, sorted_p)
-            noise = torch.empty_like(probs)
-            start = 0
-            for end in range(1, B + 1):  # one draw per run of rows of the same request
-                if end == B or rows[end].request is not rows[start].request:
-                    noise[start:end].exponential_(generator=rows[start].request.generator)
-                    start = end
-            scores = probs / noise
-            greedy_rows = [i for i, x in enumerate(temps) if x == 0]
-            if greedy_rows:
-                gi = torch.tensor(greedy_rows, device=logits.device)
-                scores[gi] = logits[gi]
-        ids = scores.argmax(-1)
-        tokens = ids.tolist()
-        if json_rows:
-            for i in json_rows:
-                tokens[i] = self._json_token(scores[i], rows[i])
-            ids = torch.tensor(tokens, dtype=torch.long, device=logits.device)
-        return ids, tokens
-
-    def _stop_ids_tensor(self, device) -> torch.Tensor:
-        cached = self._stop_ids_dev
-        if cached is None or cached.device != torch.device(device):
-            cached = self._stop_ids_dev = torch.tensor(self.stop_token_ids, dtype=torch.long, device=device)
-        return cached
-
-    def _json_token(self, scores: torch.Tensor, row: _Row) -> int:
-        """The best-ranked token that keeps the output a JSON-object prefix."""
-        texts = self.token_texts()
-        for count in (64, scores.shape[0]):
-            top = torch.topk(scores, min(count, scores.shape[0])).indices.tolist()
-            for tok in top:
-                text = texts[tok] if tok < len(texts) else ""
-                if text and "\ufffd" not in text and json_prefix.advance(row.json_state, text) is not None:
-                    return tok
-        return self.stop_token_ids[0]  # nothing fits (cannot happen with a byte-level vocabulary)
-
-    def token_texts(self) -> list[str]:
-        if self._token_texts is None:
-            self._token_texts = self.tokenizer.batch_decode([[i] for i in range(len(self.tokenizer))])
-        return self._token_texts
-
     # -- bookkeeping ------------------------------------------------------------------------------
 
-    def _accept(self, row: _Row, tok: int, events: dict) -> None:
+    def _accept(self, row: Row, tok: int, events: dict) -> None:
         req = row.request
         params = req.params
         out = events.setdefault(req, [])
@@ -685,7 +392,7 @@ class Engine:
             self._finish(row, "stop", out)
             return
         if row.json_state is not None:
-            row.json_state = json_prefix.advance(row.json_state, self.token_texts()[tok]) or row.json_state
+            row.json_state = json_prefix.advance(row.json_state, self.sampler.token_texts()[tok]) or row.json_state
         delta = row.detok.push(row.tokens)
         if delta:
             row.text += delta
@@ -708,7 +415,7 @@ class Engine:
             out.append(TextDelta(row.index, row.text[row.emitted:safe]))
             row.emitted = safe
 
-    def _finish(self, row: _Row, reason: str, out: list) -> None:
+    def _finish(self, row: Row, reason: str, out: list) -> None:
         if row.emitted < len(row.text):
             out.append(TextDelta(row.index, row.text[row.emitted:]))
             row.emitted = len(row.text)
@@ -727,7 +434,7 @@ class Engine:
         self.stats.requests_done += 1
         if cancelled or req.cancelled:
             self.stats.requests_cancelled += 1
-        done = RequestDone(len(req.prompt_ids), req.completion_tokens)
+        done = RequestDone(len(req.prompt_ids), req.completion_tokens, req.cached_tokens)
         if out is not None:
             out.append(done)
         else:
@@ -785,23 +492,3 @@ class Engine:
                 req.closed = True
                 req.on_events([RequestFailed(message)])
 
-
-def stop_token_ids(tokenizer, model=None) -> list[int]:
-    """Token ids that end a turn: the tokenizer's EOS, the model's generation EOS, and the usual
-    end-of-turn specials present in the vocabulary."""
-    ids: list[int] = []
-
-    def add(value):
-        for v in (value if isinstance(value, (list, tuple)) else [value]):
-            if isinstance(v, int) and v >= 0 and v not in ids:
-                ids.append(v)
-
-    add(tokenizer.eos_token_id)
-    gen = getattr(model, "generation_config", None) if model is not None else None
-    if gen is not None:
-        add(gen.eos_token_id)
-    vocab = tokenizer.get_vocab()
-    for name in ("<|im_end|>", "<|endoftext|>", "<|eot_id|>", "<|end|>", "<end_of_turn>", "<|end_of_text|>"):
-        if name in vocab:
-            add(vocab[name])
-    return ids

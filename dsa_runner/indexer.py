@@ -37,6 +37,7 @@ class IndexerConfig:
     rope_theta: float = 10000.0
     top_k: int = DEFAULT_TOP_K
     model_name: str = ""
+    model_hash: str = ""  # loading.model_hash of the model the indexers belong to ("" in older files)
     extra: dict = field(default_factory=dict)  # e.g. warm-up statistics
 
     def to_json(self) -> str:
@@ -47,6 +48,8 @@ class IndexerConfig:
         return cls(**json.loads(text))
 
     def check_compatible(self, other: "IndexerConfig") -> None:
+        """Same indexer shape (``other``: a file's config; ``self``: what the caller expects). Whether the
+        indexers belong to the model is ``loading.check_indexers_fit``."""
         for name in ("hidden_size", "num_layers", "index_heads", "index_head_dim", "rope_dim"):
             if getattr(self, name) != getattr(other, name):
                 raise IndexerWeightsMismatch(

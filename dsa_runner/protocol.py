@@ -21,10 +21,28 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from dsa_runner import json_prefix
+from dsa_runner import json_prefix, json_schema
 
 MAX_N = 128
 MAX_STOP = 4
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one request may ask for; beyond each, a 400 that names the limit. They bound the memory and
+    the time one request can take (a body is held whole, a prompt is rendered and tokenised whole, and
+    n x max_tokens is the decode work it may queue)."""
+
+    max_body_bytes: int = 4 * 1024 * 1024
+    max_messages: int = 1024
+    max_message_chars: int = 256 * 1024  # a message's text; the context window refuses long prompts later
+    max_tools: int = 128
+    max_n: int = MAX_N
+    default_max_tokens: int = 2048  # when the request sets none (and the context window leaves more)
+    max_total_tokens: int = 65536  # n x max_tokens
+
+
+DEFAULT_LIMITS = Limits()
 ROLES = ("system", "developer", "user", "assistant", "tool")
 _FN_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
@@ -65,6 +83,8 @@ class ChatRequest:
     tools: list[dict] = field(default_factory=list)  # the "function" objects
     tool_choice: str | dict = "auto"  # "none" | "auto" | "required" | {"name": ...}
     json_object: bool = False
+    json_schema: json_schema.Node | None = None  # response_format json_schema, compiled (enforced)
+    json_schema_text: str = ""  # the schema as sent, for the system note
 
 
 def _is_int(x) -> bool:
@@ -91,9 +111,12 @@ def _text_of(content, param: str) -> str:
     raise BadRequest("content must be a string or a list of text parts", param)
 
 
-def _parse_messages(messages) -> list[dict]:
+def _parse_messages(messages, limits: Limits) -> list[dict]:
     if not isinstance(messages, list) or not messages:
         raise BadRequest("messages must be a non-empty list", "messages")
+    if len(messages) > limits.max_messages:
+        raise BadRequest(f"too many messages: {len(messages)}; this server's limit is {limits.max_messages}",
+                         "messages", "too_many_messages")
     out = []
     for i, m in enumerate(messages):
         where = f"messages[{i}]"
@@ -105,6 +128,9 @@ def _parse_messages(messages) -> list[dict]:
         if "content" not in m and not (role == "assistant" and m.get("tool_calls")):
             raise BadRequest("content is required", f"{where}.content")
         msg = {"role": role, "content": _text_of(m.get("content"), f"{where}.content")}
+        if len(msg["content"]) > limits.max_message_chars:
+            raise BadRequest(f"message too long: {len(msg['content'])} characters; this server's limit is "
+                             f"{limits.max_message_chars} per message", f"{where}.content", "message_too_long")
         calls = m.get("tool_calls")
         if calls is not None:
             if role != "assistant" or not isinstance(calls, list):
@@ -129,11 +155,14 @@ def _parse_messages(messages) -> list[dict]:
     return out
 
 
-def _parse_tools(tools) -> list[dict]:
+def _parse_tools(tools, limits: Limits) -> list[dict]:
     if tools is None:
         return []
     if not isinstance(tools, list):
         raise BadRequest("tools must be a list", "tools")
+    if len(tools) > limits.max_tools:
+        raise BadRequest(f"too many tools: {len(tools)}; this server's limit is {limits.max_tools}", "tools",
+                         "too_many_tools")
     out = []
     for i, tool in enumerate(tools):
         where = f"tools[{i}]"
@@ -155,20 +184,21 @@ def _parse_tools(tools) -> list[dict]:
     return out
 
 
-def parse_chat_request(body: Any) -> ChatRequest:
-    """Validates a /v1/chat/completions body. Unknown fields are ignored; fields we cannot honour
-    (logprobs, penalties) are refused rather than silently dropped."""
+def parse_chat_request(body: Any, limits: Limits = DEFAULT_LIMITS) -> ChatRequest:
+    """Validates a /v1/chat/completions body against ``limits``. Unknown fields are ignored; fields we
+    cannot honour (logprobs, penalties, unsupported JSON schemas) are refused rather than silently dropped.
+    ``max_tokens`` stays None when the request sets none (the server then applies the default cap)."""
     if not isinstance(body, dict):
         raise BadRequest("the request body must be a JSON object")
     model = body.get("model")
     if not isinstance(model, str) or not model:
         raise BadRequest("model is required", "model")
-    req = ChatRequest(model=model, messages=_parse_messages(body.get("messages")))
+    req = ChatRequest(model=model, messages=_parse_messages(body.get("messages"), limits))
 
     n = body.get("n", 1)
     if n is not None:
-        if not _is_int(n) or not 1 <= n <= MAX_N:
-            raise BadRequest(f"n must be an integer from 1 to {MAX_N}", "n")
+        if not _is_int(n) or not 1 <= n <= limits.max_n:
+            raise BadRequest(f"n must be an integer from 1 to {limits.max_n} (this server's limit)", "n")
         req.n = n
     t = body.get("temperature")
     if t is not None:
@@ -187,6 +217,13 @@ def parse_chat_request(body: Any) -> ChatRequest:
                 raise BadRequest(f"{key} must be a positive integer", key)
             req.max_tokens = value
             break
+    budget = req.n * (req.max_tokens or limits.default_max_tokens)
+    if budget > limits.max_total_tokens:
+        shown = (f"max_tokens {req.max_tokens}" if req.max_tokens
+                 else f"the default max_tokens {limits.default_max_tokens}")
+        raise BadRequest(f"n x max_tokens is {budget} (n {req.n}, {shown}); this server's limit is "
+                         f"{limits.max_total_tokens} tokens per request", "max_tokens" if req.max_tokens else "n",
+                         "too_many_tokens")
     stop = body.get("stop")
     if stop is not None:
         stops = [stop] if isinstance(stop, str) else stop
@@ -210,7 +247,7 @@ def parse_chat_request(body: Any) -> ChatRequest:
             raise BadRequest("stream_options must be an object", "stream_options")
         req.include_usage = bool(opts.get("include_usage", False))
 
-    req.tools = _parse_tools(body.get("tools"))
+    req.tools = _parse_tools(body.get("tools"), limits)
     choice = body.get("tool_choice")
     names = [t["name"] for t in req.tools]
     if choice is None:
@@ -234,6 +271,18 @@ def parse_chat_request(body: Any) -> ChatRequest:
         if kind not in ("text", "json_object", "json_schema"):
             raise BadRequest("response_format.type must be text, json_object or json_schema", "response_format")
         req.json_object = kind in ("json_object", "json_schema")
+        if kind == "json_schema":
+            spec = fmt.get("json_schema")
+            if not isinstance(spec, dict) or not isinstance(spec.get("schema"), dict):
+                raise BadRequest("response_format.json_schema.schema must be a JSON schema object",
+                                 "response_format.json_schema.schema")
+            try:
+                req.json_schema = json_schema.compile_schema(spec["schema"],
+                                                             "response_format.json_schema.schema")
+            except json_schema.UnsupportedSchema as exc:
+                raise BadRequest(f"this server cannot enforce this JSON schema: {exc}",
+                                 "response_format.json_schema.schema", "unsupported_schema") from exc
+            req.json_schema_text = json.dumps(spec["schema"], ensure_ascii=False)
     if body.get("logprobs") or body.get("top_logprobs"):
         raise BadRequest("logprobs are not supported by this server", "logprobs")
     for key in ("frequency_penalty", "presence_penalty"):
@@ -259,6 +308,7 @@ To call a function, write a JSON object with its "name" and its "arguments" betw
 </tool_call>"""
 
 JSON_SYSTEM = "Answer with one JSON object and nothing else."
+JSON_SCHEMA_SYSTEM = "Answer with one JSON object that follows this JSON schema, and nothing else:\n{schema}"
 
 
 @dataclass
@@ -307,7 +357,9 @@ def template_messages(req: ChatRequest, native_tools: bool) -> list[dict]:
             json.dumps({"type": "function", "function": t}, ensure_ascii=False) for t in req.tools)))
     if use_tools and req.tool_choice == "required":
         notes.append("Call at least one of these functions.")
-    if req.json_object:
+    if req.json_schema is not None:
+        notes.append(JSON_SCHEMA_SYSTEM.format(schema=req.json_schema_text))
+    elif req.json_object:
         notes.append(JSON_SYSTEM)
     if notes:
         note = "\n\n".join(notes)
@@ -347,6 +399,8 @@ def render_prompt(tokenizer, req: ChatRequest) -> Prompt:
     elif use_tools and req.tool_choice == "required":  # one of the functions, chosen by the model
         prefix = CALL_OPEN + '\n{"name": "'
         state = json_prefix.tool_call_state([t["name"] for t in req.tools])
+    elif req.json_schema is not None:
+        state = json_schema.initial_state(req.json_schema)
     elif req.json_object:
         state = json_prefix.INITIAL
     return Prompt(text + prefix, prefix, state, thinking_open)
@@ -515,9 +569,11 @@ def message_body(parsed: dict) -> dict:
     return msg
 
 
-def usage_body(prompt_tokens: int, completion_tokens: int) -> dict:
+def usage_body(prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0) -> dict:
+    """OpenAI's usage object; ``cached_tokens``: prompt tokens whose KV the prefix cache supplied."""
     return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-            "total_tokens": prompt_tokens + completion_tokens}
+            "total_tokens": prompt_tokens + completion_tokens,
+            "prompt_tokens_details": {"cached_tokens": cached_tokens}}
 
 
 def completion_body(cid: str, model: str, choices: list[dict], usage: dict, created: int | None = None) -> dict:

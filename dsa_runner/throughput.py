@@ -244,7 +244,8 @@ def run_benchmark(cfg: BenchConfig, log=print) -> dict:
         cfg.prompt_tokens = 128
     scfg = ServerConfig(model=cfg.model, device=cfg.device, dtype=cfg.dtype, quantize=cfg.quantize,
                         threads=cfg.threads, top_k=cfg.top_k, max_batch=max(cfg.n, cfg.concurrent, 1),
-                        max_queue=max(cfg.concurrent, 8))
+                        max_queue=max(cfg.concurrent, 8),
+                        prefix_cache_mb=0)  # each request prefills, as in the figures measured before reuse
     engine, info = load_engine(scfg)
     cfg.threads = engine.threads  # llama.cpp gets the same number of threads as the engine's step thread
     engine.start()

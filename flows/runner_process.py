@@ -61,8 +61,9 @@ class RunnerProcess:
 
     def __init__(self, base_url: str, *, process: subprocess.Popen | None = None, log_path: Path | None = None,
                  log_offset: int = 0, say: Callable[[str], None] = say_on_stderr,
-                 ready_timeout_s: float = READY_TIMEOUT_S) -> None:
+                 ready_timeout_s: float = READY_TIMEOUT_S, api_key_env: str = "") -> None:
         self.base_url = base_url
+        self.api_key_env = api_key_env  # the variable holding the key the started runner demands
         self.process = process
         self.log_path = log_path
         self.log_offset = log_offset  # where this start's part of the (appended) log begins
@@ -91,7 +92,7 @@ class RunnerProcess:
             if code is not None:
                 raise RunnerUnavailable(f"the bundled runner exited with code {code} before it answered at "
                                         f"{self.base_url}; {self.log_path}:\n{self.log_tail()}")
-            if endpoint_answers(self.base_url, timeout_s=1.0):
+            if endpoint_answers(self.base_url, self.api_key_env, timeout_s=1.0):
                 break
             if time.monotonic() > deadline:
                 self.stop()
@@ -137,6 +138,8 @@ def runner_command(config: Config, port: int, served_name: str) -> list[str]:
         args += ["--model", r.model]
     if r.indexer_weights:
         args += ["--indexer-weights", r.indexer_weights]
+    if r.api_key_env:  # the variable's name only: the key itself never appears on a command line
+        args += ["--api-key-env", r.api_key_env]
     return head + args
 
 
@@ -165,7 +168,7 @@ def start_runner(config: Config, role: str, *, say: Callable[[str], None] = say_
                                    env={**os.environ, "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1")},
                                    preexec_fn=_parent_death_signal())
     return RunnerProcess(settings.base_url, process=process, log_path=log_path, log_offset=offset, say=say,
-                         ready_timeout_s=ready_timeout_s)
+                         ready_timeout_s=ready_timeout_s, api_key_env=config.runner.api_key_env)
 
 
 @contextlib.contextmanager

@@ -163,6 +163,9 @@ class RunnerConfig:
     device: str = "auto"
     max_batch: int = 32
     max_queue: int = 256
+    # name of the variable holding the key the runner demands (`runner serve --api-key-env`) and the
+    # roles that use the bundled runner send; empty: no key (the runner listens on 127.0.0.1 only)
+    api_key_env: str = ""
 
 
 @dataclass

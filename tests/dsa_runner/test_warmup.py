@@ -72,3 +72,83 @@ def test_load_dsa_model_accepts_warmed_up_weights(smollm, tmp_path):
         loading.install(model, old_indexers, old_settings)
     assert info.indexer_weights == str(path) and info.index_heads == cfg.index_heads
     torch.testing.assert_close(loaded_wq, trained.layers[0].wq.weight)
+
+
+def _reusing_loaded_model(smollm):
+    """load_dsa_model on the session's transformers model instead of a second GGUF load; restores it after."""
+    import contextlib
+
+    from dsa_runner import loading
+
+    @contextlib.contextmanager
+    def patched():
+        model = smollm[0]
+        old_indexers, old_settings = model.dsa_indexers, model.dsa_settings
+        original = loading._load_transformers_model
+        loading._load_transformers_model = lambda *a, **k: (model, smollm[1])
+        try:
+            yield loading
+        finally:
+            loading._load_transformers_model = original
+            model.dsa_indexers, model.dsa_settings = old_indexers, old_settings
+            loading.install(model, old_indexers, old_settings)
+    return patched()
+
+
+def test_another_models_indexer_weights_are_refused_at_load(smollm, tmp_path):
+    """Checked against the model (not the file against itself): its layers, and the hash warm-up recorded."""
+    from dataclasses import replace
+
+    from dsa_runner.errors import IndexerWeightsMismatch
+
+    cfg = smollm[0].dsa_indexers.cfg
+    other_model = ModelIndexers(replace(cfg, model_name="OtherModel", model_hash="00ff00ff00ff00ff")).save(
+        tmp_path / "other.safetensors")
+    fewer_layers = ModelIndexers(replace(cfg, num_layers=2, model_hash="")).save(tmp_path / "small.safetensors")
+    with _reusing_loaded_model(smollm) as loading:
+        with pytest.raises(IndexerWeightsMismatch, match="trained for model OtherModel"):
+            loading.load_dsa_model(indexer_weights=other_model, top_k=8)
+        with pytest.raises(IndexerWeightsMismatch, match="layers 2"):
+            loading.load_dsa_model(indexer_weights=fewer_layers, top_k=8)
+
+
+def test_serve_finds_warmed_up_indexers_in_the_cache_else_runs_dense(smollm):
+    """`runner warmup` writes to the user's cache by model hash; serve's plan finds them there, and
+    without them serves dense attention with a line saying so."""
+    from dsa_runner.loading import default_model_path, indexer_cache_path, model_hash
+    from dsa_runner.options import ServerConfig
+    from dsa_runner.server import attention_plan
+
+    cached = indexer_cache_path(model_hash(default_model_path()))
+    assert not cached.exists()  # the tests' own empty cache (conftest)
+    dense, why = attention_plan(ServerConfig())
+    assert dense and "DSA off" in why and "runner warmup" in why
+    assert attention_plan(ServerConfig(untrained_indexers=True)) == (False, None)
+
+    ModelIndexers(smollm[0].dsa_indexers.cfg).save(cached)
+    try:
+        assert attention_plan(ServerConfig()) == (False, None)
+        with _reusing_loaded_model(smollm) as loading:
+            _, _, info = loading.load_dsa_model(top_k=8)
+        assert info.indexer_weights == str(cached) and info.indexers == "trained"
+    finally:
+        cached.unlink()
+        cached.with_suffix(".json").unlink()
+
+
+def test_warmup_leaves_the_main_model_bit_identical(dsa):
+    import hashlib
+
+    model, tokenizer, _ = dsa
+
+    def fingerprints() -> dict[str, str]:
+        tensors = {**dict(model.named_parameters()), **dict(model.named_buffers())}
+        return {name: hashlib.sha256(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy()).hexdigest()
+                for name, t in tensors.items() if not name.startswith("dsa_indexers.")}
+
+    before = fingerprints()
+    indexer_before = model.dsa_indexers.layers[0].wq.weight.clone()
+    train, _ = split_held_out(read_texts())
+    warmup(model, tokenizer, train, steps=2, seq_len=32, lr=1e-2, progress=False)
+    assert fingerprints() == before and len(before) > 100
+    assert not torch.equal(model.dsa_indexers.layers[0].wq.weight, indexer_before)  # the indexers did train

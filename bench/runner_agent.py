@@ -1,0 +1,246 @@
+"""The runner as an agent's model: a scripted multi-turn tool-using conversation through the OpenAI API,
+with prefix reuse and without it, in the same run.
+
+    python bench/runner_agent.py                     # 10 turns, ~300 tokens of tool output per turn
+    python bench/runner_agent.py --turns 4 --threads 1
+    python bench/runner_agent.py --help
+
+Each mode has its own server (`python -m dsa_runner` on 127.0.0.1, `--prefix-cache-mb 0` turns reuse
+off), both running at once; each turn goes to one, then the other (so the load of a shared machine, which
+comes and goes, weighs on both alike). Both see the same conversation: every turn asks the model for its next step (tools declared,
+greedy), then appends a scripted assistant tool call and a tool result of about ``--tool-tokens``
+tokens, so both modes see identical prompts whatever the model answered. Reported: seconds per turn and in
+total, prompt and cached tokens (from ``usage``), the ratio, the CPU's instruction set and the load
+average. Target: the conversation >= 3x faster with reuse.
+
+``--prefill 512,2048,4096,7680`` adds part (1): prefill tokens/s per prompt length, dense and DSA.
+
+Not measured here: llama.cpp / llama-server (llama-cpp-python is not installed in this environment, and
+building it from its sdist takes too long on a shared 2-core machine).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+MODEL = "smollm2-135m-dsa"
+TOOLS = [{"type": "function", "function": {
+    "name": "run_shell", "description": "Run a shell command in the repository and return its output",
+    "parameters": {"type": "object", "properties": {"command": {"type": "string"}}, "required": ["command"]}}}]
+COMMANDS = ["ls -R src", "cat src/config.py", "grep -rn parse_ src", "pytest -q tests/test_parse.py",
+            "cat src/parse.py", "git log --oneline -20", "python -m src.cli --help", "cat tests/test_cli.py",
+            "git diff", "pytest -q"]
+
+
+def cpu_description() -> str:
+    """The CPU's model name and the instruction-set flags that matter to the kernels (avx2, avx512*, amx*)."""
+    model, flags = "unknown CPU", set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name") and model == "unknown CPU":
+                model = line.split(":", 1)[1].strip()
+            elif line.startswith("flags") and not flags:
+                flags = set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    wanted = sorted(f for f in flags if f in ("avx2", "fma", "f16c", "avx_vnni") or f.startswith(("avx512", "amx")))
+    return f"{model}; {os.cpu_count()} logical CPUs; flags: {' '.join(wanted) or 'none of avx2/avx512/amx'}"
+
+
+def load_average() -> str:
+    one, five, fifteen = os.getloadavg()
+    return f"{one:.2f} {five:.2f} {fifteen:.2f}"
+
+
+def tool_output(turn: int, tokens: int) -> str:
+    """About ``tokens`` tokens of plausible, turn-specific tool output (SmolLM2's tokenizer: ~30 per line)."""
+    lines = []
+    for i in range(max(1, tokens // 30)):
+        lines.append(f"src/module_{turn}_{i}.py:{10 + i}: def handler_{i}(value): return value * {turn + i}")
+    return "\n".join(lines)
+
+
+def conversation_turns(turns: int, tool_tokens: int, session: int = 0):
+    """The messages of each request: the conversation so far, growing by one tool call and its result.
+    ``session`` opens the system prompt, so two sessions share no cached prefix worth the name."""
+    messages = [{"role": "system", "content": f"Session {session}. You are a coding agent. Use run_shell to "
+                                              "inspect the repository, then fix the failing test."},
+                {"role": "user", "content": "tests/test_parse.py fails on empty input. Find out why and fix it."}]
+    for turn in range(turns):
+        yield list(messages)
+        call_id = f"call_{turn}"
+        messages.append({"role": "assistant", "content": "", "tool_calls": [
+            {"id": call_id, "type": "function",
+             "function": {"name": "run_shell", "arguments": json.dumps({"command": COMMANDS[turn % len(COMMANDS)]})}}]})
+        messages.append({"role": "tool", "tool_call_id": call_id, "content": tool_output(turn, tool_tokens)})
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """`python -m dsa_runner` in a subprocess on 127.0.0.1, its log in a file."""
+
+    def __init__(self, extra: list[str], log_path: Path):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+               "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+        self.log = open(log_path, "w")
+        self.proc = subprocess.Popen([sys.executable, "-m", "dsa_runner", "--port", str(self.port), *extra],
+                                     stdout=self.log, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+
+    def wait_ready(self, timeout: float = 600) -> None:
+        import httpx
+
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise SystemExit(f"the server exited with {self.proc.returncode}; see {self.log.name}")
+            try:
+                if httpx.get(self.url + "/health", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        raise SystemExit(f"the server did not start within {timeout:.0f}s; see {self.log.name}")
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        self.log.close()
+
+
+def run_conversations(servers: dict[str, Server], turns: int, tool_tokens: int, max_tokens: int,
+                      rounds: int) -> dict:
+    """The conversation on every server, turn by turn alternating between them, so that the shared machine's
+    load, which comes and goes, weighs on both modes alike; ``rounds`` times (a new session each), keeping
+    each turn's fastest time (the one least disturbed by other work)."""
+    import openai
+
+    clients = {mode: openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0, timeout=1800)
+               for mode, server in servers.items()}
+    results = {mode: {"per_turn": [float("inf")] * turns, "prompt_tokens": [0] * turns, "cached_tokens": [0] * turns,
+                      "round_seconds": [0.0] * rounds,
+                      "attention": client.models.list().data[0].model_extra.get("meta", {}).get("attention")}
+               for mode, client in clients.items()}
+    for rnd in range(rounds):
+        for turn, messages in enumerate(conversation_turns(turns, tool_tokens, session=rnd), 1):
+            for mode, client in clients.items():
+                t0 = time.perf_counter()
+                reply = client.chat.completions.create(model=MODEL, messages=messages, tools=TOOLS,
+                                                       max_tokens=max_tokens, temperature=0)
+                seconds = time.perf_counter() - t0
+                details = reply.usage.prompt_tokens_details
+                cached = details.cached_tokens if details else 0
+                r = results[mode]
+                r["per_turn"][turn - 1] = min(r["per_turn"][turn - 1], seconds)
+                r["round_seconds"][rnd] += seconds
+                r["prompt_tokens"][turn - 1] = reply.usage.prompt_tokens
+                r["cached_tokens"][turn - 1] = cached
+                print(f"  round {rnd + 1} turn {turn:2d} {mode:>13}: {seconds:6.2f}s  prompt "
+                      f"{reply.usage.prompt_tokens:5d} tokens, cached {cached:5d}  (load {load_average()})", flush=True)
+    for r in results.values():
+        r["seconds"] = sum(r["per_turn"])
+    return results
+
+
+def measure_prefill(lengths: list[int], threads: int | None, top_k: int) -> None:
+    """Part (1): prefill tokens/s of one prompt per length, dense and DSA, on the server's engine (bfloat16,
+    int8 where the server uses it) with untrained indexers (their selection quality does not change the
+    time), prefix reuse off. DSA equals dense below top-k, so only lengths above it differ."""
+    import torch
+
+    from dsa_runner.engine import GenerationRequest, SamplingParams
+    from dsa_runner.server import ServerConfig, load_engine
+
+    engine, info = load_engine(ServerConfig(untrained_indexers=True, top_k=top_k, max_context=8192, threads=threads,
+                                            prefix_cache_mb=0))
+    torch.set_num_threads(engine.threads)
+    settings = engine.model.dsa_settings
+    vocab = engine.vocab_size
+    print(f"\nprefill ({info.model_name}, {info.dtype}, {engine.threads} threads, top-k {top_k}, "
+          f"chunks of {engine.prefill_chunk}):")
+    with torch.inference_mode():
+        for length in lengths:
+            ids = [(i * 7919 + 13) % (vocab - 1) + 1 for i in range(length)]
+            row = []
+            for mode in ("dense", "sparse"):
+                settings.mode = mode
+                req = GenerationRequest(ids, 1, SamplingParams(max_tokens=1), lambda evs: None)
+                t0 = time.perf_counter()
+                engine._prefill(req)
+                row.append(time.perf_counter() - t0)
+            print(f"  {length:5d} tokens: dense {length / row[0]:7.1f} tok/s ({row[0]:6.1f}s), DSA {length / row[1]:7.1f} "
+                  f"tok/s ({row[1]:6.1f}s), DSA/dense {row[0] / row[1]:.2f}x  (load {load_average()})", flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--turns", type=int, default=10, help="requests in the conversation (default 10)")
+    parser.add_argument("--tool-tokens", type=int, default=300, help="tokens of tool output added per turn")
+    parser.add_argument("--max-tokens", type=int, default=16, help="completion tokens per turn (default 16)")
+    parser.add_argument("--rounds", type=int, default=2,
+                        help="conversations per mode (new sessions); each turn's fastest time counts (default 2)")
+    parser.add_argument("--threads", type=int, default=None, help="the server's --threads")
+    parser.add_argument("--server-arg", action="append", default=[],
+                        help="extra option for both servers, e.g. --server-arg=--dense (repeatable)")
+    parser.add_argument("--log-dir", type=Path, default=Path("/tmp"), help="where the servers' logs go")
+    parser.add_argument("--prefill", default="", metavar="LENGTHS",
+                        help="also measure prefill tokens/s, dense and DSA, at these prompt lengths "
+                             "(comma-separated, e.g. 512,2048,4096,7680; a 7.5K prompt takes minutes on 2 cores)")
+    parser.add_argument("--top-k", type=int, default=2048, help="DSA's top-k for --prefill (default 2048)")
+    parser.add_argument("--skip-conversation", action="store_true", help="only --prefill")
+    args = parser.parse_args(argv)
+
+    print(f"CPU: {cpu_description()}")
+    print(f"load average at start: {load_average()}")
+    if args.prefill:
+        measure_prefill([int(x) for x in args.prefill.split(",")], args.threads, args.top_k)
+    if args.skip_conversation:
+        return 0
+    common = ["--max-context", "8192", *args.server_arg]
+    if args.threads:
+        common += ["--threads", str(args.threads)]
+    servers = {}
+    try:
+        for mode, extra in (("with reuse", []), ("without reuse", ["--prefix-cache-mb", "0"])):
+            print(f"{mode}: starting a server ...", flush=True)
+            servers[mode] = Server(common + extra, args.log_dir / f"runner_agent_{mode.replace(' ', '_')}.log")
+            servers[mode].wait_ready()  # one at a time: loading is CPU-bound
+        results = run_conversations(servers, args.turns, args.tool_tokens, args.max_tokens, args.rounds)
+    finally:
+        for server in servers.values():
+            server.stop()
+    for mode, r in results.items():
+        rounds = ", ".join(f"{x:.1f}s" for x in r["round_seconds"])
+        print(f"{mode}: {r['seconds']:.1f}s for {args.turns} turns, each turn's fastest of {args.rounds} "
+              f"(rounds: {rounds}; {sum(r['prompt_tokens'])} prompt tokens, {sum(r['cached_tokens'])} cached; "
+              f"attention {r['attention']})")
+    with_reuse, without = results["with reuse"]["seconds"], results["without reuse"]["seconds"]
+    ratio = without / with_reuse if with_reuse else float("inf")
+    print(f"\n{args.turns}-turn conversation (each turn's fastest): {with_reuse:.1f}s with prefix reuse, "
+          f"{without:.1f}s without: "
+          f"{ratio:.2f}x (target >= 3x: {'met' if ratio >= 3 else 'NOT met'})")
+    print(f"load average at end: {load_average()}")
+    print("llama-server baseline: not measured (llama-cpp-python is not installed here)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,122 @@
+"""Prompt KV kept across requests, so a prompt that shares a prefix with an earlier one prefills only the rest.
+
+An agent resends its whole conversation every turn, and pass@k sends one prompt k times: without reuse a
+k-turn conversation costs O(k^2) prefill. After each prefill the engine stores the prompt's cache (every
+layer of it: main K/V and DSA index keys alike, batch 1) here, keyed by the prompt's token ids. A new
+prompt looks for the entry with the longest common prefix of token ids and starts from that many cached
+columns.
+
+Why this is exact: with causal attention the K/V (and DSA index keys) of position i depend only on tokens
+0..i, so the first m columns of any cached prompt are the columns a cold prefill of another prompt with
+the same first m tokens would compute. At least the last prompt token is always recomputed, because its
+logits are needed to draw the first completion token.
+
+Bounded by bytes (``budget_bytes``), least recently used entries evicted first; an entry whose key is a
+prefix of a newer one's is dropped on insert (the newer one covers it). A budget of 0 turns reuse off.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class CachedPrefix:
+    """The layers' (keys, values) of one prompt, each (1, H, S, d), and their size in bytes."""
+
+    ids: tuple[int, ...]
+    tensors: list[tuple[torch.Tensor, torch.Tensor] | None]  # None: a layer the cache never filled
+    nbytes: int
+
+
+def common_prefix_length(a: tuple[int, ...], b: list[int]) -> int:
+    n = min(len(a), len(b))
+    if a[:n] == tuple(b[:n]):  # the usual case (the next turn of a conversation): one comparison
+        return n
+    lo, hi = 0, n  # the longest equal prefix, by bisection over slice comparisons (C speed, not per token)
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if a[:mid] == tuple(b[:mid]):
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
+
+
+class PrefixCache:
+    """LRU store of prompt caches, bounded by ``budget_bytes``; thread-safe (the engine thread writes, the
+    server's /health reads)."""
+
+    def __init__(self, budget_bytes: int):
+        self.budget_bytes = max(0, int(budget_bytes))
+        self._entries: OrderedDict[tuple[int, ...], CachedPrefix] = OrderedDict()
+        self._lock = threading.Lock()
+        self.bytes_used = 0
+        self.hits = 0
+        self.evictions = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.budget_bytes > 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def lookup(self, ids: list[int]) -> tuple[CachedPrefix | None, int]:
+        """The entry sharing the longest prefix with ``ids`` and how many of its columns to reuse (at most
+        ``len(ids) - 1``: the last token is always run, for its logits); (None, 0) when none helps."""
+        if not self.enabled or len(ids) < 2:
+            return None, 0
+        with self._lock:
+            best, best_len = None, 0
+            for entry in self._entries.values():
+                m = common_prefix_length(entry.ids, ids)
+                if m > best_len:
+                    best, best_len = entry, m
+            best_len = min(best_len, len(ids) - 1)
+            if best is None or best_len == 0:
+                return None, 0
+            self._entries.move_to_end(best.ids)
+            self.hits += 1
+            return best, best_len
+
+    def store(self, ids: list[int], layers) -> None:
+        """Keeps a copy of the prompt's cache ``layers`` (transformers cache layers, batch 1, exactly
+        ``len(ids)`` columns), evicting least recently used entries to stay within the budget."""
+        if not self.enabled:
+            return
+        tensors, nbytes = [], 0
+        for layer in layers:
+            if not getattr(layer, "is_initialized", False):
+                tensors.append(None)
+                continue
+            k, v = layer.keys.contiguous().clone(), layer.values.contiguous().clone()
+            tensors.append((k, v))
+            nbytes += k.nbytes + v.nbytes
+        if nbytes > self.budget_bytes:
+            return  # larger than the whole budget: keeping it would evict everything for one entry
+        key = tuple(ids)
+        with self._lock:
+            for other in [k for k in self._entries if len(k) <= len(key) and key[:len(k)] == k]:
+                self.bytes_used -= self._entries.pop(other).nbytes
+            self._entries[key] = CachedPrefix(key, tensors, nbytes)
+            self.bytes_used += nbytes
+            while self.bytes_used > self.budget_bytes:
+                _, old = self._entries.popitem(last=False)
+                self.bytes_used -= old.nbytes
+                self.evictions += 1
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+            self.bytes_used = 0
+
+    def load(self) -> dict:
+        with self._lock:
+            return {"prefix_cache_entries": len(self._entries), "prefix_cache_bytes": self.bytes_used,
+                    "prefix_cache_budget_bytes": self.budget_bytes, "prefix_cache_hits": self.hits,
+                    "prefix_cache_evictions": self.evictions}

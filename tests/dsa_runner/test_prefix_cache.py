@@ -1,0 +1,132 @@
+"""Prefix reuse across requests (prefix_cache) and long prompts: a reused prefix gives a cold run's logits
+and greedy tokens (DSA's sparse path included), the cache stays within its byte budget, usage reports the
+cached prompt tokens, a too-long prompt is refused before any work, and a cancelled prefill frees its slot."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+import torch
+
+from dsa_runner.engine import Engine, GenerationRequest, RequestDone, SamplingParams
+from dsa_runner.prefix_cache import PrefixCache, common_prefix_length
+
+STORY = ("The miller walked to the old bridge and counted the marks on the brass key before dawn. "
+         "Snow lay thin on the roofs, and the river ran black under the ice. ")
+
+
+def _greedy(engine: Engine, ids: list[int], max_tokens: int = 6) -> tuple[torch.Tensor, RequestDone, str]:
+    """Runs one greedy request on an engine that is not started: (its prefill's last logits, its
+    RequestDone, its completion text)."""
+    events: list = []
+    req = GenerationRequest(ids, 1, SamplingParams(max_tokens=max_tokens, temperature=0, ignore_eos=True),
+                            events.extend)
+    engine._prefill(req)
+    logits = req.prefill[1].clone()
+    engine._waiting.append(req)
+    engine.run_until_idle()
+    done = next(e for e in events if isinstance(e, RequestDone))
+    text = "".join(getattr(e, "text", "") for e in events if type(e).__name__ == "Finished")
+    return logits, done, text
+
+
+@pytest.mark.model
+def test_reused_prefix_gives_the_cold_logits_and_greedy_tokens(dsa):
+    """top_k 8 on ~60-token prompts: the suffix's queries select among cached index keys (DSA's sparse path)."""
+    model, tokenizer, _ = dsa
+    first = tokenizer(STORY)["input_ids"]
+    second = first + tokenizer("At noon the baker opened the door and looked at the")["input_ids"]
+    assert len(first) > 2 * model.dsa_settings.top_k
+    with torch.inference_mode():
+        cold = Engine(model, tokenizer, max_batch=2, decode_impl="hf", prefix_cache_bytes=0)
+        cold_logits, cold_done, cold_text = _greedy(cold, second)
+        warm = Engine(model, tokenizer, max_batch=2, decode_impl="hf", prefill_chunk=16)
+        _greedy(warm, first)
+        warm_logits, warm_done, warm_text = _greedy(warm, second)
+    assert cold_done.cached_tokens == 0
+    assert warm_done.cached_tokens == len(first)
+    assert warm.stats.prefill_tokens == len(second)  # each prompt token ran once
+    assert (warm_logits - cold_logits).abs().max().item() < 1e-3
+    assert warm_text == cold_text and warm_text
+
+
+def test_common_prefix_length():
+    assert common_prefix_length((1, 2, 3), [1, 2, 3, 4]) == 3
+    assert common_prefix_length((1, 2, 3, 4), [1, 2, 9, 4]) == 2
+    assert common_prefix_length((5,), [1]) == 0
+
+
+class _Layer:
+    is_initialized = True
+
+    def __init__(self, n):
+        self.keys = torch.zeros(1, 1, n, 4)
+        self.values = torch.zeros(1, 1, n, 4)
+
+
+def test_cache_evicts_least_recently_used_within_its_budget():
+    per_token = 2 * 4 * 4  # keys + values, 4 float32 each
+    cache = PrefixCache(budget_bytes=25 * per_token)
+    a, b, c = list(range(10)), list(range(100, 110)), list(range(200, 210))
+    cache.store(a, [_Layer(10)])
+    cache.store(b, [_Layer(10)])
+    assert cache.lookup(a + [7])[1] == 10  # a is now the most recently used
+    cache.store(c, [_Layer(10)])  # 30 tokens > 25: b (least recently used) goes
+    assert cache.lookup(b + [7]) == (None, 0)
+    assert cache.lookup(a + [7])[1] == 10 and cache.lookup(c + [7])[1] == 10
+    assert cache.bytes_used <= cache.budget_bytes and cache.evictions == 1
+    cache.store(a + [1, 2, 3], [_Layer(13)])  # a longer prompt replaces its own prefix
+    assert len(cache) == 2 and cache.bytes_used == 23 * per_token
+    assert cache.lookup(a)[1] == 9  # the whole prompt cached: its last token still runs, for its logits
+    assert PrefixCache(0).lookup(a) == (None, 0)  # budget 0: reuse off
+
+
+@pytest.mark.model
+def test_engine_evicts_under_a_small_budget(dsa):
+    model, tokenizer, _ = dsa
+    a = tokenizer(STORY)["input_ids"]
+    b = tokenizer("Seven ravens sat on the wall of the tower and watched the road to the sea all day.")["input_ids"]
+    with torch.inference_mode():
+        engine = Engine(model, tokenizer, max_batch=2, decode_impl="hf")
+        _greedy(engine, a, max_tokens=1)
+        engine.prefix_cache.budget_bytes = engine.prefix_cache.bytes_used + 1  # room for a alone
+        _greedy(engine, b, max_tokens=1)
+        assert engine.prefix_cache.evictions >= 1 and engine.prefix_cache.bytes_used <= engine.prefix_cache.budget_bytes
+        _, done, _ = _greedy(engine, a + b, max_tokens=1)
+    assert done.cached_tokens == 0  # a was evicted: nothing of a + b is cached
+
+
+@pytest.mark.model
+def test_cancelled_long_prefill_frees_its_slot(loaded):
+    base, _ = loaded
+    engine = Engine(base.model, base.tokenizer, max_batch=1, max_queue=4, max_context=base.max_context,
+                    prefill_chunk=32, prefix_cache_bytes=0).start()
+    try:
+        long_ids = base.tokenizer((STORY * 30))["input_ids"][:900]
+        done = threading.Event()
+        events: list = []
+
+        def collect(evs):
+            events.extend(evs)
+            if any(isinstance(e, RequestDone) for e in evs):
+                done.set()
+
+        long_req = GenerationRequest(long_ids, 1, SamplingParams(max_tokens=4, temperature=0), collect)
+        engine.submit(long_req)
+        deadline = time.time() + 60
+        while engine.stats.prefill_tokens == 0:  # the prefill has begun
+            assert time.time() < deadline
+            time.sleep(0.005)
+        long_req.cancel()
+        assert done.wait(60)
+        assert engine.stats.prefill_tokens < len(long_ids)  # stopped between two chunks
+        assert engine.load()["requests_cancelled"] == 1
+        short_done = threading.Event()
+        short = GenerationRequest(base.tokenizer("Hello")["input_ids"], 1, SamplingParams(max_tokens=2, temperature=0),
+                                  lambda evs: short_done.set() if any(isinstance(e, RequestDone) for e in evs) else None)
+        engine.submit(short)  # the one row is free again
+        assert short_done.wait(60)
+    finally:
+        engine.shutdown()
