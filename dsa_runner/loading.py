@@ -92,12 +92,12 @@ def _hash_files(files: tuple) -> str:
     return digest.hexdigest()[:16]
 
 
-INDEXER_CACHE_ENV = "TASKSYNTH_INDEXER_CACHE"
+INDEXER_CACHE_ENV = "DSA_RUNNER_INDEXER_CACHE"
 
 
 def indexer_cache_path(hash_: str) -> Path:
     """``$XDG_CACHE_HOME/tasksynth/indexers/<model hash>.safetensors`` (``~/.cache`` without the variable;
-    the folder is ``$TASKSYNTH_INDEXER_CACHE`` when that is set, as the tests do)."""
+    the folder is ``$DSA_RUNNER_INDEXER_CACHE`` when that is set, as the tests do)."""
     folder = os.environ.get(INDEXER_CACHE_ENV)
     if not folder:
         folder = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "tasksynth" / "indexers"

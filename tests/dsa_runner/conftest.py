@@ -8,7 +8,7 @@ import pytest
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 # trained indexers are looked up in the user's cache: the tests use an empty one of their own
-os.environ["TASKSYNTH_INDEXER_CACHE"] = tempfile.mkdtemp(prefix="tasksynth-test-indexers-")
+os.environ["DSA_RUNNER_INDEXER_CACHE"] = tempfile.mkdtemp(prefix="tasksynth-test-indexers-")
 
 
 @pytest.fixture(scope="session")
