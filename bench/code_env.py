@@ -3,13 +3,16 @@
 Prints the wall time to build and validate all 20, the time of the first candidate (which builds the shared
 repository environment) against the later ones (which reuse it: target at most 25 % of the first), and the disk
 each instance adds. Two passes over fresh copies of the repository (a nonce in its metadata gives each pass its
-own environment, so both start cold; the base image is built beforehand and reported apart):
+own environment, so both start cold; the base image is built beforehand and reported apart). Each pass has its
+own home, so its wheelhouse (the dependencies the host fetched for offline installs) starts empty too, unless
+--shared-wheelhouse: then the passes share one, and the second pass shows an environment built from a warm
+wheelhouse (downloads already done):
 
   sequential  one candidate at a time (docker.max_containers = 1): per-candidate latency without contention
   parallel    the configured parallelism (docker.max_containers, flows.max_workers): wall time of the batch
 
-Run: python bench/code_env.py [--candidates 20] [--repeat 2] [--deps typical|minimal]
-                              [--only parallel|sequential] [--keep-images]
+Run: python bench/code_env.py [--candidates 20] [--repeat 2] [--deps typical|minimal|sdist]
+                              [--only parallel|sequential] [--keep-images] [--shared-wheelhouse]
 Baseline for the ratio: the first candidate of the same repository (no layer reuse). Each validation runs its
 2 x R test runs in one container (each from a fresh copy of the checkout). The machine's load average is printed
 before and after each pass: on a shared machine the absolute times move with it.
@@ -37,6 +40,8 @@ DEPENDENCY_SETS = {
     "typical": (["attrs", "packaging"], ["pytest>=7", "hypothesis"]),
     # the cheapest environment there is: pytest alone
     "minimal": ([], ["pytest>=7"]),
+    # a dependency published as sdists only (docopt): built from its archive, offline, in the sandbox
+    "sdist": (["attrs", "docopt"], ["pytest>=7"]),
 }
 
 
@@ -66,7 +71,8 @@ def generated_sample(candidates: int, nonce: str, deps: str = "typical") -> Samp
     return Sample("benchpkg", "bench/benchpkg", commits)
 
 
-def run_pass(label: str, candidates: int, repeat: int, workdir: Path, overrides: dict[str, str], deps: str) -> dict:
+def run_pass(label: str, candidates: int, repeat: int, workdir: Path, overrides: dict[str, str], deps: str,
+             shared_wheelhouse: bool = False) -> dict:
     from flows.runtime import prepare_prefect, task_runner
     from tasksynth.config import load_config
     from tasksynth.store import open_store
@@ -74,6 +80,9 @@ def run_pass(label: str, candidates: int, repeat: int, workdir: Path, overrides:
     home = workdir / label
     config = load_config(environ={"TASKSYNTH_HOME": str(home), **overrides})
     home.mkdir(parents=True, exist_ok=True)
+    if shared_wheelhouse:
+        (workdir / "wheelhouse").mkdir(exist_ok=True)
+        (home / "wheelhouse").symlink_to(workdir / "wheelhouse")
     prepare_prefect(config)
     from flows.code import code_pipeline
 
@@ -125,6 +134,7 @@ def report(result: dict) -> dict:
     print(f"  disk per instance: {statistics.mean(own) / 1024:.0f} KiB own layer (max {max(own) / 1024:.0f} KiB); "
           f"shared environment image {_size(result['env'][0]['image']) / 2**20:.0f} MiB in total with its base")
     return {"first": first_total, "later_mean": later_mean, "ratio": ratio, "wall": result["wall"],
+            "env_seconds": first["env_seconds"],
             "build_ratio": later_build / first_build,
             "disk_kib": statistics.mean(own) / 1024, "load": after}
 
@@ -156,6 +166,8 @@ def main() -> None:
     parser.add_argument("--deps", choices=sorted(DEPENDENCY_SETS), default="typical",
                         help="the generated package's dependencies (typical: attrs, packaging, hypothesis, pytest)")
     parser.add_argument("--keep-images", action="store_true")
+    parser.add_argument("--shared-wheelhouse", action="store_true",
+                        help="the passes share one wheelhouse: the second builds its environment from a warm one")
     args = parser.parse_args()
 
     from tasksynth.config import load_config
@@ -173,7 +185,8 @@ def main() -> None:
         for label, overrides in passes.items():
             if args.only and args.only != label:
                 continue
-            result = run_pass(label, args.candidates, args.repeat, workdir, overrides, args.deps)
+            result = run_pass(label, args.candidates, args.repeat, workdir, overrides, args.deps,
+                              args.shared_wheelhouse)
             config = result["config"]
             if label == "parallel":
                 print(f"\n(parallel: docker.max_containers={config.docker.max_containers}, "
@@ -184,7 +197,8 @@ def main() -> None:
     print(f"\nsummary ({args.candidates} candidates, repeat {args.repeat}, {args.deps} dependencies; the ratio is "
           "meaningful for the sequential pass, the wall time for the parallel one):")
     for label, figures in results.items():
-        print(f"  {label:<10} wall {figures['wall']:.1f}s; first {figures['first']:.1f}s; later mean "
+        print(f"  {label:<10} wall {figures['wall']:.1f}s; environment {figures['env_seconds']:.1f}s; first "
+              f"{figures['first']:.1f}s; later mean "
               f"{figures['later_mean']:.1f}s; later/first {figures['ratio']:.1%} (images only "
               f"{figures['build_ratio']:.1%}); {figures['disk_kib']:.0f} KiB/instance; load after "
               f"{_load(figures['load'])}")

@@ -38,6 +38,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -56,7 +57,7 @@ _slots_guard = threading.Lock()
 KILL_GRACE_S = 10  # SIGTERM at the limit, SIGKILL this much later
 RUN_SLACK_S = 20  # per run, for resetting the checkout and applying patches
 CONTAINER_SLACK_S = 60  # per container, for starting it and receiving the trees
-MAX_REPORT_BYTES = 32 * 1024 * 1024  # a JUnit report larger than this is not read (the run has no report)
+MAX_REPORT_BYTES = 16 * 1024 * 1024  # a JUnit report larger than this is not read (the run has no report)
 WORKDIR = "/testbed"
 SCRATCH = ("/tmp", "/io", "/dev/shm", "/dev/mqueue")  # emptied before each run; /io holds the JUnit report
 PRIVATE = "/run/supervisor"  # the supervisor's own tmpfs (root, mode 0700): the trees' archives, the logs
@@ -170,7 +171,7 @@ def run_validation(config: Config, image: str, *, phases: Sequence[PhasePlan], r
             archives = _copy_trees(name, trees, Path(tmp))
             header["trees"] = [{"path": tree, "bytes": path.stat().st_size} for tree, path in archives]
             session = _attach(name, header, [path for _, path in archives], timeout=outer,
-                              line_cap=6 * (MAX_REPORT_BYTES + 2 * max_log_bytes) + 65536, stderr_cap=max_log_bytes)
+                              line_cap=2 * (MAX_REPORT_BYTES + 2 * max_log_bytes) + 65536, stderr_cap=max_log_bytes)
             seconds = time.monotonic() - started
             state = _inspect(name)
         finally:
@@ -195,29 +196,33 @@ def _image_home(image: str) -> str | None:
 
 def _copy_trees(name: str, trees: Sequence[str], folder: Path) -> list[tuple[str, Path]]:
     """Each tree of the created (not yet started) container as the image holds it, as a tar archive on the
-    host: the container's tmpfs work folders start empty, and the supervisor fills them from these."""
-    archives = []
-    for number, tree in enumerate(trees):
-        path = folder / f"tree-{number}.tar"
-        try:
-            with path.open("wb") as handle:
-                done = subprocess.run(["docker", "cp", f"{name}:{tree}", "-"], stdout=handle,
-                                      stderr=subprocess.PIPE, timeout=600)
-        except OSError as exc:
-            if exc.errno == 28:
-                raise DiskFull(f"no space left for a copy of {tree}: {exc}") from None
-            raise
-        if done.returncode != 0:
-            message = done.stderr.decode(errors="replace")
-            if tree != WORKDIR and "Could not find the file" in message:
-                continue  # an image whose $HOME does not exist: nothing to restore there
-            if "Cannot connect to the Docker daemon" in message:
-                raise DockerUnavailable(f"the Docker engine stopped answering: {_last_lines(message, 1)}")
-            if "No space left" in message:
-                raise DiskFull(f"no space left for a copy of {tree}: {_last_lines(message, 1)}")
-            raise ContainerFailed(f"docker could not copy {tree} out of the image: {_last_lines(message, 1)}")
-        archives.append((tree, path))
-    return archives
+    host (copied side by side): the container's tmpfs work folders start empty, and the supervisor fills them
+    from these."""
+    with ThreadPoolExecutor(max_workers=len(trees)) as pool:
+        copied = list(pool.map(lambda numbered: _copy_tree(name, *numbered, folder), enumerate(trees)))
+    return [(tree, path) for tree, path in zip(trees, copied) if path is not None]
+
+
+def _copy_tree(name: str, number: int, tree: str, folder: Path) -> Path | None:
+    path = folder / f"tree-{number}.tar"
+    try:
+        with path.open("wb") as handle:
+            done = subprocess.run(["docker", "cp", f"{name}:{tree}", "-"], stdout=handle, stderr=subprocess.PIPE,
+                                  timeout=600)
+    except OSError as exc:
+        if exc.errno == 28:
+            raise DiskFull(f"no space left for a copy of {tree}: {exc}") from None
+        raise
+    if done.returncode != 0:
+        message = done.stderr.decode(errors="replace")
+        if tree != WORKDIR and "Could not find the file" in message:
+            return None  # an image whose $HOME does not exist: nothing to restore there
+        if "Cannot connect to the Docker daemon" in message:
+            raise DockerUnavailable(f"the Docker engine stopped answering: {_last_lines(message, 1)}")
+        if "No space left" in message:
+            raise DiskFull(f"no space left for a copy of {tree}: {_last_lines(message, 1)}")
+        raise ContainerFailed(f"docker could not copy {tree} out of the image: {_last_lines(message, 1)}")
+    return path
 
 
 @dataclass
@@ -233,7 +238,9 @@ class _Session:
 def _attach(name: str, header: dict[str, Any], archives: Sequence[Path], *, timeout: float, line_cap: int,
             stderr_cap: int) -> _Session:
     """Start the container attached: feed it the header and the trees on stdin, read its events from stdout
-    (each line capped before it is parsed), keep the head of stderr, kill it past `timeout`."""
+    (each line capped before it is parsed: a run's line holds at most its capped report and logs, JSON-escaped;
+    a longer one is dropped and that run counts as one that ended without an exit code), keep the head of
+    stderr, kill it past `timeout`."""
     process = subprocess.Popen(["docker", "start", "-a", "-i", name], stdin=subprocess.PIPE,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     timed_out = threading.Event()

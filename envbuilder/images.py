@@ -34,7 +34,7 @@ from pathlib import Path
 from envbuilder.containers import container_slot, scratch_dir
 from envbuilder.errors import DiskFull
 from envbuilder.recipes import Recipe, recipe_requirements
-from envbuilder.repos import export_tree, snapshot
+from envbuilder.repos import SourceTree, export_tree, snapshot
 from envbuilder.wheelhouse import (WHEELHOUSE_MOUNT, DependencyUnavailable, FetchLog, Wheelhouse,
                                    missing_requirement, remove_container, run_sandboxed, target_python)
 from tasksynth.config import Config
@@ -104,6 +104,8 @@ def environment_dockerfile(base_tag: str, recipe: Recipe, repo: str, env_id: str
         f"RUN python3 -m venv {VENV}",
         f"COPY --chown={UID}:{UID} testbed {TESTBED}",
         f"WORKDIR {TESTBED}",
+        # Until the install is committed over it (layer=env), a left-over of a killed build is told apart.
+        f"LABEL {MANAGED_LABEL}=true org.tasksynth.layer=env-prepare org.tasksynth.env_id={env_id}",
     ]
     return "\n".join(lines) + "\n"
 
@@ -111,13 +113,16 @@ def environment_dockerfile(base_tag: str, recipe: Recipe, repo: str, env_id: str
 def install_script(recipe: Recipe) -> str:
     """The recipe's steps as the sandboxed install runs them: pip finds nothing but the wheelhouse."""
     lines = ["set -euxo pipefail", f"export PIP_NO_INDEX=1 PIP_FIND_LINKS={WHEELHOUSE_MOUNT}", f"cd {TESTBED}",
-             # An old interpreter's venv has a pip that knows no --config-settings (Python 3.9's is 20.3):
-             # it is upgraded first, from the wheelhouse, so the recipe works with the pip it finds.
-             f"python -c {shlex.quote(_PIP_IS_CURRENT)} || python -m pip install --upgrade '{PIP_REQUIREMENT}'",
-             *recipe.env_steps,
+             pip_upgrade_step(), *recipe.env_steps,
              # The checkout served the install only; each instance brings its own at its base commit.
              f"find {TESTBED} -mindepth 1 -delete"]
     return "\n".join(lines) + "\n"
+
+
+def pip_upgrade_step(python: str = "python") -> str:
+    """An old interpreter's venv has a pip that knows no --config-settings (Python 3.9's is 20.3): it is
+    upgraded first, from the wheelhouse, so a recipe works with the pip it finds. A current pip is left alone."""
+    return f"{python} -c {shlex.quote(_PIP_IS_CURRENT)} || {python} -m pip install --upgrade '{PIP_REQUIREMENT}'"
 
 
 def _layer_labels(layer: str, repo: str, **extra: str) -> dict[str, str]:
@@ -178,8 +183,6 @@ def _install_offline(config: Config, prepared: LayerBuild, recipe: Recipe, base_
 
     wheelhouse = Wheelhouse(config)
     target = target_python(config, recipe.python, base_tag)
-    from envbuilder.repos import SourceTree
-
     tree = SourceTree(repo_path, commit)
     asked: list[str] = []
     try:
@@ -210,6 +213,8 @@ def _install_offline(config: Config, prepared: LayerBuild, recipe: Recipe, base_
             return failed(f"the install took longer than {config.docker.build_timeout_s}s")
         if _DISK_FULL.search(run.output):
             raise DiskFull(f"no space left on the Docker host while building {tag}")
+        if _ENGINE_DOWN.search(run.output):
+            raise DockerUnavailable(f"the Docker engine stopped answering while building {tag}")
         missing = missing_requirement(run.output)
         if missing is None:
             return failed(failed_command(run.output))

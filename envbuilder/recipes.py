@@ -7,7 +7,9 @@ heuristic one found from the project's metadata (pyproject.toml, setup.py, setup
 tox.ini). An agent provider plugs into `PROVIDERS` the same way.
 
 Where the steps run: `env_steps` in the repository-environment layer, as the non-root user, in /testbed holding
-the files of the commit that fixed the dependency fingerprint, with the venv /opt/venv first on PATH;
+the files of the commit that fixed the dependency fingerprint, with the venv /opt/venv first on PATH, in the
+sandbox without network: pip installs from the wheelhouse only (`envbuilder.wheelhouse`), which the host fills
+beforehand with what `recipe_requirements` reads from the steps, and later with what an install reports missing;
 `instance_steps` in the instance layer at the candidate's base commit (usually none: the editable install of
 the environment layer points at /testbed, so a new checkout there is imported as it is).
 """

@@ -2,9 +2,10 @@
 the test patch and the gold patch (`after`), then grade (`verifiers.grading`).
 
 All 2R runs share one container (`envbuilder.containers.run_validation`), each from a fresh copy of the
-checkout. Runs stop early when one cannot be graded (a patch that does not apply, a timeout, the OOM killer, a
-crash): repeating it would only spend the time again. Like the build, this runs in a Prefect task and returns
-plain data; the flow process stores it.
+checkout, in a random order, with nothing visible to the tests that tells the phase. Runs come back in the
+order they ran; `attempt` numbers a run among its own phase's runs. Runs stop early when one cannot be graded
+(a patch that does not apply, a timeout, the OOM killer, a crash): repeating it would only spend the time
+again. Like the build, this runs in a Prefect task and returns plain data; the flow process stores it.
 """
 
 from __future__ import annotations

@@ -37,12 +37,18 @@ import time
 
 PRIVATE = "/run/supervisor"  # tmpfs, root-only (mode 0700): the trees' archives and the runs' logs
 SAFE_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"  # root never runs a program the image's user could have placed
+# Run as the run user: its writable places ("$@") emptied, then each tree extracted from the archive root
+# opened for it ($TREES: path:descriptor pairs; the run user could not open root's files itself).
 RESET_SCRIPT = r"""
 chmod -R u+rwX -- "$@" 2>/dev/null
 for folder; do find "$folder" -mindepth 1 -delete 2>/dev/null; done
 ipcrm --all 2>/dev/null
 left=$(find "$@" -mindepth 1 -print -quit 2>/dev/null)
 if [ -n "$left" ]; then echo "a run left files that could not be removed: $left"; exit 1; fi
+for pair in $TREES; do
+  tree=${pair%:*} fd=${pair##*:}
+  tar -x -p --strip-components=1 -f - -C "$tree" <&"$fd" || { echo "$tree could not be restored"; exit 2; }
+done
 """
 
 
@@ -51,11 +57,17 @@ def main() -> int:
     header = json.loads(stdin.readline())
     os.chdir("/")
     trees = []
-    for number, tree in enumerate(header["trees"]):
-        archive = os.path.join(PRIVATE, "tree-%d.tar" % number)
-        with open(archive, "wb") as handle:
-            _copy(stdin, handle, tree["bytes"])
-        trees.append((tree["path"], archive))
+    try:
+        for number, tree in enumerate(header["trees"]):
+            archive = os.path.join(PRIVATE, "tree-%d.tar" % number)
+            with open(archive, "wb") as handle:
+                _copy(stdin, handle, tree["bytes"])
+            trees.append((tree["path"], archive))
+    except OSError as exc:  # the image's trees do not fit in the supervisor's tmpfs: the repository's doing
+        _emit({"event": "start", "index": 0})
+        _emit({"event": "run", "index": 0, "reset_failed": "the checkout does not fit in the sandbox's work "
+               "folders (sandbox.tmpfs_bytes): %s" % exc})
+        return 0
     supervisor = Supervisor(header, trees)
     for index, patches in enumerate(header["runs"]):
         _emit({"event": "start", "index": index})
@@ -100,16 +112,20 @@ class Supervisor:
         return result
 
     def reset(self) -> str | None:
-        """The trees as the image left them, and every other place the run user can write emptied."""
-        done = self.as_run_user(["bash", "-c", RESET_SCRIPT, "reset", *self.writable], capture=True)
+        """The trees as the image left them, and every other place the run user can write emptied: one
+        process of the run user, reading the archives from descriptors root opened for it."""
+        archives = [open(archive, "rb") for _, archive in self.trees]
+        try:
+            trees = " ".join("%s:%d" % (path, handle.fileno()) for (path, _), handle in zip(self.trees, archives))
+            done = subprocess.run(self.drop + ["bash", "-c", RESET_SCRIPT, "reset", *self.writable], cwd="/",
+                                  stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                  pass_fds=[handle.fileno() for handle in archives],
+                                  env=dict(os.environ, TREES=trees))
+        finally:
+            for handle in archives:
+                handle.close()
         if done.returncode != 0:
-            return _tail(done.stdout, 2000) or "the work folders could not be emptied"
-        for path, archive in self.trees:
-            with open(archive, "rb") as source:
-                done = self.as_run_user(["tar", "-x", "-p", "--strip-components=1", "-f", "-", "-C", path],
-                                        stdin=source, capture=True)
-            if done.returncode != 0:
-                return "%s could not be restored: %s" % (path, _tail(done.stdout, 2000))
+            return _tail(done.stdout.decode(errors="replace"), 2000) or "the work folders could not be reset"
         return None
 
     def apply(self, patch: str) -> tuple:

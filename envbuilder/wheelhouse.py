@@ -35,6 +35,7 @@ import sys
 import tempfile
 import threading
 import urllib.parse
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -48,6 +49,7 @@ from envbuilder.errors import CodeEnvError
 from tasksynth.config import Config
 from tasksynth.docker.engine import docker
 from tasksynth.docker.ownership import owner_labels
+from tasksynth.errors import DockerUnavailable
 from tasksynth.sandbox import Limits, Mount, isolated_run_args, run_oneshot
 
 WHEELHOUSE_MOUNT = "/wheelhouse"
@@ -65,6 +67,7 @@ class DependencyUnavailable(CodeEnvError):
     def __init__(self, requirement: str, why: str):
         super().__init__(f"missing requirement {requirement}: {why}")
         self.requirement = requirement
+        self.why = why
 
 
 @dataclass(frozen=True)
@@ -223,6 +226,14 @@ class Wheelhouse:
         if depth > 5:
             raise DependencyUnavailable(requirement, "build requirements nested too deep")
         sdist = self._download_sdist(requirement, known, log)
+        # The build requirements it declares (read from its pyproject.toml as data) are fetched up front, so
+        # that the first build usually succeeds; dynamic ones (get_requires_for_build_wheel) are reported.
+        declared = declared_build_requirements(sdist)
+        if self._pip_download(declared, target).returncode != 0:
+            log.add(f"{sdist.name} declares build requirements {', '.join(declared)}: fetched one by one")
+            for build_requirement in declared:
+                self._fetch_one(build_requirement, target, known, log, depth)
+        self._record_new_files(known)
         reported: set[str] = set()
         for _ in range(MAX_SDIST_BUILDS):
             result = build_wheel_offline(self.config, target, self.files, sdist)
@@ -243,12 +254,19 @@ class Wheelhouse:
                                                          + _tail(result.log, 8))
             reported.add(missing)
             log.add(f"building {sdist.name} needs {missing}")
-            download = self._pip_download([missing], target)
-            self._record_new_files(known)
-            if download.returncode != 0:
-                inner = missing_requirement((download.stdout or "") + (download.stderr or "")) or missing
-                self._build_sdist(inner, target, known, log, depth + 1)
+            self._fetch_one(missing, target, known, log, depth)
         raise DependencyUnavailable(requirement, f"its sdist {sdist.name} kept reporting missing requirements")
+
+    def _fetch_one(self, requirement: str, target: TargetPython, known: dict[str, str], log: FetchLog,
+                   depth: int) -> None:
+        """A build requirement: its wheels, or its sdist built here first."""
+        download = self._pip_download([requirement], target)
+        self._record_new_files(known)
+        if download.returncode != 0:
+            inner = missing_requirement((download.stdout or "") + (download.stderr or "")) or requirement
+            self._build_sdist(inner, target, known, log, depth + 1)
+            self._pip_download([requirement], target)
+            self._record_new_files(known)
 
     def _download_sdist(self, requirement: str, known: dict[str, str], log: FetchLog) -> Path:
         """The newest release's sdist that satisfies `requirement`, from the simple API, hash checked."""
@@ -256,7 +274,10 @@ class Wheelhouse:
         name = canonicalize_name(wanted.name)
         base = self.index_url().rstrip("/") + "/"
         page_url = urllib.parse.urljoin(base, f"{name}/")
-        links = _simple_links(page_url)
+        try:
+            links = _simple_links(page_url)
+        except DependencyUnavailable as exc:
+            raise DependencyUnavailable(requirement, f"no wheel fits the image's Python, and {exc.why}") from None
         choices: list[tuple[Version, str, str, str]] = []
         for filename, url, digest in links:
             if not filename.endswith(_SDIST_SUFFIXES):
@@ -268,7 +289,7 @@ class Wheelhouse:
             if project == name and wanted.specifier.contains(version, prereleases=False):
                 choices.append((version, filename, url, digest))
         if not choices:
-            raise DependencyUnavailable(requirement, f"no wheel for this interpreter and no sdist on {page_url}")
+            raise DependencyUnavailable(requirement, f"no wheel fits the image's Python, and no sdist on {page_url}")
         version, filename, url, digest = max(choices, key=lambda choice: choice[0])
         destination = self.files / filename
         if filename in known:
@@ -331,7 +352,7 @@ def _read_url(url: str) -> bytes:
     except httpx.HTTPError as exc:
         raise DependencyUnavailable(url, f"the index did not answer: {exc}") from None
     if response.status_code == 404:
-        raise DependencyUnavailable(url.rstrip("/").rsplit("/", 1)[-1], f"not on the index ({url})")
+        raise DependencyUnavailable(url, f"the index has no such project ({url})")
     if response.status_code != 200:
         raise DependencyUnavailable(url, f"the index answered HTTP {response.status_code}")
     return response.content
@@ -366,7 +387,7 @@ class OfflineBuild:
 
 BUILD_SCRIPT = (
     "set -e; python3 -m venv /tmp/build-venv; "
-    f"/tmp/build-venv/bin/python -m pip wheel --no-index --find-links {WHEELHOUSE_MOUNT} --no-deps "
+    f"/tmp/build-venv/bin/python -m pip wheel --no-index --find-links {WHEELHOUSE_MOUNT} --no-deps --use-pep517 "
     "--disable-pip-version-check --progress-bar off --wheel-dir /out/wheels \"/in/$SDIST\""
 )
 
@@ -397,6 +418,41 @@ def build_wheel_offline(config: Config, target: TargetPython, wheelhouse: Path, 
             wheels.append(out / entry.name)
     log = "\n".join(part for part in (result.stdout, result.stderr, result.reason) if part)
     return OfflineBuild(result.ok and bool(wheels), log, wheels, scratch)
+
+
+PEP517_FALLBACK_REQUIRES = ["setuptools>=40.8.0", "wheel"]  # what pip builds a setup.py-only sdist with
+
+
+def declared_build_requirements(sdist: Path) -> list[str]:
+    """`[build-system] requires` of an sdist's top-level pyproject.toml, read from the archive as data (pip's
+    fallback for a project without one); nothing of the archive is extracted or run."""
+    import tarfile
+    import tomllib
+    import zipfile
+
+    text = None
+    try:
+        if sdist.name.endswith(".zip"):
+            with zipfile.ZipFile(sdist) as archive:
+                names = [n for n in archive.namelist() if n.count("/") == 1 and n.endswith("/pyproject.toml")]
+                if names and archive.getinfo(names[0]).file_size < 1_000_000:
+                    text = archive.read(names[0]).decode("utf-8", "replace")
+        else:
+            with tarfile.open(sdist) as archive:
+                for member in archive:
+                    if member.isfile() and member.name.count("/") == 1 and member.name.endswith("/pyproject.toml"):
+                        if member.size < 1_000_000:
+                            handle = archive.extractfile(member)
+                            text = handle.read().decode("utf-8", "replace") if handle else None
+                        break
+    except (OSError, tarfile.TarError, zipfile.BadZipFile):
+        return list(PEP517_FALLBACK_REQUIRES)
+    try:
+        build_system = tomllib.loads(text).get("build-system", {}) if text else {}
+    except tomllib.TOMLDecodeError:
+        build_system = {}
+    requires = [r for r in build_system.get("requires", []) if isinstance(r, str) and _valid(r)]
+    return requires if "requires" in build_system else list(PEP517_FALLBACK_REQUIRES)
 
 
 def wheel_requirements(wheel: Path) -> list[str]:
@@ -435,9 +491,6 @@ def run_sandboxed(config: Config, image: str, command: list[str], *, mounts: tup
     `tasksynth.sandbox.run_oneshot` does not offer: `writable_root` lets the root take the install (it changes
     nothing else about the isolation), `keep` leaves the stopped container for the commit; the caller removes
     it (`remove_container`)."""
-    import subprocess
-    import uuid
-
     wall_s = wall_s or float(config.docker.build_timeout_s)
     limits = Limits.from_config(config, wall_s=wall_s)
     name = f"tasksynth-build-{uuid.uuid4().hex[:12]}"
@@ -492,6 +545,8 @@ def target_python(config: Config, python: str, image: str) -> TargetPython:
     if image not in known:
         result = run_oneshot(config, image, ["python3", "-c", _TAGS_SCRIPT],
                              limits=Limits.from_config(config, wall_s=120.0))
+        if result.outcome == "infra_error":
+            raise DockerUnavailable(f"could not start {image} to read its interpreter's tags: {result.reason}")
         try:
             known[image] = json.loads(result.stdout.strip().splitlines()[-1])
         except (ValueError, IndexError):

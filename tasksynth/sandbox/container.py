@@ -23,7 +23,6 @@ import socket
 import struct
 import subprocess
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any, Sequence
@@ -60,6 +59,7 @@ class SupervisedContainer:
         self.folder: Path | None = None
         self.conn: socket.socket | None = None
         self._ids = itertools.count()
+        self.unusable = ""  # set when the supervisor said it cannot serve again (and the container is gone)
 
     # ---- lifecycle
 
@@ -159,6 +159,9 @@ class SupervisedContainer:
         if reply.get("id") != message["id"]:
             self._die()
             raise SupervisorGone(f"the supervisor of {self.name} answered out of turn")
+        if reply.get("unusable"):
+            self.unusable = reply["unusable"]
+            self._die()
         if not reply.get("ok"):
             raise SandboxInfraError(f"the supervisor of {self.name} could not serve a request: {reply.get('error')}")
         return reply
@@ -174,7 +177,4 @@ class SupervisedContainer:
         return bytes(buffer)
 
     def _die(self) -> None:
-        if self.conn is not None:
-            self.conn.close()
-            self.conn = None
-        threading.Thread(target=self.close, daemon=True).start()
+        self.close()  # cheap: the engine's removal runs in the background

@@ -60,14 +60,20 @@ def _run_once(config, image, argv, mounts, limits, stdin, cap, workdir, env, tmp
         if stdin is not None:
             threading.Thread(target=_feed, args=(process, stdin), daemon=True).start()
         streams, stopped = _read_capped(process, cap, started + limits.wall_s, name)
-        process.wait()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            pass  # a client that does not end: killed below, its container removed
         seconds = time.monotonic() - started
         state = _container_state(name)
     finally:
         if process.poll() is None:
             process.kill()
             process.wait()
-        docker("rm", "-f", name, check=False, timeout=60)
+        try:
+            docker("rm", "-f", name, check=False, timeout=60)
+        except (subprocess.TimeoutExpired, DockerUnavailable):
+            pass
     stdout, stderr = (streams[k].decode("utf-8", errors="replace") for k in ("stdout", "stderr"))
     if state is None:  # the container never existed: the engine or `docker run` failed
         raise SandboxInfraError(f"docker run failed (exit {process.returncode}): "
@@ -118,23 +124,33 @@ def _read_capped(process: subprocess.Popen, cap: int, deadline: float, name: str
         if stopped:
             break
     if stopped:
-        docker("kill", name, check=False, timeout=60)
-        # Read on, discarding, until the client exits: it would block on a full pipe otherwise.
-        drain_until = time.monotonic() + 30
+        # Kill, and read on (discarding) until the client exits: it would block on a full pipe otherwise. A
+        # container still being created when the first kill came is killed by a later one.
+        drain_until, next_kill = time.monotonic() + 30, 0.0
         while selector.get_map() and time.monotonic() < drain_until:
-            for key, _ in selector.select(1.0):
+            if time.monotonic() >= next_kill:
+                _kill(name)
+                next_kill = time.monotonic() + 2
+            for key, _ in selector.select(0.5):
                 if not os.read(key.fd, 65536):
                     selector.unregister(key.fileobj)
     selector.close()
     return data, stopped
 
 
+def _kill(name: str) -> None:
+    try:
+        docker("kill", name, check=False, timeout=20)
+    except (subprocess.TimeoutExpired, DockerUnavailable):
+        pass  # the next try, or the final `docker rm -f`, ends it
+
+
 def _container_state(name: str) -> tuple[int, bool] | None:
     try:
         result = docker("inspect", "--format", "{{.State.ExitCode}} {{.State.OOMKilled}}", name, check=False,
                         timeout=60)
-    except DockerUnavailable as exc:
-        raise SandboxInfraError(str(exc)) from None
+    except (DockerUnavailable, subprocess.TimeoutExpired) as exc:
+        raise SandboxInfraError(f"the engine did not answer: {exc}") from None
     if result.returncode != 0:
         return None
     code, oom = result.stdout.split()

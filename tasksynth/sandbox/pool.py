@@ -87,13 +87,14 @@ class HostSlots:
 class _Member:
     """A pool container and the slot it holds."""
 
-    def __init__(self, container: SupervisedContainer, slot: int):
-        self.container, self.slot = container, slot
+    def __init__(self, container: SupervisedContainer, slot: int, pool: "CallPool"):
+        self.container, self.slot, self.pool = container, slot, pool
         self.idle_since = time.monotonic()
 
     def close(self) -> None:
         self.container.close()
         HostSlots.release(self.slot)
+        self.pool._members.discard(self)
 
 
 class CallPool:
@@ -112,9 +113,12 @@ class CallPool:
                             "file_size_bytes": settings.file_size_bytes, "output_cap": settings.output_cap_bytes}
         self.retries = settings.infra_retries
         self._idle: list[_Member] = []
+        self._members: set[_Member] = set()  # idle and busy
         self._busy = 0
         self._lock = threading.Condition()
         self._closed = False
+        self._stop = threading.Event()
+        threading.Thread(target=self._release_idle_in_background, name="sandbox-pool-idle", daemon=True).start()
 
     # ---- public
 
@@ -126,7 +130,13 @@ class CallPool:
         with self.attempt() as attempt:
             return attempt.call(source, function, args, **limits)
 
+    def container_names(self) -> list[str]:
+        """The pool's running containers (for `docker stats`, or a benchmark's CPU accounting)."""
+        with self._lock:
+            return sorted(m.container.name for m in self._members if m.container.alive)
+
     def close(self) -> None:
+        self._stop.set()
         with self._lock:
             self._closed = True
             idle, self._idle = self._idle, []
@@ -169,7 +179,10 @@ class CallPool:
                 self._busy -= 1
                 self._lock.notify()
             raise
-        return _Member(container, slot)
+        member = _Member(container, slot, self)
+        with self._lock:
+            self._members.add(member)
+        return member
 
     def _give_back(self, member: _Member) -> None:
         with self._lock:
@@ -189,6 +202,11 @@ class CallPool:
             self._busy -= 1
             self._lock.notify()
         member.close()
+
+    def _release_idle_in_background(self) -> None:
+        while not self._stop.wait(IDLE_RELEASE_S / 3):
+            with self._lock:
+                self._release_idle_members(keep_one=False)
 
     def _release_idle_members(self, keep_one: bool) -> None:
         now = time.monotonic()
@@ -273,11 +291,16 @@ class Attempt:
         way is `SupervisorGone` for this request; the next one gets a new container."""
         member = self._ready_member()
         try:
-            return member.container.request(message, timeout_s=timeout_s)
+            reply = member.container.request(message, timeout_s=timeout_s)
         except SupervisorGone:
             self._member = None
             self.pool._discard(member)
             raise
+        if member.container.unusable:  # answered, but cannot serve again: the rest of the attempt moves
+            self.crashes += 1
+            self._member = None
+            self.pool._discard(member)
+        return reply
 
     def _ready_member(self) -> _Member:
         if self._member is not None:

@@ -53,7 +53,11 @@ class Session:
                 error = exc
         else:
             raise SandboxInfraError(f"could not start a session container: {error}")
-        self.container.request({"op": "reset"}, timeout_s=30)
+        try:
+            self.container.request({"op": "reset"}, timeout_s=30)
+        except SandboxInfraError:
+            self.container.close()
+            raise
 
     def __enter__(self) -> "Session":
         return self
@@ -91,7 +95,8 @@ class Session:
                          float(reply.get("seconds", 0.0)), reply.get("reason", ""))
 
     def read_file(self, path: str, *, max_bytes: int = 16 * 1024 * 1024, follow_links: bool = True) -> bytes:
-        """At most `max_bytes` of a regular file, read as the untrusted user (SandboxFileError otherwise)."""
+        """The first `max_bytes` (at most) of a regular file, read as the untrusted user (SandboxFileError
+        otherwise: missing, not a regular file, not readable by it)."""
         reply = self._file_request({"op": "read_file", "path": path, "max_bytes": max_bytes,
                                     "no_follow": not follow_links})
         return base64.b64decode(reply["data"])

@@ -37,6 +37,8 @@ from __future__ import annotations
 import base64
 import ctypes
 import errno
+import fcntl
+import gc
 import json
 import linecache
 import os
@@ -67,13 +69,15 @@ import importlib.util
 
 UNTRUSTED_UID = 1000
 WORK = "/work"
-SCRUBBED = ("/work", "/tmp", "/dev/shm")  # the untrusted user's writable places, emptied on reset
+SCRUBBED = ("/work", "/tmp", "/dev/shm", "/dev/mqueue")  # the untrusted user's writable places, emptied on reset
 PATH = "/usr/local/bin:/usr/bin:/bin"
 CAP_LAST = 63
 PR_CAPBSET_DROP = 24
 PR_SET_NO_NEW_PRIVS = 38
 RESULT_FD = 3
+REQUEST_FD = 4
 EXIT_RESULT_TOO_BIG = 97
+EXIT_TRUNCATED = 98
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
@@ -205,7 +209,10 @@ def kill_untrusted(reap: int | None = None) -> int:
             pass
         os._exit(code)
     status = os.waitpid(reap, 0)[1] if reap is not None else 0
-    os.waitpid(killer, 0)
+    if os.waitpid(killer, 0)[1] != 0 and SUPERVISOR is not None:
+        # Something of the run user would not die (a process stuck in the kernel): this container cannot
+        # promise a clean next call; the host replaces it after this reply.
+        SUPERVISOR.unusable = "a process of the run user could not be killed"
     return status
 
 
@@ -213,14 +220,27 @@ PIDS_CURRENT = ("/sys/fs/cgroup/pids.current", "/sys/fs/cgroup/pids/pids.current
 BASELINE_TASKS: int | None = None  # tasks in the container when no untrusted process runs (pid 1 and us)
 
 
+_OPEN_FILES: dict[tuple[str, ...], int | None] = {}
+
+
+def _read_first(paths: tuple[str, ...]) -> bytes | None:
+    """The content of the first of these cgroup files that exists. Each is opened once and read with
+    pread afterwards: these are read several times per call, and a Python open() costs more than the read."""
+    if paths not in _OPEN_FILES:
+        _OPEN_FILES[paths] = None
+        for path in paths:
+            try:
+                _OPEN_FILES[paths] = os.open(path, os.O_RDONLY)
+                break
+            except OSError:
+                continue
+    fd = _OPEN_FILES[paths]
+    return None if fd is None else os.pread(fd, 4096, 0)
+
+
 def container_tasks() -> int | None:
-    for path in PIDS_CURRENT:
-        try:
-            with open(path) as handle:
-                return int(handle.read())
-        except OSError:
-            continue
-    return None
+    data = _read_first(PIDS_CURRENT)
+    return None if data is None else int(data)
 
 
 def untrusted_processes_left() -> bool:
@@ -255,15 +275,10 @@ def untrusted_pids(exclude: int = 0, living_only: bool = False) -> list[int]:
 
 
 def _counter(paths: tuple[str, ...], key: str) -> int:
-    for path in paths:
-        try:
-            with open(path) as handle:
-                for line in handle:
-                    name, _, value = line.partition(" ")
-                    if name == key:
-                        return int(value)
-        except OSError:
-            continue
+    for line in (_read_first(paths) or b"").decode().splitlines():
+        name, _, value = line.partition(" ")
+        if name == key:
+            return int(value)
     return 0
 
 
@@ -395,10 +410,27 @@ class Supervisor:
         # Sources, compiled only in the untrusted child: the root supervisor never parses code.
         self.modules: dict[str, str] = {}
         self.state_name = "state.sqlite"
+        self.ready: ReadyChild | None = None  # the next call's process, forked while the host was busy
+        self.calls_seen = False
+        self.unusable = ""  # why this container must not serve another request, once that is so
+
+    def prepare_next_call(self) -> None:
+        """After a reply went out: fork the next call's child now, off the call's critical path. Only once
+        calls were seen (a session's container never gets one) and never while another exists."""
+        if self.calls_seen and self.ready is None:
+            self.ready = ReadyChild()
+
+    def forget_ready_child(self) -> None:
+        """Before anything that kills the run user's processes or runs something else as that user."""
+        if self.ready is not None:
+            self.ready.discard()
+            self.ready = None
 
     def handle(self, request: dict, fds: list[int]) -> dict:
         op = request.get("op")
         try:
+            if op in ("reset", "run", "read_file", "write_file"):
+                self.forget_ready_child()
             return self._handle(op, request, fds)
         except Exception as exc:  # noqa: BLE001 - the supervisor outlives any one request
             return {"ok": False, "error": f"supervisor failed on {op}: {type(exc).__name__}: {exc}"}
@@ -429,6 +461,7 @@ class Supervisor:
         def scrub_and_copy() -> int:
             for top in SCRUBBED:
                 _empty_folder(top)
+            _remove_sysv_ipc()
             if master is not None:
                 os.lseek(master, 0, os.SEEK_SET)
                 with open(os.path.join(WORK, name), "wb") as out:
@@ -447,18 +480,19 @@ class Supervisor:
         limits = request["limits"]
         if request.get("module") and request["module"] not in self.modules:
             return {"ok": False, "error": f"no module {request['module']!r} is loaded"}
-        out_r, out_w = os.pipe()
-        err_r, err_w = os.pipe()
-        res_r, res_w = os.pipe()
+        self.calls_seen = True
+        child, self.ready = self.ready or ReadyChild(), None
         pids_before, ooms_before = pids_limit_hits(), oom_kills()
         started = time.monotonic()
-        pid = fork()
-        if pid == 0:
-            _call_child(request, limits, out_w, err_w, res_w)  # never returns
-        for fd in (out_w, err_w, res_w):
-            os.close(fd)
-        streams = CappedStreams({"stdout": out_r, "stderr": err_r, "result": res_r}, int(limits["output_cap"]))
-        status, stopped = supervise(pid, streams, float(limits["timeout_s"]))
+        # What the attempt loaded travels with the request: loading a module does not waste the ready child.
+        request = {**request, "modules": self.modules, "state_name": self.state_name}
+        if not child.send(request):  # it died while it waited (only the OOM killer does that): a fresh one
+            child.discard()
+            child = ReadyChild()
+            child.send(request)
+        streams = CappedStreams({"stdout": child.out_r, "stderr": child.err_r, "result": child.res_r},
+                                int(limits["output_cap"]))
+        status, stopped = supervise(child.pid, streams, float(limits["timeout_s"]))
         seconds = time.monotonic() - started
         outcome, reason = classify(status, stopped, limits, pids_before, ooms_before, streams)
         reply = {"ok": True, "outcome": outcome, "reason": reason, "seconds": seconds, "result": None,
@@ -535,21 +569,22 @@ class Supervisor:
                 if not stat.S_ISREG(os.fstat(fd).st_mode):
                     raise IsADirectoryError(errno.EISDIR, "not a regular file")
                 os.set_blocking(fd, True)
-                left = int(request["max_bytes"]) + 1
+                left = int(request["max_bytes"])
                 while left > 0 and (chunk := os.read(fd, min(left, 1 << 20))):
                     os.write(w, chunk)
                     left -= len(chunk)
-                code = 0
+                code = EXIT_TRUNCATED if os.read(fd, 1) else 0
             except OSError as exc:
                 os.write(w, f"{type(exc).__name__}: {exc.strerror or exc}".encode()[:500])
             os._exit(code)
         os.close(w)
         streams = CappedStreams({"data": r}, int(request["max_bytes"]))
         status, stopped = supervise(pid, streams, 30)
-        if stopped == "timeout" or not os.WIFEXITED(status) or os.WEXITSTATUS(status) != 0:
+        code = os.WEXITSTATUS(status) if os.WIFEXITED(status) else None
+        if stopped or code not in (0, EXIT_TRUNCATED):
             return {"ok": True, "error": streams.text("data") or "could not read the file"}
         return {"ok": True, "data": base64.b64encode(bytes(streams.data["data"])).decode(),
-                "truncated": streams.over is not None}
+                "truncated": code == EXIT_TRUNCATED}
 
     def write_file(self, request: dict) -> dict:
         data = base64.b64decode(request["data"])
@@ -597,6 +632,20 @@ def _exception_outcome(exc: dict, limits: dict) -> tuple[str, str]:
     return "exception", line
 
 
+def _remove_sysv_ipc() -> None:
+    """System V shared memory, queues and semaphores outlive their processes: the run user's go on reset,
+    so that nothing passes from one attempt to the next (POSIX queues live in /dev/mqueue, emptied above)."""
+    for kind, remove in (("shm", lambda i: _libc.shmctl(i, 0, None)), ("msg", lambda i: _libc.msgctl(i, 0, None)),
+                         ("sem", lambda i: _libc.semctl(i, 0, 0))):  # 0: IPC_RMID
+        try:
+            with open(f"/proc/sysvipc/{kind}") as handle:
+                rows = [line.split() for line in handle.readlines()[1:]]
+        except OSError:
+            continue
+        for row in rows:
+            remove(int(row[1]))
+
+
 def _empty_folder(top: str) -> None:
     try:
         entries = list(os.scandir(top))
@@ -633,26 +682,103 @@ class _LoadedModules(importlib.abc.MetaPathFinder, importlib.abc.Loader):
 SUPERVISOR: Supervisor | None = None
 
 
-def _call_child(request: dict, limits: dict, out_w: int, err_w: int, res_w: int) -> None:
-    """The forked child of a call: becomes untrusted, runs the function, writes its JSON result to fd 3."""
+class ReadyChild:
+    """A forked child that has already become the untrusted user and waits, blocked on a pipe, for the call
+    it will run. Forking and dropping privileges cost about a millisecond; done after the previous reply
+    went out, they are off the next call's critical path. It is forked only when no untrusted process is
+    left (after the previous call's sweep), and holds nothing but its own pipes."""
+
+    def __init__(self):
+        request_r, self.request_w = os.pipe()
+        self.out_r, out_w = os.pipe()
+        self.err_r, err_w = os.pipe()
+        self.res_r, res_w = os.pipe()
+        # Objects that exist now are never collected in the child: its collector would otherwise write to
+        # every one of them and copy most of the supervisor's memory, page by page, on each call.
+        gc.freeze()
+        self.pid = fork()
+        if self.pid == 0:
+            _call_child(request_r, out_w, err_w, res_w)  # never returns
+        for fd in (request_r, out_w, err_w, res_w):
+            os.close(fd)
+
+    def send(self, request: dict) -> bool:
+        data = json.dumps(request, separators=(",", ":")).encode()
+        try:
+            view = memoryview(struct.pack(">I", len(data)) + data)
+            while view:  # the child reads as we write: a request larger than the pipe does not block
+                view = view[os.write(self.request_w, view):]
+            return True
+        except BrokenPipeError:
+            return False
+        finally:
+            os.close(self.request_w)
+            self.request_w = -1
+
+    def discard(self) -> None:
+        """Unused: closing its request pipe makes it exit by itself."""
+        for fd in (self.request_w, self.out_r, self.err_r, self.res_r):
+            if fd >= 0:
+                os.close(fd)
+        os.waitpid(self.pid, 0)
+
+
+def _read_request(fd: int) -> dict | None:
+    def exactly(size: int) -> bytes | None:
+        chunks, got = [], 0
+        while got < size:
+            chunk = os.read(fd, size - got)
+            if not chunk:
+                return None
+            chunks.append(chunk)
+            got += len(chunk)
+        return b"".join(chunks)
+
+    header = exactly(4)
+    body = exactly(struct.unpack(">I", header)[0]) if header else None
+    return json.loads(body) if body else None
+
+
+def _set_call_limits(limits: dict) -> None:
+    """As the untrusted user: limits can only be lowered, never above the container's (a hard limit)."""
+    for name, value in call_rlimits(limits).items():
+        which = getattr(resource, name)
+        _, hard = resource.getrlimit(which)
+        cap = (lambda v: v if hard == resource.RLIM_INFINITY else min(v, hard))
+        # CPU: SIGXCPU at the soft limit (a clear reason), SIGKILL a second later if it is caught.
+        resource.setrlimit(which, (cap(value), cap(value + 1 if name == "RLIMIT_CPU" else value)))
+
+
+def _call_child(request_r: int, out_w: int, err_w: int, res_w: int) -> None:
+    """The forked child of a call: becomes untrusted, waits for its request, sets its limits, runs the
+    function and writes its JSON result to fd 3."""
     status = 1
     call_pid = os.getpid()
     try:
-        os.dup2(out_w, 1)
-        os.dup2(err_w, 2)
-        os.dup2(res_w, RESULT_FD)
+        # Move every pipe out of the way first: a source may sit where another one is to go (3 or 4).
+        high = {target: fcntl.fcntl(fd, fcntl.F_DUPFD, 64)
+                for target, fd in ((1, out_w), (2, err_w), (RESULT_FD, res_w), (REQUEST_FD, request_r))}
+        for target, fd in high.items():
+            os.dup2(fd, target)
         null = os.open("/dev/null", os.O_RDONLY)
         os.dup2(null, 0)
-        os.closerange(RESULT_FD + 1, 1 << 16)  # the host connection and every other supervisor fd
-        become_untrusted(call_rlimits(limits))
+        os.closerange(REQUEST_FD + 1, 1 << 16)  # the host connection and every other supervisor fd
+        become_untrusted()
         os.chdir(WORK)
         os.environ.clear()
-        os.environ.update({"PATH": PATH, "HOME": WORK, "LANG": "C.UTF-8",
-                           "SANDBOX_STATE": os.path.join(WORK, SUPERVISOR.state_name if SUPERVISOR else "")})
-        sys.stdin = open(0, "r", closefd=False)
-        sys.stdout = open(1, "w", buffering=1, encoding="utf-8", errors="replace", closefd=False)
-        sys.stderr = open(2, "w", buffering=1, encoding="utf-8", errors="replace", closefd=False)
-        sys.meta_path.insert(0, _LoadedModules(SUPERVISOR.modules if SUPERVISOR else {}))
+        os.environ.update({"PATH": PATH, "HOME": WORK, "LANG": "C.UTF-8"})
+        # sys.std* already stand on fds 0-2, which now are /dev/null and our pipes (the supervisor never
+        # writes to them, so nothing of its own is buffered); new objects would cost more than the call.
+        sys.stdout.reconfigure(line_buffering=True, errors="replace")
+        sys.stderr.reconfigure(line_buffering=True, errors="replace")
+        request = _read_request(REQUEST_FD)
+        if request is None:
+            os._exit(0)  # not needed after all
+        os.close(REQUEST_FD)
+        os.environ["SANDBOX_STATE"] = os.path.join(WORK, request["state_name"])
+        sys.meta_path.insert(0, _LoadedModules(request["modules"]))
+        limits = request["limits"]
+        _set_call_limits(limits)
         payload = _invoke(request)
         if os.getpid() != call_pid:
             os._exit(0)  # a process the function forked returned through here: only the call answers
@@ -757,10 +883,15 @@ def serve(socket_path: str, accept_timeout_s: float = 120) -> None:
             return  # the host closed the connection: we are done, and the container ends with us
         reply = SUPERVISOR.handle(request, fds)
         reply["id"] = request.get("id")
+        if SUPERVISOR.unusable:
+            reply["unusable"] = SUPERVISOR.unusable
         try:
             send_message(conn, reply)
         except OSError:
             return
+        if SUPERVISOR.unusable:
+            return  # the container ends with us; the host has been told why
+        SUPERVISOR.prepare_next_call()
 
 
 if __name__ == "__main__":

@@ -90,12 +90,12 @@ def _swebench_sample():
 
 
 def _docker_shim(directory, real_docker):
-    """A `docker` that works for builds and inspection but reports the engine gone for every `docker run`: the
-    engine dying after the batch started."""
+    """A `docker` that works for builds and inspection but reports the engine gone for every container it is
+    asked to start (`docker run`, `docker create`): the engine dying after the batch started."""
     directory.mkdir()
     shim = directory / "docker"
     shim.write_text(f"""#!/bin/sh
-if [ "$1" = run ]; then
+if [ "$1" = run ] || [ "$1" = create ]; then
   echo "Cannot connect to the Docker daemon at unix:///var/run/docker.sock. Is the docker daemon running?" >&2
   exit 1
 fi

@@ -79,6 +79,25 @@ exec {real_docker} "$@"
     return directory
 
 
+def test_runs_come_in_a_random_order_numbered_within_their_phase():
+    import random
+
+    from envbuilder.containers import PhasePlan, run_order
+
+    phases = [PhasePlan("before", ("test.patch",)), PhasePlan("after", ("test.patch", "gold.patch"))]
+    orders = set()
+    for seed in range(200):
+        order = run_order(phases, 2, random.Random(seed))
+        assert sorted((r.phase, r.attempt) for r in order) == [("after", 0), ("after", 1), ("before", 0),
+                                                               ("before", 1)]
+        for phase in ("before", "after"):  # numbered in the order they run
+            assert [r.attempt for r in order if r.phase == phase] == [0, 1]
+        assert all(r.patches == (("test.patch",) if r.phase == "before" else ("test.patch", "gold.patch"))
+                   for r in order)
+        orders.add(tuple(r.phase for r in order))
+    assert len(orders) == 6  # every arrangement of two before and two after runs happens
+
+
 def test_runs_share_one_container_but_not_their_state(tmp_path, flow_config, pipeline, monkeypatch):
     import shutil
 
