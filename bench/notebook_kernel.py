@@ -7,9 +7,11 @@ Prints:
     each attempt would cost without the pool;
   - `python("1+1")` round trip from the host, p50 and p99: target p50 <= 50 ms. Baseline: a `session.run
     ("true")` on the same container's supervisor (fork, exec of sh, sweep), the sandbox's cheapest command;
+  - a host's recycle (reset, new kernel) costs about a cold start, in the background: the pool must hold
+    more hosts than attempts run at once, as many more as recycles fit in an attempt's length;
   - the load average before and after: the machine is shared, so the absolute times move with it.
 
-Run: python bench/notebook_kernel.py [--attempts 10] [--calls 200]
+Run: python bench/notebook_kernel.py [--attempts 10] [--calls 200] [--size 3] [--idle-s 4]
 """
 
 from __future__ import annotations
@@ -48,11 +50,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--attempts", type=int, default=10)
     parser.add_argument("--calls", type=int, default=200)
-    parser.add_argument("--idle-s", type=float, default=3.0, help="between attempts, as an agent's episode takes")
+    parser.add_argument("--idle-s", type=float, default=4.0, help="between attempts, as an agent's episode takes")
+    parser.add_argument("--size", type=int, default=3, help="kernel hosts kept warm")
     args = parser.parse_args()
     config = load_config()
     image = kernel_image(config).tag
-    print(f"cores {os.cpu_count()}, load average before: {loadavg()}; image {image}")
+    print(f"cores {os.cpu_count()}, load average before: {loadavg()}; image {image}; pool of {args.size}, "
+          f"{args.idle_s:g} s between attempts")
     data = Path(tempfile.mkdtemp(prefix="bench-kernel-"))
     data.chmod(0o755)
     limits = Limits.from_config(config, memory="1g")
@@ -69,7 +73,7 @@ def main() -> None:
     cold.close()
 
     starts, cells = [], []
-    with KernelPool(config, image, data_root=data, size=2, limits=limits) as pool:
+    with KernelPool(config, image, data_root=data, size=args.size, limits=limits) as pool:
         time.sleep(args.idle_s)
         for _ in range(args.attempts):
             t = time.monotonic()

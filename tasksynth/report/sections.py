@@ -118,12 +118,39 @@ def general_section(store) -> KindSection | None:
                        kept, {"attempts": _sum(store, "SELECT sum(seconds) AS s FROM general_attempts")})
 
 
+def notebook_section(store) -> KindSection | None:
+    tasks = _count(store, "SELECT count(*) AS n FROM notebook_tasks")
+    if not tasks:
+        return None
+    passed = _count(store, "SELECT count(*) AS n FROM notebook_tasks WHERE status <> 'discarded' "
+                           "OR reason = 'never_solved'")
+    attempted = _count(store, "SELECT count(*) AS n FROM notebook_tasks WHERE n > 0")
+    kept = _count(store, "SELECT count(*) AS n FROM notebook_tasks WHERE status = 'kept'")
+    distributions = {
+        "pass@k: successes c of n attempts": _histogram(
+            store, "SELECT CASE WHEN c = 0 THEN '0' WHEN c * 5 <= n THEN '(0, 0.2]' WHEN c * 2 <= n THEN "
+                   "'(0.2, 0.5]' WHEN c * 5 <= n * 4 THEN '(0.5, 0.8]' ELSE '(0.8, 1]' END AS bucket, count(*) AS n "
+                   "FROM notebook_tasks WHERE n > 0 GROUP BY ALL ORDER BY bucket"),
+        "answer formats": _histogram(store, "SELECT answer_format->>'type' AS bucket, count(*) AS n FROM "
+                                            "notebook_tasks WHERE answer_format IS NOT NULL GROUP BY ALL ORDER BY bucket"),
+        "tasks per dataset": _histogram(store, "SELECT dataset AS bucket, count(*) AS n FROM notebook_tasks "
+                                               "GROUP BY ALL ORDER BY bucket"),
+    }
+    return KindSection("code_interpreter", "Code-interpreter tasks",
+                       [("tasks written", tasks), ("passed gold, shortcut and ambiguity", passed),
+                        ("attempted (pass@k)", attempted), ("kept (pass@k > 0)", kept)],
+                       _discards(store, ("notebook",)), distributions,
+                       ("notebook_task_writer", "notebook_solution_writer", "notebook_answerer", "notebook_solver"),
+                       kept, {"attempts": _sum(store, "SELECT sum(seconds) AS s FROM notebook_attempts")})
+
+
 def _sum(store, sql: str) -> float:
     return round(float(store.query(sql)[0]["s"] or 0.0), 1)
 
 
 SECTIONS: dict[str, Callable[[Any], KindSection | None]] = {
     "code": code_section, "search": search_section, "general": general_section,
+    "code_interpreter": notebook_section,
 }
 
 

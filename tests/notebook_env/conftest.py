@@ -4,7 +4,12 @@ kernel pool per module (starting a kernel is the slow part)."""
 
 from __future__ import annotations
 
-import pytest
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+import pytest  # noqa: E402
 
 
 @pytest.fixture(scope="session")
