@@ -198,8 +198,9 @@ def attempt_notebook(cells: list[CellResult], *, title: str = "") -> nbformat.No
 
 
 class KernelPool:
-    """Warm kernel hosts for one data folder. `attempt()` takes a ready one; when the attempt ends the host
-    is reset and its fresh kernel started in the background. Thread-safe."""
+    """Warm kernel hosts for one data folder. `attempt()` takes a ready one (or the oldest still starting; with
+    none at all it starts one: attempts never wait for each other); when the attempt ends the host is reset
+    and its fresh kernel started in the background, up to `size` hosts. Thread-safe."""
 
     def __init__(self, config: Any, image: str, *, data_root: Path | None = None, size: int = 2,
                  limits: Limits | None = None, timeout_s: float = 30.0, text_cap: int = 20000,
@@ -262,7 +263,8 @@ class KernelPool:
             yield KernelAttempt(host, on_image=on_image, **self.cell_options)
         finally:
             with self._lock:
-                if self._closed:
+                # Hosts started beyond the pool's size (attempts ran at once) are closed, not kept.
+                if self._closed or len(self._ready) >= self.size:
                     host.close()
                 else:
                     self._ready.append(self._executor.submit(self._recycle, host))

@@ -167,8 +167,7 @@ def attempt_batch(config: Any, pool: KernelPool, task: dict[str, Any], dataset: 
                   recorder: BufferedRecorder, on_image: Callable[[bytes], str] | None = None) -> list[AttemptOutcome]:
     """Solver attempts `indices` of a kept task. Their first turns are sampled in one request (`n` = the
     batch, one shared prefill on the bundled runner); each attempt then goes on in its own kernel."""
-    answer_format = json.loads(task["answer_format"])
-    gold = json.loads(task["answer"])
+    answer_format, gold = _decoded(task["answer_format"]), _decoded(task["answer"])
     request = solver_request(dataset, task["question"], answer_format)
     try:
         openings = Agent(SOLVER, config, tools=[_placeholder_tool()], recorder=recorder) \
@@ -200,6 +199,11 @@ def attempt_batch(config: Any, pool: KernelPool, task: dict[str, Any], dataset: 
                                        result.final_answer, cells, restarts, notebook, result.trajectory_id,
                                        time.monotonic() - started))
     return outcomes
+
+
+def _decoded(value: Any) -> Any:
+    # The store returns JSON columns decoded or as text, depending on the value.
+    return json.loads(value) if isinstance(value, str) else value
 
 
 def _placeholder_tool() -> Tool:

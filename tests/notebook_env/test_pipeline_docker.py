@@ -32,6 +32,10 @@ def _prepare(folder: Path, server: ScriptedServer) -> Path:
     return tables
 
 
+def _decoded(value):
+    return json.loads(value) if isinstance(value, str) else value
+
+
 def _rows(tmp_path, tasksynth, sql):
     return json.loads(tasksynth("sql", "--json", sql, cwd=tmp_path, check=True).stdout)
 
@@ -56,11 +60,11 @@ def test_a_good_task_is_kept_and_each_bad_one_discarded_with_its_reason(home, tm
                                                                   "second_answer, c, n, pass_at, data_files, "
                                                                   "solution_notebook from notebook_tasks")}
     good = tasks[GOOD]
-    assert good["status"] == "kept" and json.loads(good["answer"]) == 55.0
-    assert json.loads(good["second_answer"]) == 55.0
+    assert good["status"] == "kept" and _decoded(good["answer"]) == 55.0
+    assert _decoded(good["second_answer"]) == 55.0
     assert (good["c"], good["n"]) == (2, K)
-    assert json.loads(good["pass_at"])["pass@1"] == pytest.approx(0.5)
-    assert list(json.loads(good["data_files"])) == ["sales.csv"]
+    assert _decoded(good["pass_at"])["pass@1"] == pytest.approx(0.5)
+    assert list(_decoded(good["data_files"])) == ["sales.csv"]
     assert tasks["How many distinct regions are in the table?"]["reason"] == "shortcut"
     assert tasks["What is the average price?"]["reason"] == "ambiguous"
     failing = tasks["What is the median discount?"]
@@ -78,7 +82,7 @@ def test_a_good_task_is_kept_and_each_bad_one_discarded_with_its_reason(home, tm
     assert funnel["discards"] == {"shortcut": 1, "ambiguous": 1, "solution_fails": 1}
 
     out = tmp_path / "export"
-    exported = tasksynth("export", "--kind", "code_interpreter", "--out", str(out), cwd=tmp_path)
+    exported = tasksynth("export", str(out), "--kind", "code_interpreter", cwd=tmp_path)
     assert exported.returncode == 0, exported.stderr + exported.stdout
     import pyarrow.parquet as pq
 
@@ -89,7 +93,7 @@ def test_a_good_task_is_kept_and_each_bad_one_discarded_with_its_reason(home, tm
     verifier = json.loads(rows[0]["verifier"])
     assert grade_answer(verifier["answer_format"], verifier["answer"], "55.0").correct
     assert not grade_answer(verifier["answer_format"], verifier["answer"], "54.9").correct
-    assert json.loads(rows[0]["environment"])["files_sha256"]["sales.csv"] == json.loads(good["data_files"])["sales.csv"]
+    assert json.loads(rows[0]["environment"])["files_sha256"]["sales.csv"] == _decoded(good["data_files"])["sales.csv"]
     assert (out / "code_interpreter" / "files" / "sales" / "sales.csv").read_text() == SALES
 
 
