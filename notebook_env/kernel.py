@@ -37,7 +37,7 @@ import nbformat
 
 from notebook_env.errors import NotebookEnvError
 from notebook_env.kernel_image import KERNEL_PYTHON
-from tasksynth.sandbox import Limits, Mount, SandboxInfraError, Session
+from tasksynth.sandbox import Limits, Mount, SandboxInfraError, ServiceReply, Session
 from tasksynth.sandbox.results import SupervisorGone
 
 DRIVER_SOURCE = Path(__file__).with_name("kernel_driver.py")
@@ -153,8 +153,15 @@ class KernelAttempt:
         reply = self.host.session.service_call(json.dumps(request), timeout_s=timeout_s + REPLY_GRACE_S,
                                                output_cap=cap)
         seconds = time.monotonic() - started
-        if reply.outcome == "ok":
-            answer = json.loads(reply.line)
+        answer = _json_object(reply.line) if reply.outcome == "ok" else None
+        if reply.outcome == "ok" and answer is None:
+            # Not the driver's answer (the code wrote into the driver's channel itself): the driver is restarted.
+            try:
+                self.host.session.stop_service()
+            except SandboxInfraError:
+                pass  # a dead container: the restart below reports it
+            reply = ServiceReply("service_gone", "", "the kernel's driver answered something that is not JSON")
+        if answer is not None:
             cell = CellResult(code, answer.get("status", "error"), answer.get("outputs", []),
                               answer.get("execution_count"), bool(answer.get("restarted")), answer.get("note", ""),
                               seconds)
@@ -179,6 +186,22 @@ class KernelAttempt:
 
     def notebook(self, *, title: str = "") -> nbformat.NotebookNode:
         return attempt_notebook(self.cells, title=title)
+
+
+OUTPUT_TYPES = ("stream", "execute_result", "display_data", "error")
+
+
+def _json_object(line: str) -> dict[str, Any] | None:
+    """The driver's answer, or None when the line is not one (the cell's code can write into the channel)."""
+    try:
+        value = json.loads(line)
+    except ValueError:
+        return None
+    if not isinstance(value, dict) or not isinstance(value.get("outputs", []), list):
+        return None
+    if not all(isinstance(o, dict) and o.get("output_type") in OUTPUT_TYPES for o in value.get("outputs", [])):
+        return None
+    return value
 
 
 def attempt_notebook(cells: list[CellResult], *, title: str = "") -> nbformat.NotebookNode:
@@ -226,6 +249,11 @@ class KernelPool:
         with self._lock:
             while len(self._ready) < self.size:
                 self._ready.append(self._executor.submit(self._new_host))
+
+    def ready_now(self) -> int:
+        """Hosts whose kernel is started and waiting for an attempt."""
+        with self._lock:
+            return sum(f.done() and f.exception() is None for f in self._ready)
 
     def _new_host(self) -> KernelHost:
         return KernelHost(self.config, self.image, self.data_root, self.limits)

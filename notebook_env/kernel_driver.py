@@ -20,6 +20,7 @@ mounted read-only and imports only what that image has.
 import json
 import os
 import queue
+import subprocess
 import sys
 import time
 import traceback
@@ -46,7 +47,9 @@ class Kernel:
         self.generation += 1
         prefix = os.path.join(RUNTIME, f"kernel-{self.generation}")
         self.manager = KernelManager(transport="ipc", ip=prefix, connection_file=prefix + ".json")
-        self.manager.start_kernel(extra_arguments=["--HistoryManager.enabled=False"])
+        # The kernel's own stdout and stderr must not reach ours: ours is the line channel to the supervisor.
+        self.manager.start_kernel(extra_arguments=["--HistoryManager.enabled=False"], stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
         self.client = self.manager.client()
         self.client.start_channels()
         self.client.wait_for_ready(timeout=START_TIMEOUT_S)

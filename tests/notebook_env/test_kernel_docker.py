@@ -71,6 +71,17 @@ def test_a_figure_comes_back_as_a_png_and_a_large_one_is_left_out(kernel_pool):
     assert big.images == [] and "left out" in big.note
 
 
+def test_the_code_cannot_reach_the_drivers_channel_and_killing_the_driver_restarts_it(kernel_pool):
+    with kernel_pool.attempt() as kernel:
+        forged = kernel.python("import os\nopen(f'/proc/{os.getppid()}/fd/1', 'w').write('not json\\n')")
+        kernel.python("kept = 1")
+        killed = kernel.python("import os, signal\nos.kill(os.getppid(), signal.SIGKILL)")
+        after = kernel.python("('kept' in globals(), 6 * 7)")
+    assert forged.status == "error" and forged.error["ename"] == "PermissionError"
+    assert killed.status == "kernel_died" and killed.restarted and "restarted" in killed.note
+    assert after.status == "ok" and after.text() == "(False, 42)"
+
+
 def test_the_attempt_is_a_valid_notebook(kernel_pool, tmp_path):
     with kernel_pool.attempt() as kernel:
         kernel.python("print('hello')")
