@@ -86,3 +86,16 @@ def _discard(store, stage: str, item: str, repo: str | None, reason: str | None,
     store.insert("discards", [{"stage": stage, "source": SOURCE, "item": item, "repo": repo,
                                "reason": reason or "unknown", "detail": (detail or "")[:2000], "run_id": run_id}],
                  on_conflict="replace")
+
+
+def record_mined(store, mined, repo: str, run_id: str | None) -> None:
+    """A mined notebook as a task (source `mine`: verified by re-running it, no pass@k), or its discard."""
+    row = {"task_id": mined.content_id, "dataset": repo, "task_index": 0, "source": "mine", "status": mined.status,
+           "reason": mined.reason, "detail": f"{mined.path}: {mined.detail}"[:2000], "question": mined.question,
+           "answer_format": json.dumps(mined.answer_format) if mined.answer_format else None,
+           "solution": None, "answer": json.dumps(mined.answer), "data_files": json.dumps({}), "run_id": run_id}
+    with store.transaction():
+        store.insert("notebook_tasks", [row], on_conflict="replace")
+        if mined.status == "discarded":
+            _discard(store, "notebook.mine", mined.content_id, repo, mined.reason, f"{mined.path}: {mined.detail}",
+                     run_id)

@@ -62,6 +62,46 @@ def synth(
         raise typer.Exit(1)
 
 
+@app.command("mine")
+def mine(git: Path = typer.Option(..., "--git", exists=True, file_okay=False,
+                                  help="A git repository whose notebooks (at HEAD) become tasks.")) -> None:
+    """Tasks from real notebooks: each one whose cells ran in order without errors on the repository's own data,
+    re-run in the sandbox kernel with the same final output, becomes a task (question: its last markdown cell
+    before the final code cell; answer: that cell's output). Every other notebook is discarded with its reason.
+
+    Example: tasksynth notebook mine --git ./analysis-repo"""
+    from notebook_env.kernel import KernelPool
+    from notebook_env.kernel_image import kernel_image
+    from notebook_env.mining import git_notebooks, mine_notebook, mined_id
+    from notebook_env.records import record_mined
+    from tasksynth.docker.engine import require_engine
+
+    config = app_state.config()
+    config.home_path.mkdir(parents=True, exist_ok=True)
+    require_engine()
+    try:
+        paths = git_notebooks(git)
+    except ValueError as exc:
+        raise TasksynthError(str(exc)) from None
+    image = kernel_image(config).tag
+    repo_name = git.resolve().name
+    counts: dict[str, int] = {}
+    with open_store(config) as store, KernelPool(config, image, size=1) as pool:
+        for number, path in enumerate(paths, 1):
+            typer.echo(f"[{number}/{len(paths)}] {path}", err=True)
+            done = store.query("SELECT status, reason FROM notebook_tasks WHERE task_id = ?",
+                               [mined_id(path, (git / path).read_bytes())])
+            if done:  # mined by an earlier run: not again
+                key = "kept" if done[0]["status"] == "kept" else f"discarded: {done[0]['reason']}"
+            else:
+                mined = mine_notebook(pool, git.resolve(), path)
+                record_mined(store, mined, repo_name, None)
+                key = "kept" if mined.status == "kept" else f"discarded: {mined.reason}"
+            counts[key] = counts.get(key, 0) + 1
+    for key, count in sorted(counts.items()):
+        typer.echo(f"{key}  {count}")
+
+
 @app.command("report")
 def report(as_json: bool = typer.Option(False, "--json", help="Print the funnel as JSON.")) -> None:
     """The funnel: tasks written, passed the filters, attempts graded and solved, kept, every discard reason."""
