@@ -38,7 +38,8 @@ FAMOUS = re.compile(r"\b(iris|titanic|mnist|fashion[-_]?mnist|cifar-?10|boston|l
                     r"load_breast_cancer|diabetes|tips\.csv|palmerpenguins|penguins)\b", re.I)
 NETWORK = re.compile(r"\b(requests\.|urllib|urlopen|wget|curl |http[s]?://|pip install|kaggle )", re.I)
 GPU = re.compile(r"\b(cuda|\.to\(['\"]cuda|tf\.config\.list_physical_devices\(['\"]GPU|nvidia-smi)\b", re.I)
-READS = re.compile(r"""(?:read_csv|read_parquet|read_excel|read_json|open|loadtxt|genfromtxt)\(\s*[rbf]?['"]([^'"]+)['"]""")
+READS = re.compile(r"""(?:read_csv|read_parquet|read_excel|read_json|open|loadtxt|genfromtxt)"""
+                   r"""\(\s*[rbf]?['"]([^'"]+)['"]""")
 MAX_FILE_BYTES = 8 * 1024 * 1024  # a repository file copied into the kernel's workspace, at most
 
 

@@ -131,8 +131,9 @@ def notebook_section(store) -> KindSection | None:
             store, "SELECT CASE WHEN c = 0 THEN '0' WHEN c * 5 <= n THEN '(0, 0.2]' WHEN c * 2 <= n THEN "
                    "'(0.2, 0.5]' WHEN c * 5 <= n * 4 THEN '(0.5, 0.8]' ELSE '(0.8, 1]' END AS bucket, count(*) AS n "
                    "FROM notebook_tasks WHERE n > 0 GROUP BY ALL ORDER BY bucket"),
-        "answer formats": _histogram(store, "SELECT answer_format->>'type' AS bucket, count(*) AS n FROM "
-                                            "notebook_tasks WHERE answer_format IS NOT NULL GROUP BY ALL ORDER BY bucket"),
+        "answer formats": _histogram(
+            store, "SELECT answer_format->>'type' AS bucket, count(*) AS n FROM notebook_tasks "
+                   "WHERE answer_format IS NOT NULL GROUP BY ALL ORDER BY bucket"),
         "tasks per dataset": _histogram(store, "SELECT dataset AS bucket, count(*) AS n FROM notebook_tasks "
                                                "GROUP BY ALL ORDER BY bucket"),
     }
