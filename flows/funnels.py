@@ -11,11 +11,13 @@ from collections.abc import Callable
 
 from envbuilder.funnel import code_section
 from general_env.funnel import general_section
+from notebook_env.funnel import notebook_section
 from search_synth.funnel import search_section
 from tasksynth.funnels import KindSection, costs
 
 SECTIONS: dict[str, Callable[[Any], KindSection | None]] = {
     "code": code_section, "search": search_section, "general": general_section,
+    "code_interpreter": notebook_section,
 }
 
 
@@ -28,7 +30,7 @@ def publish_kind(store, kind: str) -> dict[str, Any] | None:
         return None
     table = [{"stage": stage, "count": count} for stage, count in section.funnel]
     table += [{"stage": f"discarded at {reason}", "count": count} for reason, count in section.discards.items()]
-    create_table_artifact(key=f"{kind}-funnel", table=table,
+    create_table_artifact(key=f"{kind.replace('_', '-')}-funnel", table=table,
                           description=f"{section.title}: the funnel and every discard reason, after this run")
     rows = costs(store, section)
     lines = [f"# {section.title}: costs", "", f"Kept tasks: {section.kept}", "",
@@ -39,6 +41,6 @@ def publish_kind(store, kind: str) -> dict[str, Any] | None:
     if not rows:
         lines.append("| (no agent calls) | | | | | | | | |")
     lines += ["", "Seconds per step: " + ", ".join(f"{k} {v}" for k, v in section.seconds_by_step.items())]
-    create_markdown_artifact(key=f"{kind}-costs", markdown="\n".join(lines),
+    create_markdown_artifact(key=f"{kind.replace('_', '-')}-costs", markdown="\n".join(lines),
                              description=f"{section.title}: tokens, seconds and cost per kept task")
     return section.as_dict()

@@ -35,7 +35,7 @@ from tasksynth.errors import ExportError
 from tasksynth.hashing import sha256_bytes
 from tasksynth.store import Store
 
-KINDS = ("code", "search", "general")
+KINDS = ("code", "search", "general", "code_interpreter")
 MANIFEST_FORMAT = "tasksynth-export/1"
 ROW_GROUP_ROWS = 1024  # prompts carry whole patches; small groups keep readers' memory flat
 
@@ -321,6 +321,48 @@ def _general_rows(store: Store, include_all: bool) -> list[dict[str, Any]]:
     return rows
 
 
+NOTEBOOK_SYSTEM_PROMPT = ("You answer questions about data with a `python` tool: a stateful Jupyter kernel with "
+                          "pandas, numpy, matplotlib and scikit-learn, the data under /data (read-only). Compute the "
+                          "answer with code; end with the final answer alone, in the format asked, with no tool call.")
+
+
+def _code_interpreter_rows(store: Store, include_all: bool) -> list[dict[str, Any]]:
+    where = "WHERE question IS NOT NULL" if include_all else "WHERE status = 'kept'"
+    records = store.query(f"SELECT t.*, d.source AS data_source, d.license AS data_license, d.folder AS data_folder "
+                          f"FROM notebook_tasks t LEFT JOIN notebook_datasets d ON d.name = t.dataset {where} "
+                          f"ORDER BY t.task_id")
+
+    def decoded(value: Any) -> Any:
+        return json.loads(value) if isinstance(value, str) else value
+
+    rows = []
+    for r in records:
+        files = decoded(r["data_files"]) or {}
+        folder = f"code_interpreter/files/{r['dataset']}"
+        paths = ", ".join(f"/data/{r['dataset']}/{name}" for name in sorted(files))
+        rows.append({
+            "task_id": f"code_interpreter/{r['task_id']}",
+            "kind": "code_interpreter",
+            "prompt": [{"role": "system", "content": NOTEBOOK_SYSTEM_PROMPT},
+                       {"role": "user", "content": f"Data files: {paths}\n{r['question']}\n"
+                                                   f"Answer format: {r['answer_format']}"}],
+            "environment": _json({"type": "jupyter_kernel", "data": folder, "mount": f"/data/{r['dataset']}",
+                                  "files_sha256": files,
+                                  "libraries": ["pandas", "numpy", "matplotlib", "scikit-learn"]}),
+            "verifier": _json({"type": "answer_format", "answer_format": decoded(r["answer_format"]),
+                               "answer": decoded(r["answer"]),
+                               "grade": "verifiers.notebook.grade_answer(answer_format, answer, final_answer)"}),
+            "metadata": _json({"dataset": r["dataset"], "data_source": r["data_source"],
+                               "data_license": r["data_license"], "source": r["source"], "c": r["c"], "n": r["n"],
+                               "pass_at": decoded(r["pass_at"]), "solution": r["solution"], "status": r["status"],
+                               "reason": r["reason"]}),
+            "_run_id": r["run_id"],
+            "_files": {folder: r["data_folder"]} if r["data_folder"] else {},
+        })
+    return rows
+
+
 TASK_READERS: dict[str, Callable[[Store, bool], list[dict[str, Any]]]] = {
     "code": _code_rows, "search": _search_rows, "general": _general_rows,
+    "code_interpreter": _code_interpreter_rows,
 }

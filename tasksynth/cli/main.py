@@ -15,6 +15,7 @@ from tasksynth.cli.doctor import demo_command, doctor_command
 from tasksynth.cli.flows_cmd import app as flows_app
 from tasksynth.cli.images import app as images_app
 from tasksynth.cli.general import app as general_app
+from tasksynth.cli.notebook import app as notebook_app
 from tasksynth.cli.report import report_command
 from tasksynth.cli.runner import app as runner_app
 from tasksynth.cli.search import app as search_app
@@ -43,6 +44,7 @@ def root(
 app.add_typer(code_app, name="code")
 app.add_typer(search_app, name="search")
 app.add_typer(general_app, name="general")
+app.add_typer(notebook_app, name="notebook")
 app.add_typer(runner_app, name="runner")
 app.add_typer(flows_app, name="flows")
 app.add_typer(images_app, name="images")

@@ -14,8 +14,8 @@ from tasksynth.sandbox.isolation import (SUPERVISOR_CAPS, UNTRUSTED_UID, Limits,
 from tasksynth.sandbox.oneshot import run_oneshot
 from tasksynth.sandbox.pool import Attempt, CallPool
 from tasksynth.sandbox.results import OUTCOMES, CallResult, RunResult, SandboxInfraError
-from tasksynth.sandbox.session import SandboxFileError, Session
+from tasksynth.sandbox.session import SandboxFileError, ServiceReply, Session
 
 __all__ = ["OUTCOMES", "SUPERVISOR_CAPS", "UNTRUSTED_UID", "Attempt", "CallPool", "CallResult", "Limits", "Mount",
-           "RunResult", "SandboxFileError", "SandboxInfraError", "Session", "drop_privileges_prefix",
+           "RunResult", "SandboxFileError", "SandboxInfraError", "ServiceReply", "Session", "drop_privileges_prefix",
            "isolated_run_args", "run_oneshot"]

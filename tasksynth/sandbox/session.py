@@ -4,6 +4,8 @@
         session.write_file("/work/notes.txt", b"...")
         r = session.run("pytest -q", timeout_s=120)          # -> RunResult
         text = session.read_file("/work/out.log")
+        session.start_service(["/opt/venv/bin/python", "/opt/driver.py"])   # a long-lived process
+        reply = session.service_call('{"op": "ping"}', timeout_s=5)        # -> ServiceReply (one line)
 
 Commands run through the container's supervisor as the untrusted user (`sh -c`), with a per-command
 wall-clock timeout, an output cap and the file-size and process limits; when a command ends, every process
@@ -19,6 +21,7 @@ rest of the image is read-only. A container that dies ends the session: that com
 from __future__ import annotations
 
 import base64
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 from tasksynth.sandbox.container import WORK, SupervisedContainer
@@ -30,6 +33,13 @@ from tasksynth.errors import TasksynthError
 
 class SandboxFileError(TasksynthError):
     """A session file could not be read or written (missing, not a regular file, no permission)."""
+
+
+@dataclass
+class ServiceReply:
+    outcome: str  # ok | timeout | output_capped | oom | service_gone | sandbox_crash
+    line: str  # the service's answer (ok only), without its newline
+    reason: str = ""
 
 
 class Session:
@@ -93,6 +103,46 @@ class Session:
             return RunResult("infra_error", None, reason=str(exc))
         return RunResult(reply["outcome"], reply.get("exit_code"), reply.get("stdout", ""), reply.get("stderr", ""),
                          float(reply.get("seconds", 0.0)), reply.get("reason", ""))
+
+    def start_service(self, argv: Sequence[str], *, env: dict[str, str] | None = None,
+                      cwd: str | None = None) -> None:
+        """Start a long-lived process of the untrusted user (a kernel's driver) that answers one line per
+        line on its stdin. It outlives requests until `stop_service`, `reset`, the next `run` (whose sweep
+        kills every process of that user) or another `start_service`. Its stderr is discarded."""
+        limits = {"file_size_bytes": self.limits.file_size_bytes,
+                  "processes": max(1, self.limits.pids - PROCESS_HEADROOM)}
+        self._service_request({"op": "service_start", "argv": list(argv), "cwd": cwd or self.workdir,
+                               "env": {**self.env, **(env or {})}, "limits": limits}, timeout_s=30)
+
+    def service_call(self, line: str, *, timeout_s: float, output_cap: int | None = None) -> ServiceReply:
+        """Send one line to the service and wait for its one-line answer. Any outcome but `ok` (timeout,
+        output_capped, oom, service_gone, sandbox_crash) means the service is no longer running."""
+        if self.crashed:
+            return ServiceReply("sandbox_crash", "", "the session's container died earlier")
+        message = {"op": "service_call", "line": line, "timeout_s": timeout_s,
+                   "output_cap": output_cap or self.output_cap}
+        try:
+            reply = self._service_request(message, timeout_s=timeout_s)
+        except SupervisorGone as exc:
+            return ServiceReply("sandbox_crash", "", str(exc))
+        return ServiceReply(reply["outcome"], reply.get("line", ""), reply.get("reason", ""))
+
+    def stop_service(self) -> None:
+        self._service_request({"op": "service_stop"}, timeout_s=30)
+
+    def reset(self) -> None:
+        """Kill every process of the untrusted user (the service too) and empty /work, /tmp and the IPC
+        places: the container is as fresh as a new one for the next episode."""
+        self._service_request({"op": "reset"}, timeout_s=30)
+
+    def _service_request(self, message: dict[str, Any], *, timeout_s: float) -> dict[str, Any]:
+        if self.crashed:
+            raise SupervisorGone("the session's container died earlier")
+        try:
+            return self.container.request(message, timeout_s=timeout_s)
+        except SupervisorGone:
+            self.crashed = True
+            raise
 
     def read_file(self, path: str, *, max_bytes: int = 16 * 1024 * 1024, follow_links: bool = True) -> bytes:
         """The first `max_bytes` (at most) of a regular file, read as the untrusted user (SandboxFileError

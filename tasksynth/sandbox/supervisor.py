@@ -413,6 +413,7 @@ class Supervisor:
         self.ready: ReadyChild | None = None  # the next call's process, forked while the host was busy
         self.calls_seen = False
         self.unusable = ""  # why this container must not serve another request, once that is so
+        self.service: Service | None = None  # a long-lived process of the untrusted user (a kernel's driver)
 
     def prepare_next_call(self) -> None:
         """After a reply went out: fork the next call's child now, off the call's critical path. Only once
@@ -431,6 +432,10 @@ class Supervisor:
         try:
             if op in ("reset", "run", "read_file", "write_file"):
                 self.forget_ready_child()
+            if op in ("reset", "run", "service_start", "service_stop"):
+                # A command's or a reset's sweep kills every process of the run user: the service first,
+                # so that it is reaped and its pipes closed here, not left a zombie.
+                self.stop_service()
             return self._handle(op, request, fds)
         except Exception as exc:  # noqa: BLE001 - the supervisor outlives any one request
             return {"ok": False, "error": f"supervisor failed on {op}: {type(exc).__name__}: {exc}"}
@@ -446,8 +451,11 @@ class Supervisor:
         if op == "load":
             self.modules[request["name"]] = request["source"]
             return {"ok": True}
+        if op == "service_stop":
+            return {"ok": True}
         handler = {"call": self.call, "run": self.run, "read_file": self.read_file,
-                   "write_file": self.write_file}.get(op)
+                   "write_file": self.write_file, "service_start": self.service_start,
+                   "service_call": self.service_call}.get(op)
         return handler(request) if handler else {"ok": False, "error": f"unknown op {op!r}"}
 
     # ---- state
@@ -554,6 +562,69 @@ class Supervisor:
                 "seconds": time.monotonic() - started, "stdout": streams.text("stdout"),
                 "stderr": streams.text("stderr")}
 
+    # ---- a long-lived service (sessions): one process of the run user that outlives a request
+
+    def service_start(self, request: dict) -> dict:
+        """Start `argv` as the run user (its own session, the file-size and process limits, first for the OOM
+        killer), stdin and stdout pipes kept here, stderr discarded. It lives until the next reset, run,
+        service_start or service_stop, or until it exits."""
+        limits = request["limits"]
+        in_r, in_w = os.pipe()
+        out_r, out_w = os.pipe()
+        pid = fork()
+        if pid == 0:
+            try:
+                os.setsid()
+                become_untrusted({"RLIMIT_FSIZE": int(limits["file_size_bytes"]),
+                                  "RLIMIT_NPROC": int(limits["processes"])}, oom_first=True)
+                null = os.open(os.devnull, os.O_WRONLY)
+                os.dup2(in_r, 0)
+                os.dup2(out_w, 1)
+                os.dup2(null, 2)
+                os.closerange(3, 1 << 16)
+                os.chdir(request.get("cwd") or WORK)
+                signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+                env = {"PATH": PATH, "HOME": WORK, "LANG": "C.UTF-8", **(request.get("env") or {})}
+                argv = [str(part) for part in request["argv"]]
+                os.execve(argv[0], argv, env)
+            except BaseException:  # noqa: BLE001
+                pass
+            os._exit(127)
+        os.close(in_r)
+        os.close(out_w)
+        self.service = Service(pid, in_w, out_r)
+        return {"ok": True, "pid": pid}
+
+    def service_call(self, request: dict) -> dict:
+        """Write one line to the service's stdin and read one line back, within `timeout_s` and `output_cap`
+        bytes. A service that does not answer in time or floods is killed (`timeout`, `output_capped`); one
+        that ended is `service_gone` (`oom` when the out-of-memory killer took it)."""
+        service = self.service
+        if service is None:
+            return {"ok": True, "outcome": "service_gone", "reason": "no service is running", "line": ""}
+        ooms_before = oom_kills()
+        outcome, line = service.exchange(request["line"].encode(), float(request["timeout_s"]),
+                                         int(request["output_cap"]))
+        if outcome == "ok":
+            return {"ok": True, "outcome": "ok", "reason": "", "line": line}
+        status = self.stop_service()
+        if outcome == "service_gone" and oom_kills() > ooms_before:
+            outcome, reason = "oom", "the service was killed by the container's out-of-memory killer"
+        else:
+            reason = {"timeout": f"no answer within {float(request['timeout_s']):g} s; killed",
+                      "output_capped": f"answered more than {int(request['output_cap'])} bytes; killed",
+                      "service_gone": f"the service ended (status {status})"}[outcome]
+        return {"ok": True, "outcome": outcome, "reason": reason, "line": ""}
+
+    def stop_service(self) -> int:
+        """Kill the service and everything of the run user with it; its wait status (0 when none ran)."""
+        service, self.service = self.service, None
+        if service is None:
+            return 0
+        os.close(service.in_w)
+        os.close(service.out_r)
+        return kill_untrusted(reap=service.pid)
+
     # ---- files, always as the untrusted user (so a link it planted leads nowhere it could not go itself)
 
     def read_file(self, request: dict) -> dict:
@@ -599,6 +670,64 @@ class Supervisor:
 
         status = run_as_untrusted(write)
         return {"ok": True} if status == 0 else {"ok": True, "error": f"could not write {request['path']}"}
+
+
+class Service:
+    """A running service's pid and pipes; what it wrote past the last line is kept for the next call."""
+
+    def __init__(self, pid: int, in_w: int, out_r: int):
+        self.pid, self.in_w, self.out_r = pid, in_w, out_r
+        self.pending = bytearray()
+        os.set_blocking(out_r, False)
+
+    def exchange(self, line: bytes, timeout_s: float, cap: int) -> tuple[str, str]:
+        deadline = time.monotonic() + timeout_s
+        try:
+            _write_all(self.in_w, line.replace(b"\n", b" ") + b"\n", deadline)
+        except (BrokenPipeError, TimeoutError):
+            return "service_gone", ""
+        with selectors.DefaultSelector() as selector:
+            selector.register(self.out_r, selectors.EVENT_READ)
+            while b"\n" not in self.pending:
+                if len(self.pending) > cap:
+                    return "output_capped", ""
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return "timeout", ""
+                if not selector.select(remaining):
+                    continue
+                try:
+                    chunk = os.read(self.out_r, 65536)
+                except BlockingIOError:
+                    continue
+                if not chunk:
+                    return "service_gone", ""
+                self.pending += chunk
+        end = self.pending.index(b"\n")
+        if end > cap:
+            return "output_capped", ""
+        answer = bytes(self.pending[:end])
+        del self.pending[:end + 1]
+        return "ok", answer.decode("utf-8", errors="replace")
+
+
+def _write_all(fd: int, data: bytes, deadline: float) -> None:
+    """Blocking writes in a loop, bounded by `deadline` (a service that stopped reading cannot hang us)."""
+    view = memoryview(data)
+    with selectors.DefaultSelector() as selector:
+        selector.register(fd, selectors.EVENT_WRITE)
+        os.set_blocking(fd, False)
+        while view:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError
+            if not selector.select(remaining):
+                continue
+            try:
+                written = os.write(fd, view)
+            except BlockingIOError:
+                continue
+            view = view[written:]
 
 
 def _feed_stdin(fd: int, data: bytes) -> None:

@@ -38,11 +38,11 @@ def test_export_writes_shards_and_an_honest_manifest(store, tmp_path):
     _fill(store)
     out = tmp_path / "out"
     result = export_tasks(store, out, max_shard_rows=2)
-    assert result.counts == {"code": 4, "search": 2, "general": 1}  # the rejected code task stays out
+    assert result.counts == {"code": 4, "search": 2, "general": 1, "code_interpreter": 0}  # the rejected code task stays out
     manifest = json.loads((out / "manifest.json").read_text())
     assert [s["path"] for s in manifest["shards"] if s["kind"] == "code"] == [
         "code/train-00000-of-00002.parquet", "code/train-00001-of-00002.parquet"]
-    assert manifest["totals"] == {"code": 4, "search": 2, "general": 1}
+    assert manifest["totals"] == {"code": 4, "search": 2, "general": 1, "code_interpreter": 0}
     assert [f["path"] for f in manifest["files"]] == ["general/bundles/b1/tools.py"]
     assert (out / "general/bundles/b1/tools.py").read_text().startswith("def book")
     for shard in manifest["shards"]:
