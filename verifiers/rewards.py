@@ -7,6 +7,7 @@ The exported row's `verifier` column says how its reward is computed (`type`), a
 | `tests` (code) | the JUnit XML of the hidden tests run on the attempt's tree | every fail_to_pass and pass_to_pass test passes |
 | `rubric` (search) | the final answer text | `verifiers.rubric.grade_search` (exact match, else a judge) |
 | `tool_checks` (general) | the trajectory (OpenAI messages) | `verifiers.general.grade_general`: replay + checks |
+| `answer_format` (code_interpreter) | the final answer (text or value) | `verifiers.notebook.grade_answer`: the format's rule |
 
 Running an attempt's code (the tests, the tools, the checks) is the caller's: a code attempt's tests run in its
 environment's container, a general attempt's replay in a sandbox (`run`). `tasksynth <kind> grade` wraps this.
@@ -69,7 +70,12 @@ def reward(row: Mapping[str, Any], attempt: Any, *, judge: Callable[[str], str] 
                                "expected_state_hash": verifier.get("expected_state_hash")}, attempt,
                               db_path=db_path, tools_source=tools_source, run=run, clock=clock, seed=seed)
         return Reward(grade.reward, "general", grade.to_dict())
-    raise RewardError(f"unknown verifier type {kind!r} (known: tests, rubric, tool_checks)")
+    if kind == "answer_format":
+        from verifiers.notebook import grade_answer
+
+        grade = grade_answer(verifier["answer_format"], verifier["answer"], attempt)
+        return Reward(1.0 if grade.correct else 0.0, "code_interpreter", {"reason": grade.reason})
+    raise RewardError(f"unknown verifier type {kind!r} (known: tests, rubric, tool_checks, answer_format)")
 
 
 def _tests_reward(verifier: dict[str, Any], attempt: str | bytes | Sequence[str | bytes]) -> Reward:

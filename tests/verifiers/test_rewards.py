@@ -56,3 +56,14 @@ def test_unknown_or_missing_verifiers_are_clear_errors():
         reward({"verifier": json.dumps({"type": "vibes"})}, "x")
     with pytest.raises(RewardError, match="not JSON"):
         reward({"verifier": "{"}, "x")
+
+
+def test_search_and_code_interpreter_rewards_from_the_row():
+    search = {"verifier": json.dumps({"type": "rubric", "question": "Who?", "answer": "Ada Lovelace",
+                                      "rubric": {"dimensions": [{"name": "correct", "weight": 1.0}]}})}
+    assert reward(search, "ada lovelace").reward == 1.0
+    assert reward(search, "Charles Babbage").reward == 0.0  # no judge: no exact match scores nothing
+    notebook = {"verifier": json.dumps({"type": "answer_format", "answer_format": {"type": "number", "decimals": 2},
+                                        "answer": 3.14159})}
+    assert reward(notebook, "The mean is 3.14").reward == 1.0
+    assert reward(notebook, "3.2").reward == 0.0
