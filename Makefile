@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 PIP    := $(BIN)/pip
 STAMP  := $(VENV)/.installed
 
-.PHONY: install docker demo test test-fast bench-cpu clean
+.PHONY: install docker browser demo test test-fast bench-cpu clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -28,7 +28,11 @@ docker: install
 demo: docker
 	$(BIN)/tasksynth demo
 
-test: docker
+# The report tests open the page in Debian's headless chromium (installed here; no browser download).
+browser:
+	command -v chromium >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
+
+test: docker browser
 	$(BIN)/python -m pytest -q -ra --durations=15
 
 # Without Docker and the model: the quick loop while editing.

@@ -15,7 +15,7 @@ import ssl
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import openai
@@ -124,6 +124,8 @@ class Completion:
     prompt_tokens: int
     completion_tokens: int
     usage_estimated: bool = False  # the endpoint reported no usage; the counts are estimates
+    # every choice of a request made with `n` > 1: (message, finish_reason), the first being `message`
+    choices: list[tuple[dict[str, Any], str | None]] = field(default_factory=list)
 
 
 @dataclass
@@ -220,8 +222,17 @@ def _completion(response: Any) -> Completion:
     choices = getattr(response, "choices", None)
     if not choices:
         raise EmptyCompletion("the endpoint answered with no choices")
-    choice = choices[0]
-    msg = choice.message
+    messages = [(_message(choice.message), choice.finish_reason) for choice in choices]
+    message, finish_reason = messages[0]
+    usage = getattr(response, "usage", None)
+    prompt = getattr(usage, "prompt_tokens", None) if usage else None
+    completion = getattr(usage, "completion_tokens", None) if usage else None
+    if prompt is None or completion is None:
+        return Completion(message, finish_reason, 0, 0, usage_estimated=True, choices=messages)
+    return Completion(message, finish_reason, prompt, completion, choices=messages)
+
+
+def _message(msg: Any) -> dict[str, Any]:
     message: dict[str, Any] = {"role": "assistant", "content": msg.content}
     extra = getattr(msg, "model_extra", None) or {}
     reasoning = extra.get("reasoning_content") or extra.get("reasoning")
@@ -232,12 +243,7 @@ def _completion(response: Any) -> Completion:
             {"id": call.id, "type": "function",
              "function": {"name": call.function.name, "arguments": call.function.arguments or ""}}
             for call in msg.tool_calls if getattr(call, "function", None) is not None]
-    usage = getattr(response, "usage", None)
-    prompt = getattr(usage, "prompt_tokens", None) if usage else None
-    completion = getattr(usage, "completion_tokens", None) if usage else None
-    if prompt is None or completion is None:
-        return Completion(message, choice.finish_reason, 0, 0, usage_estimated=True)
-    return Completion(message, choice.finish_reason, prompt, completion)
+    return message
 
 
 def retryable(exc: BaseException) -> bool:

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from agent.accounting import BufferedRecorder, CallRecord, Recorder, TrajectoryRecord, call_cost
-from agent.endpoint import Attempt, Endpoint, EndpointFailed
+from agent.endpoint import Attempt, Completion, Endpoint, EndpointFailed
 from agent.history import (CONTEXT_TRIGGER, discard_tool_history, drop_stale_reasoning, estimate_tokens,
                            last_user_index, wire_messages)
 from agent.prompts import load_prompt
@@ -117,26 +117,60 @@ class Agent:
         self.system_prompt = system_prompt
         self.flow_run_id = flow_run_id
 
-    async def run(self, task: str | Sequence[dict[str, Any]], *,
-                  tool_choice: str | dict[str, Any] | None = None) -> AgentResult:
+    async def run(self, task: str | Sequence[dict[str, Any]], *, tool_choice: str | dict[str, Any] | None = None,
+                  opening: Opening | None = None) -> AgentResult:
         """Run until an answer, a budget or a failure. `task`: a user message, or a whole conversation (a
         system message is added at its start when it has none and the role has a prompt).
 
         `tool_choice` applies to the first call only ("required", or {"type": "function", "function":
-        {"name": ...}}, to make the agent start with a tool call); later calls leave it to the model."""
-        run = _Run(self, _initial_messages(task, self.system_prompt), first_tool_choice=tool_choice)
+        {"name": ...}}, to make the agent start with a tool call); later calls leave it to the model.
+        `opening`: the first assistant message, already sampled (`sample_openings`): the run starts from it."""
+        run = _Run(self, _initial_messages(task, self.system_prompt), first_tool_choice=tool_choice, opening=opening)
         return await run.go()
 
-    def run_sync(self, task: str | Sequence[dict[str, Any]], *,
-                 tool_choice: str | dict[str, Any] | None = None) -> AgentResult:
+    def run_sync(self, task: str | Sequence[dict[str, Any]], *, tool_choice: str | dict[str, Any] | None = None,
+                 opening: Opening | None = None) -> AgentResult:
         """`run` for synchronous code (a Prefect task, a script); works inside a running event loop too."""
-        coroutine = self.run(task, tool_choice=tool_choice)
+        return _sync(self.run(task, tool_choice=tool_choice, opening=opening))
+
+    async def sample_openings(self, task: str | Sequence[dict[str, Any]], n: int) -> list[Opening]:
+        """The first turn of `n` runs of the same task in one request (`n` samples share one prefill on the
+        bundled runner, as pass@k sampling wants). Each opening starts its own run (`run(task, opening=...)`).
+        The request is recorded once, under the role; an endpoint that returns fewer choices gives fewer
+        openings (the remaining runs sample their first turn themselves). [] when the request failed."""
+        run = _Run(self, _initial_messages(task, self.system_prompt))
+        endpoint = Endpoint(self.settings, self.role)
+        request = run.request()
+        if n > 1:
+            request["n"] = n
         try:
-            asyncio.get_running_loop()
-        except RuntimeError:
-            return asyncio.run(coroutine)
-        with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
-            return pool.submit(asyncio.run, coroutine).result()
+            completion = await endpoint.chat(request, deadline=run.deadline, on_attempt=run.account)
+        except EndpointFailed:
+            return []
+        finally:
+            await endpoint.close()
+        return [Opening(message, finish_reason) for message, finish_reason in completion.choices[:n]]
+
+    def sample_openings_sync(self, task: str | Sequence[dict[str, Any]], n: int) -> list[Opening]:
+        return _sync(self.sample_openings(task, n))
+
+
+@dataclass
+class Opening:
+    """A first assistant turn sampled ahead (`Agent.sample_openings`); its cost was recorded there."""
+
+    message: dict[str, Any]
+    finish_reason: str | None
+
+
+def _sync(coroutine: Any) -> Any:
+    """Run a coroutine from synchronous code, also when an event loop is already running in this thread."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coroutine)
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(asyncio.run, coroutine).result()
 
 
 def text_tools_section(tools: Sequence[Tool]) -> str:
@@ -157,9 +191,10 @@ class _Run:
     """One trajectory: the state of a single `Agent.run`."""
 
     def __init__(self, agent: Agent, messages: list[dict[str, Any]], *,
-                 first_tool_choice: str | dict[str, Any] | None = None) -> None:
+                 first_tool_choice: str | dict[str, Any] | None = None, opening: Opening | None = None) -> None:
         self.agent = agent
         self.first_tool_choice = first_tool_choice
+        self.opening = opening
         self.s = agent.settings
         self.tools = {t.name: t for t in agent.tools}
         self.tool_specs = [t.spec() for t in agent.tools]
@@ -192,8 +227,12 @@ class _Run:
                 stop = await self.manage_context(endpoint)
                 if stop:
                     break
-                completion = await endpoint.chat(self.request(), deadline=self.deadline,
-                                                 on_attempt=self.account)
+                if self.opening is not None and self.turns == 0:
+                    completion = Completion(self.opening.message, self.opening.finish_reason, 0, 0,
+                                            usage_estimated=True)
+                else:
+                    completion = await endpoint.chat(self.request(), deadline=self.deadline,
+                                                     on_attempt=self.account)
                 self.turns += 1
                 self.finish_reason = completion.finish_reason
                 message, calls = self.assistant_message(completion.message)

@@ -26,6 +26,7 @@ from envbuilder.records import record_build, record_mined, record_validation
 from envbuilder.sources.mining import SourceRequest, mine, request_key
 from envbuilder.statements import draft_statement, record_draft, step_key, stored_drafts
 from envbuilder.validation import validate_instance, validation_id
+from flows.artifacts import publish_kind
 from flows.runtime import flow_run, run_steps
 from tasksynth.config import Config, load_config
 from tasksynth.docker.engine import image_exists, require_engine
@@ -61,6 +62,7 @@ def code_pipeline(config: Config | None = None, git: list[str] | tuple[str, ...]
         if requests:
             summary["mine"] = _mine(store, config, requests, run_id)
         if not (build or validate or draft_statements):
+            publish_kind(store, "code")
             return summary
         if build or validate:
             require_engine()
@@ -77,6 +79,7 @@ def code_pipeline(config: Config | None = None, git: list[str] | tuple[str, ...]
         summary["verdicts"] = _verdicts(store, [c["instance_id"] for c in chosen])
         if draft_statements:
             summary["drafts"] = _draft_statements(store, config, chosen, run_id)
+        publish_kind(store, "code")
         return summary
 
 def _mine(store, config: Config, requests: list[SourceRequest], run_id: str) -> dict[str, Any]:

@@ -13,12 +13,30 @@ from typing import Any
 
 from prefect import flow
 
+import dataclasses
+
 from envbuilder.statements import ROLE as STATEMENT_ROLE
 from flows.code import code_pipeline, sample_paths
+from flows.general import general_pipeline
 from flows.runner_process import local_runner, say_on_stderr
 from tasksynth.config import Config, load_config
 from tasksynth.export import export_tasks
 from tasksynth.store import open_store
+
+
+GENERAL_ROLES = ("tool_writer", "task_writer", "solution_writer", "verifier_writer", "solver")
+DEMO_CATEGORY = "library loans"
+# The demo's agents are the bundled runner with short turns, so that every kind runs within minutes on a CPU;
+# a role the user configured keeps its own settings.
+DEMO_ROLE_SETTINGS = {"max_tokens": 256, "max_turns": 4, "timeout_s": 300.0}
+
+
+def demo_roles(config: Config, base_url: str, roles: tuple[str, ...]) -> Config:
+    agents = dict(config.agents)
+    for role in roles:
+        if role not in agents:
+            agents[role] = dataclasses.replace(config.role(role), base_url=base_url, **DEMO_ROLE_SETTINGS)
+    return dataclasses.replace(config, agents=agents)
 
 
 @flow(name="demo", validate_parameters=False)
@@ -30,6 +48,8 @@ def demo_flow(config: Config | None = None, out_dir: str | None = None, config_p
         code = code_pipeline(config=config, **sample_paths(config, sample))
         runner.wait_ready()
         drafted = code_pipeline(config=config, build=False, validate=False, draft_statements=True)
+        general = general_pipeline(config=demo_roles(config, runner.base_url, GENERAL_ROLES), category=DEMO_CATEGORY,
+                                   envs=1, tasks_per_env=1, levels=1, k=2)
     with open_store(config) as store:
         exported = export_tasks(store, out, overwrite=True)
         tasks = store.query("SELECT t.instance_id, t.verdict, t.reason, len(t.fail_to_pass) AS f2p, "
@@ -40,5 +60,6 @@ def demo_flow(config: Config | None = None, out_dir: str | None = None, config_p
             "runner": {"endpoint": runner.base_url, "started": runner.started, "pid": runner.pid,
                        "ready_s": runner.ready_s},
             "tasks": tasks,
+            "general": {"category": DEMO_CATEGORY, "funnel": general["funnel"]},
             "export": {"dir": str(exported.out_dir), "counts": exported.counts,
                        "shards": [s["path"] for s in exported.shards]}}

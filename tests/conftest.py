@@ -56,3 +56,11 @@ def run_tasksynth(*args, cwd, env=None, check=False, timeout=300):
 @pytest.fixture
 def tasksynth():
     return run_tasksynth
+
+
+@pytest.fixture(scope="session")
+def runner_url(tmp_path_factory):
+    """The bundled runner, shared by every real-model test of the session (tests/support/bundled_runner.py)."""
+    from bundled_runner import serve_runner
+
+    yield from serve_runner(tmp_path_factory.mktemp("runner"))

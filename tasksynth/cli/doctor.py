@@ -111,6 +111,27 @@ def doctor_command(
         raise typer.Exit(1)
 
 
+def demo_summary(result: dict) -> list[str]:
+    """A few lines per kind for a person; the whole result goes to a file."""
+    verdicts = (result.get("code") or {}).get("verdicts") or {}
+    lines = [f"code:    {verdicts.get('valid', 0)} valid task(s); verdicts "
+             + ", ".join(f"{k} {v}" for k, v in sorted((verdicts.get("by_verdict") or {}).items()))]
+    drafts = (result.get("drafts") or {}).get("outcomes") or {}
+    lines.append("         statements drafted by the agent: " + (", ".join(f"{k} {v}" for k, v in sorted(drafts.items()))
+                                                                 or "none"))
+    general = result.get("general")
+    if general:
+        funnel = general["funnel"]
+        envs = funnel["environments"]
+        lines.append(f"general: category {general['category']!r}: {envs['built']} of {envs['made']} environment(s) "
+                     f"built, {funnel['kept_tasks']} task(s) kept; discards: "
+                     + (", ".join(f"{k} {v}" for k, v in funnel["discards"].items()) or "none"))
+    exported = result.get("export") or {}
+    lines.append("export:  " + ", ".join(f"{k} {v}" for k, v in (exported.get("counts") or {}).items())
+                 + f" rows in {exported.get('dir')}")
+    return lines
+
+
 def demo_command(
     out_dir: Path = typer.Option(None, "--out", help="Where to export (default: <home>/export/demo)."),
 ) -> None:
@@ -124,6 +145,18 @@ def demo_command(
     out = out_dir or config.home_path / "export" / "demo"
     with step_progress():
         result = run_flow(config, "demo", {"out_dir": str(out)})
-    typer.echo(json.dumps(result, indent=2, default=str))
-    typer.echo(f"demo finished in {time.monotonic() - started:.0f}s; store: {config.store_path}; export: {out}")
+    details = config.home_path / "demo-summary.json"
+    details.write_text(json.dumps(result, indent=2, default=str))
+    for line in demo_summary(result):
+        typer.echo(line)
+    from tasksynth.report.page import render_page, report_data
+    from tasksynth.store import open_store
+
+    with open_store(config, read_only=True) as store:
+        page = render_page(report_data(store))
+    report = config.home_path / "report.html"
+    report.write_text(page)
+    typer.echo(f"demo finished in {time.monotonic() - started:.0f}s; details: {details}; store: {config.store_path}; "
+               f"export: {out}")
+    typer.echo(f"report: {report} (open it in a browser; `tasksynth report --serve` browses every task)")
     typer.echo(f"next: tasksynth sql \"select instance_id, verdict, reason, fail_to_pass from code_tasks\"")

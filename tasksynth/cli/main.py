@@ -14,7 +14,9 @@ from tasksynth.cli.data_cmds import export_command, sql_command
 from tasksynth.cli.doctor import demo_command, doctor_command
 from tasksynth.cli.flows_cmd import app as flows_app
 from tasksynth.cli.images import app as images_app
-from tasksynth.cli.placeholders import general_app, search_app
+from tasksynth.cli.general import app as general_app
+from tasksynth.cli.placeholders import search_app
+from tasksynth.cli.report import report_command
 from tasksynth.cli.runner import app as runner_app
 from tasksynth.errors import TasksynthError
 
@@ -49,6 +51,7 @@ app.command("export")(export_command)
 app.command("sql")(sql_command)
 app.command("doctor")(doctor_command)
 app.command("demo")(demo_command)
+app.command("report")(report_command)
 
 
 def main() -> None:

@@ -1,6 +1,4 @@
-"""The `search` and `general` groups: their pipelines are specified in ARCHITECTURE.md and not built yet.
-
-Each group already reports what the store holds for it, so a user can see where the data will be."""
+"""The `search` group: its pipeline is not built yet; `status` reports what the store holds for it."""
 
 from __future__ import annotations
 
@@ -12,10 +10,6 @@ from tasksynth.store import open_store
 search_app = typer.Typer(help="Search QA: long-tail entities -> question agent (+search) -> answer agents -> "
                               "verifier -> rubric grade. The synthesis pipeline is not built yet; `status` shows "
                               "what the store holds.", no_args_is_help=True)
-general_app = typer.Typer(help="General tool environments: a sandboxed agent builds a database and tools, then "
-                               "tasks with solution and verifier functions, kept when pass@100 > 0. The synthesis "
-                               "pipeline is not built yet; `status` shows what the store holds.",
-                          no_args_is_help=True)
 
 
 def _status(sql: str, label: str) -> None:
@@ -33,8 +27,3 @@ def search_status() -> None:
     """Count search items by verdict."""
     _status("SELECT verdict, accepted, count(*) AS items FROM search_items GROUP BY ALL ORDER BY ALL", "search items")
 
-
-@general_app.command("status")
-def general_status() -> None:
-    """Count general tasks by level and acceptance."""
-    _status("SELECT level, accepted, count(*) AS tasks FROM general_tasks GROUP BY ALL ORDER BY ALL", "general tasks")

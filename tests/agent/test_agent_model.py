@@ -4,15 +4,7 @@ made, executed and answered; a second user message continuing the conversation) 
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import os
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
-from pathlib import Path
 
 import pytest
 
@@ -21,8 +13,6 @@ from tasksynth.config import DEFAULT_RUNNER_MODEL, Config, RoleConfig
 from tasksynth.store import open_store
 
 pytestmark = pytest.mark.model
-
-START_TIMEOUT_S = 420
 
 
 def lookup_capital(country: str) -> str:
@@ -33,57 +23,6 @@ def lookup_capital(country: str) -> str:
     """
     capitals = {"france": "Paris", "italy": "Rome", "japan": "Tokyo"}
     return capitals.get(country.strip().lower(), f"no capital known for {country!r}")
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def runner_url(tmp_path_factory):
-    if importlib.util.find_spec("dsa_runner.server") is None:
-        pytest.skip("the bundled runner's server (dsa_runner/server.py) is not there yet")
-    workdir = tmp_path_factory.mktemp("runner")
-    port = _free_port()
-    log_path = workdir / "runner.log"
-    if importlib.util.find_spec("dsa_runner.server_cli") or importlib.util.find_spec("dsa_runner.cli"):
-        command = [sys.executable, "-m", "tasksynth.cli.main", "runner", "serve"]  # as a user starts it
-    else:  # the CLI group is not wired yet: the server module's own entry point
-        command = [sys.executable, "-m", "dsa_runner.server"]
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            [*command, "--host", "127.0.0.1", "--port", str(port)],
-            cwd=workdir, stdout=log, stderr=subprocess.STDOUT,
-            env={**os.environ, "TASKSYNTH_HOME": str(workdir / "home")})
-    base_url = f"http://127.0.0.1:{port}/v1"
-    try:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while True:
-            if process.poll() is not None:
-                pytest.fail(f"the runner exited with {process.returncode}:\n{_tail(log_path)}")
-            try:
-                with urllib.request.urlopen(f"{base_url}/models", timeout=5) as answer:
-                    if answer.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"the runner did not answer within {START_TIMEOUT_S}s:\n{_tail(log_path)}")
-            time.sleep(1)
-        yield base_url
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
-def _tail(path: Path, lines: int = 40) -> str:
-    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
 
 
 def test_two_step_tool_use_with_the_bundled_model(runner_url, tmp_path):

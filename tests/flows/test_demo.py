@@ -83,6 +83,15 @@ def test_the_demo_starts_the_runner_drafts_statements_and_stops_it(home, monkeyp
         assert call["model"] == "smollm2-135m-dsa" and call["status"] == "ok"
         assert call["prompt_tokens"] > 0 and 0 < call["completion_tokens"] <= 48
 
+    # the general kind ran on the same runner: one environment, built or discarded with its reason
+    funnel = result["general"]["funnel"]
+    assert funnel["environments"]["made"] == 1
+    with open_store(config, read_only=True) as store:
+        envs = store.query("SELECT status, reason FROM general_environments")
+        builder_calls = store.query("SELECT model, status FROM agent_calls WHERE role = 'tool_writer'")
+    assert envs[0]["status"] == "built" or envs[0]["reason"]
+    assert builder_calls and all(c["model"] == "smollm2-135m-dsa" for c in builder_calls)
+
     exported = {}
     for shard in (home / "export" / "demo" / "code").glob("*.parquet"):
         for row in pq.read_table(shard).to_pylist():

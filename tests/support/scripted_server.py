@@ -43,6 +43,24 @@ def reply(content: str | None = None, *, tool_calls: list[dict[str, Any]] | None
             "usage": usage, "finish_reason": finish_reason, "delay_s": delay_s}
 
 
+def several(*steps: Step) -> Step:
+    """One completion with several choices (the answer to a request with `n`): the first step's usage and
+    delay count; each step gives one choice."""
+    return {**steps[0], "more_choices": list(steps[1:])}
+
+
+def _choice(step: Step, number: int, index: int) -> dict[str, Any]:
+    message: dict[str, Any] = {"role": "assistant", "content": step.get("content")}
+    if step.get("reasoning") is not None:
+        message["reasoning_content"] = step["reasoning"]
+    calls = step.get("tool_calls")
+    if calls:
+        message["tool_calls"] = [{**c, "id": c.get("id") or f"call_{number}_{index}_{i}"}
+                                 for i, c in enumerate(calls)]
+    finish = step.get("finish_reason") or ("tool_calls" if calls else "stop")
+    return {"index": index, "message": message, "finish_reason": finish}
+
+
 def error(status: int, message: str = "scripted error", *, retry_after: float | None = None,
           delay_s: float = 0.0) -> Step:
     """An HTTP error answer (429, 500, 400, ...), optionally with a Retry-After header."""
@@ -211,16 +229,10 @@ class ScriptedServer:
 
     def _completion(self, step: Step, body: dict[str, Any]) -> dict[str, Any]:
         number = next(self._ids)
-        message: dict[str, Any] = {"role": "assistant", "content": step.get("content")}
-        if step.get("reasoning") is not None:
-            message["reasoning_content"] = step["reasoning"]
-        calls = step.get("tool_calls")
-        if calls:
-            message["tool_calls"] = [{**c, "id": c.get("id") or f"call_{number}_{i}"} for i, c in enumerate(calls)]
-        finish = step.get("finish_reason") or ("tool_calls" if calls else "stop")
+        choices = [_choice(s, number, i) for i, s in enumerate([step, *step.get("more_choices", [])])]
         payload: dict[str, Any] = {"id": f"chatcmpl-{number}", "object": "chat.completion",
                                    "created": int(time.time()), "model": body.get("model", "scripted"),
-                                   "choices": [{"index": 0, "message": message, "finish_reason": finish}]}
+                                   "choices": choices}
         if step.get("usage") is not None:
             prompt, completion = step["usage"]
             payload["usage"] = {"prompt_tokens": prompt, "completion_tokens": completion,

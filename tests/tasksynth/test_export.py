@@ -21,10 +21,16 @@ def _fill(store, code=5, search=2, general=1):
     for i in range(search):
         store.insert("search_items", [{"item_id": f"s{i}", "entity": "e", "question": "q?", "answer": "a",
                                        "rubric": {"must": ["a"]}, "verdict": "kept", "accepted": True}])
-    store.insert("general_environments", [{"env_id": "g", "category": "travel", "tools": [{"name": "book"}]}])
+    bundle = store.path.parent / "bundles" / "b1"  # a tool environment's bundle: copied into the export
+    bundle.mkdir(parents=True, exist_ok=True)
+    (bundle / "tools.py").write_text("def book(db, name: str):\n    \"\"\"Book.\"\"\"\n")
+    store.insert("general_environments", [{"env_id": "g", "category": "travel", "status": "built", "bundle_id": "b1",
+                                           "bundle_path": str(bundle), "tools": [{"name": "book"}]}])
     for i in range(general):
-        store.insert("general_tasks", [{"task_id": f"t{i}", "env_id": "g", "level": 1, "prompt": "p",
-                                        "verifier": "def verify(x): return True", "accepted": True}])
+        store.insert("general_tasks", [{"task_id": f"t{i}", "env_id": "g", "bundle_id": "b1", "level": 1,
+                                        "prompt": "p", "status": "attempted", "c": 1, "n": 4,
+                                        "verifier": "def check_x(state, answer):\n    return True\n",
+                                        "accepted": True}])
 
 
 def test_export_writes_shards_and_an_honest_manifest(store, tmp_path):
@@ -36,6 +42,8 @@ def test_export_writes_shards_and_an_honest_manifest(store, tmp_path):
     assert [s["path"] for s in manifest["shards"] if s["kind"] == "code"] == [
         "code/train-00000-of-00002.parquet", "code/train-00001-of-00002.parquet"]
     assert manifest["totals"] == {"code": 4, "search": 2, "general": 1}
+    assert [f["path"] for f in manifest["files"]] == ["general/bundles/b1/tools.py"]
+    assert (out / "general/bundles/b1/tools.py").read_text().startswith("def book")
     for shard in manifest["shards"]:
         data = (out / shard["path"]).read_bytes()
         assert hashlib.sha256(data).hexdigest() == shard["sha256"]

@@ -1,0 +1,34 @@
+"""A flow run's funnel and costs as Prefect artifacts, so the Prefect UI shows them beside the run: a table
+(every stage and discard reason with its count) and a markdown note (tokens, seconds and cost per kept task by
+role and model). The numbers are the report's (`tasksynth.report.sections`): the store as the run left it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tasksynth.report.sections import SECTIONS, costs
+
+
+def publish_kind(store, kind: str) -> dict[str, Any] | None:
+    """Publish `kind`'s funnel and costs on the current flow run; the section published (None: nothing yet)."""
+    from prefect.artifacts import create_markdown_artifact, create_table_artifact
+
+    section = SECTIONS[kind](store)
+    if section is None:
+        return None
+    table = [{"stage": stage, "count": count} for stage, count in section.funnel]
+    table += [{"stage": f"discarded at {reason}", "count": count} for reason, count in section.discards.items()]
+    create_table_artifact(key=f"{kind}-funnel", table=table,
+                          description=f"{section.title}: the funnel and every discard reason, after this run")
+    rows = costs(store, section)
+    lines = [f"# {section.title}: costs", "", f"Kept tasks: {section.kept}", "",
+             "| role | model | calls | tokens | seconds | cost $ | tokens / kept | seconds / kept | $ / kept |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    lines += [f"| {r['role']} | {r['model']} | {r['calls']} | {r['tokens']} | {r['seconds']} | {round(r['cost_usd'], 4)} "
+              f"| {r['tokens_per_kept']} | {r['seconds_per_kept']} | {r['cost_usd_per_kept']} |" for r in rows]
+    if not rows:
+        lines.append("| (no agent calls) | | | | | | | | |")
+    lines += ["", "Seconds per step: " + ", ".join(f"{k} {v}" for k, v in section.seconds_by_step.items())]
+    create_markdown_artifact(key=f"{kind}-costs", markdown="\n".join(lines),
+                             description=f"{section.title}: tokens, seconds and cost per kept task")
+    return section.as_dict()

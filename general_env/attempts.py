@@ -1,0 +1,164 @@
+"""Step 5 of a general environment: the pass@k filter. The `solver` role attempts a task with only the
+environment's tools, k times; each attempt is graded from its trajectory alone, as a trainer would grade it.
+
+One attempt:
+1. a fresh copy of the bundle's database in a sandbox container; each tool the solver calls runs there
+   (`harness.call_tool`), so the attempt changes only its own copy;
+2. the solver's trajectory (OpenAI messages with `tool_calls`) is graded by `verifiers.general.grade_general`:
+   its calls replayed on another fresh copy, then the task's checks (and the expected state hash, if any).
+
+Outcomes: `solved` (reward 1), `failed` (reward 0, with what failed: the checks, the solver's budget, a limit
+the tools hit), or `error` when something outside the attempt failed (the endpoint, the sandbox's engine):
+errors are not attempts and do not count in n.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from agent import Agent, AgentError, BufferedRecorder, CallRecord, Tool, TrajectoryRecord
+from agent.loop import Opening
+from general_env.bundle import Bundle
+from general_env.execution import AttemptWorld, HarnessFailure, WorldExecutor
+from tasksynth.config import Config
+from tasksynth.hashing import content_hash
+from verifiers.general import grade_general
+
+ROLE = "solver"
+SOLVED, FAILED, ERROR = "solved", "failed", "error"
+
+
+@dataclass
+class AttemptOutcome:
+    attempt_id: str
+    task_id: str
+    attempt: int
+    outcome: str
+    reason: str | None = None
+    reward: float = 0.0
+    partial: float = 0.0
+    checks: dict[str, Any] = field(default_factory=dict)
+    tool_calls: int = 0
+    trajectory_id: str | None = None
+    seconds: float = 0.0
+    calls: list[CallRecord] = field(default_factory=list)
+    trajectories: list[TrajectoryRecord] = field(default_factory=list)
+
+    def row(self, run_id: str | None) -> dict[str, Any]:
+        return {"attempt_id": self.attempt_id, "task_id": self.task_id, "attempt": self.attempt,
+                "outcome": self.outcome, "reason": self.reason, "reward": self.reward, "partial": self.partial,
+                "checks": self.checks, "tool_calls": self.tool_calls, "trajectory_id": self.trajectory_id,
+                "seconds": round(self.seconds, 3), "run_id": run_id}
+
+
+class ToolCallFailed(Exception):
+    """A tool raised in the sandbox; the solver sees the message as the tool's result."""
+
+
+def attempt_id(task_id: str, index: int) -> str:
+    return content_hash("general-attempt", task_id, index)
+
+
+def attempt_batch(config: Config, bundle: Bundle, task: dict[str, Any], indices: list[int], *,
+                  stop_after_first_success: bool = False) -> list[AttemptOutcome]:
+    """Attempts `indices` of one task. Their first turns are sampled in one request (`n` = the batch: one
+    shared prefill on the bundled runner); then each attempt goes on alone, one after the other (batches of
+    a task run side by side)."""
+    outcomes: list[AttemptOutcome] = []
+    shared = BufferedRecorder()
+    try:
+        opener = Agent(ROLE, config, tools=environment_tools(bundle, None), recorder=shared)
+        openings = opener.sample_openings_sync(_request(task), len(indices))
+    except AgentError:
+        openings = []  # each attempt reports the setup problem itself
+    with WorldExecutor(config) as worlds:
+        for position, index in enumerate(indices):
+            opening = openings[position] if position < len(openings) else None
+            outcome = attempt_task(config, worlds, bundle, task, index, opening=opening)
+            outcomes.append(outcome)
+            if stop_after_first_success and outcome.outcome == SOLVED:
+                break
+    if outcomes:  # the shared first-turn request is accounted once, with the batch's first attempt
+        outcomes[0].calls[:0] = shared.calls
+    return outcomes
+
+
+def attempt_task(config: Config, worlds: WorldExecutor, bundle: Bundle, task: dict[str, Any], index: int, *,
+                 opening: Opening | None = None) -> AttemptOutcome:
+    from tasksynth.sandbox.results import SandboxInfraError
+
+    started = time.monotonic()
+    recorder = BufferedRecorder()
+    outcome = AttemptOutcome(attempt_id(task["task_id"], index), task["task_id"], index, ERROR)
+    try:
+        with worlds.attempt(bundle.database) as world:
+            agent = Agent(ROLE, config, tools=environment_tools(bundle, world), recorder=recorder)
+            result = agent.run_sync(_request(task), opening=opening)
+        outcome.trajectory_id = result.trajectory_id
+        if result.stop_reason == "error":
+            outcome.reason = f"endpoint_error: {result.error}"[:500]
+        else:
+            _grade(worlds, bundle, task, result, outcome)
+    except AgentError as exc:
+        outcome.reason = f"agent_setup: {exc}"[:500]
+    except SandboxInfraError as exc:
+        outcome.reason = f"infra_error: {exc}"[:500]
+    outcome.seconds = time.monotonic() - started
+    outcome.calls, outcome.trajectories = recorder.calls, recorder.trajectories
+    return outcome
+
+
+def environment_tools(bundle: Bundle, world: AttemptWorld | None) -> list[Tool]:
+    """The bundle's tools as agent tools whose every call runs in the attempt's sandbox container (`world`
+    None: for describing the tools only, as in a request that samples first turns)."""
+    tools = []
+    for spec in bundle.tools:
+        function = spec["function"]
+
+        def invoke(_name: str = function["name"], **arguments: Any) -> Any:
+            if world is None:
+                raise ToolCallFailed("no environment is attached to these tools")
+            try:
+                called = world.run("call_tool", name=_name, arguments=arguments, clock=bundle.clock,
+                                   seed=bundle.seed, tools_source=bundle.tools_source)
+            except HarnessFailure as exc:
+                raise ToolCallFailed(f"the tool was stopped ({exc.outcome}: {exc.reason})") from None
+            if "error" in called:
+                raise ToolCallFailed(called["error"])
+            return called["result"]
+
+        tools.append(Tool(name=function["name"], description=function["description"],
+                          parameters=function["parameters"], fn=invoke))
+    return tools
+
+
+def _request(task: dict[str, Any]) -> str:
+    answer_format = task.get("answer_format") or "as the task says"
+    return f"{task['prompt']}\n\nGive the final answer in this format: {answer_format}"
+
+
+def _grade(worlds: WorldExecutor, bundle: Bundle, task: dict[str, Any], result: Any,
+           outcome: AttemptOutcome) -> None:
+    outcome.tool_calls = result.tool_calls
+    try:
+        with worlds.attempt(bundle.database) as grading:
+            grade = grade_general(task, result.transcript, db_path=grading.db_path, tools_source=bundle.tools_source,
+                                  run=grading.run, clock=bundle.clock, seed=bundle.seed)
+    except HarnessFailure as exc:
+        outcome.outcome, outcome.reason = FAILED, f"grading stopped: {exc.outcome}: {exc.reason}"[:500]
+        return
+    outcome.reward, outcome.partial = grade.reward, grade.partial
+    outcome.checks = {"checks": grade.checks, "errors": grade.errors, "state_matches": grade.state_matches}
+    if grade.reward == 1.0:
+        outcome.outcome = SOLVED
+        return
+    outcome.outcome = FAILED
+    failed = [name for name, ok in grade.checks.items() if not ok]
+    if result.stop_reason != "answer":
+        outcome.reason = f"solver stopped: {result.stop_reason}"
+    elif failed:
+        outcome.reason = "failed checks: " + ", ".join(failed)
+    else:
+        outcome.reason = "final state differs from the expected one"

@@ -1,0 +1,2 @@
+"""The report: one self-contained HTML page from the store (funnels, distributions, costs, a task browser),
+and a local server that browses every task. `tasksynth report` is its command."""
