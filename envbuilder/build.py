@@ -15,9 +15,11 @@ from pathlib import Path
 from typing import Any
 
 from envbuilder.errors import SourceError, UnsupportedProject
-from envbuilder.images import (build_environment, build_instance, environment_id, environment_tag,
+from envbuilder.env_agent import NOT_REPRODUCIBLE, AgentRequest, replay_recipe, run_env_agent
+from envbuilder.images import (LayerBuild, build_environment, build_instance, environment_id, environment_tag,
                                image_bytes)
-from envbuilder.recipes import Recipe, RecipeContext, dependency_fingerprint, find_recipe
+from envbuilder.recipes import (Recipe, RecipeContext, dependency_fingerprint, find_recipe,
+                                save_fingerprint_recipe)
 from envbuilder.repos import SourceTree, has_commit
 from envbuilder.runners import runner_for
 from envbuilder.sources.patches import paths_outside_repo
@@ -93,6 +95,18 @@ def build_candidate(config: Config, candidate: dict[str, Any]) -> BuildOutcome:
     if fresh:
         env_row["build_seconds"] = env_build.seconds
         logs["environment"] = env_build.log
+    if not env_build.ok and config.code.env_agent and recipe.origin != "agent":
+        request = AgentRequest(candidate["repo"], repo_path, candidate["base_commit"], base.tag, fingerprint, recipe,
+                               env_build.log or env_build.detail, targets)
+        repaired = _build_with_agent(config, request, context, env_row, logs)
+        if repaired is not None:
+            recipe, env_build = repaired
+            env_id, fresh = env_row["env_id"], True
+            row.update(env_id=env_id, test_command=runner.command(recipe.test_command, targets))
+        else:
+            return failed(INSTALL_FAILED, f"the environment's install recipe failed: {env_build.detail}\n"
+                          f"the environment agent: {env_row['reason']}: {env_row.get('agent_detail')}",
+                          environment=env_row, environment_built=True, logs=logs)
     if not env_build.ok:
         env_row.update(status=FAILED, reason=INSTALL_FAILED)
         return failed(INSTALL_FAILED, f"the environment's install recipe failed: {env_build.detail}",
@@ -110,6 +124,32 @@ def build_candidate(config: Config, candidate: dict[str, Any]) -> BuildOutcome:
     row.update(image=instance.image, status=BUILT, build_seconds=time.monotonic() - instance_started,
                image_bytes=(own - env_size) if own is not None and env_size is not None else None)
     return BuildOutcome(row, env_row, built_env, logs)
+
+
+def _build_with_agent(config: Config, request: AgentRequest, context: RecipeContext, env_row: dict[str, Any],
+                      logs: dict[str, str]) -> tuple[Recipe, LayerBuild] | None:
+    """The agent's episode, then the replay of its recipe. Accepted: (recipe, environment), the row describing
+    the agent's environment, the recipe saved for the fingerprint. Otherwise None, the row failed with the
+    agent's status as its reason. Either way the row carries the agent's cost and time."""
+    attempt = run_env_agent(config, request)
+    env_row.update(agent_status=attempt.status, agent_cost_usd=attempt.cost_usd, agent_tokens=attempt.tokens,
+                   agent_turns=attempt.turns, agent_seconds=attempt.seconds, agent_detail=attempt.detail)
+    if attempt.recipe is None:
+        env_row.update(status=FAILED, reason=attempt.status)
+        return None
+    replay = replay_recipe(config, request, attempt.recipe)
+    if replay.environment is not None and replay.environment.log:
+        logs["environment"] = replay.environment.log
+    env_row.update(env_id=replay.env_id, image=environment_tag(request.repo, replay.env_id or ""),
+                   recipe=attempt.recipe.to_dict(), recipe_origin="agent",
+                   build_seconds=replay.environment.seconds if replay.environment else 0.0)
+    if not replay.ok:
+        env_row.update(status=FAILED, reason=NOT_REPRODUCIBLE, agent_status=NOT_REPRODUCIBLE,
+                       agent_detail=replay.detail)
+        return None
+    if context.recipes_dir is not None:
+        save_fingerprint_recipe(context.recipes_dir, request.repo, request.fingerprint, attempt.recipe)
+    return attempt.recipe, replay.environment
 
 
 def recipe_of(environment: dict[str, Any]) -> Recipe:

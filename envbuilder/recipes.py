@@ -2,8 +2,9 @@
 
 A `Recipe` is a list of shell steps plus the test command, stored with the environment (`environments.recipe`)
 so that a user can read and replay it, and an agent can write one later (`origin = "agent"`). Recipes come
-from providers tried in order: a user's recipe file (`<home>/recipes/<owner>__<name>.json`), then the
-heuristic one found from the project's metadata (pyproject.toml, setup.py, setup.cfg, requirements files,
+from providers tried in order: a user's recipe file (`<home>/recipes/<owner>__<name>.json`), then one an
+accepted agent run left for the repository's dependency fingerprint (`<owner>__<name>/<fingerprint>.json`), then
+the heuristic one found from the project's metadata (pyproject.toml, setup.py, setup.cfg, requirements files,
 tox.ini). An agent provider plugs into `PROVIDERS` the same way.
 
 Where the steps run: `env_steps` in the repository-environment layer, as the non-root user, in /testbed holding
@@ -161,7 +162,45 @@ def heuristic_recipe(tree: SourceTree, context: RecipeContext) -> Recipe:
     return Recipe(python=python, env_steps=steps, env=env, dependency_files=dependency_files(tree), notes=notes)
 
 
-PROVIDERS: list[RecipeProvider] = [user_recipe, heuristic_recipe]
+def fingerprint_recipe(tree: SourceTree, context: RecipeContext) -> Recipe | None:
+    """A recipe an accepted agent run (or an import) left for this repository and dependency fingerprint:
+    `<recipes_dir>/<owner>__<name>/<fingerprint>.json`. Candidates sharing both reuse it without the agent."""
+    if not context.recipes_dir:
+        return None
+    path = fingerprint_recipe_path(context.recipes_dir, context.repo, dependency_fingerprint(tree))
+    if not path.is_file():
+        return None
+    recipe = Recipe.from_dict(json.loads(path.read_text()))
+    recipe.dependency_files = dependency_files(tree)
+    return recipe
+
+
+def fingerprint_recipe_path(recipes_dir: Path, repo: str, fingerprint: str) -> Path:
+    return recipes_dir / repo.replace("/", "__") / f"{fingerprint}.json"
+
+
+def save_fingerprint_recipe(recipes_dir: Path, repo: str, fingerprint: str, recipe: Recipe) -> Path:
+    """Keep a recipe for the repository's candidates with this fingerprint (written whole, then renamed)."""
+    path = fingerprint_recipe_path(recipes_dir, repo, fingerprint)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(".json.partial")
+    partial.write_text(json.dumps(recipe.to_dict(), indent=1, sort_keys=True) + "\n")
+    partial.replace(path)
+    return path
+
+
+def stored_recipes(recipes_dir: Path) -> list[dict[str, Any]]:
+    """Every fingerprint recipe of the directory: {"repo", "fingerprint", "recipe"} (for `code recipes export`)."""
+    found = []
+    if recipes_dir.is_dir():
+        for path in sorted(recipes_dir.glob("*/*.json")):
+            owner, _, name = path.parent.name.partition("__")
+            found.append({"repo": f"{owner}/{name}" if name else owner, "fingerprint": path.stem,
+                          "recipe": json.loads(path.read_text())})
+    return found
+
+
+PROVIDERS: list[RecipeProvider] = [user_recipe, fingerprint_recipe, heuristic_recipe]
 
 
 def find_recipe(tree: SourceTree, context: RecipeContext, language: str = "python",
