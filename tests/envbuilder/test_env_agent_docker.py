@@ -7,14 +7,20 @@ session fails that replay and is rejected; an agent that spends its turns stops 
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import pytest
 from scripted_server import ScriptedServer, reply, tool_call
+from typer.testing import CliRunner
 
 from envbuilder.build import build_candidate
 from envbuilder.env_agent import ACCEPTED, BUDGET_EXHAUSTED, NOT_REPRODUCIBLE, recipe_from_answer
-from envbuilder.recipes import Recipe, fingerprint_recipe_path
+from envbuilder.recipes import Recipe
+from envbuilder.samples import Sample, SampleCommit, build_repo
+from tasksynth.cli.main import app as main_app
+from tasksynth.config import Price
+from tasksynth.store import open_store
 from tests.envbuilder.test_offline_build_docker import candidate_of, index_files, serve_index  # noqa: F401
 from verifiers.grading import INSTALL_FAILED
 
@@ -49,35 +55,81 @@ def agent_config(tmp_path, index_files, flow_config):  # noqa: F811 - the import
     index.shutdown()
 
 
-def test_a_failing_heuristic_recipe_is_fixed_by_the_agent_replayed_and_reused(tmp_path, agent_config):
+def calcpkg_repo(tmp_path):
+    """A repository whose setup.py refuses to install; its second commit fixes `half` and adds a test."""
+    fixed = {"calcpkg/__init__.py": "def half(x):\n    return x / 2\n",
+             "tests/test_calc.py": REFUSING_REPO["tests/test_calc.py"].replace(
+                 "add", "half").replace("half(2, 3) == 5", "half(4) == 2") + "\n\ndef test_odd():\n"
+                                                                          "    assert half(3) == 1.5\n"}
+    first = {**REFUSING_REPO, "calcpkg/__init__.py": "def half(x):\n    return x // 2\n",
+             "tests/test_calc.py": "from calcpkg import half\n\n\ndef test_half():\n    assert half(4) == 2\n"}
+    return build_repo(Sample("calcpkg", "t/calcpkg", [SampleCommit("init", first),
+                                                       SampleCommit("half: true division", fixed)]),
+                      tmp_path / "repos" / "t" / "calcpkg")
+
+
+def test_a_failing_heuristic_recipe_is_fixed_by_the_agent_replayed_validated_and_reused(tmp_path, agent_config,
+                                                                                         pipeline):
     script = [reply(tool_calls=[tool_call("run_command", {"command": "python -m pip install pytest"})]),
               reply(tool_calls=[tool_call("run_command", {"command": "PYTHONPATH=/testbed python -m pytest -q"})]),
               reply(json.dumps(GOOD_RECIPE), usage=(900, 120))]
     with ScriptedServer(script) as server:
         config = agent_config(server)
-        candidate = candidate_of(tmp_path, REFUSING_REPO, "calcpkg")
+        config.prices["scripted"] = Price(input_per_mtok=100.0, output_per_mtok=400.0)
+        repo = calcpkg_repo(tmp_path)
 
-        outcome = build_candidate(config, candidate)
+        summary = pipeline(config, git=[str(repo.path)])
 
-        assert outcome.ok, outcome.instance["detail"]
-        env = outcome.environment
+        with open_store(config, read_only=True) as store:
+            env = store.query("SELECT * FROM environments")[0]
+            task = store.query("SELECT * FROM code_tasks")[0]
+            candidate = store.query("SELECT * FROM candidates")[0]
+            instance = store.query("SELECT * FROM code_instances")[0]
+        assert (task["verdict"], list(task["fail_to_pass"])) == ("valid", ["tests/test_calc.py::test_odd"]), task
         assert (env["recipe_origin"], env["agent_status"], env["status"]) == ("agent", ACCEPTED, "built")
         assert env["recipe"]["env_steps"] == ["python -m pip install pytest"]
-        assert env["agent_turns"] == 3 and env["agent_tokens"] > 0 and env["agent_seconds"] > 0
+        assert env["agent_turns"] == 3 and env["agent_seconds"] > 0
+        assert env["agent_cost_usd"] == pytest.approx((10 + 10 + 900) * 100e-6 + (5 + 5 + 120) * 400e-6)
+        # the runs write the runner's own report, not the path the agent's command named
+        assert "--junitxml=/io/junit.xml" in instance["test_command"] and "mine.xml" not in instance["test_command"]
         # the tools ran for real in the session: pytest's own output came back to the model
         tool_results = [m["content"] for m in server.requests[2].messages if m["role"] == "tool"]
         assert "exit code 0" in tool_results[0] and "1 passed" in tool_results[1], tool_results
-        # the instance runs the tests with the agent's env, the runner's own report path
-        assert "--junitxml=/io/junit.xml" in outcome.instance["test_command"]
-        assert "/tmp/mine.xml" not in outcome.instance["test_command"]
 
-        # a second candidate of the repository with the same dependency files reuses the recipe: no agent call
-        again = candidate_of(tmp_path / "again", {**REFUSING_REPO, "README": "changed\n"}, "calcpkg")
-        second = build_candidate(config, again)
+        # `code report` and the flow run's artifact: one candidate, built by the agent, valid, its cost
+        shown = CliRunner().invoke(main_app, ["code", "report", "--json"], env={"TASKSYNTH_HOME": config.home})
+        assert shown.exit_code == 0, shown.output
+        funnel = json.loads(shown.output)
+        assert funnel["funnel"] == [["candidates", 1], ["filtered", 1], ["built heuristically", 0],
+                                    ["built by agent", 1], ["valid", 1]]
+        assert funnel["cost_usd_per_valid_environment"] == pytest.approx(env["agent_cost_usd"])
+        artifact = {row["stage"]: row["count"] for row in _artifact(summary["run_id"], "code-environments")}
+        assert artifact["built by agent"] == 1 and artifact["valid"] == 1
+        assert artifact["agent episodes ended accepted"] == 1
+
+        # a later commit of the repository (same dependency files) reuses the recipe: no agent call
+        later = {**candidate, "instance_id": "calcpkg-later", "candidate_id": "calcpkg-later",
+                 "base_commit": repo.head, "patch": "", "test_patch": ""}
+        second = build_candidate(config, later)
         assert second.ok, second.instance["detail"]
         assert second.environment["recipe_origin"] == "agent" and "agent_status" not in second.environment
+        assert second.environment["env_id"] == env["env_id"]
         assert len(server.requests) == 3
-    assert fingerprint_recipe_path(config.home_path / "recipes", "t/calcpkg", env["fingerprint"]).is_file()
+
+
+def _artifact(flow_run_id: str, key: str) -> list[dict]:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, ArtifactFilterKey
+
+    async def read():
+        async with get_client() as client:
+            return await client.read_artifacts(artifact_filter=ArtifactFilter(
+                flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]), key=ArtifactFilterKey(any_=[key])))
+
+    found = asyncio.run(read())
+    assert found, f"no artifact {key}"
+    data = found[0].data
+    return data if isinstance(data, list) else json.loads(data)
 
 
 def test_a_recipe_that_leans_on_a_file_the_agent_wrote_is_not_reproducible(tmp_path, agent_config):
