@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from envbuilder.errors import SourceError, UnsupportedProject
-from envbuilder.env_agent import NOT_REPRODUCIBLE, AgentRequest, replay_recipe, run_env_agent
+from envbuilder.env_agent import (NO_TESTS, NOT_REPRODUCIBLE, AgentRequest, present_targets, replay_recipe,
+                                  run_env_agent, run_tests_once)
 from envbuilder.images import (LayerBuild, build_environment, build_instance, environment_id, environment_tag,
                                image_bytes)
 from envbuilder.recipes import (Recipe, RecipeContext, dependency_fingerprint, find_recipe,
@@ -26,7 +27,7 @@ from envbuilder.sources.patches import paths_outside_repo
 from tasksynth.config import Config
 from tasksynth.docker.base_images import base_image, supported_pythons
 from tasksynth.errors import ImageBuildFailed
-from verifiers.grading import INSTALL_FAILED
+from verifiers.grading import INSTALL_FAILED, OK, TESTS_CRASHED
 
 BUILT, FAILED = "built", "failed"
 PATCH_OUTSIDE_REPO = "patch_outside_repo"
@@ -120,6 +121,30 @@ def build_candidate(config: Config, candidate: dict[str, Any]) -> BuildOutcome:
     if not instance.ok:
         return failed(INSTALL_FAILED, f"the instance build failed: {instance.detail}", environment=env_row,
                       environment_built=built_env, logs=logs)
+    if config.code.env_agent and recipe.origin != "agent":
+        # A heuristic environment that installs may still leave its tests unable to run (an undeclared test
+        # dependency: collection errors; nothing collected). Whether they run depends on the commit's tests, not
+        # only on the environment: with the agent on, each candidate's targets run once here.
+        request = AgentRequest(candidate["repo"], repo_path, candidate["base_commit"], base.tag, fingerprint, recipe,
+                               "", targets)
+        status, detail = run_tests_once(config, instance.image, recipe, present_targets(request))
+        if status != OK:
+            request.failure_log = f"the install succeeded, but the target tests do not run ({status}):\n{detail}"
+            repaired = _build_with_agent(config, request, context, env_row, logs)
+            if repaired is None:
+                return failed(TESTS_CRASHED if status != NO_TESTS else NO_TESTS,
+                              f"the heuristic environment's tests do not run: {detail}\nthe environment agent: "
+                              f"{env_row['reason']}: {env_row.get('agent_detail')}", environment=env_row,
+                              environment_built=True, logs=logs)
+            recipe, env_build = repaired
+            row.update(env_id=env_row["env_id"], test_command=runner.command(recipe.test_command, targets),
+                       env_seconds=env_build.seconds)
+            instance = build_instance(config, repo_path, candidate["base_commit"], recipe, env_build.image,
+                                      candidate["repo"])
+            logs["instance"] = instance.log
+            if not instance.ok:
+                return failed(INSTALL_FAILED, f"the instance build failed: {instance.detail}", environment=env_row,
+                              environment_built=True, logs=logs)
     own, env_size = image_bytes(instance.image), image_bytes(env_build.image)
     row.update(image=instance.image, status=BUILT, build_seconds=time.monotonic() - instance_started,
                image_bytes=(own - env_size) if own is not None and env_size is not None else None)

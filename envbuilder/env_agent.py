@@ -35,20 +35,21 @@ from envbuilder.containers import scratch_dir
 from envbuilder.images import (PIP_REQUIREMENT, LayerBuild, build_environment, build_instance, environment_id,
                                pip_upgrade_step, remove_image)
 from envbuilder.recipes import PYTEST_COMMAND, Recipe
-from envbuilder.repos import export_tree
+from envbuilder.repos import SourceTree, export_tree
 from envbuilder.runners import runner_for
 from envbuilder.wheelhouse import (WHEELHOUSE_MOUNT, DependencyUnavailable, FetchLog,
                                    Wheelhouse, target_python)
 from tasksynth.config import Config
 from tasksynth.sandbox import Mount, Session, run_oneshot
 from tasksynth.sandbox.isolation import Limits
-from verifiers.grading import OK
+from verifiers.grading import OK, TESTS_CRASHED
 
 ROLE = "env_builder"
 ACCEPTED = "accepted"
 BUDGET_EXHAUSTED = "budget_exhausted"
 AGENT_GAVE_UP = "agent_gave_up"  # the agent answered {"failed": ...}, or no usable recipe, or its endpoint failed
 NOT_REPRODUCIBLE = "recipe_not_reproducible"
+NO_TESTS = "no_tests_collected"
 _BUDGET_STOPS = {StopReason.TURNS, StopReason.TOKENS, StopReason.WALL, StopReason.COST, StopReason.CONTEXT}
 SESSION_VENV = "/work/venv"
 TESTBED = "/testbed"
@@ -180,14 +181,23 @@ def replay_recipe(config: Config, request: AgentRequest, recipe: Recipe) -> Repl
         return Replay(False, f"the replayed instance build failed: {instance.detail}", environment, env_id,
                       time.monotonic() - started)
     try:
-        status, detail = _run_tests_once(config, instance.image, recipe, request.targets)
+        status, detail = run_tests_once(config, instance.image, recipe, present_targets(request))
     finally:
         if instance.status == "built":
             remove_image(instance.image)  # the candidate's own instance is built (or reused) by the caller
     return Replay(status == OK, detail, environment, env_id, time.monotonic() - started)
 
 
-def _run_tests_once(config: Config, image: str, recipe: Recipe, targets: list[str]) -> tuple[str, str]:
+def present_targets(request: AgentRequest) -> list[str]:
+    """The target tests that exist at the environment's commit (a test patch may add the others later); none:
+    the whole suite."""
+    files = set(SourceTree(request.repo_path, request.commit).files)
+    return [t for t in request.targets if t.split("::", 1)[0] in files]
+
+
+def run_tests_once(config: Config, image: str, recipe: Recipe, targets: list[str]) -> tuple[str, str]:
+    """One run of `targets` in `image` as validation runs them: (OK, detail) when it gave a JUnit report of at
+    least one test, else (why not, detail with the end of its output)."""
     runner = runner_for(recipe.test_runner)
     report = "/tmp/junit.xml"
     command = (f"cd {TESTBED} && {runner.command(recipe.test_command, targets, report)}; code=$?; "
@@ -195,14 +205,20 @@ def _run_tests_once(config: Config, image: str, recipe: Recipe, targets: list[st
     result = run_oneshot(config, image, ["bash", "-c", command], workdir=TESTBED,
                          limits=Limits.from_config(config, wall_s=float(config.docker.test_timeout_s)))
     if result.outcome != "ok":
-        return "tests_crashed", f"the replayed test run ended {result.outcome}: {result.reason}"
+        return "tests_crashed", f"the test run ended {result.outcome}: {result.reason}"
     output, _, junit = result.stdout.partition(REPORT_MARK)
     status, detail, outcomes = runner.read_report(result.exit_code, junit.strip() or None, targets)
     if status == OK and not outcomes:
-        return "no_tests", "the replayed test run reported no test"
+        return NO_TESTS, "the test run reported no test"
+    # pytest names a module it could not collect (an import error) without "::": its tests did not run
+    uncollected = sorted(t for t, o in outcomes.items() if "::" not in t and o.outcome == "error")
+    if status == OK and uncollected:
+        messages = "; ".join(f"{t}: {outcomes[t].message or ''}"[:300] for t in uncollected[:3])
+        return TESTS_CRASHED, (f"the test run could not collect {', '.join(uncollected[:5])}: {messages}\n"
+                               f"{_tail(output + result.stderr, 1500)}")
     if status != OK:
-        return status, f"the replayed test run: {detail}\n{_tail(output + result.stderr, 1500)}"
-    return OK, f"the replayed test run reported {len(outcomes)} tests"
+        return status, f"the test run: {detail}\n{_tail(output + result.stderr, 1500)}"
+    return OK, f"the test run reported {len(outcomes)} tests"
 
 
 def _tools(session: Session, wheelhouse: Wheelhouse, target: Any, fetched: FetchLog) -> list:
@@ -293,5 +309,6 @@ def _open_to_sandbox_user(root: Path) -> None:
                 os.chmod(path, 0o666 | (os.stat(path).st_mode & 0o111))
 
 
-__all__ = ["ACCEPTED", "AGENT_GAVE_UP", "BUDGET_EXHAUSTED", "NOT_REPRODUCIBLE", "AgentAttempt", "AgentRequest",
-           "Replay", "recipe_from_answer", "replay_recipe", "run_env_agent"]
+__all__ = ["ACCEPTED", "AGENT_GAVE_UP", "BUDGET_EXHAUSTED", "NOT_REPRODUCIBLE", "NO_TESTS", "AgentAttempt", "AgentRequest",
+           "Replay", "recipe_from_answer", "present_targets", "replay_recipe", "run_env_agent",
+           "run_tests_once"]

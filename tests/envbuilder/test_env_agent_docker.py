@@ -170,3 +170,25 @@ def test_the_agents_answer_becomes_an_agent_recipe_or_a_clear_refusal():
                          ('{"install": "pip install x"}', "no list of install commands")):
         with pytest.raises(ValueError, match=says):
             recipe_from_answer(answer, failed)
+
+
+def test_an_environment_that_installs_but_cannot_collect_its_tests_goes_to_the_agent(tmp_path, agent_config):
+    """No setup.py: the heuristic recipe installs pytest and puts /testbed on PYTHONPATH; the tests import
+    `wheel`, which nothing declares, so they do not collect. The agent's recipe adds it."""
+    files = {"fmt.py": "def shout(text):\n    return text.upper()\n",
+             "tests/test_fmt.py": "import wheel\n\nfrom fmt import shout\n\n\ndef test_shout():\n"
+                                  "    assert wheel.__name__ and shout('a') == 'A'\n"}
+    recipe = {"install": ["python -m pip install pytest wheel"], "env": {"PYTHONPATH": "/testbed"}}
+    script = [reply(tool_calls=[tool_call("request_dependency", {"ecosystem": "pip", "spec": "wheel"})]),
+              reply(json.dumps(recipe))]
+    with ScriptedServer(script) as server:
+        config = agent_config(server)
+        candidate = {**candidate_of(tmp_path, files, "fmt"), "test_patch": ""}
+        outcome = build_candidate(config, candidate)
+
+    assert outcome.ok, outcome.instance["detail"]
+    env = outcome.environment
+    assert (env["recipe_origin"], env["agent_status"]) == ("agent", ACCEPTED)
+    task = server.requests[0].messages[-1]["content"]
+    assert "tests/test_fmt.py" in task and "wheel" in task  # the agent was shown why the tests do not run
+    assert "available in the wheelhouse" in server.requests[1].messages[-1]["content"]
