@@ -9,6 +9,7 @@ stays unrecorded and a rerun builds it.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,13 +20,14 @@ from envbuilder.env_agent import (NO_TESTS, NOT_REPRODUCIBLE, AgentRequest, pres
                                   run_env_agent, run_tests_once)
 from envbuilder.images import (LayerBuild, build_environment, build_instance, environment_id, environment_tag,
                                image_bytes)
-from envbuilder.recipes import (Recipe, RecipeContext, dependency_fingerprint, find_recipe,
+from envbuilder.recipes import (Recipe, RecipeContext, dependency_fingerprint, detect_language, find_recipe,
                                 save_fingerprint_recipe)
 from envbuilder.repos import SourceTree, has_commit
 from envbuilder.runners import runner_for
 from envbuilder.sources.patches import paths_outside_repo
 from tasksynth.config import Config
 from tasksynth.docker.base_images import base_image, supported_pythons
+from tasksynth.docker.toolchains import toolchain_image
 from tasksynth.errors import ImageBuildFailed
 from verifiers.grading import INSTALL_FAILED, OK, TESTS_CRASHED
 
@@ -70,7 +72,7 @@ def build_candidate(config: Config, candidate: dict[str, Any]) -> BuildOutcome:
     tree = SourceTree(repo_path, candidate["base_commit"])
     context = RecipeContext(candidate["repo"], supported_pythons(config), config.home_path / "recipes")
     try:
-        recipe = find_recipe(tree, context, candidate.get("language") or "python")
+        recipe = find_recipe(tree, context, detect_language(tree, candidate.get("language")))
         runner = runner_for(recipe.test_runner)
     except (UnsupportedProject, SourceError) as exc:
         return failed(UNSUPPORTED_PROJECT, str(exc))
@@ -78,6 +80,8 @@ def build_candidate(config: Config, candidate: dict[str, Any]) -> BuildOutcome:
     row.update(test_runner=runner.name, test_targets=targets, test_command=runner.command(recipe.test_command, targets))
     try:
         base = base_image(config, recipe.python, log=lambda _message: None)
+        if recipe.language != "python":
+            base = dataclasses.replace(base, tag=toolchain_image(config, base.tag, recipe.language))
     except ImageBuildFailed as exc:
         return failed(BASE_IMAGE_FAILED, str(exc))
 

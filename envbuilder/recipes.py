@@ -36,7 +36,7 @@ RECIPE_SCHEMA = 1
 # Files whose contents decide the installed dependencies: the dependency fingerprint hashes them.
 DEPENDENCY_PATTERNS = ("pyproject.toml", "setup.py", "setup.cfg", "requirements*.txt", "requirements/*.txt",
                        "*requirements*.txt", "constraints*.txt", "tox.ini", "Pipfile", "Pipfile.lock", "poetry.lock",
-                       "uv.lock")
+                       "uv.lock", "go.mod", "go.sum")
 TEST_EXTRAS = ("test", "tests", "testing", "dev")
 DEFAULT_PYTHON = "3.11"
 PYTEST_COMMAND = ("python -m pytest -rA -p no:cacheprovider --continue-on-collection-errors "
@@ -201,13 +201,41 @@ def stored_recipes(recipes_dir: Path) -> list[dict[str, Any]]:
 
 
 PROVIDERS: list[RecipeProvider] = [user_recipe, fingerprint_recipe, heuristic_recipe]
+# Languages other than Python (PROVIDERS): their providers, in order.
+LANGUAGE_PROVIDERS: dict[str, list[RecipeProvider]] = {
+    "go": [user_recipe, fingerprint_recipe, lambda tree, context: go_recipe(tree, context)]}
+
+
+def go_recipe(tree: SourceTree, context: RecipeContext) -> Recipe:
+    """Go: the toolchain and Debian's Go libraries come with the image (`tasksynth.docker.toolchains`); the tests
+    run in GOPATH mode over those sources, since no module proxy is reachable."""
+    from tasksynth.docker.toolchains import TOOLCHAIN_ENV
+
+    return Recipe(env_steps=["go version"], test_runner="gotest", test_command="go test -count=1",
+                  env=dict(TOOLCHAIN_ENV["go"]), language="go", dependency_files=dependency_files(tree),
+                  notes=["go.mod found: Go, tests by `go test -json` converted to JUnit",
+                         "dependencies from Debian's golang-*-dev sources (GOPATH=/usr/share/gocode)"])
+
+
+def detect_language(tree: SourceTree, declared: str | None = None) -> str:
+    """The language whose recipe builds the candidate: what its source declared, unless it said Python (the
+    default) of a repository that has a go.mod and no Python metadata."""
+    if declared and declared != "python":
+        return declared
+    files = set(tree.files)
+    python_metadata = {"pyproject.toml", "setup.py", "setup.cfg"} & files or any(
+        f.endswith(".py") for f in files)
+    if "go.mod" in files and not python_metadata:
+        return "go"
+    return "python"
 
 
 def find_recipe(tree: SourceTree, context: RecipeContext, language: str = "python",
                 providers: list[RecipeProvider] | None = None) -> Recipe:
-    if language != "python":
-        raise UnsupportedProject(f"no recipe for {language} projects yet (Python only)")
-    for provider in providers or PROVIDERS:
+    if language not in ("python", *LANGUAGE_PROVIDERS):
+        raise UnsupportedProject(f"no recipe for {language} projects yet (known: python, "
+                                 f"{', '.join(LANGUAGE_PROVIDERS)})")
+    for provider in providers or LANGUAGE_PROVIDERS.get(language) or PROVIDERS:
         recipe = provider(tree, context)
         if recipe is not None:
             return recipe
