@@ -18,6 +18,8 @@ from typing import Any
 from envbuilder.errors import SourceError, UnsupportedProject
 from envbuilder.env_agent import (NO_TESTS, NOT_REPRODUCIBLE, AgentRequest, present_targets, replay_recipe,
                                   run_env_agent, run_tests_once)
+from envbuilder.npm_fetch import fetch_node_modules
+from envbuilder.wheelhouse import DependencyUnavailable
 from envbuilder.images import (LayerBuild, build_environment, build_instance, environment_id, environment_tag,
                                image_bytes)
 from envbuilder.recipes import (Recipe, RecipeContext, dependency_fingerprint, detect_language, find_recipe,
@@ -27,7 +29,7 @@ from envbuilder.runners import runner_for
 from envbuilder.sources.patches import paths_outside_repo
 from tasksynth.config import Config
 from tasksynth.docker.base_images import base_image, supported_pythons
-from tasksynth.docker.toolchains import toolchain_image
+from tasksynth.docker.toolchains import node_modules_image, toolchain_image
 from tasksynth.errors import ImageBuildFailed
 from verifiers.grading import INSTALL_FAILED, OK, TESTS_CRASHED
 
@@ -82,8 +84,13 @@ def build_candidate(config: Config, candidate: dict[str, Any]) -> BuildOutcome:
         base = base_image(config, recipe.python, log=lambda _message: None)
         if recipe.language != "python":
             base = dataclasses.replace(base, tag=toolchain_image(config, base.tag, recipe.language))
+        if recipe.language == "javascript":
+            node_modules, key = fetch_node_modules(config, tree)
+            base = dataclasses.replace(base, tag=node_modules_image(config, base.tag, node_modules, key))
     except ImageBuildFailed as exc:
         return failed(BASE_IMAGE_FAILED, str(exc))
+    except DependencyUnavailable as exc:
+        return failed(INSTALL_FAILED, str(exc))
 
     fingerprint = dependency_fingerprint(tree)
     env_id = environment_id(base.tag, recipe, fingerprint)

@@ -36,7 +36,7 @@ RECIPE_SCHEMA = 1
 # Files whose contents decide the installed dependencies: the dependency fingerprint hashes them.
 DEPENDENCY_PATTERNS = ("pyproject.toml", "setup.py", "setup.cfg", "requirements*.txt", "requirements/*.txt",
                        "*requirements*.txt", "constraints*.txt", "tox.ini", "Pipfile", "Pipfile.lock", "poetry.lock",
-                       "uv.lock", "go.mod", "go.sum")
+                       "uv.lock", "go.mod", "go.sum", "package.json", "package-lock.json")
 TEST_EXTRAS = ("test", "tests", "testing", "dev")
 DEFAULT_PYTHON = "3.11"
 PYTEST_COMMAND = ("python -m pytest -rA -p no:cacheprovider --continue-on-collection-errors "
@@ -203,7 +203,8 @@ def stored_recipes(recipes_dir: Path) -> list[dict[str, Any]]:
 PROVIDERS: list[RecipeProvider] = [user_recipe, fingerprint_recipe, heuristic_recipe]
 # Languages other than Python (PROVIDERS): their providers, in order.
 LANGUAGE_PROVIDERS: dict[str, list[RecipeProvider]] = {
-    "go": [user_recipe, fingerprint_recipe, lambda tree, context: go_recipe(tree, context)]}
+    "go": [user_recipe, fingerprint_recipe, lambda tree, context: go_recipe(tree, context)],
+    "javascript": [user_recipe, fingerprint_recipe, lambda tree, context: javascript_recipe(tree, context)]}
 
 
 def go_recipe(tree: SourceTree, context: RecipeContext) -> Recipe:
@@ -217,6 +218,21 @@ def go_recipe(tree: SourceTree, context: RecipeContext) -> Recipe:
                          "dependencies from Debian's golang-*-dev sources (GOPATH=/usr/share/gocode)"])
 
 
+def javascript_recipe(tree: SourceTree, context: RecipeContext) -> Recipe:
+    """JavaScript: Debian's nodejs in the image, the lock file's packages fetched by the host with
+    `npm ci --ignore-scripts` (`envbuilder.npm_fetch`) at /opt/node_modules, linked into each checkout;
+    mocha with its JUnit reporter runs the tests."""
+    if tree.read("package-lock.json") is None:
+        raise UnsupportedProject("a JavaScript project without package-lock.json: its dependencies cannot be "
+                                 "installed reproducibly (npm ci needs the lock file)")
+    from envbuilder.runners_js import MOCHA_COMMAND
+
+    return Recipe(env_steps=["node --version"], instance_steps=["ln -sfn /opt/node_modules /testbed/node_modules"],
+                  test_runner="mocha", test_command=MOCHA_COMMAND, language="javascript",
+                  dependency_files=dependency_files(tree),
+                  notes=["package.json found: JavaScript; mocha with mocha-junit-reporter from the lock file"])
+
+
 def detect_language(tree: SourceTree, declared: str | None = None) -> str:
     """The language whose recipe builds the candidate: what its source declared, unless it said Python (the
     default) of a repository that has a go.mod and no Python metadata."""
@@ -227,6 +243,8 @@ def detect_language(tree: SourceTree, declared: str | None = None) -> str:
         f.endswith(".py") for f in files)
     if "go.mod" in files and not python_metadata:
         return "go"
+    if "package.json" in files and not python_metadata:
+        return "javascript"
     return "python"
 
 

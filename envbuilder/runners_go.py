@@ -9,7 +9,7 @@ the gold patch touches; none (or scope "all"): `./...`.
 from __future__ import annotations
 
 import shlex
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import PurePosixPath
 
 from junitparser import JUnitXml, TestSuite
@@ -18,7 +18,7 @@ from envbuilder.runners import REPORT_PATH, RUNNERS, TestRunner
 from envbuilder.sources.patches import file_diffs
 from verifiers.gotest import GoTestOutputError, go_test_json_to_junit
 from verifiers.grading import JUNIT_MALFORMED, JUNIT_MISSING, OK, TESTS_CRASHED
-from verifiers.junit import JUnitError, TestOutcome, _outcome, _seconds
+from verifiers.junit import _SEVERITY, JUnitError, TestOutcome, _outcome, _seconds
 
 GO_TEST_COMMAND = "go test -count=1"
 
@@ -58,6 +58,12 @@ class GoTestRunner(TestRunner):
 
 def parse_go_junit(xml: str) -> dict[str, TestOutcome]:
     """The converted report read back with junitparser, keyed `<package>::<test>`."""
+    return parse_junit_cases(xml, lambda classname, name: f"{classname}::{name}")
+
+
+def parse_junit_cases(xml: str, test_id: Callable[[str, str], str]) -> dict[str, TestOutcome]:
+    """Every <testcase> of a JUnit report read with junitparser, keyed by `test_id(classname, name)` (the
+    worst outcome wins when one id appears twice)."""
     try:
         report = JUnitXml.fromstring(xml.encode())
     except Exception as exc:  # noqa: BLE001 - any parser error means a malformed report
@@ -66,8 +72,10 @@ def parse_go_junit(xml: str) -> dict[str, TestOutcome]:
     for suite in [report] if isinstance(report, TestSuite) else list(report):
         for case in suite:
             outcome, message = _outcome(case.result)
-            test_id = f"{case.classname}::{case.name}"
-            outcomes[test_id] = TestOutcome(test_id, outcome, _seconds(case), message)
+            key = test_id(case.classname or "", case.name or "")
+            previous = outcomes.get(key)
+            if previous is None or _SEVERITY[outcome] > _SEVERITY[previous.outcome]:
+                outcomes[key] = TestOutcome(key, outcome, _seconds(case), message)
     return outcomes
 
 

@@ -1,10 +1,14 @@
 """One small fixture repository per language beyond Python, generated here, built and validated on the real
-engine: Go (toolchain and the third-party go-cmp from Debian's packages, `go test -json` converted to JUnit)."""
+engine: Go (toolchain and the third-party go-cmp from Debian's packages, `go test -json` converted to JUnit);
+JavaScript (Debian's nodejs; lodash, mocha and its JUnit reporter from npm through the host's `npm ci
+--ignore-scripts`, the lock file generated here). Each prints its build and validation seconds."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 
@@ -89,3 +93,51 @@ def test_a_go_repository_with_a_debian_packaged_dependency_builds_and_validates(
     assert outcome.grade.valid, (outcome.grade, [(r.status, r.detail) for r in outcome.runs])
     assert list(outcome.grade.fail_to_pass) == ["_/testbed::TestHalfOdd"]
     assert list(outcome.grade.pass_to_pass) == ["_/testbed::TestHalf"]
+
+
+PACKAGE_JSON = {"name": "halfjs", "version": "1.0.0", "private": True, "dependencies": {"lodash": "4.17.21"},
+                "devDependencies": {"mocha": "10.2.0", "mocha-junit-reporter": "2.2.1"}}
+JS_TEST = """const assert = require('assert');
+const _ = require('lodash');
+const { half } = require('../half');
+
+describe('half', () => {
+  it('halves evens', () => assert.strictEqual(half(_.identity(4)), 2));
+"""
+
+
+@pytest.fixture(scope="session")
+def package_lock(tmp_path_factory) -> str:
+    """package-lock.json of the fixture, resolved by the host's npm against the registry (no script runs)."""
+    folder = tmp_path_factory.mktemp("npm-lock")
+    (folder / "package.json").write_text(json.dumps(PACKAGE_JSON))
+    subprocess.run(["npm", "install", "--package-lock-only", "--ignore-scripts", "--no-audit", "--no-fund"],
+                   cwd=folder, check=True, capture_output=True, timeout=600)
+    return (folder / "package-lock.json").read_text()
+
+
+def test_a_javascript_repository_with_npm_dependencies_builds_and_validates(tmp_path, flow_config, local_index,
+                                                                               package_lock):
+    config = flow_config(code__index_url=local_index)
+    first = {"package.json": json.dumps(PACKAGE_JSON, indent=2) + "\n", "package-lock.json": package_lock,
+             "half.js": "exports.half = (x) => Math.floor(x / 2);\n", "test/half.test.js": JS_TEST + "});\n"}
+    fixed = {"half.js": "exports.half = (x) => x / 2;\n",
+             "test/half.test.js": JS_TEST + "  it('halves odds', () => assert.strictEqual(half(3), 1.5));\n});\n"}
+    candidate = candidate_from_history(tmp_path, "halfjs", [SampleCommit("init", first),
+                                                            SampleCommit("half: no rounding", fixed)],
+                                       ["test/half.test.js"])
+
+    started = time.monotonic()
+    built = build_candidate(config, candidate)
+    build_s = time.monotonic() - started
+    assert built.ok, built.instance["detail"]
+    assert (built.environment["language"], built.instance["test_runner"]) == ("javascript", "mocha")
+    assert (Path(config.home) / "npm").is_dir()  # fetched by the host, once per lock file
+
+    started = time.monotonic()
+    outcome = validate_instance(config, candidate, built.instance, repeat=1, round_="languages")
+    validate_s = time.monotonic() - started
+    print(f"javascript: build {build_s:.1f} s, validation {validate_s:.1f} s")
+    assert outcome.grade.valid, (outcome.grade, [(r.status, r.detail) for r in outcome.runs])
+    assert list(outcome.grade.fail_to_pass) == ["half halves odds"]
+    assert list(outcome.grade.pass_to_pass) == ["half halves evens"]
