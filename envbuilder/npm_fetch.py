@@ -32,7 +32,7 @@ def fetch_node_modules(config: Config, tree: SourceTree) -> tuple[Path, str]:
     if (folder / "node_modules").is_dir():
         return folder / "node_modules", key
     folder.parent.mkdir(parents=True, exist_ok=True)
-    registry = getattr(config.code, "npm_registry", "")
+    registry = config.code.npm_registry
     with tempfile.TemporaryDirectory(prefix="tasksynth-npm-", dir=folder.parent) as tmp:
         work = Path(tmp)
         (work / "package.json").write_text(package)
