@@ -1,4 +1,7 @@
-"""Building one candidate's environment: recipe -> base image -> repository environment -> instance.
+"""Building one candidate's environment: recipe -> base image (+ toolchain) -> repository environment -> instance.
+
+With `code.env_agent` on, an environment whose heuristic install fails, or whose target tests then do not run,
+goes to the environment-building agent (`envbuilder.env_agent`); its recipe counts after a replay from scratch.
 
 `build_candidate` runs in a Prefect task (any thread or process): it reads the candidate's repository, builds
 what is missing, and returns a `BuildOutcome` of plain rows; the flow process stores them. A failure that is
@@ -15,18 +18,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from envbuilder.errors import SourceError, UnsupportedProject
 from envbuilder.env_agent import (NO_TESTS, NOT_REPRODUCIBLE, AgentRequest, present_targets, replay_recipe,
                                   run_env_agent, run_tests_once)
-from envbuilder.npm_fetch import fetch_node_modules
-from envbuilder.wheelhouse import DependencyUnavailable
+from envbuilder.errors import SourceError, UnsupportedProject
 from envbuilder.images import (LayerBuild, build_environment, build_instance, environment_id, environment_tag,
                                image_bytes)
+from envbuilder.npm_fetch import fetch_node_modules
 from envbuilder.recipes import (Recipe, RecipeContext, dependency_fingerprint, detect_language, find_recipe,
                                 save_fingerprint_recipe)
 from envbuilder.repos import SourceTree, has_commit
 from envbuilder.runners import runner_for
 from envbuilder.sources.patches import paths_outside_repo
+from envbuilder.wheelhouse import DependencyUnavailable
 from tasksynth.config import Config
 from tasksynth.docker.base_images import base_image, supported_pythons
 from tasksynth.docker.toolchains import node_modules_image, toolchain_image
