@@ -96,12 +96,17 @@ def environment_funnel(store) -> dict[str, Any] | None:
         "FROM code_instances i JOIN environments e USING (env_id) WHERE i.status = 'built' GROUP BY ALL")}
     valid = _count(store, "SELECT count(*) AS n FROM code_tasks WHERE verdict = 'valid'")
     valid_envs = _count(store, "SELECT count(DISTINCT env_id) AS n FROM code_tasks WHERE verdict = 'valid'")
-    totals = store.query("SELECT sum(coalesce(agent_cost_usd, 0)) AS cost, sum(coalesce(agent_seconds, 0)) AS "
-                         "agent_s, sum(coalesce(build_seconds, 0)) AS build_s, count(agent_status) AS episodes "
-                         "FROM environments")[0]
+    # A store opened read-only before migration 013 ran has no agent columns yet: no agent ever ran there.
+    columns = {r["column_name"] for r in store.query(
+        "SELECT column_name FROM information_schema.columns WHERE table_name = 'environments'")}
+    agent = "agent_status" in columns
+    totals = store.query(("SELECT sum(coalesce(agent_cost_usd, 0)) AS cost, sum(coalesce(agent_seconds, 0)) AS "
+                          "agent_s, count(agent_status) AS episodes, " if agent else
+                          "SELECT 0.0 AS cost, 0.0 AS agent_s, 0 AS episodes, ") +
+                         "sum(coalesce(build_seconds, 0)) AS build_s FROM environments")[0]
     agent_status = {r["agent_status"]: r["n"] for r in store.query(
         "SELECT agent_status, count(*) AS n FROM environments WHERE agent_status IS NOT NULL GROUP BY ALL "
-        "ORDER BY n DESC, agent_status")}
+        "ORDER BY n DESC, agent_status")} if agent else {}
     cost, seconds = float(totals["cost"] or 0.0), float(totals["agent_s"] or 0.0) + float(totals["build_s"] or 0.0)
     return {"funnel": [("candidates", candidates), ("filtered", filtered),
                        ("built heuristically", by_origin.get("heuristic", 0)),
