@@ -61,3 +61,41 @@ def test_a_differing_stored_recipe_is_kept_unless_replaced_and_bad_files_are_ref
     assert refused.exit_code != 0 and "bad dependency fingerprint" in refused.output
     bundle.write_text("[1, 2]")
     assert "is not a recipes file" in invoke(tmp_path / "b", "import", str(bundle)).output
+
+
+def test_code_report_prints_the_environment_funnel_from_the_store(tmp_path):
+    from tasksynth.config import load_config
+    from tasksynth.store import open_store
+
+    home = tmp_path / "home"
+    nothing = CliRunner().invoke(app, ["code", "report"], env={"TASKSYNTH_HOME": str(home)})
+    assert nothing.exit_code == 0 and "nothing yet" in nothing.output
+    config = load_config(environ={"TASKSYNTH_HOME": str(home)})
+    with open_store(config) as store:
+        store.insert("candidates", [{"candidate_id": f"c{n}", "source": "git", "instance_id": f"i{n}", "repo": "t/r",
+                                     "base_commit": "b", "patch": "", "test_patch": "", "problem_statement": ""}
+                                    for n in range(3)])
+        store.insert("environments", [
+            {"env_id": "e-heur", "repo": "t/r", "base_image": "b", "image": "tasksynth/env:e-heur", "recipe": {},
+             "recipe_origin": "heuristic", "fingerprint": "f", "status": "built", "build_seconds": 10.0,
+             "agent_status": None, "agent_cost_usd": None, "agent_seconds": None},
+            {"env_id": "e-agent", "repo": "t/r", "base_image": "b", "image": "tasksynth/env:e-agent", "recipe": {},
+             "recipe_origin": "agent", "fingerprint": "g", "status": "built", "build_seconds": 20.0,
+             "agent_status": "accepted", "agent_cost_usd": 0.03, "agent_seconds": 30.0}])
+        store.insert("code_instances", [
+            {"instance_id": "i0", "candidate_id": "c0", "env_id": "e-heur", "status": "built", "reason": None},
+            {"instance_id": "i1", "candidate_id": "c1", "env_id": "e-agent", "status": "built", "reason": None},
+            {"instance_id": "i2", "candidate_id": "c2", "status": "failed", "reason": "patch_outside_repo"}])
+        store.insert("code_tasks", [{"instance_id": f"i{n}", "candidate_id": f"c{n}", "repo": "t/r",
+                                     "base_commit": "b", "env_id": env, "verdict": "valid"}
+                                    for n, env in ((0, "e-heur"), (1, "e-agent"))])
+
+    shown = CliRunner().invoke(app, ["code", "report"], env={"TASKSYNTH_HOME": str(home)})
+
+    assert shown.exit_code == 0, shown.output
+    lines = [line.split() for line in shown.output.splitlines()]
+    assert ["candidates", "3"] in lines and ["filtered", "2"] in lines and ["valid", "2"] in lines
+    assert ["built", "heuristically", "1"] in lines and ["built", "by", "agent", "1"] in lines
+    assert "agent episodes: 1 (1 accepted)" in shown.output
+    assert "$0.0300, $0.0150 per valid environment" in shown.output
+    assert "environment time: 60.0 s, 30.0 s per valid environment" in shown.output
