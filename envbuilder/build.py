@@ -1,4 +1,7 @@
-"""Building one candidate's environment: recipe -> base image -> repository environment -> instance.
+"""Building one candidate's environment: recipe -> base image (+ toolchain) -> repository environment -> instance.
+
+With `code.env_agent` on, an environment whose heuristic install fails, or whose target tests then do not run,
+goes to the environment-building agent (`envbuilder.env_agent`); its recipe counts after a replay from scratch.
 
 `build_candidate` runs in a Prefect task (any thread or process): it reads the candidate's repository, builds
 what is missing, and returns a `BuildOutcome` of plain rows; the flow process stores them. A failure that is
@@ -9,22 +12,29 @@ stays unrecorded and a rerun builds it.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from envbuilder.env_agent import (NO_TESTS, NOT_REPRODUCIBLE, AgentRequest, present_targets, replay_recipe,
+                                  run_env_agent, run_tests_once)
 from envbuilder.errors import SourceError, UnsupportedProject
-from envbuilder.images import (build_environment, build_instance, environment_id, environment_tag,
+from envbuilder.images import (LayerBuild, build_environment, build_instance, environment_id, environment_tag,
                                image_bytes)
-from envbuilder.recipes import Recipe, RecipeContext, dependency_fingerprint, find_recipe
+from envbuilder.npm_fetch import fetch_node_modules
+from envbuilder.recipes import (Recipe, RecipeContext, dependency_fingerprint, detect_language, find_recipe,
+                                save_fingerprint_recipe)
 from envbuilder.repos import SourceTree, has_commit
 from envbuilder.runners import runner_for
 from envbuilder.sources.patches import paths_outside_repo
+from envbuilder.wheelhouse import DependencyUnavailable
 from tasksynth.config import Config
 from tasksynth.docker.base_images import base_image, supported_pythons
+from tasksynth.docker.toolchains import node_modules_image, toolchain_image
 from tasksynth.errors import ImageBuildFailed
-from verifiers.grading import INSTALL_FAILED
+from verifiers.grading import INSTALL_FAILED, OK, TESTS_CRASHED
 
 BUILT, FAILED = "built", "failed"
 PATCH_OUTSIDE_REPO = "patch_outside_repo"
@@ -67,7 +77,7 @@ def build_candidate(config: Config, candidate: dict[str, Any]) -> BuildOutcome:
     tree = SourceTree(repo_path, candidate["base_commit"])
     context = RecipeContext(candidate["repo"], supported_pythons(config), config.home_path / "recipes")
     try:
-        recipe = find_recipe(tree, context, candidate.get("language") or "python")
+        recipe = find_recipe(tree, context, detect_language(tree, candidate.get("language")))
         runner = runner_for(recipe.test_runner)
     except (UnsupportedProject, SourceError) as exc:
         return failed(UNSUPPORTED_PROJECT, str(exc))
@@ -75,8 +85,15 @@ def build_candidate(config: Config, candidate: dict[str, Any]) -> BuildOutcome:
     row.update(test_runner=runner.name, test_targets=targets, test_command=runner.command(recipe.test_command, targets))
     try:
         base = base_image(config, recipe.python, log=lambda _message: None)
+        if recipe.language != "python":
+            base = dataclasses.replace(base, tag=toolchain_image(config, base.tag, recipe.language))
+        if recipe.language == "javascript":
+            node_modules, key = fetch_node_modules(config, tree)
+            base = dataclasses.replace(base, tag=node_modules_image(config, base.tag, node_modules, key))
     except ImageBuildFailed as exc:
         return failed(BASE_IMAGE_FAILED, str(exc))
+    except DependencyUnavailable as exc:
+        return failed(INSTALL_FAILED, str(exc))
 
     fingerprint = dependency_fingerprint(tree)
     env_id = environment_id(base.tag, recipe, fingerprint)
@@ -93,6 +110,18 @@ def build_candidate(config: Config, candidate: dict[str, Any]) -> BuildOutcome:
     if fresh:
         env_row["build_seconds"] = env_build.seconds
         logs["environment"] = env_build.log
+    if not env_build.ok and config.code.env_agent and recipe.origin != "agent":
+        request = AgentRequest(candidate["repo"], repo_path, candidate["base_commit"], base.tag, fingerprint, recipe,
+                               env_build.log or env_build.detail, targets)
+        repaired = _build_with_agent(config, request, context, env_row, logs)
+        if repaired is not None:
+            recipe, env_build = repaired
+            env_id, fresh = env_row["env_id"], True
+            row.update(env_id=env_id, test_command=runner.command(recipe.test_command, targets))
+        else:
+            return failed(INSTALL_FAILED, f"the environment's install recipe failed: {env_build.detail}\n"
+                          f"the environment agent: {env_row['reason']}: {env_row.get('agent_detail')}",
+                          environment=env_row, environment_built=True, logs=logs)
     if not env_build.ok:
         env_row.update(status=FAILED, reason=INSTALL_FAILED)
         return failed(INSTALL_FAILED, f"the environment's install recipe failed: {env_build.detail}",
@@ -106,10 +135,60 @@ def build_candidate(config: Config, candidate: dict[str, Any]) -> BuildOutcome:
     if not instance.ok:
         return failed(INSTALL_FAILED, f"the instance build failed: {instance.detail}", environment=env_row,
                       environment_built=built_env, logs=logs)
+    if config.code.env_agent and recipe.origin != "agent":
+        # A heuristic environment that installs may still leave its tests unable to run (an undeclared test
+        # dependency: collection errors; nothing collected). Whether they run depends on the commit's tests, not
+        # only on the environment: with the agent on, each candidate's targets run once here.
+        request = AgentRequest(candidate["repo"], repo_path, candidate["base_commit"], base.tag, fingerprint, recipe,
+                               "", targets)
+        status, detail = run_tests_once(config, instance.image, recipe, present_targets(request))
+        if status != OK:
+            request.failure_log = f"the install succeeded, but the target tests do not run ({status}):\n{detail}"
+            repaired = _build_with_agent(config, request, context, env_row, logs)
+            if repaired is None:
+                return failed(TESTS_CRASHED if status != NO_TESTS else NO_TESTS,
+                              f"the heuristic environment's tests do not run: {detail}\nthe environment agent: "
+                              f"{env_row['reason']}: {env_row.get('agent_detail')}", environment=env_row,
+                              environment_built=True, logs=logs)
+            recipe, env_build = repaired
+            row.update(env_id=env_row["env_id"], test_command=runner.command(recipe.test_command, targets),
+                       env_seconds=env_build.seconds)
+            instance = build_instance(config, repo_path, candidate["base_commit"], recipe, env_build.image,
+                                      candidate["repo"])
+            logs["instance"] = instance.log
+            if not instance.ok:
+                return failed(INSTALL_FAILED, f"the instance build failed: {instance.detail}", environment=env_row,
+                              environment_built=True, logs=logs)
     own, env_size = image_bytes(instance.image), image_bytes(env_build.image)
     row.update(image=instance.image, status=BUILT, build_seconds=time.monotonic() - instance_started,
                image_bytes=(own - env_size) if own is not None and env_size is not None else None)
     return BuildOutcome(row, env_row, built_env, logs)
+
+
+def _build_with_agent(config: Config, request: AgentRequest, context: RecipeContext, env_row: dict[str, Any],
+                      logs: dict[str, str]) -> tuple[Recipe, LayerBuild] | None:
+    """The agent's episode, then the replay of its recipe. Accepted: (recipe, environment), the row describing
+    the agent's environment, the recipe saved for the fingerprint. Otherwise None, the row failed with the
+    agent's status as its reason. Either way the row carries the agent's cost and time."""
+    attempt = run_env_agent(config, request)
+    env_row.update(agent_status=attempt.status, agent_cost_usd=attempt.cost_usd, agent_tokens=attempt.tokens,
+                   agent_turns=attempt.turns, agent_seconds=attempt.seconds, agent_detail=attempt.detail)
+    if attempt.recipe is None:
+        env_row.update(status=FAILED, reason=attempt.status)
+        return None
+    replay = replay_recipe(config, request, attempt.recipe)
+    if replay.environment is not None and replay.environment.log:
+        logs["environment"] = replay.environment.log
+    env_row.update(env_id=replay.env_id, image=environment_tag(request.repo, replay.env_id or ""),
+                   recipe=attempt.recipe.to_dict(), recipe_origin="agent",
+                   build_seconds=replay.environment.seconds if replay.environment else 0.0)
+    if not replay.ok:
+        env_row.update(status=FAILED, reason=NOT_REPRODUCIBLE, agent_status=NOT_REPRODUCIBLE,
+                       agent_detail=replay.detail)
+        return None
+    if context.recipes_dir is not None:
+        save_fingerprint_recipe(context.recipes_dir, request.repo, request.fingerprint, attempt.recipe)
+    return attempt.recipe, replay.environment
 
 
 def recipe_of(environment: dict[str, Any]) -> Recipe:

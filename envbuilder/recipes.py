@@ -2,8 +2,9 @@
 
 A `Recipe` is a list of shell steps plus the test command, stored with the environment (`environments.recipe`)
 so that a user can read and replay it, and an agent can write one later (`origin = "agent"`). Recipes come
-from providers tried in order: a user's recipe file (`<home>/recipes/<owner>__<name>.json`), then the
-heuristic one found from the project's metadata (pyproject.toml, setup.py, setup.cfg, requirements files,
+from providers tried in order: a user's recipe file (`<home>/recipes/<owner>__<name>.json`), then one an
+accepted agent run left for the repository's dependency fingerprint (`<owner>__<name>/<fingerprint>.json`), then
+the heuristic one found from the project's metadata (pyproject.toml, setup.py, setup.cfg, requirements files,
 tox.ini). An agent provider plugs into `PROVIDERS` the same way.
 
 Where the steps run: `env_steps` in the repository-environment layer, as the non-root user, in /testbed holding
@@ -35,7 +36,7 @@ RECIPE_SCHEMA = 1
 # Files whose contents decide the installed dependencies: the dependency fingerprint hashes them.
 DEPENDENCY_PATTERNS = ("pyproject.toml", "setup.py", "setup.cfg", "requirements*.txt", "requirements/*.txt",
                        "*requirements*.txt", "constraints*.txt", "tox.ini", "Pipfile", "Pipfile.lock", "poetry.lock",
-                       "uv.lock")
+                       "uv.lock", "go.mod", "go.sum", "package.json", "package-lock.json")
 TEST_EXTRAS = ("test", "tests", "testing", "dev")
 DEFAULT_PYTHON = "3.11"
 PYTEST_COMMAND = ("python -m pytest -rA -p no:cacheprovider --continue-on-collection-errors "
@@ -161,14 +162,98 @@ def heuristic_recipe(tree: SourceTree, context: RecipeContext) -> Recipe:
     return Recipe(python=python, env_steps=steps, env=env, dependency_files=dependency_files(tree), notes=notes)
 
 
-PROVIDERS: list[RecipeProvider] = [user_recipe, heuristic_recipe]
+def fingerprint_recipe(tree: SourceTree, context: RecipeContext) -> Recipe | None:
+    """A recipe an accepted agent run (or an import) left for this repository and dependency fingerprint:
+    `<recipes_dir>/<owner>__<name>/<fingerprint>.json`. Candidates sharing both reuse it without the agent."""
+    if not context.recipes_dir:
+        return None
+    path = fingerprint_recipe_path(context.recipes_dir, context.repo, dependency_fingerprint(tree))
+    if not path.is_file():
+        return None
+    recipe = Recipe.from_dict(json.loads(path.read_text()))
+    recipe.dependency_files = dependency_files(tree)
+    return recipe
+
+
+def fingerprint_recipe_path(recipes_dir: Path, repo: str, fingerprint: str) -> Path:
+    return recipes_dir / repo.replace("/", "__") / f"{fingerprint}.json"
+
+
+def save_fingerprint_recipe(recipes_dir: Path, repo: str, fingerprint: str, recipe: Recipe) -> Path:
+    """Keep a recipe for the repository's candidates with this fingerprint (written whole, then renamed)."""
+    path = fingerprint_recipe_path(recipes_dir, repo, fingerprint)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(".json.partial")
+    partial.write_text(json.dumps(recipe.to_dict(), indent=1, sort_keys=True) + "\n")
+    partial.replace(path)
+    return path
+
+
+def stored_recipes(recipes_dir: Path) -> list[dict[str, Any]]:
+    """Every fingerprint recipe of the directory: {"repo", "fingerprint", "recipe"} (for `code recipes export`)."""
+    found = []
+    if recipes_dir.is_dir():
+        for path in sorted(recipes_dir.glob("*/*.json")):
+            owner, _, name = path.parent.name.partition("__")
+            found.append({"repo": f"{owner}/{name}" if name else owner, "fingerprint": path.stem,
+                          "recipe": json.loads(path.read_text())})
+    return found
+
+
+PROVIDERS: list[RecipeProvider] = [user_recipe, fingerprint_recipe, heuristic_recipe]
+# Languages other than Python (PROVIDERS): their providers, in order.
+LANGUAGE_PROVIDERS: dict[str, list[RecipeProvider]] = {
+    "go": [user_recipe, fingerprint_recipe, lambda tree, context: go_recipe(tree, context)],
+    "javascript": [user_recipe, fingerprint_recipe, lambda tree, context: javascript_recipe(tree, context)]}
+
+
+def go_recipe(tree: SourceTree, context: RecipeContext) -> Recipe:
+    """Go: the toolchain and Debian's Go libraries come with the image (`tasksynth.docker.toolchains`); the tests
+    run in GOPATH mode over those sources, since no module proxy is reachable."""
+    from tasksynth.docker.toolchains import TOOLCHAIN_ENV
+
+    return Recipe(env_steps=["go version"], test_runner="gotest", test_command="go test -count=1",
+                  env=dict(TOOLCHAIN_ENV["go"]), language="go", dependency_files=dependency_files(tree),
+                  notes=["go.mod found: Go, tests by `go test -json` converted to JUnit",
+                         "dependencies from Debian's golang-*-dev sources (GOPATH=/usr/share/gocode)"])
+
+
+def javascript_recipe(tree: SourceTree, context: RecipeContext) -> Recipe:
+    """JavaScript: Debian's nodejs in the image, the lock file's packages fetched by the host with
+    `npm ci --ignore-scripts` (`envbuilder.npm_fetch`) at /opt/node_modules, linked into each checkout;
+    mocha with its JUnit reporter runs the tests."""
+    if tree.read("package-lock.json") is None:
+        raise UnsupportedProject("a JavaScript project without package-lock.json: its dependencies cannot be "
+                                 "installed reproducibly (npm ci needs the lock file)")
+    from envbuilder.runners_js import MOCHA_COMMAND
+
+    return Recipe(env_steps=["node --version"], instance_steps=["ln -sfn /opt/node_modules /testbed/node_modules"],
+                  test_runner="mocha", test_command=MOCHA_COMMAND, language="javascript",
+                  dependency_files=dependency_files(tree),
+                  notes=["package.json found: JavaScript; mocha with mocha-junit-reporter from the lock file"])
+
+
+def detect_language(tree: SourceTree, declared: str | None = None) -> str:
+    """The language whose recipe builds the candidate: what its source declared, unless it said Python (the
+    default) of a repository that has a go.mod and no Python metadata."""
+    if declared and declared != "python":
+        return declared
+    files = set(tree.files)
+    python_metadata = {"pyproject.toml", "setup.py", "setup.cfg"} & files or any(
+        f.endswith(".py") for f in files)
+    if "go.mod" in files and not python_metadata:
+        return "go"
+    if "package.json" in files and not python_metadata:
+        return "javascript"
+    return "python"
 
 
 def find_recipe(tree: SourceTree, context: RecipeContext, language: str = "python",
                 providers: list[RecipeProvider] | None = None) -> Recipe:
-    if language != "python":
-        raise UnsupportedProject(f"no recipe for {language} projects yet (Python only)")
-    for provider in providers or PROVIDERS:
+    if language not in ("python", *LANGUAGE_PROVIDERS):
+        raise UnsupportedProject(f"no recipe for {language} projects yet (known: python, "
+                                 f"{', '.join(LANGUAGE_PROVIDERS)})")
+    for provider in providers or LANGUAGE_PROVIDERS.get(language) or PROVIDERS:
         recipe = provider(tree, context)
         if recipe is not None:
             return recipe

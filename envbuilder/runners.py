@@ -97,3 +97,5 @@ def runner_for(name: str) -> TestRunner:
     if name not in RUNNERS:
         raise UnsupportedProject(f"no test runner named {name!r} (known: {', '.join(RUNNERS)})")
     return RUNNERS[name]
+import envbuilder.runners_go  # noqa: E402,F401 - registers the Go runner (`gotest`) in RUNNERS
+import envbuilder.runners_js  # noqa: E402,F401 - registers the JavaScript runner (`mocha`) in RUNNERS

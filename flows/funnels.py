@@ -9,7 +9,7 @@ from typing import Any
 
 from collections.abc import Callable
 
-from envbuilder.funnel import code_section
+from envbuilder.funnel import code_section, environment_funnel
 from general_env.funnel import general_section
 from notebook_env.funnel import notebook_section
 from search_synth.funnel import search_section
@@ -43,4 +43,24 @@ def publish_kind(store, kind: str) -> dict[str, Any] | None:
     lines += ["", "Seconds per step: " + ", ".join(f"{k} {v}" for k, v in section.seconds_by_step.items())]
     create_markdown_artifact(key=f"{kind.replace('_', '-')}-costs", markdown="\n".join(lines),
                              description=f"{section.title}: tokens, seconds and cost per kept task")
+    if kind == "code":
+        publish_environment_funnel(store)
     return section.as_dict()
+
+
+def publish_environment_funnel(store) -> dict[str, Any] | None:
+    """The code environments' funnel (candidates -> filtered -> built heuristically -> built by agent -> valid)
+    with the agent's cost per valid environment, as the table artifact `code-environments`."""
+    from prefect.artifacts import create_table_artifact
+
+    funnel = environment_funnel(store)
+    if funnel is None:
+        return None
+    table = [{"stage": stage, "count": count} for stage, count in funnel["funnel"]]
+    table += [{"stage": "valid environments", "count": funnel["valid_environments"]},
+              {"stage": "agent cost $ per valid environment", "count": funnel["cost_usd_per_valid_environment"]},
+              {"stage": "seconds per valid environment", "count": funnel["seconds_per_valid_environment"]}]
+    table += [{"stage": f"agent episodes ended {status}", "count": n} for status, n in funnel["agent_outcomes"].items()]
+    create_table_artifact(key="code-environments", table=table,
+                          description="Code environments: the funnel and the cost per valid environment")
+    return funnel

@@ -1,10 +1,36 @@
-"""The code-interpreter kind's funnel for the report and the flow's artifacts: tasks written -> passed the
-gold, shortcut and ambiguity checks -> attempted -> kept, every discard reason, and the pass@k, answer-format
-and dataset distributions."""
+"""The code-interpreter pipeline's funnel, read from the store: what `tasksynth notebook report` prints and
+what the flow publishes as a Prefect artifact (through `notebook_section`, the report's view), so they agree."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from tasksynth.funnels import KindSection, count, discards_by_reason, histogram, seconds_sum
+
+
+def notebook_funnel(store) -> dict[str, Any]:
+    tasks = store.query("SELECT status, reason, c, n FROM notebook_tasks")
+    attempts = store.query("SELECT outcome, count(*) AS n FROM notebook_attempts GROUP BY ALL")
+    by_outcome = {row["outcome"]: row["n"] for row in attempts}
+    reasons: dict[str, int] = {}
+    for task in tasks:
+        if task["status"] == "discarded":
+            reasons[task["reason"] or "unknown"] = reasons.get(task["reason"] or "unknown", 0) + 1
+    passed_filters = sum(t["status"] != "discarded" or t["reason"] == "never_solved" for t in tasks)
+    return {"tasks_written": len(tasks), "passed_filters": passed_filters,
+            "kept": sum(t["status"] == "kept" for t in tasks),
+            "attempts": {"graded": by_outcome.get("solved", 0) + by_outcome.get("failed", 0),
+                         "solved": by_outcome.get("solved", 0), "errors": by_outcome.get("error", 0)},
+            "discards": dict(sorted(reasons.items(), key=lambda item: -item[1]))}
+
+
+def funnel_table(funnel: dict[str, Any]) -> list[dict[str, Any]]:
+    rows = [{"stage": "tasks written", "count": funnel["tasks_written"]},
+            {"stage": "passed gold, shortcut and ambiguity filters", "count": funnel["passed_filters"]},
+            {"stage": "attempts graded", "count": funnel["attempts"]["graded"]},
+            {"stage": "attempts solved", "count": funnel["attempts"]["solved"]},
+            {"stage": "tasks kept (pass@k > 0)", "count": funnel["kept"]}]
+    return rows + [{"stage": f"discarded: {reason}", "count": n} for reason, n in funnel["discards"].items()]
 
 
 def notebook_section(store) -> KindSection | None:

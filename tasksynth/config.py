@@ -75,6 +75,12 @@ class CodeConfig:
     # The package index the trusted fetcher downloads from (wheels and sdist archives into <home>/wheelhouse);
     # empty: pip's own configuration (PIP_INDEX_URL, pip.conf), else PyPI.
     index_url: str = ""
+    # When the heuristic recipe's install fails, the environment-building agent (agents.env_builder) works one
+    # out in a sandbox session; its recipe counts after a replay from scratch (envbuilder.env_agent).
+    env_agent: bool = False
+    # The npm registry the trusted fetcher's `npm ci --ignore-scripts` uses (envbuilder.npm_fetch); empty: npm's own
+    # configuration (.npmrc, NPM_CONFIG_REGISTRY), else registry.npmjs.org.
+    npm_registry: str = ""
 
 
 @dataclass

@@ -18,6 +18,8 @@ from rich.table import Table
 
 from tasksynth.cli import app_state
 from tasksynth.cli import github_mining as gh_cli
+from tasksynth.cli.code_environments import recipes_app
+from tasksynth.cli.code_environments import report as environments_report
 from tasksynth.errors import TasksynthError
 
 app = typer.Typer(help="Code-agent environments: mine candidate changes (git history, SWE-bench files), build "
@@ -25,6 +27,8 @@ app = typer.Typer(help="Code-agent environments: mine candidate changes (git his
                        "that the gold patch turns failing tests green (F2P > 0, P2F = 0).",
                   no_args_is_help=True)
 console = Console(width=None if sys.stdout.isatty() else 160)
+app.add_typer(recipes_app, name="recipes")
+app.command("report")(environments_report)
 
 GIT_HELP = "A repository to mine: a local path or a clone URL; repeatable. Every commit (or merged PR) on the " \
            "first-parent history that changes tests and code becomes a candidate."

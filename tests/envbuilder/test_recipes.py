@@ -3,7 +3,8 @@
 import pytest
 
 from envbuilder.errors import UnsupportedProject
-from envbuilder.recipes import Recipe, RecipeContext, dependency_fingerprint, detect_python, find_recipe
+from envbuilder.recipes import (Recipe, RecipeContext, dependency_fingerprint, detect_language, detect_python,
+                                find_recipe)
 from envbuilder.repos import SourceTree
 from envbuilder.runners import PytestRunner
 from envbuilder.samples import Sample, SampleCommit, build_repo
@@ -74,8 +75,20 @@ def test_a_user_recipe_file_wins_over_the_heuristic(tmp_path):
 
 
 def test_other_languages_have_no_recipe_yet(tmp_path):
-    with pytest.raises(UnsupportedProject, match="no recipe for go projects"):
-        find_recipe(tree_of(tmp_path, {"main.go": ""}), RecipeContext("t/proj", AVAILABLE), language="go")
+    with pytest.raises(UnsupportedProject, match="no recipe for rust projects"):
+        find_recipe(tree_of(tmp_path, {"src/main.rs": ""}), RecipeContext("t/proj", AVAILABLE), language="rust")
+
+
+def test_go_and_javascript_are_detected_and_get_their_recipes(tmp_path):
+    go = tree_of(tmp_path / "go", {"go.mod": "module x\n", "x.go": "package x\n"})
+    assert detect_language(go) == "go"
+    assert find_recipe(go, RecipeContext("t/go", AVAILABLE), language="go").test_runner == "gotest"
+    js = tree_of(tmp_path / "js", {"package.json": "{}", "index.js": ""})
+    assert detect_language(js) == "javascript"
+    with pytest.raises(UnsupportedProject, match="without package-lock.json"):
+        find_recipe(js, RecipeContext("t/js", AVAILABLE), language="javascript")
+    # a Python project with a package.json for its docs stays Python
+    assert detect_language(tree_of(tmp_path / "py", {"package.json": "{}", "setup.py": ""})) == "python"
 
 
 def test_fingerprint_follows_dependency_files_only(tmp_path):

@@ -24,7 +24,7 @@ def test_the_code_flow_publishes_its_funnel_and_costs(config):
                 flow_run_id=ArtifactFilterFlowRunId(any_=[run_id])))
 
     artifacts = {a.key: a for a in asyncio.run(read())}
-    assert set(artifacts) == {"code-funnel", "code-costs"}
+    assert set(artifacts) == {"code-funnel", "code-costs", "code-environments"}
     table = artifacts["code-funnel"].data
     rows = table if isinstance(table, list) else __import__("json").loads(table)
     with open_store(config, read_only=True) as store:
@@ -33,3 +33,6 @@ def test_the_code_flow_publishes_its_funnel_and_costs(config):
     assert {"stage": "candidates mined", "count": mined} in rows and mined > 0
     assert sum(r["count"] for r in rows if r["stage"].startswith("discarded at ")) == dropped
     assert "Kept tasks: 0" in artifacts["code-costs"].data
+    environments = artifacts["code-environments"].data
+    rows = environments if isinstance(environments, list) else __import__("json").loads(environments)
+    assert {"stage": "candidates", "count": mined} in rows and {"stage": "valid", "count": 0} in rows

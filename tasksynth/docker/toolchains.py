@@ -1,0 +1,118 @@
+"""Language toolchains on top of a base image, from Debian's packages: Go (golang-go) and the Go libraries
+Debian packages (`golang-*-dev`, sources under /usr/share/gocode), the offline source of Go dependencies;
+JavaScript (Debian's nodejs), a project's npm dependencies added by `node_modules_image`.
+
+No container here has network, so apt cannot run inside a build: the host (trusted code, ours) downloads the
+packages and their dependency closure with `apt-get download` into `<home>/debs/<language>/`, and
+`docker build --network none` installs them with dpkg on top of the base image. Tag:
+`tasksynth/toolchain:<language>-<hash of base tag and package files>`; an existing tag is a cache hit.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+from tasksynth.config import Config
+from tasksynth.docker.base_images import image_lock
+from tasksynth.docker.engine import MANAGED_LABEL, docker, image_exists
+from tasksynth.errors import ImageBuildFailed
+from tasksynth.hashing import content_hash, sha256_bytes
+
+TOOLCHAIN_VERSION = 1
+# Debian bookworm names; the closure beyond the base image (which has libc) is listed whole.
+TOOLCHAIN_PACKAGES: dict[str, list[str]] = {
+    "go": ["golang-go", "golang-src", "golang-1.19-go", "golang-1.19-src", "golang-github-google-go-cmp-dev"],
+    # `name/bookworm`: Debian's own build, even where the host has another source's nodejs installed
+    "javascript": ["nodejs/bookworm", "libnode108/bookworm", "libc-ares2", "libicu72", "libuv1", "node-acorn",
+                   "node-busboy", "node-cjs-module-lexer", "node-undici", "node-xtend"],
+}
+# What a recipe of the language sets for its runs: Go in GOPATH mode over Debian's library sources (go.mod is
+# not read: no module proxy is reachable), its build cache in the run's scratch /tmp.
+TOOLCHAIN_ENV: dict[str, dict[str, str]] = {
+    "go": {"GO111MODULE": "off", "GOPATH": "/usr/share/gocode", "GOCACHE": "/tmp/gocache", "GOFLAGS": "",
+           "CGO_ENABLED": "0"},
+    "javascript": {},
+}
+
+
+def supported_languages() -> list[str]:
+    return sorted(TOOLCHAIN_PACKAGES)
+
+
+def toolchain_image(config: Config, base_tag: str, language: str, *, log=lambda _line: None) -> str:
+    """The base image with `language`'s toolchain, built on first use; ImageBuildFailed says why it could not."""
+    packages = TOOLCHAIN_PACKAGES.get(language)
+    if packages is None:
+        raise ImageBuildFailed(f"no toolchain for {language} (known: {', '.join(supported_languages())})")
+    debs = _download(config, language, packages)
+    key = content_hash(TOOLCHAIN_VERSION, base_tag, [(p.name, sha256_bytes(p.read_bytes())) for p in debs], length=12)
+    tag = f"tasksynth/toolchain:{language}-{key}"
+    with image_lock(config, tag):
+        if image_exists(tag):
+            return tag
+        log(f"building {tag} ({len(debs)} Debian packages)")
+        with tempfile.TemporaryDirectory(prefix="tasksynth-toolchain-") as tmp:
+            context = Path(tmp)
+            (context / "debs").mkdir()
+            for deb in debs:
+                shutil.copy2(deb, context / "debs" / deb.name)
+            (context / "Dockerfile").write_text("\n".join([
+                f"FROM {base_tag}",
+                "COPY debs /tmp/debs",
+                "RUN dpkg -i /tmp/debs/*.deb && rm -rf /tmp/debs",
+                f"LABEL {MANAGED_LABEL}=true org.tasksynth.layer=toolchain org.tasksynth.language={language}",
+            ]) + "\n")
+            result = docker("build", "--network", "none", "--force-rm", "-t", tag, str(context), check=False,
+                            timeout=config.docker.build_timeout_s)
+        if result.returncode != 0:
+            tail = "\n".join(((result.stdout or "") + (result.stderr or "")).strip().splitlines()[-12:])
+            raise ImageBuildFailed(f"installing the {language} toolchain failed:\n{tail}")
+    return tag
+
+
+def _download(config: Config, language: str, packages: list[str]) -> list[Path]:
+    folder = config.home_path / "debs" / language
+    folder.mkdir(parents=True, exist_ok=True)
+    names = [_name(p) for p in packages]
+    have = {p.name.split("_", 1)[0] for p in folder.glob("*.deb")}
+    wanted = [p for p in packages if _name(p) not in have]
+    if wanted:
+        result = subprocess.run(["apt-get", "download", *wanted], cwd=folder, capture_output=True, text=True,
+                                timeout=900)
+        if result.returncode != 0:
+            tail = "\n".join((result.stdout + result.stderr).strip().splitlines()[-6:])
+            raise ImageBuildFailed(f"apt-get download of the {language} toolchain failed (run `apt-get update`?):"
+                                   f"\n{tail}")
+    debs = sorted(p for p in folder.glob("*.deb") if p.name.split("_", 1)[0] in names)
+    missing = sorted(set(names) - {p.name.split("_", 1)[0] for p in debs})
+    if missing:
+        raise ImageBuildFailed(f"Debian packages not downloaded: {', '.join(missing)}")
+    return debs
+
+
+def _name(package: str) -> str:
+    return package.split("=", 1)[0].split("/", 1)[0]
+
+
+def node_modules_image(config: Config, toolchain_tag: str, node_modules: Path, key: str) -> str:
+    """The JavaScript toolchain image with a project's dependencies at /opt/node_modules (fetched by the host,
+    `envbuilder.npm_fetch`), copied in by a build without network. Tag: `tasksynth/toolchain:npm-<key>`."""
+    tag = f"tasksynth/toolchain:npm-{content_hash(TOOLCHAIN_VERSION, toolchain_tag, key, length=12)}"
+    with image_lock(config, tag):
+        if image_exists(tag):
+            return tag
+        with tempfile.TemporaryDirectory(prefix="tasksynth-npm-") as tmp:
+            context = Path(tmp)
+            shutil.copytree(node_modules, context / "node_modules", symlinks=True)
+            (context / "Dockerfile").write_text("\n".join([
+                f"FROM {toolchain_tag}", "COPY node_modules /opt/node_modules",
+                f"LABEL {MANAGED_LABEL}=true org.tasksynth.layer=toolchain org.tasksynth.language=javascript"]) + "\n")
+            result = docker("build", "--network", "none", "--force-rm", "-t", tag, str(context), check=False,
+                            timeout=config.docker.build_timeout_s)
+        if result.returncode != 0:
+            tail = "\n".join(((result.stdout or "") + (result.stderr or "")).strip().splitlines()[-12:])
+            raise ImageBuildFailed(f"copying the project's node_modules into an image failed:\n{tail}")
+    return tag
