@@ -127,26 +127,33 @@ class _World:
     """The tool module loaded against one database, with a frozen clock and seeded randomness."""
 
     def __init__(self, tools_source: str, db_path: str, clock: str, seed: int, *, in_memory: bool = True):
+        # The clock and the random module are the process's: frozen and seeded for the world's life, given
+        # back in close() (in the sandbox the process is a throwaway child; a trainer may run this in-process).
+        self.restore = (_datetime.datetime, time.time, random.getstate())
         _freeze_time(clock)
         random.seed(seed)
-        if in_memory:
-            # The attempt's copy is read into memory and removed: model code can reach the data only through
-            # the tools, and nothing it does can touch the copy another attempt will use.
-            source = sqlite3.connect(db_path)
-            self.db = sqlite3.connect(":memory:")
-            source.backup(self.db)
-            source.close()
-            os.unlink(db_path)
-        else:
-            self.db = sqlite3.connect(db_path)
-        self.db.row_factory = sqlite3.Row
-        self.log: list[dict[str, Any]] = []
-        self.namespace: dict[str, Any] = {"__name__": "tools", "rng": random.Random(seed),
-                                          "now": lambda: _datetime.datetime.fromisoformat(clock)}
-        exec(compile(tools_source, "<tools>", "exec"), self.namespace)  # noqa: S102 - sandboxed
-        self.tools = {name: fn for name, fn in self.namespace.items()
-                      if callable(fn) and not name.startswith("_") and getattr(fn, "__module__", "") == "tools"
-                      and fn.__code__.co_varnames[:1] == ("db",)}
+        try:
+            if in_memory:
+                # The attempt's copy is read into memory and removed: model code can reach the data only through
+                # the tools, and nothing it does can touch the copy another attempt will use.
+                source = sqlite3.connect(db_path)
+                self.db = sqlite3.connect(":memory:")
+                source.backup(self.db)
+                source.close()
+                os.unlink(db_path)
+            else:
+                self.db = sqlite3.connect(db_path)
+            self.db.row_factory = sqlite3.Row
+            self.log: list[dict[str, Any]] = []
+            self.namespace: dict[str, Any] = {"__name__": "tools", "rng": random.Random(seed),
+                                              "now": lambda: _datetime.datetime.fromisoformat(clock)}
+            exec(compile(tools_source, "<tools>", "exec"), self.namespace)  # noqa: S102 - sandboxed
+            self.tools = {name: fn for name, fn in self.namespace.items()
+                          if callable(fn) and not name.startswith("_") and getattr(fn, "__module__", "") == "tools"
+                          and fn.__code__.co_varnames[:1] == ("db",)}
+        except BaseException:
+            self._give_back_clock()
+            raise
 
     def call(self, name: str, arguments: dict[str, Any]) -> dict[str, Any]:
         entry: dict[str, Any] = {"name": name, "arguments": arguments}
@@ -195,11 +202,16 @@ class _World:
 
     def close(self) -> None:
         self.db.close()
+        self._give_back_clock()
+
+    def _give_back_clock(self) -> None:
+        _datetime.datetime, time.time, state = self.restore
+        random.setstate(state)
 
 
 def _freeze_time(clock: str) -> None:
-    fixed = _datetime.datetime.fromisoformat(clock)
-    real = _datetime.datetime
+    real = getattr(_datetime.datetime, "real", _datetime.datetime)
+    fixed = real.fromisoformat(clock)
 
     class FrozenDatetime(real):
         @classmethod
@@ -214,9 +226,9 @@ def _freeze_time(clock: str) -> None:
         def utcnow(cls):
             return fixed
 
-    if not getattr(_datetime.datetime, "frozen", False):
-        FrozenDatetime.frozen = True
-        _datetime.datetime = FrozenDatetime
+    FrozenDatetime.real = real
+
+    _datetime.datetime = FrozenDatetime
     time.time = lambda: fixed.timestamp()
 
 

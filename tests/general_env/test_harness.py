@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import shutil
 
+import pytest
+
 from world_fixtures import ALTERNATIVE_SOLUTION, SOLUTION, TOOLS, VERIFIER, make_world
 
 from general_env import harness
@@ -68,3 +70,20 @@ def test_sandbox_source_runs_alone(tmp_path):
     master = make_world(tmp_path / "master.sqlite")
     result = namespace["run_solution"](TOOLS, SOLUTION, _copy(master, tmp_path, "a.sqlite"))
     assert result["answer"] == 2 and len(result["hash"]) == 64
+
+
+def test_the_frozen_clock_and_seeded_randomness_are_given_back(tmp_path):
+    import datetime
+    import random
+    import time
+
+    real_datetime, real_time = datetime.datetime, time.time
+    random.seed(123)
+    expected_next = random.random()
+    random.seed(123)
+    master = make_world(tmp_path / "master.sqlite")
+    harness.run_solution(TOOLS, SOLUTION, _copy(master, tmp_path, "a.sqlite"))
+    with pytest.raises(SyntaxError):
+        harness.replay("def broken(:", _copy(master, tmp_path, "c.sqlite"), [])
+    assert datetime.datetime is real_datetime and time.time is real_time
+    assert datetime.datetime.now().year >= 2026 and random.random() == expected_next
