@@ -31,6 +31,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # this checkout's dsa_runner, as the servers it starts use
 MODEL = "smollm2-135m-dsa"
 TOOLS = [{"type": "function", "function": {
     "name": "run_shell", "description": "Run a shell command in the repository and return its output",
