@@ -28,7 +28,7 @@ def synth(
     data_dir: Path = typer.Option(None, "--data-dir", exists=True, file_okay=False,
                                   help="A folder of your own .csv/.parquet tables, one dataset per file."),
     tasks: int = typer.Option(4, "--tasks", min=1, help="Tasks to write, spread over the datasets."),
-    k: int = typer.Option(8, "--k", min=1, help="Solver attempts per task for pass@k."),
+    k: int = typer.Option(100, "--k", min=1, help="Solver attempts per task for pass@k."),
     pool_size: int = typer.Option(2, "--kernels", min=1, help="Kernels kept warm."),
     seed: int = typer.Option(0, "--seed", help="Seed in the task writer's request (another seed, other tasks)."),
 ) -> None:
