@@ -535,22 +535,8 @@ class Supervisor:
         started = time.monotonic()
         pid = fork()
         if pid == 0:
-            try:
-                os.setsid()
-                become_untrusted({"RLIMIT_FSIZE": int(limits["file_size_bytes"]),
-                                  "RLIMIT_NPROC": int(limits["processes"])}, oom_first=True)
-                os.dup2(in_r, 0)
-                os.dup2(out_w, 1)
-                os.dup2(err_w, 2)
-                os.closerange(3, 1 << 16)
-                os.chdir(request.get("cwd") or WORK)
-                signal.signal(signal.SIGXFSZ, signal.SIG_DFL)
-                signal.signal(signal.SIGPIPE, signal.SIG_DFL)
-                env = {"PATH": PATH, "HOME": WORK, "LANG": "C.UTF-8", **(request.get("env") or {})}
-                os.execve("/bin/sh", ["sh", "-c", request["command"]], env)
-            except BaseException:  # noqa: BLE001
-                traceback.print_exc()
-            os._exit(127)
+            _exec_untrusted(limits, request, "/bin/sh", ["sh", "-c", request["command"]], (in_r, out_w, err_w),
+                            (signal.SIGXFSZ, signal.SIGPIPE))
         for fd in (out_w, err_w, in_r):
             os.close(fd)
         _feed_stdin(in_w, stdin)
@@ -573,23 +559,8 @@ class Supervisor:
         out_r, out_w = os.pipe()
         pid = fork()
         if pid == 0:
-            try:
-                os.setsid()
-                become_untrusted({"RLIMIT_FSIZE": int(limits["file_size_bytes"]),
-                                  "RLIMIT_NPROC": int(limits["processes"])}, oom_first=True)
-                null = os.open(os.devnull, os.O_WRONLY)
-                os.dup2(in_r, 0)
-                os.dup2(out_w, 1)
-                os.dup2(null, 2)
-                os.closerange(3, 1 << 16)
-                os.chdir(request.get("cwd") or WORK)
-                signal.signal(signal.SIGPIPE, signal.SIG_DFL)
-                env = {"PATH": PATH, "HOME": WORK, "LANG": "C.UTF-8", **(request.get("env") or {})}
-                argv = [str(part) for part in request["argv"]]
-                os.execve(argv[0], argv, env)
-            except BaseException:  # noqa: BLE001
-                pass
-            os._exit(127)
+            argv = [str(part) for part in request["argv"]]
+            _exec_untrusted(limits, request, argv[0], argv, (in_r, out_w, None), (signal.SIGPIPE,))
         os.close(in_r)
         os.close(out_w)
         self.service = Service(pid, in_w, out_r)
@@ -850,6 +821,30 @@ class ReadyChild:
             if fd >= 0:
                 os.close(fd)
         os.waitpid(self.pid, 0)
+
+
+def _exec_untrusted(limits: dict, request: dict, path: str, argv: list[str], stdio: tuple[int, int, int | None],
+                    default_signals: tuple[int, ...]) -> None:
+    """In a forked child: become the run user (its own session, the file-size and process limits, first for
+    the OOM killer) and exec `argv` on `stdio` (stderr None: discarded), in the request's folder and
+    environment. Never returns."""
+    try:
+        if stdio[2] is None:
+            stdio = (stdio[0], stdio[1], os.open(os.devnull, os.O_WRONLY))
+        os.setsid()
+        become_untrusted({"RLIMIT_FSIZE": int(limits["file_size_bytes"]),
+                          "RLIMIT_NPROC": int(limits["processes"])}, oom_first=True)
+        for target, fd in enumerate(stdio):
+            os.dup2(fd, target)
+        os.closerange(3, 1 << 16)
+        os.chdir(request.get("cwd") or WORK)
+        for sig in default_signals:
+            signal.signal(sig, signal.SIG_DFL)
+        env = {"PATH": PATH, "HOME": WORK, "LANG": "C.UTF-8", **(request.get("env") or {})}
+        os.execve(path, argv, env)
+    except BaseException:  # noqa: BLE001 - nothing may escape a forked child; stderr is the run's (or nowhere)
+        traceback.print_exc()
+    os._exit(127)
 
 
 def _read_request(fd: int) -> dict | None:
