@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from tasksynth.funnels import KindSection, count, discards_by_reason, histogram, seconds_sum
+from tasksynth.funnels import KindSection, count, discards_by_reason, histogram, pass_rate_histogram, seconds_sum
 
 PASS_BUCKETS = ((0.0, 0.0, "0 (never solved)"), (0.0, 0.2, "(0, 0.2]"), (0.2, 0.5, "(0.2, 0.5]"),
                 (0.5, 0.8, "(0.5, 0.8]"), (0.8, 1.0, "(0.8, 1]"))
@@ -97,10 +97,7 @@ def general_section(store) -> KindSection | None:
     verified = count(store, "SELECT count(*) AS n FROM general_tasks WHERE status <> 'discarded'")
     kept = count(store, "SELECT count(*) AS n FROM general_tasks WHERE accepted")
     distributions = {
-        "pass@k: successes c of n attempts": histogram(
-            store, "SELECT CASE WHEN c = 0 THEN '0' WHEN c * 5 <= n THEN '(0, 0.2]' WHEN c * 2 <= n THEN "
-                   "'(0.2, 0.5]' WHEN c * 5 <= n * 4 THEN '(0.5, 0.8]' ELSE '(0.8, 1]' END AS bucket, count(*) AS n "
-                   "FROM general_tasks WHERE n > 0 GROUP BY ALL ORDER BY bucket"),
+        "pass@k: successes c of n attempts": pass_rate_histogram(store, "general_tasks"),
         "tools per environment": histogram(
             store, "SELECT json_array_length(tools) AS bucket, count(*) AS n FROM general_environments "
                    "WHERE status = 'built' GROUP BY ALL ORDER BY bucket"),

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tasksynth.funnels import KindSection, count, discards_by_reason, histogram, seconds_sum
+from tasksynth.funnels import KindSection, count, discards_by_reason, histogram, pass_rate_histogram, seconds_sum
 
 
 def notebook_funnel(store) -> dict[str, Any]:
@@ -42,10 +42,7 @@ def notebook_section(store) -> KindSection | None:
     attempted = count(store, "SELECT count(*) AS n FROM notebook_tasks WHERE n > 0")
     kept = count(store, "SELECT count(*) AS n FROM notebook_tasks WHERE status = 'kept'")
     distributions = {
-        "pass@k: successes c of n attempts": histogram(
-            store, "SELECT CASE WHEN c = 0 THEN '0' WHEN c * 5 <= n THEN '(0, 0.2]' WHEN c * 2 <= n THEN "
-                   "'(0.2, 0.5]' WHEN c * 5 <= n * 4 THEN '(0.5, 0.8]' ELSE '(0.8, 1]' END AS bucket, count(*) AS n "
-                   "FROM notebook_tasks WHERE n > 0 GROUP BY ALL ORDER BY bucket"),
+        "pass@k: successes c of n attempts": pass_rate_histogram(store, "notebook_tasks"),
         "answer formats": histogram(
             store, "SELECT answer_format->>'type' AS bucket, count(*) AS n FROM notebook_tasks "
                    "WHERE answer_format IS NOT NULL GROUP BY ALL ORDER BY bucket"),

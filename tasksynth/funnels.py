@@ -44,6 +44,13 @@ def histogram(store, sql: str) -> dict[str, int]:
     return {str(r["bucket"]): r["n"] for r in store.query(sql)}
 
 
+def pass_rate_histogram(store, table: str) -> dict[str, int]:
+    """Tasks of `table` (with columns c and n) by their pass rate c/n, in five buckets; unattempted ones left out."""
+    return histogram(store, "SELECT CASE WHEN c = 0 THEN '0' WHEN c * 5 <= n THEN '(0, 0.2]' WHEN c * 2 <= n THEN "
+                            "'(0.2, 0.5]' WHEN c * 5 <= n * 4 THEN '(0.5, 0.8]' ELSE '(0.8, 1]' END AS bucket, "
+                            f"count(*) AS n FROM {table} WHERE n > 0 GROUP BY ALL ORDER BY bucket")
+
+
 def seconds_sum(store, sql: str) -> float:
     return round(float(store.query(sql)[0]["s"] or 0.0), 1)
 
