@@ -98,22 +98,29 @@ def read_verdict(reply: str | None) -> tuple[bool | None, str]:
     """(True for correct / yes, False for incorrect / no, None when unreadable; the reason if one was given)."""
     if not reply:
         return None, ""
-    match = _JSON_OBJECT.search(reply)
-    if match:
-        try:
-            value = json.loads(match.group(0))
-        except ValueError:
-            value = None
-        if isinstance(value, dict):
-            for key in ("grade", "verdict", "answer", "correct", "holds"):
-                if key in value:
-                    decided = _word_verdict(str(value[key]))
-                    if decided is not None:
-                        return decided, str(value.get("reason", ""))[:500]
+    value = json_object_in(reply)
+    if value is not None:
+        for key in ("grade", "verdict", "answer", "correct", "holds"):
+            if key in value:
+                decided = _word_verdict(str(value[key]))
+                if decided is not None:
+                    return decided, str(value.get("reason", ""))[:500]
     word = _VERDICT_WORD.search(reply)
     if word:
         return _word_verdict(word.group(1)), reply.strip()[:500]
     return None, ""
+
+
+def json_object_in(reply: str) -> dict | None:
+    """The JSON object a judge's reply holds (from its first "{" to its last "}"), or None."""
+    match = _JSON_OBJECT.search(reply)
+    if not match:
+        return None
+    try:
+        value = json.loads(match.group(0))
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
 
 
 def _word_verdict(word: str) -> bool | None:

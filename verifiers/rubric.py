@@ -14,12 +14,11 @@ text) scores each dimension 0 or 1; without a judge the score is 0 and the metho
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from verifiers.answer_match import Judge, aliases, exact_match, normalize_answer, read_verdict
+from verifiers.answer_match import Judge, aliases, exact_match, json_object_in, normalize_answer, read_verdict
 
 DEFAULT_DIMENSIONS = (
     {"name": "correct", "weight": 0.8, "criterion": "The answer names the same thing as the reference answer."},
@@ -40,7 +39,6 @@ Rubric (score each item 1 if it holds, else 0):
 
 Reply with a JSON object and nothing else: {{"scores": {{{example}}}, "reason": "<one sentence>"}}"""
 
-_JSON_OBJECT = re.compile(r"\{.*\}", re.DOTALL)
 
 
 class RubricError(ValueError):
@@ -135,16 +133,11 @@ def _dimensions(rubric: Any) -> list[dict[str, Any]]:
 def _read_scores(reply: str | None, names: list[str]) -> dict[str, float] | None:
     if not reply:
         return None
-    match = _JSON_OBJECT.search(reply)
-    if match:
-        try:
-            value = json.loads(match.group(0))
-        except ValueError:
-            value = None
-        if isinstance(value, dict):
-            scores = value.get("scores", value)
-            if isinstance(scores, dict) and "correct" in scores:
-                return {n: _score(scores.get(n)) for n in names}
+    value = json_object_in(reply)
+    if value is not None:
+        scores = value.get("scores", value)
+        if isinstance(scores, dict) and "correct" in scores:
+            return {n: _score(scores.get(n)) for n in names}
     verdict, _ = read_verdict(reply)  # a judge that only said correct / incorrect
     if verdict is None:
         return None
