@@ -80,3 +80,24 @@ def runner_url(tmp_path_factory):
     from bundled_runner import serve_runner
 
     yield from serve_runner(tmp_path_factory.mktemp("runner"))
+
+
+@pytest.fixture(scope="session")
+def docker_engine():
+    """The Docker engine every `docker` test needs (`make test` starts one)."""
+    from tasksynth.docker.engine import engine_status
+
+    status = engine_status()
+    if not status.ok:
+        pytest.fail(f"these tests need a Docker engine (`make test` starts one): {status.detail}")
+    return status
+
+
+@pytest.fixture(scope="session")
+def base_311(docker_engine, tmp_path_factory):
+    """The Python 3.11 base image (debootstrap, about a minute the first time on a machine; then cached)."""
+    from tasksynth.config import load_config
+    from tasksynth.docker.base_images import base_image
+
+    config = load_config(environ={"TASKSYNTH_HOME": str(tmp_path_factory.mktemp("base-home"))})
+    return base_image(config, "3.11", log=lambda line: None)

@@ -1,31 +1,11 @@
-"""Fixtures of the code-environment tests: a Docker engine, the base image built once per session, and a
-config whose home is fresh for each test (images are content-addressed, so later tests reuse earlier layers)."""
+"""Fixtures of the code-environment tests: a config whose home is fresh for each test (images are
+content-addressed, so later tests reuse earlier layers). The engine and the base image: tests/conftest.py."""
 
 from __future__ import annotations
 
 import os
 
 import pytest
-
-
-@pytest.fixture(scope="session")
-def docker_engine():
-    from tasksynth.docker.engine import engine_status
-
-    status = engine_status()
-    if not status.ok:
-        pytest.fail(f"these tests need a Docker engine (`make test` starts one): {status.detail}")
-    return status
-
-
-@pytest.fixture(scope="session")
-def base_311(docker_engine, tmp_path_factory):
-    """The Python 3.11 base image (debootstrap, about a minute the first time on a machine; then cached)."""
-    from tasksynth.config import load_config
-    from tasksynth.docker.base_images import base_image
-
-    config = load_config(environ={"TASKSYNTH_HOME": str(tmp_path_factory.mktemp("base-home"))})
-    return base_image(config, "3.11", log=lambda line: None)
 
 
 @pytest.fixture

@@ -21,7 +21,7 @@ import threading
 from typing import Any
 
 from scripted_server import reply, several, tool_call
-from world_fixtures import SOLUTION, ALTERNATIVE_SOLUTION, TOOLS, VERIFIER
+from world_fixtures import ALTERNATIVE_SOLUTION, SOLUTION, TOOLS, VERIFIER, WORLD_SQL
 
 ROLES = ("tool_writer", "task_writer", "solution_writer", "verifier_writer", "solver")
 
@@ -35,16 +35,11 @@ def seat_map(db, flight_id: int) -> dict:
     """
     return {"rows": len(None)}
 '''
-MAKE_DB = '''
+# the script the tool writer runs in the sandbox: the same world as the hand-built fixture
+MAKE_DB = f'''
 import sqlite3
 db = sqlite3.connect("env.sqlite")
-db.executescript("""
-    CREATE TABLE flights (id INTEGER PRIMARY KEY, origin TEXT, destination TEXT, price REAL, seats INTEGER);
-    CREATE TABLE bookings (id INTEGER PRIMARY KEY AUTOINCREMENT, flight_id INTEGER, passenger TEXT,
-                           booked_at TEXT);
-    INSERT INTO flights VALUES (1, 'LIS', 'OSL', 310.0, 4), (2, 'LIS', 'OSL', 180.5, 1),
-                               (3, 'OSL', 'LIS', 99.0, 9);
-""")
+db.executescript("""{WORLD_SQL}""")
 db.commit()
 '''
 MANIFEST = {"database": "env.sqlite", "tools_file": "tools.py",

@@ -77,15 +77,18 @@ def check_answer_is_flight(state, answer):
 '''
 
 
+WORLD_SQL = """
+    CREATE TABLE flights (id INTEGER PRIMARY KEY, origin TEXT, destination TEXT, price REAL, seats INTEGER);
+    CREATE TABLE bookings (id INTEGER PRIMARY KEY AUTOINCREMENT, flight_id INTEGER, passenger TEXT,
+                           booked_at TEXT);
+    INSERT INTO flights VALUES (1, 'LIS', 'OSL', 310.0, 4), (2, 'LIS', 'OSL', 180.5, 1),
+                               (3, 'OSL', 'LIS', 99.0, 9);
+"""
+
+
 def make_world(path: Path) -> Path:
     db = sqlite3.connect(path)
-    db.executescript("""
-        CREATE TABLE flights (id INTEGER PRIMARY KEY, origin TEXT, destination TEXT, price REAL, seats INTEGER);
-        CREATE TABLE bookings (id INTEGER PRIMARY KEY AUTOINCREMENT, flight_id INTEGER, passenger TEXT,
-                               booked_at TEXT);
-        INSERT INTO flights VALUES (1, 'LIS', 'OSL', 310.0, 4), (2, 'LIS', 'OSL', 180.5, 1),
-                                   (3, 'OSL', 'LIS', 99.0, 9);
-    """)
+    db.executescript(WORLD_SQL)
     db.commit()
     db.close()
     return path

@@ -13,14 +13,10 @@ import pytest  # noqa: E402
 
 
 @pytest.fixture(scope="session")
-def kernel_image_tag(tmp_path_factory):
+def kernel_image_tag(docker_engine, tmp_path_factory):
     from notebook_env.kernel_image import kernel_image
     from tasksynth.config import load_config
-    from tasksynth.docker.engine import engine_status
 
-    status = engine_status()
-    if not status.ok:
-        pytest.fail(f"these tests need a Docker engine (`make test` starts one): {status.detail}")
     config = load_config(environ={"TASKSYNTH_HOME": str(tmp_path_factory.mktemp("kernel-image-home"))})
     return kernel_image(config, log=lambda line: None).tag
 

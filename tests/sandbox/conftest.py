@@ -11,16 +11,8 @@ import pytest
 
 
 @pytest.fixture(scope="session")
-def sandbox_image(tmp_path_factory):
-    from tasksynth.config import load_config
-    from tasksynth.docker.base_images import base_image
-    from tasksynth.docker.engine import engine_status
-
-    status = engine_status()
-    if not status.ok:
-        pytest.fail(f"these tests need a Docker engine (`make test` starts one): {status.detail}")
-    config = load_config(environ={"TASKSYNTH_HOME": str(tmp_path_factory.mktemp("base-home"))})
-    return base_image(config, "3.11", log=lambda line: None).tag
+def sandbox_image(base_311):
+    return base_311.tag
 
 
 @pytest.fixture(scope="module")
