@@ -119,6 +119,10 @@ def demo_summary(result: dict) -> list[str]:
     drafts = (result.get("drafts") or {}).get("outcomes") or {}
     lines.append("         statements drafted by the agent: " + (", ".join(f"{k} {v}" for k, v in sorted(drafts.items()))
                                                                  or "none"))
+    search = (result.get("search") or {}).get("funnel")
+    if search:
+        lines.append(f"search:  {search['entities']} entities, {search['questions']} questions, {search['kept']} kept; "
+                     "discards: " + (", ".join(f"{d['reason']} {d['items']}" for d in search["discards"]) or "none"))
     general = result.get("general")
     if general:
         funnel = general["funnel"]

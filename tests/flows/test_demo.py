@@ -151,3 +151,21 @@ def test_a_runner_that_dies_at_start_is_a_clear_error_with_its_log(tmp_path):
     assert f"the bundled runner exited with code 1 before it answered at http://127.0.0.1:{port}/v1" in message
     assert "no-such-model.gguf" in message  # the tail of runner.log says what went wrong
     assert gone(runner.pid) and time.monotonic() - started < 120
+
+
+def test_the_demo_prints_a_line_per_kind():
+    from tasksynth.cli.doctor import demo_summary
+
+    result = {"code": {"verdicts": {"valid": 4, "by_verdict": {"valid": 4, "flaky": 1}}},
+              "drafts": {"outcomes": {"ok": 3, "rejected": 1}},
+              "search": {"funnel": {"entities": 2, "questions": 0, "kept": 0,
+                                    "discards": [{"stage": "search.question", "reason": "unparseable_question",
+                                                  "items": 2}]}},
+              "general": {"category": "library loans", "funnel": {"environments": {"made": 1, "built": 0},
+                                                                  "kept_tasks": 0,
+                                                                  "discards": {"general.environment: no_manifest": 1}}},
+              "export": {"counts": {"code": 4}, "dir": "/x"}}
+    lines = demo_summary(result)
+    assert [line.split(":")[0].strip() for line in lines if not line.startswith(" ")] == \
+        ["code", "search", "general", "export"]
+    assert "search:  2 entities, 0 questions, 0 kept; discards: unparseable_question 2" in lines
