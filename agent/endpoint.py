@@ -16,17 +16,25 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
-
-import openai
+from typing import TYPE_CHECKING, Any
 
 from agent.errors import AgentError
 from agent.history import estimate_tokens
 from tasksynth.config import RoleConfig, secret
 
+if TYPE_CHECKING:
+    import openai
+
 RETRY_STATUSES = {408, 409, 425, 429, 500, 502, 503, 504, 520, 521, 522, 524, 529}
 MAX_BACKOFF_S = 60.0
 NO_KEY = "not-needed"  # what the client sends when the role names no key variable
+
+
+def _openai():
+    """The openai package, imported on first use: importing it costs about half a second, and most commands
+    (a mine, a report, an export) never call a model."""
+    import openai
+    return openai
 
 
 class EndpointLimiter:
@@ -158,6 +166,7 @@ class Endpoint:
             if not api_key:
                 raise AgentError(f"agents.{role_name or '?'}.api_key_env names ${role.api_key_env}, "
                                  "which is not set")
+        openai = _openai()
         self.client = openai.AsyncOpenAI(base_url=role.base_url, api_key=api_key, max_retries=0,
                                          timeout=role.timeout_s,
                                          http_client=openai.DefaultAsyncHttpxClient(verify=_tls_context()))
@@ -198,7 +207,7 @@ class Endpoint:
             except Exception as exc:  # noqa: BLE001 - every failure is classified below
                 error = describe_error(exc)
                 on_attempt(Attempt(time.monotonic() - started, None, None, error))
-                clipped = remaining < self.role.timeout_s and isinstance(exc, openai.APITimeoutError)
+                clipped = remaining < self.role.timeout_s and isinstance(exc, _openai().APITimeoutError)
                 out_of_time = clipped or time.monotonic() >= deadline
                 if not retryable(exc) or attempt >= self.role.max_retries or out_of_time:
                     tried = f" after {attempt + 1} attempts" if attempt else ""
@@ -247,6 +256,7 @@ def _message(msg: Any) -> dict[str, Any]:
 
 
 def retryable(exc: BaseException) -> bool:
+    openai = _openai()
     if isinstance(exc, (openai.APITimeoutError, openai.APIConnectionError, EmptyCompletion)):
         return True
     if isinstance(exc, openai.APIStatusError):
@@ -274,6 +284,7 @@ def backoff_delay(attempt: int, base_s: float, server_asked: float | None = None
 
 def describe_error(exc: BaseException) -> str:
     """One line about a failed call, without request headers (where a key would be)."""
+    openai = _openai()
     if isinstance(exc, openai.APITimeoutError):
         return "timeout: the endpoint did not answer in time"
     if isinstance(exc, openai.APIConnectionError):
