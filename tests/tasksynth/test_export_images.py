@@ -1,0 +1,81 @@
+"""`tasksynth export --images`: the option's parsing, the base image reference a trainer rebuilds from, and an
+export holding image archives counted as our own by `--overwrite`. The Docker side (save, load, push, pull):
+tests/envbuilder/test_portable_docker.py."""
+
+import json
+
+import pyarrow.parquet as pq
+import pytest
+
+from tasksynth.docker.portable import ImageOptions, awaits_push, base_image_reference, registry_tag
+from tasksynth.errors import ExportError
+from tasksynth.export import export_tasks
+
+
+def test_images_option_takes_tar_and_a_registry_and_refuses_the_rest():
+    assert ImageOptions.parse(None) is None
+    assert ImageOptions.parse(["tar"]) == ImageOptions(tar=True)
+    assert ImageOptions.parse(["tar", "registry=127.0.0.1:5000/team/envs"]) == ImageOptions(
+        tar=True, registry="127.0.0.1:5000/team/envs")
+    with pytest.raises(ExportError, match="choose `tar` or `registry=HOST/NAME`"):
+        ImageOptions.parse(["zip"])
+    with pytest.raises(ExportError, match="HOST\\[:PORT\\]/NAME"):
+        ImageOptions.parse(["registry=no-name"])
+
+
+def test_base_reference_says_how_the_base_was_made():
+    debian = base_image_reference("tasksynth/base:py3.11-bookworm-7c19c1c543")
+    assert (debian["python"], debian["debian_suite"], debian["content_hash"]) == ("3.11", "bookworm", "7c19c1c543")
+    assert debian["made_by"].startswith("debootstrap --variant=minbase --include=python3,")
+    assert "docker import" in debian["made_by"] and "SSL_CERT_FILE" in debian["made_by"]
+    slim = base_image_reference("tasksynth/base:py3.12-slim-0123456789")
+    assert slim["source"] == "registry:python:3.12-slim"
+    other = base_image_reference("tasksynth/toolchain:go-f0206fc3f5b6")
+    assert other["tag"] == "tasksynth/toolchain:go-f0206fc3f5b6" and "labels" in other["made_by"]
+
+
+def test_registry_tags_keep_the_layer_and_hash():
+    assert registry_tag("tasksynth/inst:1985c4bfcd5a357e") == "inst-1985c4bfcd5a357e"
+    assert registry_tag("tasksynth/base:py3.11-bookworm-7c19c1c543") == "base-py3.11-bookworm-7c19c1c543"
+    manifest = {"images": {"registry": {"repository": "h:1/n", "pushed": False}}}
+    assert awaits_push(manifest, "h:1/n") and not awaits_push(manifest, "h:1/other")
+    assert not awaits_push({"shards": []}, "h:1/n")
+
+
+def _code_task(store, env_id="e1"):
+    store.insert("candidates", [{"candidate_id": "c1", "source": "git", "instance_id": "demo-1", "repo": "demo/calc",
+                                 "base_commit": "abc", "patch": "p", "test_patch": "t", "problem_statement": "bug"}])
+    store.insert("environments", [{"env_id": env_id, "repo": "demo/calc", "base_image":
+                                   "tasksynth/base:py3.11-bookworm-7c19c1c543", "image": f"tasksynth/env:{env_id}",
+                                   "recipe": {"python": "3.11", "env_steps": ["python -m pip install -e ."]},
+                                   "fingerprint": "f", "status": "built"}])
+    store.insert("code_tasks", [{"instance_id": "demo-1", "candidate_id": "c1", "repo": "demo/calc",
+                                 "base_commit": "abc", "env_id": env_id, "image": "tasksynth/inst:x",
+                                 "verdict": "valid"}])
+
+
+def test_every_code_task_carries_its_recipe_and_base_reference(store, tmp_path):
+    _code_task(store)
+    export_tasks(store, tmp_path / "out", kinds=["code"])
+    row = pq.read_table(tmp_path / "out/code/train-00000-of-00001.parquet").to_pylist()[0]
+    environment = json.loads(row["environment"])
+    assert environment["image"] == "tasksynth/inst:x"  # the old keys stay as they were
+    assert environment["layers"] == {"base": "tasksynth/base:py3.11-bookworm-7c19c1c543",
+                                     "environment": "tasksynth/env:e1", "instance": "tasksynth/inst:x"}
+    assert environment["recipe"]["env_steps"] == ["python -m pip install -e ."]
+    assert environment["base_image"]["debian_suite"] == "bookworm"
+
+
+def test_overwrite_recognises_an_export_with_image_archives(store, tmp_path):
+    _code_task(store)
+    out = tmp_path / "out"
+    export_tasks(store, out, kinds=["code"])
+    manifest = json.loads((out / "manifest.json").read_text())
+    (out / "images").mkdir()
+    (out / "images/base.tar").write_bytes(b"tar")
+    with pytest.raises(ExportError, match="does not list.*images/base.tar"):
+        export_tasks(store, out, kinds=["code"], overwrite=True)
+    manifest["images"] = {"archives": [{"path": "images/base.tar", "bytes": 3, "sha256": "x"}], "images": []}
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    export_tasks(store, out, kinds=["code"], overwrite=True)
+    assert not (out / "images").exists()  # replaced by an export that asked for no images
