@@ -83,7 +83,7 @@ def export_tasks(store: Store, out_dir: str | Path, *, kinds: Iterable[str] = KI
     if max_shard_rows <= 0:
         raise ExportError("--max-shard-rows must be positive")
     recover_interrupted_export(out_dir)
-    if images and images.registry and not overwrite and _pending_push(out_dir, images.registry):
+    if images and images.registry and not overwrite and _pending_push(out_dir, images):
         return add_registry_digests(out_dir, image_progress)
     if out_dir.exists() and not out_dir.is_dir():
         raise ExportError(f"{out_dir} exists and is not a directory")
@@ -180,10 +180,10 @@ def add_registry_digests(out_dir: Path, progress: Callable[[str], None] | None =
     return ExportResult(out_dir, manifest["totals"], manifest["shards"])
 
 
-def _pending_push(out_dir: Path, registry: str) -> bool:
-    if _not_a_previous_export(out_dir) is not None:
+def _pending_push(out_dir: Path, images: ImageOptions) -> bool:
+    if not out_dir.is_dir() or _not_a_previous_export(out_dir) is not None:
         return False
-    return awaits_push(json.loads((out_dir / "manifest.json").read_text()), registry)
+    return awaits_push(json.loads((out_dir / "manifest.json").read_text()), images)
 
 
 def _write_shards(root: Path, kind: str, rows: list[dict[str, Any]], max_rows: int) -> list[dict[str, Any]]:

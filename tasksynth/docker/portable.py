@@ -28,6 +28,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -118,6 +119,7 @@ def stage_images(staging: Path, rows: list[dict[str, Any]], options: ImageOption
             saved = docker("save", "-o", str(staging / relative), *tags, check=False, timeout=3600)
             if saved.returncode != 0:
                 raise ExportError(f"docker save to {relative} failed: {saved.stderr.strip()}")
+            os.chmod(staging / relative, 0o644)  # docker save writes 0600; the export's other files are 0644
             archives.append({"path": relative, "bytes": (staging / relative).stat().st_size,
                              "sha256": _file_sha256(staging / relative), "tags": tags})
             archive_of.update({tag: relative for tag in tags})
@@ -141,10 +143,12 @@ def _registry_section(options: ImageOptions) -> dict[str, Any]:
     return {"registry": {"repository": options.registry, "pushed": False}} if options.registry else {}
 
 
-def awaits_push(manifest: dict[str, Any], registry: str) -> bool:
-    """Whether a complete export's images are still to be pushed to `registry`."""
-    section = (manifest.get("images") or {}).get("registry") or {}
-    return section.get("repository") == registry and not section.get("pushed")
+def awaits_push(manifest: dict[str, Any], options: ImageOptions) -> bool:
+    """Whether a complete export made with these options only misses its push to their registry."""
+    images = manifest.get("images") or {}
+    section = images.get("registry") or {}
+    return (section.get("repository") == options.registry and not section.get("pushed")
+            and bool(images.get("archives")) == options.tar)
 
 
 def push_images(manifest: dict[str, Any], progress: Callable[[str], None] | None = None) -> dict[str, str]:

@@ -37,9 +37,12 @@ def test_base_reference_says_how_the_base_was_made():
 def test_registry_tags_keep_the_layer_and_hash():
     assert registry_tag("tasksynth/inst:1985c4bfcd5a357e") == "inst-1985c4bfcd5a357e"
     assert registry_tag("tasksynth/base:py3.11-bookworm-7c19c1c543") == "base-py3.11-bookworm-7c19c1c543"
-    manifest = {"images": {"registry": {"repository": "h:1/n", "pushed": False}}}
-    assert awaits_push(manifest, "h:1/n") and not awaits_push(manifest, "h:1/other")
-    assert not awaits_push({"shards": []}, "h:1/n")
+    manifest = {"images": {"archives": [{"path": "images/b.tar"}], "registry": {"repository": "h:1/n",
+                                                                               "pushed": False}}}
+    assert awaits_push(manifest, ImageOptions(tar=True, registry="h:1/n"))
+    assert not awaits_push(manifest, ImageOptions(tar=True, registry="h:1/other"))
+    assert not awaits_push(manifest, ImageOptions(registry="h:1/n"))  # asked for other files: export again
+    assert not awaits_push({"shards": []}, ImageOptions(registry="h:1/n"))
 
 
 def _code_task(store, env_id="e1"):
