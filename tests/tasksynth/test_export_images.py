@@ -2,6 +2,7 @@
 export holding image archives counted as our own by `--overwrite`. The Docker side (save, load, push, pull):
 tests/envbuilder/test_portable_docker.py."""
 
+import hashlib
 import json
 
 import pyarrow.parquet as pq
@@ -82,3 +83,45 @@ def test_overwrite_recognises_an_export_with_image_archives(store, tmp_path):
     (out / "manifest.json").write_text(json.dumps(manifest))
     export_tasks(store, out, kinds=["code"], overwrite=True)
     assert not (out / "images").exists()  # replaced by an export that asked for no images
+
+
+def test_digests_are_added_only_after_the_local_export_and_a_rerun_adds_them(store, tmp_path, monkeypatch):
+    """The push is faked here (the real one: tests/envbuilder/test_portable_docker.py); what is tested is the
+    order: local export complete first, a failed push leaves it whole, a rerun only pushes and swaps."""
+    import tasksynth.docker.portable as portable
+    import tasksynth.export as export
+
+    _code_task(store)
+    monkeypatch.setattr(portable, "image_id", lambda tag: "sha256:" + tag.rsplit(":", 1)[-1])
+    options = ImageOptions(registry="127.0.0.1:1/envs")
+    out = tmp_path / "exports" / "out"
+
+    def unreachable(manifest, progress=None):
+        raise ExportError("docker push 127.0.0.1:1/envs:inst-x failed: connection refused")
+
+    monkeypatch.setattr(export, "push_images", unreachable)
+    with pytest.raises(ExportError, match="complete without registry digests; run the same command again"):
+        export_tasks(store, out, kinds=["code"], images=options)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["images"]["registry"] == {"repository": "127.0.0.1:1/envs", "pushed": False}
+    shard = out / "code/train-00000-of-00001.parquet"
+    assert json.loads(pq.read_table(shard).to_pylist()[0]["environment"])["registry"] is None
+    assert sorted(p.name for p in out.parent.iterdir()) == ["out"]  # nothing staged is left
+    card_inode = (out / "README.md").stat().st_ino
+
+    pushed = {image["tag"]: f"127.0.0.1:1/envs@sha256:{i:064x}" for i, image in enumerate(manifest["images"]["images"])}
+    monkeypatch.setattr(export, "push_images", lambda manifest, progress=None: pushed)
+    result = export_tasks(store, out, kinds=["code"], images=options)  # no --overwrite: only the push is done
+    assert result.counts == {"code": 1}
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["images"]["registry"]["pushed"] is True
+    assert {image["tag"]: image["registry"] for image in manifest["images"]["images"]} == pushed
+    environment = json.loads(pq.read_table(shard).to_pylist()[0]["environment"])
+    assert environment["registry"] == pushed["tasksynth/inst:x"]
+    assert environment["pull"] == f"docker pull {pushed['tasksynth/inst:x']}"
+    [entry] = manifest["shards"]
+    assert entry["sha256"] == hashlib.sha256(shard.read_bytes()).hexdigest()
+    assert (out / "README.md").stat().st_ino == card_inode  # unchanged files are linked, not copied
+    assert sorted(p.name for p in out.parent.iterdir()) == ["out"]
+    with pytest.raises(ExportError, match="not empty"):  # pushed already: a rerun is a new export
+        export_tasks(store, out, kinds=["code"], images=options)
