@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 PIP    := $(BIN)/pip
 STAMP  := $(VENV)/.installed
 
-.PHONY: install docker browser demo test test-fast bench-cpu clean
+.PHONY: install docker browser registry demo test test-fast bench-cpu clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -32,7 +32,12 @@ demo: docker
 browser:
 	command -v chromium >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
 
-test: docker browser
+# The portable-environment tests push to Debian's docker-registry on 127.0.0.1 (installed here; no image pulled).
+registry:
+	command -v docker-registry >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker-registry; \
+	  systemctl disable --now docker-registry 2>/dev/null || true; }  # its service would listen on :5000
+
+test: docker browser registry
 	$(BIN)/python -m pytest -q -ra --durations=15
 
 # Without Docker and the model: the quick loop while editing.

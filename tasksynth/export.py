@@ -11,6 +11,11 @@ its backup sibling (`.OUT.previous`), the staged one renamed into place, then th
 export of the same OUT recovers what a crash left: a backup with no export in place is the previous export and
 is renamed back; a backup beside an export in place is deleted; staging directories of dead processes are
 removed.
+
+`--images tar` adds `images/<base>.tar` (`docker save` of the exported code tasks' layered images), staged
+with the shards and listed in the manifest's `images.archives`; `--images registry=HOST/NAME` pushes the
+images after the local export is complete and adds their digests through a second staged swap
+(`tasksynth.docker.portable`).
 """
 
 from __future__ import annotations
@@ -31,6 +36,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from tasksynth.dataset_card import dataset_card
+from tasksynth.docker.portable import (ImageOptions, awaits_push, base_image_reference, environment_with_digest,
+                                       push_images, stage_images, with_digests)
 from tasksynth.errors import ExportError
 from tasksynth.hashing import sha256_bytes
 from tasksynth.store import Store
@@ -64,7 +71,10 @@ class ExportResult:
 
 def export_tasks(store: Store, out_dir: str | Path, *, kinds: Iterable[str] = KINDS, max_shard_rows: int = 10_000,
                  include_all: bool = False, overwrite: bool = False,
-                 progress: Callable[[str, int], None] | None = None) -> ExportResult:
+                 progress: Callable[[str, int], None] | None = None, images: ImageOptions | None = None,
+                 image_progress: Callable[[str], None] | None = None) -> ExportResult:
+    """Write the export to `out_dir`; with `images`, carry the code tasks' images too (module docstring).
+    A complete export in `out_dir` whose push to the same registry is pending only gets its push finished."""
     out_dir = Path(out_dir).resolve()
     kinds = list(kinds)
     for kind in kinds:
@@ -73,6 +83,8 @@ def export_tasks(store: Store, out_dir: str | Path, *, kinds: Iterable[str] = KI
     if max_shard_rows <= 0:
         raise ExportError("--max-shard-rows must be positive")
     recover_interrupted_export(out_dir)
+    if images and images.registry and not overwrite and _pending_push(out_dir, images):
+        return add_registry_digests(out_dir, image_progress)
     if out_dir.exists() and not out_dir.is_dir():
         raise ExportError(f"{out_dir} exists and is not a directory")
     if out_dir.exists() and any(out_dir.iterdir()):
@@ -91,6 +103,7 @@ def export_tasks(store: Store, out_dir: str | Path, *, kinds: Iterable[str] = KI
         run_ids: set[str] = set()
         exported: dict[str, list[dict[str, Any]]] = {}
         attached: list[dict[str, Any]] = []
+        image_section: dict[str, Any] | None = None
         for kind in kinds:
             rows = TASK_READERS[kind](store, include_all)
             counts[kind] = len(rows)
@@ -100,6 +113,8 @@ def export_tasks(store: Store, out_dir: str | Path, *, kinds: Iterable[str] = KI
                 for relative, source in (r.pop("_files", None) or {}).items():
                     attached += _attach(staging, relative, source)
             exported[kind] = rows
+            if kind == "code" and images:
+                image_section = stage_images(staging, rows, images, image_progress)
             shards += _write_shards(staging, kind, rows, max_shard_rows)
             if progress:
                 progress(kind, len(rows))
@@ -114,6 +129,7 @@ def export_tasks(store: Store, out_dir: str | Path, *, kinds: Iterable[str] = KI
             "schema": [{"name": f.name, "type": str(f.type)} for f in TASK_SCHEMA],
             "source_run_ids": sorted(run_ids),
             "store": str(store.path),
+            **({"images": image_section} if image_section is not None else {}),
         }
         card = dataset_card(store, manifest, exported)
         (staging / "README.md").write_text(card)
@@ -123,7 +139,51 @@ def export_tasks(store: Store, out_dir: str | Path, *, kinds: Iterable[str] = KI
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+    if image_section and image_section.get("registry"):
+        return add_registry_digests(out_dir, image_progress)  # the local export is complete: now the push
     return ExportResult(out_dir, counts, shards)
+
+
+def add_registry_digests(out_dir: Path, progress: Callable[[str], None] | None = None) -> ExportResult:
+    """Push a complete export's images, then swap in a copy of it whose manifest and code shards carry the
+    pushed digests. The copy hard-links every file it does not change (the image archives are big)."""
+    manifest = json.loads((out_dir / "manifest.json").read_text())
+    try:
+        pushed = push_images(manifest, progress)
+    except ExportError as exc:
+        raise ExportError(f"{exc}. The export in {out_dir} is complete without registry digests; run the same "
+                          "command again to push and add them") from None
+    staging = Path(tempfile.mkdtemp(prefix=f"{_staging_prefix(out_dir)}{os.getpid()}-", dir=out_dir.parent))
+    try:
+        code_shards = {s["path"] for s in manifest["shards"] if s["kind"] == "code"}
+        for path in sorted(out_dir.rglob("*")):
+            relative = str(path.relative_to(out_dir))
+            if path.is_file() and relative not in code_shards and relative != "manifest.json":
+                (staging / relative).parent.mkdir(parents=True, exist_ok=True)
+                os.link(path, staging / relative)
+        for shard in manifest["shards"]:
+            if shard["path"] in code_shards:
+                table = pq.read_table(out_dir / shard["path"], schema=TASK_SCHEMA)
+                rows = table.to_pylist()
+                for row in rows:
+                    row["environment"] = environment_with_digest(row["environment"], pushed)
+                (staging / shard["path"]).parent.mkdir(parents=True, exist_ok=True)
+                pq.write_table(pa.Table.from_pylist(rows, schema=TASK_SCHEMA), staging / shard["path"],
+                               compression="zstd", row_group_size=ROW_GROUP_ROWS)
+                data = (staging / shard["path"]).read_bytes()
+                shard.update(bytes=len(data), sha256=sha256_bytes(data))
+        (staging / "manifest.json").write_text(json.dumps(with_digests(manifest, pushed), indent=2) + "\n")
+        _swap_into_place(staging, out_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return ExportResult(out_dir, manifest["totals"], manifest["shards"])
+
+
+def _pending_push(out_dir: Path, images: ImageOptions) -> bool:
+    if not out_dir.is_dir() or _not_a_previous_export(out_dir) is not None:
+        return False
+    return awaits_push(json.loads((out_dir / "manifest.json").read_text()), images)
 
 
 def _write_shards(root: Path, kind: str, rows: list[dict[str, Any]], max_rows: int) -> list[dict[str, Any]]:
@@ -191,7 +251,8 @@ def _not_a_previous_export(out_dir: Path) -> str | None:
         return "it has no readable manifest.json"
     if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
         return f"its manifest.json is not a {MANIFEST_FORMAT} manifest"
-    entries = [*manifest.get("shards", []), *manifest.get("files", []), manifest.get("card") or {}]
+    entries = [*manifest.get("shards", []), *manifest.get("files", []), manifest.get("card") or {},
+               *(manifest.get("images") or {}).get("archives", [])]
     listed = {"manifest.json", *(entry.get("path") for entry in entries if isinstance(entry, dict))}
     unlisted = sorted(str(p.relative_to(out_dir)) for p in out_dir.rglob("*")
                       if not p.is_dir() and str(p.relative_to(out_dir)) not in listed)
@@ -229,8 +290,10 @@ def _code_rows(store: Store, include_all: bool) -> list[dict[str, Any]]:
     where = "" if include_all else "WHERE t.verdict = 'valid'"
     records = store.query(f"""
         SELECT t.*, c.problem_statement, c.test_patch, c.source, c.source_ref, c.language, c.hints,
-               v.run_id AS _run_id, d.statement AS drafted_statement
+               v.run_id AS _run_id, d.statement AS drafted_statement, e.image AS env_image,
+               e.base_image AS base_image, e.recipe AS recipe, e.recipe_origin AS recipe_origin
         FROM code_tasks t JOIN candidates c USING (candidate_id)
+        LEFT JOIN environments e ON e.env_id = t.env_id
         LEFT JOIN validations v USING (validation_id)
         LEFT JOIN statement_drafts d ON d.candidate_id = t.candidate_id AND d.status = 'ok'
         {where} ORDER BY t.instance_id""")
@@ -240,7 +303,12 @@ def _code_rows(store: Store, include_all: bool) -> list[dict[str, Any]]:
         "prompt": [{"role": "system", "content": CODE_SYSTEM_PROMPT},
                    {"role": "user", "content": r["problem_statement"]}],
         "environment": _json({"type": "docker", "image": r["image"], "workdir": "/testbed",
-                              "repo": r["repo"], "base_commit": r["base_commit"], "env_id": r["env_id"]}),
+                              "repo": r["repo"], "base_commit": r["base_commit"], "env_id": r["env_id"],
+                              # how the image was made, so a trainer can rebuild it without this project
+                              "layers": {"base": r["base_image"], "environment": r["env_image"],
+                                         "instance": r["image"]},
+                              "base_image": base_image_reference(r["base_image"]) if r["base_image"] else None,
+                              "recipe": r["recipe"], "recipe_origin": r["recipe_origin"]}),
         "verifier": _json({"type": "tests", "test_command": r["test_command"], "test_patch": r["test_patch"],
                            "fail_to_pass": r["fail_to_pass"], "pass_to_pass": r["pass_to_pass"],
                            "reward": "1 if every fail_to_pass and pass_to_pass test passes, else 0"}),

@@ -18,6 +18,7 @@ from rich.table import Table
 
 from tasksynth.cli import app_state
 from tasksynth.errors import StoreError, TasksynthError
+from tasksynth.docker.portable import ImageOptions
 from tasksynth.export import KINDS, export_tasks
 from tasksynth.store import open_store
 
@@ -106,13 +107,23 @@ def export_command(
     include_all: bool = typer.Option(False, "--all", help="Export every task, not only accepted ones."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a previous export in OUT_DIR (one "
                                    "whose manifest lists every file in it); any other non-empty folder is refused."),
+    images: list[str] = typer.Option(None, "--images", metavar="tar|registry=HOST/NAME", help="Carry the code "
+                                     "tasks' Docker images: `tar` writes images/<base>.tar (docker save, shared "
+                                     "layers once) beside the shards; `registry=HOST[:PORT]/NAME` pushes them "
+                                     "after the local export is complete and adds their digests (run again to "
+                                     "finish a push that failed). Repeatable."),
 ) -> None:
-    """Export tasks as Parquet shards that `datasets.load_dataset("parquet", data_dir=OUT_DIR)` loads."""
+    """Export tasks as Parquet shards that `datasets.load_dataset("parquet", data_dir=OUT_DIR)` loads.
+
+    Each code task's `environment` holds its recipe and base image reference; with --images, also how to load
+    or pull its image (`load`, `image_id`, `registry`)."""
     config = app_state.config()
+    image_options = ImageOptions.parse(images)
     with open_store(config, read_only=config.store_path.exists()) as store:
         result = export_tasks(store, out_dir, kinds=kind or KINDS, max_shard_rows=max_shard_rows,
                               include_all=include_all, overwrite=overwrite,
-                              progress=lambda k, n: typer.echo(f"  {k}: {n} task{'s' if n != 1 else ''}"))
+                              progress=lambda k, n: typer.echo(f"  {k}: {n} task{'s' if n != 1 else ''}"),
+                              images=image_options, image_progress=lambda line: typer.echo(f"  {line}"))
     total = sum(result.counts.values())
     typer.echo(f"exported {total} tasks in {len(result.shards)} shards to {result.out_dir} "
                f"(manifest: {result.out_dir / 'manifest.json'})")
