@@ -50,3 +50,16 @@ def test_triton_mqa_attention_matches_reference(dv, splits, sparse):
     out = triton_mla.mqa_attention(q, kv, dv, 0.3, idx, splits=splits, block_heads=16, block_n=16)
     ref = triton_mla.mqa_attention_reference(q, kv, dv, 0.3, idx)
     torch.testing.assert_close(out, ref, atol=2e-3, rtol=2e-3)
+
+
+@needs_triton
+def test_triton_decode_index_scores_match_reference():
+    from dsa_runner import triton_kernels
+
+    g = torch.Generator().manual_seed(4)
+    B, S, H, D = 2, 300, 16, 16
+    q_I, w, k_I = torch.randn(B, 1, H, D, generator=g), torch.randn(B, 1, H, generator=g), torch.randn(B, S, D, generator=g)
+    k_scale = torch.rand(B, S, generator=g)
+    ref = kernels.index_scores_reference(q_I, w, k_I, None) * k_scale[:, None]
+    out = triton_kernels.index_scores_decode(q_I, w, k_I, k_scale, block_n=32, iters=3)
+    torch.testing.assert_close(out, ref, atol=1e-3, rtol=1e-3)
