@@ -128,15 +128,16 @@ def make_decode(B: int, L: int):
 
 # tile choices, replaced by the tuned ones in main()
 INDEXER = dict(decode=dict(block_n=128, iters=8, num_warps=4, num_stages=3), prefill_tile=(64, 128, 4),
-               prefill_scores=torch.float32)
+               scores=torch.float32)
 
 
 def dsa_indexer(q_I, w, k_fp8, k_scale):
     """FP8 index scores: queries quantised per (token, head), the decode kernel for one token a sequence."""
     q_fp8, w_eff = triton_kernels.quantize_queries_fp8(q_I, w)
     if q_I.shape[1] == 1:
-        return triton_kernels.index_scores_decode(q_fp8, w_eff, k_fp8, k_scale, **INDEXER["decode"])
-    return triton_kernels.index_scores(q_fp8, w_eff, k_fp8, k_scale, None, out_dtype=INDEXER["prefill_scores"],
+        return triton_kernels.index_scores_decode(q_fp8, w_eff, k_fp8, k_scale, out_dtype=INDEXER["scores"],
+                                                  **INDEXER["decode"])
+    return triton_kernels.index_scores(q_fp8, w_eff, k_fp8, k_scale, None, out_dtype=INDEXER["scores"],
                                        prefill_tile=INDEXER["prefill_tile"])
 
 
@@ -167,7 +168,7 @@ def decode_floor_stages(B: int, L: int):
 # correctness at small sizes
 
 
-def checks(out_log) -> dict:
+def checks(out_log, cfg_dense: dict, cfg_sparse: dict) -> dict:
     g = torch.Generator(device="cuda").manual_seed(5)
     res = {}
     B, L = 2, 3000
@@ -175,7 +176,7 @@ def checks(out_log) -> dict:
     kv = torch.randn(B, L, D, device="cuda", dtype=DT, generator=g)
     ref = triton_mla.mqa_attention_reference(q, kv, DV, SCALING).float()
     for splits in (1, 4):
-        got = triton_mla.mqa_attention(q, kv, DV, SCALING, splits=splits).float()
+        got = triton_mla.mqa_attention(q, kv, DV, SCALING, **dict(cfg_dense, splits=splits)).float()
         res[f"dense_decode_splits{splits}_max_abs"] = (got - ref).abs().max().item()
     T = 4
     qs = torch.randn(B, T, H, D, device="cuda", dtype=DT, generator=g)
@@ -184,7 +185,7 @@ def checks(out_log) -> dict:
     idx = kernels.select_top_k(scores, TOP_K).to(torch.int32)
     ref = triton_mla.mqa_attention_reference(qs, kv, DV, SCALING, idx).float()
     for splits in (1, 4):
-        got = triton_mla.mqa_attention(qs, kv, DV, SCALING, idx, splits=splits).float()
+        got = triton_mla.mqa_attention(qs, kv, DV, SCALING, idx, **dict(cfg_sparse, splits=splits)).float()
         res[f"sparse_splits{splits}_max_abs"] = (got - ref).abs().max().item()
     res["output_abs_scale"] = ref.abs().max().item()
     # the indexer (FP8) against fp32 scores from the same bf16 inputs, and the selection's recall
@@ -221,15 +222,17 @@ def tune(label, configs, make_fn) -> dict:
 
 def tune_indexer(B: int) -> None:
     """Indexer tiles (decode kernel on B x 32K; prefill kernel on 2048 queries x 32K) and the prefill
-    score dtype: bf16 scores halve the bytes top-k reads, kept only if they select what fp32 scores do."""
+    score dtype (decode and prefill): bf16 scores halve the bytes top-k reads, kept only if they select what fp32 scores do."""
     x = make_decode(B, 32768)
     q_fp8, w_eff = triton_kernels.quantize_queries_fp8(x["q_I"], x["w"])
     old = bench_ms(lambda: triton_kernels.index_scores(q_fp8, w_eff, x["k_fp8"], x["k_scale"], None), 10)
     print(f"  indexer decode 32K, general kernel: {old:.3f} ms", flush=True)
     ref = triton_kernels.index_scores(q_fp8, w_eff, x["k_fp8"], x["k_scale"], None)
-    cands = [dict(block_n=128, iters=8, num_warps=4, num_stages=3), dict(block_n=128, iters=8, num_warps=8, num_stages=3),
-             dict(block_n=256, iters=4, num_warps=8, num_stages=3), dict(block_n=128, iters=16, num_warps=4, num_stages=4),
-             dict(block_n=64, iters=16, num_warps=4, num_stages=4)]
+    cands = [dict(block_n=128, iters=16, num_warps=4, num_stages=4),
+             dict(block_n=128, iters=16, num_warps=4, num_stages=4, transposed=True),
+             dict(block_n=128, iters=8, num_warps=4, num_stages=3, transposed=True),
+             dict(block_n=256, iters=8, num_warps=8, num_stages=3, transposed=True),
+             dict(block_n=64, iters=32, num_warps=4, num_stages=6, transposed=True)]
     best = None
     for c in cands:
         try:
@@ -273,15 +276,15 @@ def tune_indexer(B: int) -> None:
     print(f"  top-k 2048 of 2048 x 32K scores: fp32 {t32:.3f} ms, bf16 {t16:.3f} ms;"
           f" bf16 selection keeps {recall:.4f} of the fp32 one", flush=True)
     if t16 < t32 and recall >= 0.99:
-        INDEXER["prefill_scores"] = torch.bfloat16
+        INDEXER["scores"] = torch.bfloat16
 
 
 def tile_configs(split_choices):
     base = [dict(block_heads=64, block_n=64, num_warps=8, num_stages=2),
-            dict(block_heads=64, block_n=128, num_warps=8, num_stages=1),
-            dict(block_heads=64, block_n=64, num_warps=16, num_stages=2),
-            dict(block_heads=64, block_n=128, num_warps=16, num_stages=1),
-            dict(block_heads=64, block_n=64, num_warps=8, num_stages=1)]
+            dict(block_heads=128, block_v=256, block_n=64, num_warps=8, num_stages=2),
+            dict(block_heads=128, block_v=256, block_n=32, num_warps=8, num_stages=3),
+            dict(block_heads=128, block_v=128, block_n=64, num_warps=8, num_stages=2),
+            dict(block_heads=64, block_v=256, block_n=64, num_warps=4, num_stages=2)]
     return [dict(c, splits=s) for c in base for s in split_choices]
 
 
@@ -448,8 +451,6 @@ def main() -> None:
     log["ceilings"] = measured
     print(f"ceilings: copy {measured['copy_bw'] / 1e12:.2f} TB/s (read+write), bf16 {measured['bf16'] / 1e12:.0f}"
           f" TFLOP/s, fp8 {measured['fp8'] / 1e12:.0f} TFLOP/s  ({time.time() - t0:.0f}s)", flush=True)
-    checks(log)
-    save()
     B = args.decode_batch
     lengths = [int(v) for v in args.lengths.split(",")]
     default = dict(block_heads=64, block_n=64, num_warps=8, num_stages=2)
@@ -481,6 +482,7 @@ def main() -> None:
     log["configs"] = dict(dense=cfg_dense, sparse_decode=cfg_sparse, sparse_prefill=cfg_prefill,
                           indexer={k: str(v) for k, v in INDEXER.items()})
     print(f"configs: {log['configs']}  ({time.time() - t0:.0f}s)", flush=True)
+    checks(log, cfg_dense, cfg_sparse)
     save()
     for mode in args.modes.split(","):
         for L in lengths:

@@ -152,12 +152,12 @@ if HAVE_TRITON:
     @triton.jit
     def _index_scores_decode_kernel(Q, W, K, KS, OUT, S, sqb, swb, skb, sks, sksb, sob,
                                     H: tl.constexpr, D: tl.constexpr, BN: tl.constexpr, ITERS: tl.constexpr,
-                                    HAS_KS: tl.constexpr, STAGES: tl.constexpr):
+                                    HAS_KS: tl.constexpr, STAGES: tl.constexpr, TRANS: tl.constexpr):
         """Decode (one query token that sees every key): I[b, s] = sum_j w[b, j] relu(q[b, j] . k[b, s]).
 
         No causal test and no branch in the key loop, so the loads of the next key tiles are pipelined
         (STAGES deep); one program streams ITERS tiles of BN keys of one sequence, all H heads as the
-        dot's M."""
+        dot's M; TRANS: keys as the dot's M instead (the head sum then stays within a thread group)."""
         pid_n = tl.program_id(0)
         b = tl.program_id(1).to(tl.int64)
         offs_h = tl.arange(0, H)
@@ -169,8 +169,12 @@ if HAVE_TRITON:
             ok = offs_n < S
             k = tl.load(K + b * skb + offs_n[:, None].to(tl.int64) * sks + offs_d[None, :], mask=ok[:, None],
                         other=0.0)
-            s = tl.dot(q, tl.trans(k))
-            I = tl.sum(tl.maximum(s, 0.0) * w[:, None], axis=0)
+            if TRANS:
+                s = tl.dot(k, tl.trans(q))
+                I = tl.sum(tl.maximum(s, 0.0) * w[None, :], axis=1)
+            else:
+                s = tl.dot(q, tl.trans(k))
+                I = tl.sum(tl.maximum(s, 0.0) * w[:, None], axis=0)
             if HAS_KS:
                 I = I * tl.load(KS + b * sksb + offs_n, mask=ok, other=0.0)
             tl.store(OUT + b * sob + offs_n, I.to(OUT.dtype.element_ty), mask=ok)
@@ -290,7 +294,7 @@ def index_scores(q_I: torch.Tensor, w: torch.Tensor, k_I: torch.Tensor, k_scale:
 
 def index_scores_decode(q_I: torch.Tensor, w: torch.Tensor, k_I: torch.Tensor, k_scale: torch.Tensor | None, *,
                         out_dtype: torch.dtype = torch.float32, block_n: int = 128, iters: int = 8,
-                        num_warps: int = 4, num_stages: int = 3) -> torch.Tensor:
+                        num_warps: int = 4, num_stages: int = 3, transposed: bool = False) -> torch.Tensor:
     """Index scores of one new token per sequence over all its S keys: q_I (B, 1, H, D), w (B, 1, H),
     k_I (B, S, D), k_scale (B, S) or None -> (B, 1, S). Same values as index_scores for T = 1 with every
     key visible (no kv_start: sequences of equal length, as in a decode benchmark)."""
@@ -305,7 +309,8 @@ def index_scores_decode(q_I: torch.Tensor, w: torch.Tensor, k_I: torch.Tensor, k
     grid = (triton.cdiv(S, block_n * iters), B)
     _index_scores_decode_kernel[grid](q, w, k, ks, out, S, q.stride(0), w.stride(0), k.stride(0), k.stride(1),
                                       ks.stride(0), out.stride(0), H=H, D=D, BN=block_n, ITERS=iters,
-                                      HAS_KS=k_scale is not None, STAGES=num_stages, num_warps=num_warps)
+                                      HAS_KS=k_scale is not None, STAGES=num_stages, TRANS=transposed,
+                                      num_warps=num_warps)
     return out
 
 

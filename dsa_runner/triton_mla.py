@@ -54,11 +54,13 @@ if HAVE_TRITON:  # pragma: no cover - depends on the machine
     def _mqa_split_kernel(Q, KV, IDX, O, OP, LSE, T, N_KEYS, SPLIT_LEN, qk_scale,
                           sqb, sqt, sqh, skb, sks, sib, sit, sob, sot, soh, NSPLIT,
                           GP: tl.constexpr, D1: tl.constexpr, D2: tl.constexpr, DV: tl.constexpr,
-                          BN: tl.constexpr, H: tl.constexpr, PARTIAL: tl.constexpr,
+                          NVB: tl.constexpr, BN: tl.constexpr, H: tl.constexpr, PARTIAL: tl.constexpr,
                           SPARSE: tl.constexpr, V_IS_K1: tl.constexpr):
         """Program (head block, split, token): online softmax over the split's rows (log2 domain).
-        Without PARTIAL (one split) it writes the normalised output; otherwise the fp32 partial and its log2-sum-exp."""
-        hb = tl.program_id(0)
+        Without PARTIAL (one split) it writes the normalised output; otherwise the fp32 partial and its log2-sum-exp.
+        NVB > 1: the value dims in NVB slices of DV, one program each (Q.K^T computed by each)."""
+        hb = tl.program_id(0) // NVB
+        vb = tl.program_id(0) % NVB
         split = tl.program_id(1)
         bt = tl.program_id(2).to(tl.int64)
         b = bt // T
@@ -70,7 +72,7 @@ if HAVE_TRITON:  # pragma: no cover - depends on the machine
         if D2 > 0:
             offs_d2 = D1 + tl.arange(0, D2)
             q2 = tl.load(q_base + offs_d2[None, :])
-        offs_v = tl.arange(0, DV)
+        offs_v = vb * DV + tl.arange(0, DV)
         m_i = tl.full((GP,), float("-inf"), tl.float32)
         l_i = tl.zeros((GP,), tl.float32)
         acc = tl.zeros((GP, DV), tl.float32)
@@ -110,8 +112,8 @@ if HAVE_TRITON:  # pragma: no cover - depends on the machine
             o_ptrs = O + b * sob + t * sot + heads[:, None] * soh + offs_v[None, :]
             tl.store(o_ptrs, out.to(O.dtype.element_ty))
         else:
-            row = (bt * NSPLIT + split) * H + heads  # partials laid out (B*T, NSPLIT, H, DV)
-            tl.store(OP + row[:, None] * DV + offs_v[None, :], out)
+            row = (bt * NSPLIT + split) * H + heads  # partials laid out (B*T, NSPLIT, H, NVB * DV)
+            tl.store(OP + row[:, None] * (NVB * DV) + offs_v[None, :], out)
             lse = tl.where(l_i == 0.0, float("-inf"), m_i + tl.log2(tl.where(l_i == 0.0, 1.0, l_i)))
             tl.store(LSE + row, lse)
 
@@ -140,13 +142,15 @@ if HAVE_TRITON:  # pragma: no cover - depends on the machine
 
 
 def mqa_attention(q: torch.Tensor, kv: torch.Tensor, dv: int, scaling: float, indices: torch.Tensor | None = None,
-                  *, splits: int = 1, block_heads: int = 64, block_n: int = 64, num_warps: int = 8,
+                  *, splits: int = 1, block_heads: int = 64, block_v: int | None = None, block_n: int = 64,
+                  num_warps: int = 8,
                   num_stages: int = 2, out: torch.Tensor | None = None) -> torch.Tensor:
     """Attention of q (B, T, H, d) over one latent KV head kv (B, S, d) (unit last stride), value = kv[..., :dv].
 
     indices None: every row of kv (dense decode); else (B, T, k) int32 rows, -1 for none (DSA). ``splits``
     cuts the keys (or the k selected rows) into that many ranges, merged at the end (flash-decoding).
-    Returns (B, T, H, dv) in q's dtype, written into ``out`` when given.
+    block_v: value dims per program (default all dv; smaller cuts the accumulator, Q.K^T is then
+    recomputed per slice). Returns (B, T, H, dv) in q's dtype, written into ``out`` when given.
     """
     B, T, H, d = q.shape
     S = kv.shape[1]
@@ -167,13 +171,15 @@ def mqa_attention(q: torch.Tensor, kv: torch.Tensor, dv: int, scaling: float, in
         lse = torch.empty(B * T * splits * H, dtype=torch.float32, device=q.device)
     else:
         partial = lse = out
-    grid = (H // GP, splits, B * T)
+    DVB = block_v or dv
+    assert dv % DVB == 0
+    grid = (H // GP * (dv // DVB), splits, B * T)
     _mqa_split_kernel[grid](
         q, kv, idx, out, partial, lse, T, n_keys, split_len, float(scaling) * LOG2E,
         q.stride(0), q.stride(1), q.stride(2), kv.stride(0), kv.stride(1),
         idx.stride(0), idx.stride(1), out.stride(0), out.stride(1), out.stride(2),
-        splits, GP=GP, D1=D1, D2=D2, DV=dv, BN=block_n, H=H, PARTIAL=splits > 1, SPARSE=indices is not None,
-        V_IS_K1=dv == D1, num_warps=num_warps, num_stages=num_stages)
+        splits, GP=GP, D1=D1, D2=D2, DV=DVB, NVB=dv // DVB, BN=block_n, H=H, PARTIAL=splits > 1, SPARSE=indices is not None,
+        V_IS_K1=DVB == D1, num_warps=num_warps, num_stages=num_stages)
     if splits > 1:
         HB = min(16, GP)
         _merge_splits_kernel[(B * T, H // HB)](partial, lse, out, T, splits, out.stride(0), out.stride(1),

@@ -37,8 +37,9 @@ needs_triton = pytest.mark.skipif(not triton_mla.available("cpu"),
 
 
 @needs_triton
-@pytest.mark.parametrize("dv,splits,sparse", [(32, 1, False), (32, 3, False), (16, 2, True), (32, 1, True)])
-def test_triton_mqa_attention_matches_reference(dv, splits, sparse):
+@pytest.mark.parametrize("dv,block_v,splits,sparse", [(32, None, 1, False), (32, 16, 3, False), (16, None, 2, True),
+                                                      (32, None, 1, True), (32, 16, 1, True)])
+def test_triton_mqa_attention_matches_reference(dv, block_v, splits, sparse):
     q, kv = _inputs()
     idx = None
     if sparse:
@@ -47,13 +48,14 @@ def test_triton_mqa_attention_matches_reference(dv, splits, sparse):
         idx = torch.stack([torch.randperm(kv.shape[1], generator=g)[:40] for _ in range(6)]).view(2, 3, 40).int()
         idx[1, 2, 7:] = -1
         idx[0, 0, :] = -1  # no key at all: zeros, not NaN
-    out = triton_mla.mqa_attention(q, kv, dv, 0.3, idx, splits=splits, block_heads=16, block_n=16)
+    out = triton_mla.mqa_attention(q, kv, dv, 0.3, idx, splits=splits, block_heads=16, block_v=block_v, block_n=16)
     ref = triton_mla.mqa_attention_reference(q, kv, dv, 0.3, idx)
     torch.testing.assert_close(out, ref, atol=2e-3, rtol=2e-3)
 
 
 @needs_triton
-def test_triton_decode_index_scores_match_reference():
+@pytest.mark.parametrize("transposed", [False, True])
+def test_triton_decode_index_scores_match_reference(transposed):
     from dsa_runner import triton_kernels
 
     g = torch.Generator().manual_seed(4)
@@ -61,5 +63,5 @@ def test_triton_decode_index_scores_match_reference():
     q_I, w, k_I = torch.randn(B, 1, H, D, generator=g), torch.randn(B, 1, H, generator=g), torch.randn(B, S, D, generator=g)
     k_scale = torch.rand(B, S, generator=g)
     ref = kernels.index_scores_reference(q_I, w, k_I, None) * k_scale[:, None]
-    out = triton_kernels.index_scores_decode(q_I, w, k_I, k_scale, block_n=32, iters=3)
+    out = triton_kernels.index_scores_decode(q_I, w, k_I, k_scale, block_n=32, iters=3, transposed=transposed)
     torch.testing.assert_close(out, ref, atol=1e-3, rtol=1e-3)
