@@ -169,7 +169,9 @@ def dsa_decode(x, cfg, out):
 def decode_floor_stages(B: int, L: int):
     dense = [(B * L * ROW_BYTES, 2 * B * L * H * (D + DV), "bf16")]
     k = min(TOP_K, L)
-    dsa = [(B * L * (D_I + 4 + 4 + 4), 2 * B * L * H_I * D_I, "fp8"),  # fp8 key + scale, score written + read
+    sb = INDEXER["scores"].itemsize
+    dsa = [(B * L * (D_I + 4 + sb), 2 * B * L * H_I * D_I, "fp8"),  # fp8 key + its scale read, score written
+           (B * L * sb, 0, "bf16"),  # top-k reads the scores
            (B * k * ROW_BYTES, 2 * B * k * H * (D + DV), "bf16")]
     return dense, dsa
 
@@ -295,7 +297,8 @@ def tile_configs(split_choices):
     # cannot hold the 64 x 512 accumulator (spills, 3x slower)
     base = [dict(block_heads=64, block_n=64, num_warps=8, num_stages=2),
             dict(block_heads=64, block_n=32, num_warps=8, num_stages=3),
-            dict(block_heads=64, block_n=32, num_warps=8, num_stages=2)]
+            dict(block_heads=64, block_n=32, num_warps=8, num_stages=2),
+            dict(block_heads=64, block_n=64, num_warps=8, num_stages=2, warp_specialize=True)]
     return [dict(c, splits=s) for c in base for s in split_choices]
 
 
@@ -334,7 +337,8 @@ def run_decode(L, B, cfg_dense, cfg_sparse, peaks, log):
         attention=graph_ms(lambda: triton_mla.mqa_attention(x["q"], x["kv"], DV, SCALING, idx, out=out,
                                                             **cfg_sparse)))
     dense_st, dsa_st = decode_floor_stages(B, L)
-    finish(r, dense_st, dsa_st, peaks, dsa_stage_floors=dict(indexer=[dsa_st[0]], attention=[dsa_st[1]]))
+    finish(r, dense_st, dsa_st, peaks,
+           dsa_stage_floors=dict(indexer=[dsa_st[0]], top_k=[dsa_st[1]], attention=[dsa_st[2]]))
     r["dense_bytes_frac_datasheet"] = dense_st[0][0] / DATASHEET["bw"] / (r["dense_ms"] * 1e-3)
     r["dense_bytes_frac_copy"] = dense_st[0][0] / peaks["measured"]["copy_bw"] / (r["dense_ms"] * 1e-3)
     r["dense_tflops"] = dense_st[0][1] / (r["dense_ms"] * 1e-3) / 1e12
@@ -442,14 +446,51 @@ def run_prefill(L, cfg_prefill, peaks, log):
     pairs = L * (L + 1) / 2
     sel_pairs = sum(min(TOP_K, t + 1) for t in range(L))
     dense_st = [(3 * L * H * 192 * 2 + L * H * 128 * 2 * 2, 2 * pairs * H * (192 + 128), "bf16")]
-    idx_st = [(pairs * 4 * 2 + L * (D_I + 4), 2 * pairs * H_I * D_I, "fp8")]
+    sb = INDEXER["scores"].itemsize
+    idx_st = [(pairs * sb + L * (D_I + 4), 2 * pairs * H_I * D_I, "fp8")]  # causal scores written
+    topk_st = [(pairs * sb, 0, "bf16")]  # and read by top-k
     attn_st = [(sel_pairs * ROW_BYTES, 2 * sel_pairs * H * (D + DV), "bf16")]
-    finish(r, dense_st, idx_st + attn_st, peaks, dsa_stage_floors=dict(indexer=idx_st, attention=attn_st))
+    finish(r, dense_st, idx_st + topk_st + attn_st, peaks,
+           dsa_stage_floors=dict(indexer=idx_st, top_k=topk_st, attention=attn_st))
     del q, kv, q_I, w, k_fp8, ks, out
     return r
 
 
 # --------------------------------------------------------------------------------------------------
+
+
+def markdown_tables(log: dict) -> str:
+    """The RESULTS.md tables from a results log (floor fractions: measured ceilings / datasheet)."""
+    c = log["ceilings"]
+    lines = [f"Ceilings measured in the run: copy {c['copy_bw'] / 1e12:.2f} TB/s (read + write), bf16 "
+             f"{c['bf16'] / 1e12:.0f} TFLOP/s, FP8 {c['fp8'] / 1e12:.0f} TFLOP/s; datasheet 4.8 TB/s, 989, 1979.", "",
+             "| decode L | B | dense ms (kernel) | dense TFLOP/s | dense floor frac | dense bytes-floor frac |"
+             " DSA ms | DSA floor frac | DSA stages ms idx/top-k/attn (stage floor frac) | DSA vs dense kernel |"
+             " DSA vs dense floor | DSA vs dense bytes floor |", "|" + "---|" * 12]
+    for r in log["results"]:
+        if r["mode"] != "decode":
+            continue
+        st, sf = r["stage_ms"], r["stage_floor_frac_measured"]
+        stages = "/".join(f"{st[k]:.3f} ({sf.get(k, 0):.2f})" for k in ("indexer", "top_k", "attention"))
+        lines.append(
+            f"| {r['L'] // 1024}K | {r['B']} | {r['dense_ms']:.3f} ({r['dense_kernel']}) | {r['dense_tflops']:.0f} |"
+            f" {r['dense_floor_frac']['measured']:.2f} / {r['dense_floor_frac']['datasheet']:.2f} |"
+            f" {r['dense_bytes_frac_copy']:.2f} / {r['dense_bytes_frac_datasheet']:.2f} | {r['dsa_ms']:.3f} |"
+            f" {r['dsa_floor_frac']['measured']:.2f} / {r['dsa_floor_frac']['datasheet']:.2f} | {stages} |"
+            f" {r['speedup']:.2f}x | {r['dsa_vs_dense_floor']:.2f}x | {r['dsa_vs_dense_bytes_floor']:.2f}x |")
+    lines += ["", "| prefill L | FA MHA-mode ms (backend) | FA TFLOP/s | FA floor frac | DSA ms | DSA floor frac |"
+              " DSA stages ms idx/top-k/attn (stage floor frac) | DSA vs FA |", "|" + "---|" * 8]
+    for r in log["results"]:
+        if r["mode"] != "prefill":
+            continue
+        st, sf = r["stage_ms"], r["stage_floor_frac_measured"]
+        stages = "/".join(f"{st[k]:.1f} ({sf.get(k, 0):.2f})" for k in ("indexer", "top_k", "attention"))
+        lines.append(
+            f"| {r['L'] // 1024}K | {r['dense_ms']:.1f} ({r['dense_backend']}) | {r['dense_tflops']:.0f} |"
+            f" {r['dense_floor_frac']['measured']:.2f} / {r['dense_floor_frac']['datasheet']:.2f} | {r['dsa_ms']:.1f} |"
+            f" {r['dsa_floor_frac']['measured']:.2f} / {r['dsa_floor_frac']['datasheet']:.2f} | {stages} |"
+            f" {r['speedup']:.2f}x |")
+    return "\n".join(lines)
 
 
 def main() -> None:
@@ -534,6 +575,7 @@ def main() -> None:
                 print(f"    FA MHA-mode: {r['fa_mha']}; max abs dsa {r['dsa_attn_max_abs']:.2e}", flush=True)
     log["wall_s"] = time.time() - t0
     save()
+    print("\n" + markdown_tables(log), flush=True)
 
 
 if __name__ == "__main__":

@@ -55,7 +55,7 @@ if HAVE_TRITON:  # pragma: no cover - depends on the machine
                           sqb, sqt, sqh, skb, sks, sib, sit, sob, sot, soh, NSPLIT,
                           GP: tl.constexpr, D1: tl.constexpr, D2: tl.constexpr, DV: tl.constexpr,
                           NVB: tl.constexpr, BN: tl.constexpr, H: tl.constexpr, PARTIAL: tl.constexpr,
-                          SPARSE: tl.constexpr, V_IS_K1: tl.constexpr):
+                          SPARSE: tl.constexpr, V_IS_K1: tl.constexpr, WS: tl.constexpr):
         """Program (head block, split, token): online softmax over the split's rows (log2 domain).
         Without PARTIAL (one split) it writes the normalised output; otherwise the fp32 partial and its log2-sum-exp.
         NVB > 1: the value dims in NVB slices of DV, one program each (Q.K^T computed by each)."""
@@ -79,7 +79,9 @@ if HAVE_TRITON:  # pragma: no cover - depends on the machine
         start = split * SPLIT_LEN
         end = tl.minimum(start + SPLIT_LEN, N_KEYS)
         kv_b = KV + b * skb
-        for i in range(0, SPLIT_LEN, BN):  # kernel-argument bounds (a computed bound breaks the interpreter)
+        # kernel-argument bounds (a computed bound breaks the interpreter); WS: Triton's automatic warp
+        # specialisation (loads and dots in separate warps), a tuning option
+        for i in tl.range(0, SPLIT_LEN, BN, warp_specialize=WS):
             offs_n = start + i + tl.arange(0, BN)
             in_range = offs_n < end
             if SPARSE:
@@ -144,7 +146,8 @@ if HAVE_TRITON:  # pragma: no cover - depends on the machine
 def mqa_attention(q: torch.Tensor, kv: torch.Tensor, dv: int, scaling: float, indices: torch.Tensor | None = None,
                   *, splits: int = 1, block_heads: int = 64, block_v: int | None = None, block_n: int = 64,
                   num_warps: int = 8,
-                  num_stages: int = 2, out: torch.Tensor | None = None) -> torch.Tensor:
+                  num_stages: int = 2, warp_specialize: bool = False,
+                  out: torch.Tensor | None = None) -> torch.Tensor:
     """Attention of q (B, T, H, d) over one latent KV head kv (B, S, d) (unit last stride), value = kv[..., :dv].
 
     indices None: every row of kv (dense decode); else (B, T, k) int32 rows, -1 for none (DSA). ``splits``
@@ -179,7 +182,7 @@ def mqa_attention(q: torch.Tensor, kv: torch.Tensor, dv: int, scaling: float, in
         q.stride(0), q.stride(1), q.stride(2), kv.stride(0), kv.stride(1),
         idx.stride(0), idx.stride(1), out.stride(0), out.stride(1), out.stride(2),
         splits, GP=GP, D1=D1, D2=D2, DV=DVB, NVB=dv // DVB, BN=block_n, H=H, PARTIAL=splits > 1, SPARSE=indices is not None,
-        V_IS_K1=DVB == D1, num_warps=num_warps, num_stages=num_stages)
+        V_IS_K1=DVB == D1, WS=warp_specialize, num_warps=num_warps, num_stages=num_stages)
     if splits > 1:
         HB = min(16, GP)
         _merge_splits_kernel[(B * T, H // HB)](partial, lse, out, T, splits, out.stride(0), out.stride(1),
