@@ -15,13 +15,13 @@ A program takes one (token, split, block of heads): its gathered rows are used f
 block (tensor-core dots with M = block of heads), and when the value tile is the whole latent the key tile
 loaded for Q.K^T is reused as the value tile (no second load). The head blocks of one (token, split) are
 the fastest-varying program index, so they run together and the second one reads the rows from L2.
+Limits seen on an H200: the 64-head query tile stays in shared memory (72 KB) beside two stages of 64 rows,
+so one program fits per SM, and the kernel reaches about a third of the tensor-core rate (bench/RESULTS.md).
 
 ``mqa_attention_reference`` is the plain PyTorch definition (runs anywhere; tests compare both).
 """
 
 from __future__ import annotations
-
-import math
 
 import torch
 
@@ -189,9 +189,3 @@ def mqa_attention(q: torch.Tensor, kv: torch.Tensor, dv: int, scaling: float, in
                                               out.stride(2), H=H, HB=HB, DV=dv, num_warps=4)
     return out
 
-
-def default_splits(n_programs: int, n_keys: int, block_n: int, sms: int = 132) -> int:
-    """Enough key ranges for about two waves of programs on ``sms`` multiprocessors, none shorter than
-    four tiles (a split's partial output costs a write and a read of H x dv floats)."""
-    want = math.ceil(2 * sms / max(1, n_programs))
-    return max(1, min(want, n_keys // (4 * block_n)))
