@@ -81,7 +81,6 @@ def ceilings() -> dict:
     src = torch.empty(n // 2, dtype=torch.bfloat16, device="cuda").normal_()
     dst = torch.empty_like(src)
     copy_ms = bench_ms(lambda: dst.copy_(src), 10)
-    del src, dst
     m = 8192
     a = torch.randn(m, m, device="cuda", dtype=DT)
     b = torch.randn(m, m, device="cuda", dtype=DT)
@@ -258,7 +257,6 @@ def tune_indexer(B: int) -> None:
         if best is None or ms < best[0]:
             best = (ms, c)
     INDEXER["decode"] = best[1]
-    del x
     g = torch.Generator(device="cuda").manual_seed(3)
     C, S = 2048, 32768
     q_I = torch.randn(1, C, H_I, D_I, device="cuda", dtype=DT, generator=g)
@@ -291,6 +289,29 @@ def tune_indexer(B: int) -> None:
         INDEXER["scores"] = torch.bfloat16
 
 
+def tune_decode(B: int, full: bool) -> tuple[dict, dict]:
+    """MQA tiles and splits for dense decode (every row) and DSA decode (2048 gathered rows), B x 32K."""
+    x = make_decode(B, 32768)
+    out = torch.empty(B, 1, H, DV, device="cuda", dtype=DT)
+    cfg_dense = tune("dense decode 32K", tile_configs((2, 4) if full else (2,)),
+                     lambda c: (lambda: dense_decode(x, c, out)))
+    idx = torch.stack([torch.randperm(32768, device="cuda")[:TOP_K] for _ in range(B)])[:, None].int()
+    cfg_sparse = tune("sparse decode 32K", tile_configs((1, 2) if full else (1,)),
+                      lambda c: (lambda: triton_mla.mqa_attention(x["q"], x["kv"], DV, SCALING, idx, out=out, **c)))
+    return cfg_dense, cfg_sparse
+
+
+def tune_prefill() -> dict:
+    """MQA tiles for DSA prefill: 1024 query tokens, each over 2048 gathered rows of 32K."""
+    C = 1024
+    q = torch.randn(1, C, H, D, device="cuda", dtype=DT)
+    kv = torch.randn(1, 32768, D, device="cuda", dtype=DT)
+    idx = torch.stack([torch.randperm(32768, device="cuda")[:TOP_K] for _ in range(C)])[None].int()
+    out = torch.empty(1, C, H, DV, device="cuda", dtype=DT)
+    return tune("sparse prefill 1024 queries", tile_configs((1,)),
+                lambda c: (lambda: triton_mla.mqa_attention(q, kv, DV, SCALING, idx, out=out, **c)))
+
+
 def tile_configs(split_choices):
     # q's tile stays in shared memory (64 heads x 576 = 72 KB) next to the pipelined key tiles, so 128-head
     # tiles, 128-key tiles and 3 stages of 64 keys exceed the 227 KB (seen: 254-360 KB asked); 4 warps
@@ -306,7 +327,7 @@ def tile_configs(split_choices):
 # decode
 
 
-def run_decode(L, B, cfg_dense, cfg_sparse, peaks, log):
+def run_decode(L, B, cfg_dense, cfg_sparse, peaks):
     torch.cuda.empty_cache()
     x = make_decode(B, L)
     out = torch.empty(B, 1, H, DV, device="cuda", dtype=DT)
@@ -345,7 +366,6 @@ def run_decode(L, B, cfg_dense, cfg_sparse, peaks, log):
     # DSA against the dense floor itself (what no dense kernel can beat)
     r["dsa_vs_dense_floor"] = r["floors"]["dense_measured"] / r["dsa_ms"]
     r["dsa_vs_dense_bytes_floor"] = 1e3 * dense_st[0][0] / DATASHEET["bw"] / r["dsa_ms"]
-    del x
     return r
 
 
@@ -366,7 +386,7 @@ def finish(r, dense_st, dsa_st, peaks, dsa_stage_floors):
 # prefill
 
 
-def fa_mha_prefill(L, log) -> dict:
+def fa_mha_prefill(L) -> dict:
     """FlashAttention in MLA's MHA mode: 128 heads, qk 192, v 128, causal; each SDPA backend that runs."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
@@ -389,17 +409,15 @@ def fa_mha_prefill(L, log) -> dict:
             res[name] = f"unavailable: {type(e).__name__}: {str(e)[:80]}"
             continue
         res[name] = dict(ms=ms, tflops=flops / (ms * 1e-3) / 1e12)
-        if name == "flash" :
+        if name == "flash":
             break  # the padded run is only a fallback
-    del q, k, v
-    torch.cuda.empty_cache()
     return res
 
 
-def run_prefill(L, cfg_prefill, peaks, log):
+def run_prefill(L, cfg_prefill, peaks):
     torch.cuda.empty_cache()
     r = dict(mode="prefill", L=L, B=1)
-    fa = fa_mha_prefill(L, log)
+    fa = fa_mha_prefill(L)
     r["fa_mha"] = fa
     timed = {k: v for k, v in fa.items() if isinstance(v, dict)}
     best = min(timed, key=lambda k: timed[k]["ms"])
@@ -452,7 +470,6 @@ def run_prefill(L, cfg_prefill, peaks, log):
     attn_st = [(sel_pairs * ROW_BYTES, 2 * sel_pairs * H * (D + DV), "bf16")]
     finish(r, dense_st, idx_st + topk_st + attn_st, peaks,
            dsa_stage_floors=dict(indexer=idx_st, top_k=topk_st, attention=attn_st))
-    del q, kv, q_I, w, k_fp8, ks, out
     return r
 
 
@@ -523,26 +540,8 @@ def main() -> None:
     cfg_prefill = dict(default, splits=1)
     if args.tune != "none":
         tune_indexer(B)
-        splits = (2, 4) if args.tune == "full" else (2,)
-        xt = make_decode(B, 32768)
-        ot = torch.empty(B, 1, H, DV, device="cuda", dtype=DT)
-        cfg_dense = tune("dense decode 32K", tile_configs(splits),
-                         lambda c: (lambda: dense_decode(xt, c, ot)))
-        idx_t = torch.stack([torch.randperm(32768, device="cuda")[:TOP_K] for _ in range(B)])[:, None].int()
-        cfg_sparse = tune("sparse decode 32K", tile_configs((1, 2) if args.tune == "full" else (1,)),
-                          lambda c: (lambda: triton_mla.mqa_attention(xt["q"], xt["kv"], DV, SCALING, idx_t,
-                                                                      out=ot, **c)))
-        del xt, ot, idx_t
-        torch.cuda.empty_cache()
-        C = 1024
-        qp = torch.randn(1, C, H, D, device="cuda", dtype=DT)
-        kvp = torch.randn(1, 32768, D, device="cuda", dtype=DT)
-        idx_p = torch.stack([torch.randperm(32768, device="cuda")[:TOP_K] for _ in range(C)])[None].int()
-        op = torch.empty(1, C, H, DV, device="cuda", dtype=DT)
-        cfg_prefill = tune("sparse prefill 1024 queries", tile_configs((1,)),
-                           lambda c: (lambda: triton_mla.mqa_attention(qp, kvp, DV, SCALING, idx_p, out=op, **c)))
-        del qp, kvp, idx_p, op
-        torch.cuda.empty_cache()
+        cfg_dense, cfg_sparse = tune_decode(B, args.tune == "full")
+        cfg_prefill = tune_prefill()
     log["configs"] = dict(dense=cfg_dense, sparse_decode=cfg_sparse, sparse_prefill=cfg_prefill,
                           indexer={k: str(v) for k, v in INDEXER.items()})
     print(f"configs: {log['configs']}  ({time.time() - t0:.0f}s)", flush=True)
@@ -551,8 +550,8 @@ def main() -> None:
     for mode in args.modes.split(","):
         for L in lengths:
             try:
-                r = run_decode(L, B, cfg_dense, cfg_sparse, peaks, log) if mode == "decode" else \
-                    run_prefill(L, cfg_prefill, peaks, log)
+                r = run_decode(L, B, cfg_dense, cfg_sparse, peaks) if mode == "decode" else \
+                    run_prefill(L, cfg_prefill, peaks)
             except torch.OutOfMemoryError as e:
                 print(f"  {mode} {L}: out of memory ({e})", flush=True)
                 torch.cuda.empty_cache()

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import torch
 
-from dsa_runner.triton_kernels import HAVE_TRITON, _pow2, _split_dim, available  # noqa: F401 - re-exported
+from dsa_runner.triton_kernels import HAVE_TRITON, _pow2, _split_dim, available  # noqa: F401 - available re-exported
 
 if HAVE_TRITON:  # pragma: no cover - depends on the machine
     import triton
