@@ -14,6 +14,9 @@ dsa_runner.kernels' reference on sampled rows (index scores, and attention outpu
 selection). The table prints the speed-up over dense and the fraction of the roofline floor reached
 (H100: 3.0 TB/s, 800 TFLOP/s bf16, 1600 TFLOP/s fp8).
 
+Shape (b)'s dense baseline here is weak (no PyTorch kernel takes head dim 576: 13-16 % of its floor);
+bench/dsa_gpu_floors.py measures (b) against dense baselines near their floors, at every length.
+
 Usage: python bench/dsa_attention.py [--lengths 8192,32768,65536,131072] [--out results.json]
 """
 

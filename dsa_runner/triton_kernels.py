@@ -150,6 +150,36 @@ if HAVE_TRITON:
                 tl.store(out_ptrs, tl.full((BT, BN), float("-inf"), OUT.dtype.element_ty), mask=out_mask)
 
     @triton.jit
+    def _index_scores_decode_kernel(Q, W, K, KS, OUT, S, sqb, swb, skb, sks, sksb, sob,
+                                    H: tl.constexpr, D: tl.constexpr, BN: tl.constexpr, ITERS: tl.constexpr,
+                                    HAS_KS: tl.constexpr, STAGES: tl.constexpr, TRANS: tl.constexpr):
+        """Decode (one query token that sees every key): I[b, s] = sum_j w[b, j] relu(q[b, j] . k[b, s]).
+
+        No causal test and no branch in the key loop, so the loads of the next key tiles are pipelined
+        (STAGES deep); one program streams ITERS tiles of BN keys of one sequence, all H heads as the
+        dot's M; TRANS: keys as the dot's M instead (the head sum then stays within a thread group)."""
+        pid_n = tl.program_id(0)
+        b = tl.program_id(1).to(tl.int64)
+        offs_h = tl.arange(0, H)
+        offs_d = tl.arange(0, D)
+        q = tl.load(Q + b * sqb + offs_h[:, None] * D + offs_d[None, :])
+        w = tl.load(W + b * swb + offs_h)
+        for it in tl.range(0, ITERS, num_stages=STAGES):
+            offs_n = (pid_n * ITERS + it) * BN + tl.arange(0, BN)
+            ok = offs_n < S
+            k = tl.load(K + b * skb + offs_n[:, None].to(tl.int64) * sks + offs_d[None, :], mask=ok[:, None],
+                        other=0.0)
+            if TRANS:
+                s = tl.dot(k, tl.trans(q))
+                I = tl.sum(tl.maximum(s, 0.0) * w[None, :], axis=1)
+            else:
+                s = tl.dot(q, tl.trans(k))
+                I = tl.sum(tl.maximum(s, 0.0) * w[:, None], axis=0)
+            if HAS_KS:
+                I = I * tl.load(KS + b * sksb + offs_n, mask=ok, other=0.0)
+            tl.store(OUT + b * sob + offs_n, I.to(OUT.dtype.element_ty), mask=ok)
+
+    @triton.jit
     def _sparse_attention_kernel(Q, K, V, IDX, OUT, T, KK, scale,
                                  sqb, sqh, sqt, skb, skh, sks, svb, svh, svs, sib, sit, sob, sot, soh,
                                  G: tl.constexpr, GP: tl.constexpr, D1: tl.constexpr, D2: tl.constexpr,
@@ -218,9 +248,10 @@ if HAVE_TRITON:
 
 def index_scores(q_I: torch.Tensor, w: torch.Tensor, k_I: torch.Tensor, k_scale: torch.Tensor | None,
                  kv_start: torch.Tensor | None, out_dtype: torch.dtype = torch.float32,
-                 variant: str = "auto") -> torch.Tensor:
+                 variant: str = "auto", prefill_tile: tuple[int, int, int] = (64, 128, 4)) -> torch.Tensor:
     """Fused indexer scores; shapes as in dsa_runner.kernels. q_I/k_I bf16, fp16, fp32 or FP8 e4m3
-    (then w carries the q scales and k_scale (B, S) the k scales). Causal, aligned to the end."""
+    (then w carries the q scales and k_scale (B, S) the k scales). Causal, aligned to the end.
+    prefill_tile: (query tokens, keys, warps) of one program of the heads_loop variant (tuning)."""
     B, T, H, D = q_I.shape
     S = k_I.shape[1]
     assert H & (H - 1) == 0 and D & (D - 1) == 0, "index heads and index head dim must be powers of 2"
@@ -235,7 +266,7 @@ def index_scores(q_I: torch.Tensor, w: torch.Tensor, k_I: torch.Tensor, k_scale:
     if variant == "auto":
         variant = "heads_loop" if T >= 64 else "rows"
     if variant == "heads_loop":
-        BT, BN, ITERS = 64, 128, 4
+        (BT, BN, warps), ITERS = prefill_tile, 4
         q4 = q_I if q_I.stride(-1) == 1 else q_I.contiguous()
         w3 = w.view(B, T, H)
         grid = (triton.cdiv(T, BT), triton.cdiv(S, BN * ITERS), B)
@@ -244,7 +275,7 @@ def index_scores(q_I: torch.Tensor, w: torch.Tensor, k_I: torch.Tensor, k_scale:
             q4.stride(0), q4.stride(1), q4.stride(2), w3.stride(0), w3.stride(1),
             k.stride(0), k.stride(1), ks.stride(0), out.stride(0), out.stride(1),
             H=H, D=D, BT=BT, BN=BN, ITERS=ITERS, HAS_KS=k_scale is not None,
-            HAS_KV0=kv_start is not None, num_warps=4, num_stages=2)
+            HAS_KV0=kv_start is not None, num_warps=warps, num_stages=2)
         return out
     TB = max(1, min(128 // H if H <= 128 else 1, _pow2(T)))
     if TB * H < 16:
@@ -258,6 +289,28 @@ def index_scores(q_I: torch.Tensor, w: torch.Tensor, k_I: torch.Tensor, k_scale:
         out.stride(0), out.stride(1),
         H=H, D=D, TB=TB, BN=BN, ITERS=ITERS, HAS_KS=k_scale is not None, HAS_KV0=kv_start is not None,
         num_warps=8 if TB * H >= 128 else 4, num_stages=2)
+    return out
+
+
+def index_scores_decode(q_I: torch.Tensor, w: torch.Tensor, k_I: torch.Tensor, k_scale: torch.Tensor | None, *,
+                        out_dtype: torch.dtype = torch.float32, block_n: int = 128, iters: int = 8,
+                        num_warps: int = 4, num_stages: int = 3, transposed: bool = False) -> torch.Tensor:
+    """Index scores of one new token per sequence over all its S keys: q_I (B, 1, H, D), w (B, 1, H),
+    k_I (B, S, D), k_scale (B, S) or None -> (B, 1, S). Same values as index_scores for T = 1 with every
+    key visible (no kv_start: sequences of equal length, as in a decode benchmark)."""
+    B, T, H, D = q_I.shape
+    assert T == 1 and H & (H - 1) == 0 and D & (D - 1) == 0
+    S = k_I.shape[1]
+    q = q_I.reshape(B, H * D).contiguous()
+    w = w.reshape(B, H).float().contiguous()
+    k = k_I if k_I.stride(-1) == 1 else k_I.contiguous()
+    ks = k_scale.float().contiguous() if k_scale is not None else w
+    out = torch.empty(B, 1, S, dtype=out_dtype, device=q_I.device)
+    grid = (triton.cdiv(S, block_n * iters), B)
+    _index_scores_decode_kernel[grid](q, w, k, ks, out, S, q.stride(0), w.stride(0), k.stride(0), k.stride(1),
+                                      ks.stride(0), out.stride(0), H=H, D=D, BN=block_n, ITERS=iters,
+                                      HAS_KS=k_scale is not None, STAGES=num_stages, TRANS=transposed,
+                                      num_warps=num_warps)
     return out
 
 
