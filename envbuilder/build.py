@@ -23,6 +23,7 @@ from envbuilder.env_agent import (NO_TESTS, NOT_REPRODUCIBLE, AgentRequest, pres
 from envbuilder.errors import SourceError, UnsupportedProject
 from envbuilder.images import (LayerBuild, build_environment, build_instance, environment_id, environment_tag,
                                image_bytes)
+from envbuilder.cargo_fetch import crates_debian_lacks, fetch_crates
 from envbuilder.npm_fetch import fetch_node_modules
 from envbuilder.recipes import (Recipe, RecipeContext, dependency_fingerprint, detect_language, find_recipe,
                                 save_fingerprint_recipe)
@@ -32,7 +33,7 @@ from envbuilder.sources.patches import paths_outside_repo
 from envbuilder.wheelhouse import DependencyUnavailable
 from tasksynth.config import Config
 from tasksynth.docker.base_images import base_image, supported_pythons
-from tasksynth.docker.toolchains import node_modules_image, toolchain_image
+from tasksynth.docker.toolchains import node_modules_image, toolchain_image, vendored_crates_image
 from tasksynth.errors import ImageBuildFailed
 from verifiers.grading import INSTALL_FAILED, OK, TESTS_CRASHED
 
@@ -90,6 +91,9 @@ def build_candidate(config: Config, candidate: dict[str, Any]) -> BuildOutcome:
         if recipe.language == "javascript":
             node_modules, key = fetch_node_modules(config, tree)
             base = dataclasses.replace(base, tag=node_modules_image(config, base.tag, node_modules, key))
+        if recipe.language == "rust" and crates_debian_lacks(tree):
+            vendor, key = fetch_crates(config, tree)
+            base = dataclasses.replace(base, tag=vendored_crates_image(config, base.tag, vendor, key))
     except ImageBuildFailed as exc:
         return failed(BASE_IMAGE_FAILED, str(exc))
     except DependencyUnavailable as exc:

@@ -36,7 +36,8 @@ RECIPE_SCHEMA = 1
 # Files whose contents decide the installed dependencies: the dependency fingerprint hashes them.
 DEPENDENCY_PATTERNS = ("pyproject.toml", "setup.py", "setup.cfg", "requirements*.txt", "requirements/*.txt",
                        "*requirements*.txt", "constraints*.txt", "tox.ini", "Pipfile", "Pipfile.lock", "poetry.lock",
-                       "uv.lock", "go.mod", "go.sum", "package.json", "package-lock.json")
+                       "uv.lock", "go.mod", "go.sum", "package.json", "package-lock.json",
+                       "Cargo.toml", "Cargo.lock", "*/Cargo.toml", "CMakeLists.txt")
 TEST_EXTRAS = ("test", "tests", "testing", "dev")
 DEFAULT_PYTHON = "3.11"
 PYTEST_COMMAND = ("python -m pytest -rA -p no:cacheprovider --continue-on-collection-errors "
@@ -235,7 +236,8 @@ def javascript_recipe(tree: SourceTree, context: RecipeContext) -> Recipe:
 
 def detect_language(tree: SourceTree, declared: str | None = None) -> str:
     """The language whose recipe builds the candidate: what its source declared, unless it said Python (the
-    default) of a repository that has a go.mod and no Python metadata."""
+    default) of a repository that has a go.mod, package.json, Cargo.toml or CMakeLists.txt and no Python
+    metadata."""
     if declared and declared != "python":
         return declared
     files = set(tree.files)
@@ -245,6 +247,12 @@ def detect_language(tree: SourceTree, declared: str | None = None) -> str:
         return "go"
     if "package.json" in files and not python_metadata:
         return "javascript"
+    # Rust and C/C++ repositories often carry helper scripts in Python: only Python's metadata files say Python
+    python_package = {"pyproject.toml", "setup.py", "setup.cfg"} & files
+    if "Cargo.toml" in files and not python_package:
+        return "rust"
+    if "CMakeLists.txt" in files and not python_package:
+        return "cpp"
     return "python"
 
 
