@@ -205,7 +205,21 @@ PROVIDERS: list[RecipeProvider] = [user_recipe, fingerprint_recipe, heuristic_re
 # Languages other than Python (PROVIDERS): their providers, in order.
 LANGUAGE_PROVIDERS: dict[str, list[RecipeProvider]] = {
     "go": [user_recipe, fingerprint_recipe, lambda tree, context: go_recipe(tree, context)],
-    "javascript": [user_recipe, fingerprint_recipe, lambda tree, context: javascript_recipe(tree, context)]}
+    "javascript": [user_recipe, fingerprint_recipe, lambda tree, context: javascript_recipe(tree, context)],
+    "rust": [user_recipe, fingerprint_recipe, lambda tree, context: _rust_recipe(tree, context)],
+    "cpp": [user_recipe, fingerprint_recipe, lambda tree, context: _cpp_recipe(tree, context)]}
+
+
+def _rust_recipe(tree: SourceTree, context: RecipeContext) -> Recipe:
+    from envbuilder.runners_rust import rust_recipe  # the runner's module: it imports this one
+
+    return rust_recipe(tree, context)
+
+
+def _cpp_recipe(tree: SourceTree, context: RecipeContext) -> Recipe:
+    from envbuilder.runners_cpp import cpp_recipe
+
+    return cpp_recipe(tree, context)
 
 
 def go_recipe(tree: SourceTree, context: RecipeContext) -> Recipe:

@@ -21,8 +21,7 @@ from collections.abc import Iterable
 
 from junitparser import Error, JUnitXml, Skipped, TestSuite
 
-from envbuilder.recipes import (LANGUAGE_PROVIDERS, Recipe, RecipeContext, dependency_files, fingerprint_recipe,
-                                user_recipe)
+from envbuilder.recipes import Recipe, RecipeContext, dependency_files
 from envbuilder.repos import SourceTree
 from envbuilder.runners import REPORT_PATH, RUNNERS, TestRunner
 from verifiers.grading import JUNIT_MALFORMED, JUNIT_MISSING, OK, TESTS_CRASHED
@@ -99,4 +98,3 @@ def cpp_recipe(tree: SourceTree, context: RecipeContext) -> Recipe:
 
 
 RUNNERS.setdefault(CTestRunner.name, CTestRunner())
-LANGUAGE_PROVIDERS.setdefault("cpp", [user_recipe, fingerprint_recipe, cpp_recipe])

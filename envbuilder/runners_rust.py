@@ -20,8 +20,7 @@ import shlex
 from collections.abc import Iterable
 from pathlib import PurePosixPath
 
-from envbuilder.recipes import (LANGUAGE_PROVIDERS, Recipe, RecipeContext, dependency_files, fingerprint_recipe,
-                                user_recipe)
+from envbuilder.recipes import Recipe, RecipeContext, dependency_files
 from envbuilder.repos import SourceTree
 from envbuilder.runners import REPORT_PATH, RUNNERS, TestRunner
 from envbuilder.runners_go import parse_junit_cases
@@ -100,4 +99,3 @@ def rust_recipe(tree: SourceTree, context: RecipeContext) -> Recipe:
 
 
 RUNNERS.setdefault(CargoTestRunner.name, CargoTestRunner())
-LANGUAGE_PROVIDERS.setdefault("rust", [user_recipe, fingerprint_recipe, rust_recipe])

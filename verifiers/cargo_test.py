@@ -43,7 +43,7 @@ _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 _RUNNING = re.compile(r"^\s*Running (?:unittests )?(?P<what>.+?)\s*$")
 _WITH_BINARY = re.compile(r"^(?P<source>.+?) \((?P<binary>[^()]+)\)$")
 # cargo right-aligns its status word to 12 columns; a test's own output inside a section rarely does that
-_CARGO_STATUS = re.compile(r"^ {5}Running \S.*\(.*/deps/[^/()]+\)$|^ {3}Doc-tests \S+$")
+_CARGO_STATUS = re.compile(r"^ {5}Running (\S.*\(.*/deps/[^/()]+\)|`\S*/deps/[^/`]+`)$|^ {3}Doc-tests \S+$")
 _DOC_TESTS = re.compile(r"^\s*Doc-tests (?P<crate>\S+)\s*$")
 _RUNNING_N = re.compile(r"^running (?P<count>\d+) tests?$")
 _RESULT = re.compile(r"^test (?P<name>.+?) \.\.\. ?(?P<status>.*)$")
@@ -74,6 +74,7 @@ class _Binary:
     expected: int | None = None  # `running N tests`
     tests: dict[str, _Test] = field(default_factory=dict)
     summary: dict[str, int] | None = None
+    results_done: bool = False  # `failures:` / `successes:` seen: what follows is captured output, not results
     ended: str = ""  # cargo's line about how the process ended, when it did not exit successfully
 
 
@@ -89,6 +90,8 @@ def cargo_test_to_junit(stream: str) -> str:
         line = _ANSI.sub("", raw).rstrip("\r")
         running, doc = _RUNNING.match(line), _DOC_TESTS.match(line)
         in_section = current is not None and current.expected is not None and current.summary is None
+        if running and running.group("what").startswith("`") and "/deps/" not in running.group("what").split()[0]:
+            continue  # verbose mode: cargo names the compiler and build scripts it runs, not a test binary
         if (running or doc) and (not in_section or _CARGO_STATUS.match(line)):
             current = _Binary(_label(doc.group("crate") if doc else running.group("what"), bool(doc), labels))
             binaries.append(current)
@@ -124,16 +127,16 @@ def cargo_test_to_junit(stream: str) -> str:
             capturing = None
             continue
         captured = _CAPTURED.match(line)
-        if captured:
+        if captured and current.results_done:
             capturing = current.tests.get(_NAME_SUFFIX.sub("", captured.group("name")))
             continue
-        result = _RESULT.match(line)
+        result = None if current.results_done else _RESULT.match(line)
         if result:
             _record(current, result.group("name"), result.group("status"), number)
             capturing = None
             continue
         if line in ("failures:", "successes:"):
-            capturing = None
+            current.results_done, capturing = True, None
         elif capturing is not None:
             capturing.output.append(line)
     if not binaries and not build_failures:

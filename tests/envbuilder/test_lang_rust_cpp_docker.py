@@ -1,6 +1,7 @@
 """Rust and C/C++ fixture repositories, generated here, built and validated on the real engine:
 Rust (Debian's rustc and cargo, the third-party crate `hex` from Debian's packaged crates, `cargo test` output
-converted to JUnit) and C++ (CMake, g++ and ninja, the third-party library fmt from libfmt-dev, `ctest
+converted to JUnit), a Rust crate whose dependency Debian lacks (fetched by the host's `cargo fetch` from a
+crates.io mirror on 127.0.0.1, vendored into an image layer) and C++ (CMake, g++ and ninja, the third-party library fmt from libfmt-dev, `ctest
 --output-junit`). Each history has an issue-fixing commit whose new test fails before the fix and passes
 after. Each prints its build and validation seconds."""
 
@@ -13,6 +14,7 @@ import pytest
 from envbuilder.build import build_candidate
 from envbuilder.samples import SampleCommit
 from envbuilder.validation import validate_instance
+from tests.envbuilder.test_lang_rust_cpp import needs_cargo, sparse_registry  # noqa: F401
 from tests.envbuilder.test_languages_docker import candidate_from_history, local_index  # noqa: F401
 from tests.envbuilder.test_offline_build_docker import index_files  # noqa: F401
 
@@ -147,3 +149,36 @@ def test_a_cmake_project_with_a_debian_library_builds_and_validates(tmp_path, fl
     assert list(outcome.grade.fail_to_pass) == ["half_odd"]
     assert sorted(outcome.grade.pass_to_pass) == ["half_even", "label_uses_fmt"]
     assert not outcome.grade.pass_to_fail
+
+
+TINY_CARGO_TOML = CARGO_TOML.replace('hex = "0.4"', 'tinyhalf = "0.1"')
+TINY_LIB = "pub fn half(x: i32) -> f64 {\n    BODY\n}\n"
+TINY_TEST = "#[test]\nfn halves_even() {\n    assert_eq!(hexcalc::half(4), 2.0);\n}\n"
+
+
+@needs_cargo
+def test_a_crate_debian_lacks_comes_from_the_mirror_through_the_trusted_fetcher(tmp_path, flow_config,
+                                                                                 local_index, sparse_registry):  # noqa: F811
+    url, asked = sparse_registry
+    config = flow_config(code__index_url=local_index, code__cargo_registry=url)
+    candidate = candidate_from_history(tmp_path, "tinycalc", [
+        SampleCommit("init", {"Cargo.toml": TINY_CARGO_TOML, "src/lib.rs": TINY_LIB.replace("BODY", "(x / 2) as f64"),
+                              "tests/half.rs": TINY_TEST}),
+        SampleCommit("half: the crate's true division", {
+            "src/lib.rs": TINY_LIB.replace("BODY", "tinyhalf::half(x)"),
+            "tests/half.rs": TINY_TEST + RUST_ODD_TEST})], ["tests/half.rs"])
+
+    started = time.monotonic()
+    built = build_candidate(config, candidate)
+    build_s = time.monotonic() - started
+    assert built.ok, built.instance["detail"]
+    assert built.environment["base_image"].startswith("tasksynth/toolchain:crates-")  # the vendored crates' layer
+    assert "/crates/tinyhalf/0.1.0/download" in asked
+
+    started = time.monotonic()
+    outcome = validate_instance(config, candidate, built.instance, repeat=1, round_="languages")
+    validate_s = time.monotonic() - started
+    print(f"rust (mirror): build {build_s:.1f} s, validation {validate_s:.1f} s")
+    assert outcome.grade.valid, (outcome.grade, [(r.status, r.detail) for r in outcome.runs])
+    assert list(outcome.grade.fail_to_pass) == ["tests/half.rs::halves_odd"]
+    assert list(outcome.grade.pass_to_pass) == ["tests/half.rs::halves_even"]

@@ -137,3 +137,20 @@ def test_output_in_which_no_test_binary_ran_is_refused_with_cargo_s_reason():
 def test_exit_codes_other_than_cargo_test_s_own_mean_a_crash():
     status, detail, _ = runner_for("cargo").read_report(137, UNIT, [])
     assert status == TESTS_CRASHED and "137" in detail
+
+
+def test_a_failed_test_s_output_that_looks_like_a_result_stays_output():
+    echoed = INTEGRATION.replace("  left: `1.0`,\n", "  left: `1.0`,\ntest halves_even ... FAILED\n")
+    found = outcomes(echoed)
+    assert found["tests/half.rs::halves_even"][0] == "passed"
+    report = JUnitXml.fromstring(cargo_test_to_junit(echoed).encode())
+    failed = [case for suite in report for case in suite if case.name == "halves_odd"][0]
+    assert "test halves_even ... FAILED" in failed.result[0].text
+
+
+def test_verbose_mode_s_compiler_lines_are_not_test_binaries():
+    verbose = ("     Running `rustc --crate-name hexcalc --edition=2021 src/lib.rs --test`\n"
+               "     Running `/tmp/cargo-target/debug/build/hexcalc-0123456789abcdef/build-script-build`\n"
+               + INTEGRATION.replace("Running tests/half.rs (/tmp/cargo-target/debug/deps/half-b3f57942b78cb9f1)",
+                                     "Running `/tmp/cargo-target/debug/deps/half-b3f57942b78cb9f1`"))
+    assert sorted(outcomes(verbose)) == ["half::halves_even", "half::halves_odd", "half::hex_roundtrip"]
