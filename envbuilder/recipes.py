@@ -252,9 +252,11 @@ def detect_language(tree: SourceTree, declared: str | None = None) -> str:
     """The language whose recipe builds the candidate: what its source declared, unless it said Python (the
     default) of a repository that has a go.mod, package.json, Cargo.toml or CMakeLists.txt and no Python
     metadata."""
+    files = set(tree.files)
+    if declared in ("rust", "cpp") and {"pyproject.toml", "setup.py", "setup.cfg"} & files:
+        return "python"  # a Python package with a native extension: its tests are Python's
     if declared and declared != "python":
         return declared
-    files = set(tree.files)
     python_metadata = {"pyproject.toml", "setup.py", "setup.cfg"} & files or any(
         f.endswith(".py") for f in files)
     if "go.mod" in files and not python_metadata:

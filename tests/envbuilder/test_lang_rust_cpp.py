@@ -22,6 +22,7 @@ from envbuilder.recipes import RecipeContext, detect_language, find_recipe
 from envbuilder.repos import SourceTree
 from envbuilder.runners import runner_for
 from envbuilder.samples import Sample, SampleCommit, build_repo
+from envbuilder.sources.patches import is_test_path, language_of
 from envbuilder.wheelhouse import DependencyUnavailable
 from tasksynth.config import load_config
 from verifiers.grading import OK, TESTS_CRASHED
@@ -56,6 +57,13 @@ def test_cargo_and_cmake_projects_are_detected_even_with_python_helper_scripts(t
     cpp = tree_of(tmp_path / "b", {"CMakeLists.txt": "project(x)\n", "tools/gen.py": ""})
     extension = tree_of(tmp_path / "c", {"CMakeLists.txt": "project(x)\n", "pyproject.toml": "[project]\nname='x'\n"})
     assert (detect_language(rust), detect_language(cpp), detect_language(extension)) == ("rust", "cpp", "python")
+    # a source declares the language of the changed files; a Python package's C extension stays Python
+    assert (detect_language(cpp, "cpp"), detect_language(extension, "cpp")) == ("cpp", "python")
+
+
+def test_c_and_cpp_changes_are_told_apart_and_their_test_files_found():
+    assert language_of(["src/half.cpp", "include/half.h", "README.md"]) == "cpp"
+    assert [is_test_path(p) for p in ("src/half_test.cc", "test_half.cpp", "src/half.cpp")] == [True, True, False]
 
 
 def test_the_rust_recipe_uses_debian_s_crates_when_they_hold_every_dependency(tmp_path):
