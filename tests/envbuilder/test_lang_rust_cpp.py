@@ -80,7 +80,8 @@ def test_the_rust_recipe_uses_debian_s_crates_when_they_hold_every_dependency(tm
 
 def test_cargo_targets_are_the_touched_integration_tests_and_the_library():
     runner = runner_for("cargo")
-    test_patch = "diff --git a/tests/half.rs b/tests/half.rs\n--- a/tests/half.rs\n+++ b/tests/half.rs\n@@ -1 +1 @@\n-a\n+b\n"
+    test_patch = ("diff --git a/tests/half.rs b/tests/half.rs\n--- a/tests/half.rs\n+++ b/tests/half.rs\n"
+                  "@@ -1 +1 @@\n-a\n+b\n")
     patch = "diff --git a/src/lib.rs b/src/lib.rs\n--- a/src/lib.rs\n+++ b/src/lib.rs\n@@ -1 +1 @@\n-a\n+b\n"
     targets = runner.select_tests(["src/lib.rs", "tests/half.rs"], test_patch, patch, "touched")
     assert targets == ["--test", "half", "--lib"]

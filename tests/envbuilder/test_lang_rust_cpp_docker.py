@@ -1,9 +1,9 @@
 """Rust and C/C++ fixture repositories, generated here, built and validated on the real engine:
 Rust (Debian's rustc and cargo, the third-party crate `hex` from Debian's packaged crates, `cargo test` output
 converted to JUnit), a Rust crate whose dependency Debian lacks (fetched by the host's `cargo fetch` from a
-crates.io mirror on 127.0.0.1, vendored into an image layer) and C++ (CMake, g++ and ninja, the third-party library fmt from libfmt-dev, `ctest
---output-junit`). Each history has an issue-fixing commit whose new test fails before the fix and passes
-after. Each prints its build and validation seconds."""
+crates.io mirror on 127.0.0.1, vendored into an image layer) and C++ (CMake, g++ and ninja, the third-party
+library fmt from libfmt-dev, `ctest --output-junit`). Each history has an issue-fixing commit whose new test
+fails before the fix and passes after. Each prints its build and validation seconds."""
 
 from __future__ import annotations
 
@@ -62,7 +62,8 @@ fn halves_odd() {
 """
 
 
-def test_a_rust_crate_with_a_debian_packaged_crate_builds_and_validates(tmp_path, flow_config, local_index):  # noqa: F811
+def test_a_rust_crate_with_a_debian_packaged_crate_builds_and_validates(tmp_path, flow_config,
+                                                                        local_index):  # noqa: F811
     config = flow_config(code__index_url=local_index)
     candidate = candidate_from_history(tmp_path, "hexcalc", [
         SampleCommit("init", {"Cargo.toml": CARGO_TOML, "src/lib.rs": RUST_LIB.replace("BODY", "(x / 2) as f64"),
@@ -157,8 +158,8 @@ TINY_TEST = "#[test]\nfn halves_even() {\n    assert_eq!(hexcalc::half(4), 2.0);
 
 
 @needs_cargo
-def test_a_crate_debian_lacks_comes_from_the_mirror_through_the_trusted_fetcher(tmp_path, flow_config,
-                                                                                 local_index, sparse_registry):  # noqa: F811
+def test_a_crate_debian_lacks_comes_from_the_mirror_through_the_trusted_fetcher(
+        tmp_path, flow_config, local_index, sparse_registry):  # noqa: F811
     url, asked = sparse_registry
     config = flow_config(code__index_url=local_index, code__cargo_registry=url)
     candidate = candidate_from_history(tmp_path, "tinycalc", [
