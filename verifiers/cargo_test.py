@@ -14,7 +14,7 @@ libtest print is read, both streams together in the order they came (`cargo test
 
 Each test becomes one <testcase> whose classname is its target (the source path cargo names, `src/lib.rs`,
 `tests/half.rs`; `doctest:<crate>` for doc-tests) and whose name is the test path, so its id is
-`<target>::<test path>`. The summary line is the check: a section whose results do not add up to its
+`<target>::<test path>` (a doc-test's is `<file> - <item>`, without the line, which moves with any edit above). The summary line is the check: a section whose results do not add up to its
 summary's counts (output of a test mixed into a result line, a result this converter does not know) stops the
 conversion (`CargoTestOutputError`) instead of guessing. What is not a test gets no made-up outcome:
 - a binary that ended without its summary (a crash, an abort, a kill) keeps the results it printed, plus one
@@ -55,6 +55,7 @@ _NOT_SUCCESSFUL = re.compile(r"process didn't exit successfully: .*$")
 # libtest appends how a test is expected to end to its name: `x - should panic`, doc-tests `- compile fail`
 _NAME_SUFFIX = re.compile(r" - (should panic|compile fail|compile)$")
 _HASH = re.compile(r"-[0-9a-f]{16}$")
+_DOCTEST_LINE = re.compile(r"^(?P<item>.+) \(line (?P<line>\d+)\)$")
 
 
 class CargoTestOutputError(JUnitError):
@@ -199,11 +200,33 @@ def _check_counts(binary: _Binary, number: int) -> None:
             f"(a test's own output mixed into the results?)")
 
 
+def _doctest_names(binary: _Binary) -> dict[str, str]:
+    """Doc-tests as `<file> - <item>`, without the line rustdoc adds: a gold patch that moves the item would
+    otherwise make its doc-test a new test (missing before, so "fail to pass"). An item's second code block
+    is `<file> - <item> #2`, counted in the order of their lines."""
+    if not binary.target.startswith("doctest:"):
+        return {name: name for name in binary.tests}
+    by_item: dict[str, list[tuple[int, str]]] = {}
+    renamed = {}
+    for name in binary.tests:
+        located = _DOCTEST_LINE.match(name)
+        if located:
+            by_item.setdefault(located.group("item"), []).append((int(located.group("line")), name))
+        else:
+            renamed[name] = name
+    for item, blocks in by_item.items():
+        for number, (_, name) in enumerate(sorted(blocks), 1):
+            renamed[name] = item if number == 1 else f"{item} #{number}"
+    return renamed
+
+
 def _xml(binaries: list[_Binary], build_failures: dict[str, list[str]]) -> str:
     suites = []
     for binary in binaries:
         cases = []
-        for name, test in binary.tests.items():
+        names = _doctest_names(binary)
+        for original, test in binary.tests.items():
+            name = names[original]
             output = _clip("\n".join(test.output))
             if test.outcome == "ok":
                 body = ""

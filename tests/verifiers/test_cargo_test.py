@@ -87,7 +87,7 @@ def test_every_binary_s_results_are_read_under_their_target():
         "src/lib.rs::tests::slow": "skipped", "src/lib.rs::tests::unit_ok": "passed",
         "src/lib.rs::tests::panics": "passed", "tests/half.rs::halves_even": "passed",
         "tests/half.rs::halves_odd": "failed", "tests/half.rs::hex_roundtrip": "passed",
-        "doctest:hexcalc::src/lib.rs - half (line 3)": "passed"}
+        "doctest:hexcalc::src/lib.rs - half": "passed"}
     assert "panicked at 'assertion failed" in found["tests/half.rs::halves_odd"][1]
 
 
@@ -112,7 +112,7 @@ def test_a_binary_that_crashed_keeps_its_results_and_gets_an_error():
     assert found["tests/half.rs::halves_even"][0] == "passed"
     assert found["tests/half.rs::hex_roundtrip"] == ("error", "did not finish")
     assert found["tests/half.rs::[binary]"][0] == "error" and "SIGABRT" in found["tests/half.rs::[binary]"][1]
-    assert found["doctest:hexcalc::src/lib.rs - half (line 3)"][0] == "passed"
+    assert found["doctest:hexcalc::src/lib.rs - half"][0] == "passed"
 
 
 def test_output_that_breaks_the_summary_s_count_is_refused():
@@ -154,3 +154,12 @@ def test_verbose_mode_s_compiler_lines_are_not_test_binaries():
                + INTEGRATION.replace("Running tests/half.rs (/tmp/cargo-target/debug/deps/half-b3f57942b78cb9f1)",
                                      "Running `/tmp/cargo-target/debug/deps/half-b3f57942b78cb9f1`"))
     assert sorted(outcomes(verbose)) == ["half::halves_even", "half::halves_odd", "half::hex_roundtrip"]
+
+
+def test_doc_test_ids_do_not_move_with_the_lines_above_them():
+    moved = DOC.replace("running 1 test\ntest src/lib.rs - half (line 3) ... ok",
+                        "running 3 tests\ntest src/lib.rs - half (line 12) ... ok\n"
+                        "test src/lib.rs - half (line 9) ... ok\ntest src/lib.rs - to_hex (line 30) ... ok")
+    moved = moved.replace("1 passed; 0 failed", "3 passed; 0 failed")
+    assert sorted(outcomes(moved)) == ["doctest:hexcalc::src/lib.rs - half", "doctest:hexcalc::src/lib.rs - half #2",
+                                       "doctest:hexcalc::src/lib.rs - to_hex"]
