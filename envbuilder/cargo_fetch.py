@@ -14,6 +14,7 @@ reached (and no mirror is set) the fetch fails with cargo's own reason: `install
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -71,7 +72,8 @@ def crates_debian_lacks(tree: SourceTree) -> list[str]:
 
 
 def fetch_crates(config: Config, tree: SourceTree) -> tuple[Path, str]:
-    """(the vendored crates folder, its key) for the commit's manifests, downloaded once per manifests."""
+    """(the vendored crates folder, a hash of the crates it holds) for the commit's manifests, downloaded once
+    per manifests and mirror. The hash, not the mirror's address, names the image layer made of them."""
     manifests = {path: tree.read(path) or "" for path in manifest_paths(tree)}
     manifests.update({lock: tree.read(lock) or "" for lock in tree.files if PurePosixPath(lock).name == "Cargo.lock"
                       and not _SKIPPED_FOLDERS & set(PurePosixPath(lock).parts[:-1])})
@@ -81,7 +83,7 @@ def fetch_crates(config: Config, tree: SourceTree) -> tuple[Path, str]:
     key = content_hash("cargo", sorted(manifests.items()), mirror, length=16)
     folder = config.home_path / "cargo" / key
     if (folder / "vendor").is_dir():
-        return folder / "vendor", key
+        return folder / "vendor", vendored_key(folder / "vendor")
     folder.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="tasksynth-cargo-", dir=folder.parent) as tmp:
         work, cargo_home = Path(tmp) / "project", Path(tmp) / "cargo-home"
@@ -101,7 +103,15 @@ def fetch_crates(config: Config, tree: SourceTree) -> tuple[Path, str]:
         shutil.rmtree(folder, ignore_errors=True)
         folder.mkdir()
         (Path(tmp) / "vendor").rename(folder / "vendor")
-    return folder / "vendor", key
+    return folder / "vendor", vendored_key(folder / "vendor")
+
+
+def vendored_key(vendor: Path) -> str:
+    """The crates of a vendor folder by name, version and the .crate checksum cargo verified."""
+    crates = []
+    for checksum in sorted(vendor.glob("*/.cargo-checksum.json")):
+        crates.append((checksum.parent.name, json.loads(checksum.read_text()).get("package")))
+    return content_hash("crates", crates, length=16)
 
 
 def _write_manifests(work: Path, manifests: dict[str, str], tree: SourceTree) -> None:

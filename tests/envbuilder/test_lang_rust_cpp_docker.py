@@ -20,6 +20,22 @@ from tests.envbuilder.test_offline_build_docker import index_files  # noqa: F401
 
 pytestmark = pytest.mark.docker
 
+
+@pytest.fixture
+def engine_config(tmp_path, base_311):
+    """flow_config's settings without a Prefect server (building and validating run no flow; a server per
+    test's fresh home costs half a minute to start)."""
+    from tasksynth.config import load_config
+
+    def make(**overrides: str):
+        environ = {"TASKSYNTH_HOME": str(tmp_path / "home"), "TASKSYNTH_DOCKER__TEST_TIMEOUT_S": "60",
+                   **{f"TASKSYNTH_{k.upper()}": v for k, v in overrides.items()}}
+        config = load_config(environ=environ)
+        config.home_path.mkdir(parents=True, exist_ok=True)
+        return config
+
+    return make
+
 CARGO_TOML = """[package]
 name = "hexcalc"
 version = "0.1.0"
@@ -62,9 +78,9 @@ fn halves_odd() {
 """
 
 
-def test_a_rust_crate_with_a_debian_packaged_crate_builds_and_validates(tmp_path, flow_config,
+def test_a_rust_crate_with_a_debian_packaged_crate_builds_and_validates(tmp_path, engine_config,
                                                                         local_index):  # noqa: F811
-    config = flow_config(code__index_url=local_index)
+    config = engine_config(code__index_url=local_index)
     candidate = candidate_from_history(tmp_path, "hexcalc", [
         SampleCommit("init", {"Cargo.toml": CARGO_TOML, "src/lib.rs": RUST_LIB.replace("BODY", "(x / 2) as f64"),
                               "tests/half.rs": RUST_TEST}),
@@ -124,8 +140,9 @@ int main(int argc, char** argv) {
 TEST_LABEL = '#include "half.h"\nint main() { return label(4) == "half of 4 is 2" ? 0 : 1; }\n'
 
 
-def test_a_cmake_project_with_a_debian_library_builds_and_validates(tmp_path, flow_config, local_index):  # noqa: F811
-    config = flow_config(code__index_url=local_index)
+def test_a_cmake_project_with_a_debian_library_builds_and_validates(tmp_path, engine_config,
+                                                                   local_index):  # noqa: F811
+    config = engine_config(code__index_url=local_index)
     tests = {"tests/CMakeLists.txt": CMAKE_TESTS, "tests/test_half.cpp": TEST_HALF, "tests/test_label.cpp": TEST_LABEL}
     candidate = candidate_from_history(tmp_path, "halfcpp", [
         SampleCommit("init", {"CMakeLists.txt": CMAKE_ROOT, "include/half.h": HALF_H,
@@ -159,9 +176,9 @@ TINY_TEST = "#[test]\nfn halves_even() {\n    assert_eq!(hexcalc::half(4), 2.0);
 
 @needs_cargo
 def test_a_crate_debian_lacks_comes_from_the_mirror_through_the_trusted_fetcher(
-        tmp_path, flow_config, local_index, sparse_registry):  # noqa: F811
+        tmp_path, engine_config, local_index, sparse_registry):  # noqa: F811
     url, asked = sparse_registry
-    config = flow_config(code__index_url=local_index, code__cargo_registry=url)
+    config = engine_config(code__index_url=local_index, code__cargo_registry=url)
     candidate = candidate_from_history(tmp_path, "tinycalc", [
         SampleCommit("init", {"Cargo.toml": TINY_CARGO_TOML, "src/lib.rs": TINY_LIB.replace("BODY", "(x / 2) as f64"),
                               "tests/half.rs": TINY_TEST}),
