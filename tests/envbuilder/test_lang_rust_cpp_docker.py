@@ -138,6 +138,12 @@ int main(int argc, char** argv) {
 }
 """
 TEST_LABEL = '#include "half.h"\nint main() { return label(4) == "half of 4 is 2" ? 0 : 1; }\n'
+# added with the fix, against a function the fix brings: before it, its executable does not build
+TEST_QUARTER = '#include "half.h"\nint main() { return quarter(8) == 2.0 ? 0 : 1; }\n'
+CMAKE_QUARTER = """add_executable(test_quarter test_quarter.cpp)
+target_link_libraries(test_quarter half)
+add_test(NAME quarter_of_eight COMMAND test_quarter)
+"""
 
 
 def test_a_cmake_project_with_a_debian_library_builds_and_validates(tmp_path, engine_config,
@@ -147,10 +153,12 @@ def test_a_cmake_project_with_a_debian_library_builds_and_validates(tmp_path, en
     candidate = candidate_from_history(tmp_path, "halfcpp", [
         SampleCommit("init", {"CMakeLists.txt": CMAKE_ROOT, "include/half.h": HALF_H,
                               "src/half.cpp": HALF_CPP.replace("BODY", "x / 2"), **tests}),
-        SampleCommit("half: true division", {
-            "src/half.cpp": HALF_CPP.replace("BODY", "x / 2.0"),
-            "tests/CMakeLists.txt": CMAKE_TESTS + "add_test(NAME half_odd COMMAND test_half odd)\n"})],
-        list(tests))
+        SampleCommit("half: true division; quarter", {
+            "include/half.h": HALF_H + "double quarter(int x);\n",
+            "src/half.cpp": HALF_CPP.replace("BODY", "x / 2.0") + "double quarter(int x) { return half(x) / 2; }\n",
+            "tests/test_quarter.cpp": TEST_QUARTER,
+            "tests/CMakeLists.txt": CMAKE_TESTS + "add_test(NAME half_odd COMMAND test_half odd)\n" + CMAKE_QUARTER})],
+        [*tests, "tests/test_quarter.cpp"])
 
     started = time.monotonic()
     built = build_candidate(config, candidate)
@@ -164,8 +172,12 @@ def test_a_cmake_project_with_a_debian_library_builds_and_validates(tmp_path, en
     validate_s = time.monotonic() - started
     print(f"cpp: build {build_s:.1f} s, validation {validate_s:.1f} s")
     assert outcome.grade.valid, (outcome.grade, [(r.status, r.detail) for r in outcome.runs])
-    assert list(outcome.grade.fail_to_pass) == ["half_odd"]
+    # half_odd fails before the fix; quarter_of_eight's executable does not build before it (an error, not a skip)
+    assert sorted(outcome.grade.fail_to_pass) == ["half_odd", "quarter_of_eight"]
     assert sorted(outcome.grade.pass_to_pass) == ["half_even", "label_uses_fmt"]
+    before = next(run for run in outcome.runs if run.phase == "before")
+    assert before.tests["quarter_of_eight"].outcome == "error"
+    assert before.tests["quarter_of_eight"].message == "not run: Unable to find executable"
     assert not outcome.grade.pass_to_fail
 
 
