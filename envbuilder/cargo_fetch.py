@@ -126,7 +126,7 @@ def _write_manifests(work: Path, manifests: dict[str, str], tree: SourceTree) ->
             continue
         folder = PurePosixPath(path).parent
         stand_ins = [str(folder / name) for name in ("src/lib.rs", "src/main.rs", "build.rs")
-                     if str(folder / name).lstrip("./") in files]
+                     if str(folder / name) in files]
         for stand_in in stand_ins or [str(folder / "src/lib.rs")]:
             (work / stand_in).parent.mkdir(parents=True, exist_ok=True)
             (work / stand_in).touch()
