@@ -4,8 +4,9 @@
 Crates come from a directory source, never from the network: Debian's packaged crates
 (`/usr/share/cargo/registry`, the `librust-*-dev` packages of the toolchain image) when they hold every
 dependency the manifests name, else the crates the trusted host fetcher downloaded (`envbuilder.cargo_fetch`)
-vendored at `/opt/cargo-vendor`. The recipe's one install step writes cargo's config.toml replacing crates.io
-with that directory. `build.rs` scripts and proc-macros are the repository's code: cargo compiles and runs them
+vendored at `/opt/cargo-vendor`. The recipe's first install step writes cargo's config.toml replacing crates.io
+with that directory; its last, `cargo fetch --offline`, resolves every dependency from it, so a crate it lacks
+ends the build `install_failed` naming it, before any test runs. `build.rs` scripts and proc-macros are the repository's code: cargo compiles and runs them
 only inside the sandbox, which has no network.
 
 Test ids are `<target>::<test path>`: the target is the source path cargo names for a test binary
