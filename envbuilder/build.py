@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from envbuilder.cargo_fetch import crates_debian_lacks, fetch_crates
 from envbuilder.env_agent import (NO_TESTS, NOT_REPRODUCIBLE, AgentRequest, present_targets, replay_recipe,
                                   run_env_agent, run_tests_once)
 from envbuilder.errors import SourceError, UnsupportedProject
@@ -32,7 +33,7 @@ from envbuilder.sources.patches import paths_outside_repo
 from envbuilder.wheelhouse import DependencyUnavailable
 from tasksynth.config import Config
 from tasksynth.docker.base_images import base_image, supported_pythons
-from tasksynth.docker.toolchains import node_modules_image, toolchain_image
+from tasksynth.docker.toolchains import node_modules_image, toolchain_image, vendored_crates_image
 from tasksynth.errors import ImageBuildFailed
 from verifiers.grading import INSTALL_FAILED, OK, TESTS_CRASHED
 
@@ -90,6 +91,9 @@ def build_candidate(config: Config, candidate: dict[str, Any]) -> BuildOutcome:
         if recipe.language == "javascript":
             node_modules, key = fetch_node_modules(config, tree)
             base = dataclasses.replace(base, tag=node_modules_image(config, base.tag, node_modules, key))
+        if recipe.language == "rust" and crates_debian_lacks(tree):
+            vendor, key = fetch_crates(config, tree)
+            base = dataclasses.replace(base, tag=vendored_crates_image(config, base.tag, vendor, key))
     except ImageBuildFailed as exc:
         return failed(BASE_IMAGE_FAILED, str(exc))
     except DependencyUnavailable as exc:

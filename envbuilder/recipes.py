@@ -36,7 +36,8 @@ RECIPE_SCHEMA = 1
 # Files whose contents decide the installed dependencies: the dependency fingerprint hashes them.
 DEPENDENCY_PATTERNS = ("pyproject.toml", "setup.py", "setup.cfg", "requirements*.txt", "requirements/*.txt",
                        "*requirements*.txt", "constraints*.txt", "tox.ini", "Pipfile", "Pipfile.lock", "poetry.lock",
-                       "uv.lock", "go.mod", "go.sum", "package.json", "package-lock.json")
+                       "uv.lock", "go.mod", "go.sum", "package.json", "package-lock.json",
+                       "Cargo.toml", "Cargo.lock", "*/Cargo.toml", "CMakeLists.txt")
 TEST_EXTRAS = ("test", "tests", "testing", "dev")
 DEFAULT_PYTHON = "3.11"
 PYTEST_COMMAND = ("python -m pytest -rA -p no:cacheprovider --continue-on-collection-errors "
@@ -204,7 +205,21 @@ PROVIDERS: list[RecipeProvider] = [user_recipe, fingerprint_recipe, heuristic_re
 # Languages other than Python (PROVIDERS): their providers, in order.
 LANGUAGE_PROVIDERS: dict[str, list[RecipeProvider]] = {
     "go": [user_recipe, fingerprint_recipe, lambda tree, context: go_recipe(tree, context)],
-    "javascript": [user_recipe, fingerprint_recipe, lambda tree, context: javascript_recipe(tree, context)]}
+    "javascript": [user_recipe, fingerprint_recipe, lambda tree, context: javascript_recipe(tree, context)],
+    "rust": [user_recipe, fingerprint_recipe, lambda tree, context: _rust_recipe(tree, context)],
+    "cpp": [user_recipe, fingerprint_recipe, lambda tree, context: _cpp_recipe(tree, context)]}
+
+
+def _rust_recipe(tree: SourceTree, context: RecipeContext) -> Recipe:
+    from envbuilder.runners_rust import rust_recipe  # the runner's module: it imports this one
+
+    return rust_recipe(tree, context)
+
+
+def _cpp_recipe(tree: SourceTree, context: RecipeContext) -> Recipe:
+    from envbuilder.runners_cpp import cpp_recipe
+
+    return cpp_recipe(tree, context)
 
 
 def go_recipe(tree: SourceTree, context: RecipeContext) -> Recipe:
@@ -235,16 +250,25 @@ def javascript_recipe(tree: SourceTree, context: RecipeContext) -> Recipe:
 
 def detect_language(tree: SourceTree, declared: str | None = None) -> str:
     """The language whose recipe builds the candidate: what its source declared, unless it said Python (the
-    default) of a repository that has a go.mod and no Python metadata."""
+    default) of a repository that has a go.mod, package.json, Cargo.toml or CMakeLists.txt and no Python
+    metadata."""
+    files = set(tree.files)
+    if declared in ("rust", "cpp") and {"pyproject.toml", "setup.py", "setup.cfg"} & files:
+        return "python"  # a Python package with a native extension: its tests are Python's
     if declared and declared != "python":
         return declared
-    files = set(tree.files)
     python_metadata = {"pyproject.toml", "setup.py", "setup.cfg"} & files or any(
         f.endswith(".py") for f in files)
     if "go.mod" in files and not python_metadata:
         return "go"
     if "package.json" in files and not python_metadata:
         return "javascript"
+    # Rust and C/C++ repositories often carry helper scripts in Python: only Python's metadata files say Python
+    python_package = {"pyproject.toml", "setup.py", "setup.cfg"} & files
+    if "Cargo.toml" in files and not python_package:
+        return "rust"
+    if "CMakeLists.txt" in files and not python_package:
+        return "cpp"
     return "python"
 
 

@@ -99,3 +99,5 @@ def runner_for(name: str) -> TestRunner:
     return RUNNERS[name]
 import envbuilder.runners_go  # noqa: E402,F401 - registers the Go runner (`gotest`) in RUNNERS
 import envbuilder.runners_js  # noqa: E402,F401 - registers the JavaScript runner (`mocha`) in RUNNERS
+import envbuilder.runners_rust  # noqa: E402,F401 - registers the Rust runner (`cargo`) in RUNNERS
+import envbuilder.runners_cpp  # noqa: E402,F401 - registers the C/C++ runner (`ctest`) in RUNNERS

@@ -81,6 +81,10 @@ class CodeConfig:
     # The npm registry the trusted fetcher's `npm ci --ignore-scripts` uses (envbuilder.npm_fetch); empty: npm's own
     # configuration (.npmrc, NPM_CONFIG_REGISTRY), else registry.npmjs.org.
     npm_registry: str = ""
+    # The crates.io mirror the trusted fetcher's `cargo fetch` uses for crates Debian's packages lack
+    # (envbuilder.cargo_fetch): a sparse index URL (`sparse+https://...`, or plain https) or a git index ending
+    # in .git; empty: crates.io.
+    cargo_registry: str = ""
 
 
 @dataclass

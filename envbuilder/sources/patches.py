@@ -18,10 +18,12 @@ TEST_FILE_PATTERNS = {
     "javascript": ["*.test.js", "*.spec.js", "*.test.ts", "*.spec.ts", "*.test.jsx", "*.test.tsx"],
     "java": ["*Test.java", "*Tests.java", "*IT.java"],
     "rust": [],  # Rust tests live in tests/ or inline; tests/ is covered by the directory rule
+    "cpp": ["*_test.cc", "*_test.cpp", "*_unittest.cc", "test_*.cc", "test_*.cpp"],
 }
 LANGUAGE_EXTENSIONS = {
     ".py": "python", ".pyi": "python", ".go": "go", ".js": "javascript", ".ts": "javascript",
     ".jsx": "javascript", ".tsx": "javascript", ".java": "java", ".rs": "rust",
+    ".c": "cpp", ".cc": "cpp", ".cpp": "cpp", ".cxx": "cpp", ".h": "cpp", ".hh": "cpp", ".hpp": "cpp",
 }
 DOC_EXTENSIONS = {".md", ".rst", ".txt", ".adoc"}
 DOC_DIRS = {"docs", "doc", "documentation"}

@@ -28,6 +28,21 @@ TOOLCHAIN_PACKAGES: dict[str, list[str]] = {
     # `name/bookworm`: Debian's own build, even where the host has another source's nodejs installed
     "javascript": ["nodejs/bookworm", "libnode108/bookworm", "libc-ares2", "libicu72", "libuv1", "node-acorn",
                    "node-busboy", "node-cjs-module-lexer", "node-undici", "node-xtend"],
+    # rustc 1.63 and cargo with gcc as the linker; Debian's crates (`librust-*-dev`) under
+    # /usr/share/cargo/registry are the offline crate source (envbuilder.runners_rust)
+    "rust": ["cargo", "rustc", "libstd-rust-1.63", "libstd-rust-dev", "libllvm14", "libgit2-1.5", "libhttp-parser2.9",
+             "libmbedcrypto7", "libmbedx509-1", "libmbedtls14", "libz3-4", "libedit2", "libbsd0", "libicu72",
+             "libxml2", "binutils", "binutils-common", "binutils-x86-64-linux-gnu", "libbinutils", "libctf0",
+             "libctf-nobfd0", "libgprofng0", "libjansson4", "gcc", "gcc-12", "cpp", "cpp-12", "libgcc-12-dev",
+             "libcc1-0", "libgomp1", "libitm1", "libatomic1", "libasan8", "liblsan0", "libtsan2", "libubsan1",
+             "libquadmath0", "libisl23", "libmpfr6", "libmpc3", "librust-hex-dev"],
+    # CMake 3.25 (ctest --output-junit), g++ 12, make and ninja; libfmt-dev a packaged library to link against
+    "cpp": ["cmake", "cmake-data", "g++", "g++-12", "libstdc++-12-dev", "make", "ninja-build", "libarchive13",
+            "libcurl4", "libjsoncpp25", "librhash0", "libuv1", "libicu72", "libxml2", "binutils", "binutils-common",
+            "binutils-x86-64-linux-gnu", "libbinutils", "libctf0", "libctf-nobfd0", "libgprofng0", "libjansson4",
+            "gcc", "gcc-12", "cpp", "cpp-12", "libgcc-12-dev", "libcc1-0", "libgomp1", "libitm1", "libatomic1",
+            "libasan8", "liblsan0", "libtsan2", "libubsan1", "libquadmath0", "libisl23", "libmpfr6", "libmpc3",
+            "libfmt9", "libfmt-dev"],
 }
 # What a recipe of the language sets for its runs: Go in GOPATH mode over Debian's library sources (go.mod is
 # not read: no module proxy is reachable), its build cache in the run's scratch /tmp.
@@ -35,6 +50,12 @@ TOOLCHAIN_ENV: dict[str, dict[str, str]] = {
     "go": {"GO111MODULE": "off", "GOPATH": "/usr/share/gocode", "GOCACHE": "/tmp/gocache", "GOFLAGS": "",
            "CGO_ENABLED": "0"},
     "javascript": {},
+    # Rust: cargo's home (its config.toml names the offline crate source) in the home tree, which a validation
+    # run may write; the build output in the run's scratch /tmp, so a checkout stays as the image has it.
+    "rust": {"CARGO_HOME": "/home/tester/.cargo", "CARGO_TARGET_DIR": "/tmp/cargo-target",
+             "CARGO_NET_OFFLINE": "true", "CARGO_TERM_COLOR": "never"},
+    # C/C++: the build tree in the run's scratch /tmp (configured afresh by each run)
+    "cpp": {"CTEST_OUTPUT_ON_FAILURE": "1"},
 }
 
 
@@ -115,4 +136,25 @@ def node_modules_image(config: Config, toolchain_tag: str, node_modules: Path, k
         if result.returncode != 0:
             tail = "\n".join(((result.stdout or "") + (result.stderr or "")).strip().splitlines()[-12:])
             raise ImageBuildFailed(f"copying the project's node_modules into an image failed:\n{tail}")
+    return tag
+
+
+def vendored_crates_image(config: Config, toolchain_tag: str, vendor: Path, key: str) -> str:
+    """The Rust toolchain image with the crates the host fetched (`envbuilder.cargo_fetch`) at /opt/cargo-vendor,
+    copied in by a build without network. Tag: `tasksynth/toolchain:crates-<key>`."""
+    tag = f"tasksynth/toolchain:crates-{content_hash(TOOLCHAIN_VERSION, toolchain_tag, key, length=12)}"
+    with image_lock(config, tag):
+        if image_exists(tag):
+            return tag
+        with tempfile.TemporaryDirectory(prefix="tasksynth-crates-") as tmp:
+            context = Path(tmp)
+            shutil.copytree(vendor, context / "vendor", symlinks=True)
+            (context / "Dockerfile").write_text("\n".join([
+                f"FROM {toolchain_tag}", "COPY vendor /opt/cargo-vendor",
+                f"LABEL {MANAGED_LABEL}=true org.tasksynth.layer=toolchain org.tasksynth.language=rust"]) + "\n")
+            result = docker("build", "--network", "none", "--force-rm", "-t", tag, str(context), check=False,
+                            timeout=config.docker.build_timeout_s)
+        if result.returncode != 0:
+            tail = "\n".join(((result.stdout or "") + (result.stderr or "")).strip().splitlines()[-12:])
+            raise ImageBuildFailed(f"copying the fetched crates into an image failed:\n{tail}")
     return tag

@@ -75,8 +75,8 @@ def test_a_user_recipe_file_wins_over_the_heuristic(tmp_path):
 
 
 def test_other_languages_have_no_recipe_yet(tmp_path):
-    with pytest.raises(UnsupportedProject, match="no recipe for rust projects"):
-        find_recipe(tree_of(tmp_path, {"src/main.rs": ""}), RecipeContext("t/proj", AVAILABLE), language="rust")
+    with pytest.raises(UnsupportedProject, match="no recipe for haskell projects"):
+        find_recipe(tree_of(tmp_path, {"src/Main.hs": ""}), RecipeContext("t/proj", AVAILABLE), language="haskell")
 
 
 def test_go_and_javascript_are_detected_and_get_their_recipes(tmp_path):
