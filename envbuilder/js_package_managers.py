@@ -103,8 +103,8 @@ def detect_package_manager(tree: SourceTree) -> PackageManager:
         return PackageManager("yarn", version, LOCK_FILES["yarn"], f"yarn.lock (v1): yarn {version}")
     if tree.read(LOCK_FILES["npm"]) is not None:
         return PackageManager("npm", "", LOCK_FILES["npm"], "package-lock.json: npm ci")
-    raise UnsupportedProject("a JavaScript project without a lock file (package-lock.json, yarn.lock or "
-                             "pnpm-lock.yaml): its dependencies cannot be installed reproducibly")
+    raise UnsupportedProject("a JavaScript project without package-lock.json, yarn.lock or pnpm-lock.yaml: its "
+                             "dependencies cannot be installed reproducibly without a lock file")
 
 
 def fetch_dependencies(config: Config, tree: SourceTree, reporters: list[str] = ()) -> FetchedDependencies:

@@ -85,7 +85,7 @@ def test_what_cannot_be_served_honestly_is_refused_with_the_reason(tmp_path):
     with pytest.raises(UnsupportedProject, match="workspace"):
         recipe_of(tmp_path, "d", {"package.json": json.dumps({**JEST_PACKAGE, "workspaces": ["packages/*"]}),
                                   "yarn.lock": YARN_V1_LOCK})
-    with pytest.raises(UnsupportedProject, match="without a lock file"):
+    with pytest.raises(UnsupportedProject, match="without package-lock.json, yarn.lock or pnpm-lock"):
         recipe_of(tmp_path, "e", {"package.json": json.dumps(JEST_PACKAGE)})
     with pytest.raises(UnsupportedProject, match="no JavaScript test runner"):
         recipe_of(tmp_path, "f", {"package.json": json.dumps({"name": "x", "dependencies": {"lodash": "1"}}),
