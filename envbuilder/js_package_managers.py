@@ -54,6 +54,7 @@ FETCH_TIMEOUT_S = 900
 _YARN_V1_HEADER = re.compile(r"^# yarn lockfile v1\s*$", re.M)
 _PNPM_LOCKFILE_VERSION = re.compile(r"""^lockfileVersion:\s*['"]?(\d+)(?:\.\d+)?['"]?\s*$""", re.M)
 _EXACT_VERSION = re.compile(r"^(\d+)\.\d+\.\d+$")
+_YARN_DEFAULT_REGISTRY = re.compile(r'^(\s+resolved )"https://registry\.(?:yarnpkg\.com|npmjs\.org)/', re.M)
 
 
 @dataclass(frozen=True)
@@ -189,8 +190,7 @@ def _fetch_with(config: Config, tree: SourceTree, manager: PackageManager) -> tu
         return folder / "node_modules", key
     command = manager_command(config, manager)
     registry = config.code.npm_registry
-    env = {**os.environ, "CI": "true", **({"npm_config_registry": registry, "YARN_REGISTRY": registry}
-                                           if registry else {})}
+    env = {**os.environ, "CI": "true", **({"npm_config_registry": registry} if registry else {})}
     if manager.name == "yarn":
         command += ["install", "--frozen-lockfile", "--ignore-scripts", "--ignore-engines", "--non-interactive",
                     "--no-progress", "--silent"]
@@ -199,6 +199,11 @@ def _fetch_with(config: Config, tree: SourceTree, manager: PackageManager) -> tu
                     "--config.manage-package-manager-versions=false", "--config.confirmModulesPurge=false",
                     *([f"--registry={registry}"] if registry else [])]
     folder.parent.mkdir(parents=True, exist_ok=True)
+    if manager.name == "yarn" and registry:
+        # yarn v1 downloads from the URLs its lock file names, whatever the configured registry; the integrity
+        # hashes beside them still check what the mirror serves
+        lock = _YARN_DEFAULT_REGISTRY.sub(lambda m: f'{m.group(1)}"{registry.rstrip("/")}/', lock or "")
+        command.append(f"--registry={registry}")
     with tempfile.TemporaryDirectory(prefix=f"tasksynth-{manager.name}-", dir=folder.parent) as tmp:
         work = Path(tmp)
         (work / "package.json").write_text(package or "")

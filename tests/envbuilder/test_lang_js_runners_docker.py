@@ -16,7 +16,7 @@ import pytest
 from envbuilder.build import build_candidate
 from envbuilder.errors import UnsupportedProject
 from envbuilder.js_package_managers import (REPORTER_PINS, PackageManager, detect_package_manager,
-                                            install_script_steps, manager_command)
+                                            fetch_dependencies, install_script_steps, manager_command)
 from envbuilder.recipes import RecipeContext, find_recipe
 from envbuilder.repos import SourceTree
 from envbuilder.runners import runner_for
@@ -114,6 +114,69 @@ def test_dependency_lifecycle_scripts_become_sandbox_steps_and_native_addons_are
         install_script_steps(modules)
 
 
+@pytest.fixture
+def mirror(tmp_path):
+    """A loopback npm mirror serving one package of our own (`tasksynth-fixture-half`), recording what it was
+    asked for; (its URL, the requested paths, the tarball's sha1 and sha512 integrity)."""
+    import base64
+    import hashlib
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    package = tmp_path / "pkg"
+    package.mkdir()
+    (package / "package.json").write_text(json.dumps({"name": "tasksynth-fixture-half", "version": "1.0.0"}))
+    (package / "index.js").write_text("exports.half = (x) => x / 2;\n")
+    name = subprocess.run(["npm", "pack", "--silent"], cwd=package, capture_output=True, text=True, check=True,
+                          timeout=120).stdout.strip().splitlines()[-1]
+    tarball = (package / name).read_bytes()
+    requested: list[str] = []
+
+    class Mirror(BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 - the http.server hook
+            requested.append(self.path)
+            found = self.path == "/tasksynth-fixture-half/-/tasksynth-fixture-half-1.0.0.tgz"
+            self.send_response(200 if found else 404)
+            self.send_header("Content-Length", str(len(tarball) if found else 0))
+            self.end_headers()
+            if found:
+                self.wfile.write(tarball)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Mirror)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield (f"http://127.0.0.1:{server.server_port}/", requested, hashlib.sha1(tarball).hexdigest(),
+           "sha512-" + base64.b64encode(hashlib.sha512(tarball).digest()).decode())
+    server.shutdown()
+
+
+def test_yarn_fetches_through_the_configured_mirror_with_scripts_off(tmp_path, mirror, monkeypatch):
+    url, requested, sha1, integrity = mirror
+    monkeypatch.setenv("YARN_CACHE_FOLDER", str(tmp_path / "yarn-cache"))  # nothing from an earlier run's cache
+    lock = (YARN_V1_LOCK + "tasksynth-fixture-half@1.0.0:\n  version \"1.0.0\"\n"
+            "  resolved \"https://registry.yarnpkg.com/tasksynth-fixture-half/-/tasksynth-fixture-half-1.0.0.tgz"
+            f'#{sha1}"\n  integrity {integrity}\n')
+    package = {"name": "m", "version": "1.0.0", "dependencies": {"tasksynth-fixture-half": "1.0.0"},
+               "scripts": {"postinstall": "touch HOST_RAN_A_SCRIPT"}}
+    tree = tree_of(tmp_path, "m", {"package.json": json.dumps(package), "yarn.lock": lock})
+    from tasksynth.config import load_config
+
+    home = {"TASKSYNTH_HOME": str(tmp_path / "home")}
+    manager_command(load_config(environ=home), detect_package_manager(tree))  # yarn, from npm's registry, once
+    config = load_config(environ={**home, "TASKSYNTH_CODE__NPM_REGISTRY": url})  # now a mirror for the packages
+
+    fetched = fetch_dependencies(config, tree)
+    assert fetched.manager.name == "yarn"
+    assert "/tasksynth-fixture-half/-/tasksynth-fixture-half-1.0.0.tgz" in requested  # the mirror, not the lock's URL
+    assert (fetched.node_modules / "tasksynth-fixture-half" / "index.js").read_text() == \
+        "exports.half = (x) => x / 2;\n"
+    assert not list(config.home_path.rglob("HOST_RAN_A_SCRIPT"))
+    assert fetch_dependencies(config, tree).node_modules == fetched.node_modules  # cached by the lock file
+    assert requested.count("/tasksynth-fixture-half/-/tasksynth-fixture-half-1.0.0.tgz") == 1
+
+
 JEST_REPORT = """<?xml version="1.0" encoding="UTF-8"?>
 <testsuites name="jest tests" tests="2" failures="1" errors="0" time="1.0">
   <testsuite name="half" errors="0" failures="1" skipped="0" time="0.9" tests="2">
@@ -195,8 +258,8 @@ describe('half', () => {
 
 
 @pytest.mark.docker
-def test_a_jest_repository_installed_with_yarn_builds_and_validates(tmp_path, flow_config, local_index,
-                                                                    manager_config):
+def test_a_jest_repository_installed_with_yarn_builds_and_validates(
+        tmp_path, flow_config, local_index, manager_config):  # noqa: F811 - the imported fixture
     lock = resolved_lock(manager_config, tmp_path / "lock", JEST_PACKAGE,
                          PackageManager("yarn", "1.22.22", "yarn.lock", ""))
     first = {"package.json": json.dumps(JEST_PACKAGE, indent=2) + "\n", "yarn.lock": lock,
@@ -232,8 +295,8 @@ describe('half', () => {
 
 
 @pytest.mark.docker
-def test_a_typescript_vitest_repository_installed_with_pnpm_builds_and_validates(tmp_path, flow_config,
-                                                                                 local_index, manager_config):
+def test_a_typescript_vitest_repository_installed_with_pnpm_builds_and_validates(
+        tmp_path, flow_config, local_index, manager_config):  # noqa: F811 - the imported fixture
     lock = resolved_lock(manager_config, tmp_path / "lock", VITEST_PACKAGE,
                          PackageManager("pnpm", "9.15.9", "pnpm-lock.yaml", ""))
     first = {"package.json": json.dumps(VITEST_PACKAGE, indent=2) + "\n", "pnpm-lock.yaml": lock,
