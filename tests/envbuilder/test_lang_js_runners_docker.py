@@ -30,7 +30,7 @@ JEST_PACKAGE = {"name": "halfjest", "version": "1.0.0", "private": True, "script
                 "dependencies": {"lodash": "4.17.21"}, "devDependencies": {"jest": "29.7.0"}}
 VITEST_PACKAGE = {"name": "halfvite", "version": "1.0.0", "private": True, "type": "module",
                   "scripts": {"test": "vitest run"}, "dependencies": {"lodash-es": "4.17.21"},
-                  "devDependencies": {"vitest": "1.6.0", "typescript": "5.4.5", "@types/lodash-es": "4.17.12"}}
+                  "devDependencies": {"vitest": "1.6.0"}}  # vitest compiles TypeScript itself (esbuild)
 TSCONFIG = json.dumps({"compilerOptions": {"target": "ES2020", "module": "ESNext", "moduleResolution": "bundler",
                                            "strict": True, "noEmit": True}})
 
