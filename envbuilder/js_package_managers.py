@@ -19,7 +19,8 @@ A JUnit reporter the project does not depend on itself (jest-junit, mocha-junit-
 into `<home>/js-tools/reporters-<hash>` and copied into the same layer at `/opt/js-reporters`, never into the
 repository. Dependencies that have lifecycle scripts (`preinstall`, `install`, `postinstall`; esbuild's binary
 check is the common one) are listed after the fetch: their scripts become steps of the environment layer, which
-run in the sandbox without network; a native addon that needs compiling (`binding.gyp`, node-gyp) cannot be
+run in the sandbox without network (the repository's own `preinstall`/`install`/`postinstall` too, in the
+instance layer, where its checkout is); a native addon that needs compiling (`binding.gyp`, node-gyp) cannot be
 built there (no compiler in the image) and makes the project unsupported, saying which package.
 """
 
@@ -167,6 +168,16 @@ def install_script_steps(node_modules: Path) -> list[str]:
     return steps
 
 
+def root_script_steps(tree: SourceTree) -> list[str]:
+    """The repository's own install lifecycle scripts (`preinstall`, `install`, `postinstall`, what npm runs
+    after installing; `prepare`, a build step, is left out) as steps of the instance layer, which run in the
+    sandbox without network in the checkout, dependencies linked at node_modules."""
+    scripts = _package_json(tree).get("scripts")
+    scripts = scripts if isinstance(scripts, dict) else {}
+    return [f"PATH=/testbed/node_modules/.bin:$PATH npm_lifecycle_event={name} sh -c {shlex.quote(str(scripts[name]))}"
+            for name in LIFECYCLE_SCRIPTS if scripts.get(name)]
+
+
 def _installed_packages(node_modules: Path) -> list[Path]:
     """Every package folder under node_modules (nested ones and pnpm's .pnpm store included), links not followed,
     each real folder once, sorted."""
@@ -272,8 +283,10 @@ def javascript_image(config: Config, tree: SourceTree, recipe, toolchain_tag: st
     reporters = [name for name in REPORTER_PINS if f"{REPORTERS_MOUNT}/node_modules/{name}" in recipe.test_command]
     fetched = fetch_dependencies(config, tree, reporters)
     steps = [step for step in fetched.install_scripts if step not in recipe.env_steps]
+    # the sandboxed user owns the dependencies: lifecycle scripts (theirs, the repository's: patch-package) write
+    # there while the layers are built; a validation's root file system is read-only
     tag = node_modules_image(config, toolchain_tag, fetched.node_modules, fetched.key, reporters=fetched.reporters,
-                             owner=f"{UID}:{UID}" if fetched.install_scripts else None)
+                             owner=f"{UID}:{UID}")
     if steps:
         recipe = dataclasses.replace(recipe, env_steps=[*steps, *recipe.env_steps], notes=[
             *recipe.notes, f"{len(steps)} lifecycle scripts of dependencies run in the sandbox, without network"])

@@ -224,12 +224,13 @@ def javascript_recipe(tree: SourceTree, context: RecipeContext) -> Recipe:
     project's package manager (npm, yarn, pnpm) and scripts off (`envbuilder.js_package_managers`) at
     /opt/node_modules, linked into each checkout; mocha, jest or vitest with a JUnit reporter runs the tests
     (`envbuilder.runners_js`)."""
-    from envbuilder.js_package_managers import detect_package_manager
+    from envbuilder.js_package_managers import detect_package_manager, root_script_steps
     from envbuilder.runners_js import javascript_tests
 
     manager = detect_package_manager(tree)
     tests = javascript_tests(tree)
-    return Recipe(env_steps=["node --version"], instance_steps=["ln -sfn /opt/node_modules /testbed/node_modules"],
+    return Recipe(env_steps=["node --version"],
+                  instance_steps=["ln -sfn /opt/node_modules /testbed/node_modules", *root_script_steps(tree)],
                   test_runner=tests.runner, test_command=tests.command, language="javascript",
                   dependency_files=dependency_files(tree),
                   notes=[f"package.json found: JavaScript; dependencies from {manager.why}", *tests.notes])

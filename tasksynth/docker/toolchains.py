@@ -101,8 +101,8 @@ def node_modules_image(config: Config, toolchain_tag: str, node_modules: Path, k
                        reporters: Path | None = None, owner: str | None = None) -> str:
     """The JavaScript toolchain image with a project's dependencies at /opt/node_modules (fetched by the host,
     `envbuilder.npm_fetch`, `envbuilder.js_package_managers`), copied in by a build without network; the JUnit
-    reporters the project lacks at /opt/js-reporters/node_modules; `owner` (`uid:gid`) owns the dependencies when
-    the sandboxed install must run their lifecycle scripts. Tag: `tasksynth/toolchain:npm-<key>`."""
+    reporters the project lacks at /opt/js-reporters/node_modules; `owner` (`uid:gid`) owns the dependencies, so
+    that lifecycle scripts run by the sandboxed user can write there. Tag: `tasksynth/toolchain:npm-<key>`."""
     extra = [] if reporters is None and owner is None else [reporters.parent.name if reporters else None, owner]
     tag = f"tasksynth/toolchain:npm-{content_hash(TOOLCHAIN_VERSION, toolchain_tag, key, *extra, length=12)}"
     with image_lock(config, tag):

@@ -251,10 +251,13 @@ def build_and_validate(config, candidate, label: str):
 
 JEST_TEST = """const _ = require('lodash');
 const { half } = require('../half');
+const stamp = require('../stamp.json');  // written by the repository's own postinstall script
 
 describe('half', () => {
-  it('halves evens', () => expect(half(_.identity(4))).toBe(2));
+  it('halves evens', () => expect(half(_.identity(stamp.four))).toBe(2));
 """
+# The repository's own postinstall: run in the sandbox's instance layer (never on the host), where its checkout is.
+STAMP_SCRIPT = "require('fs').writeFileSync('stamp.json', JSON.stringify({four: 4}));\n"
 
 
 @pytest.mark.docker
@@ -262,7 +265,8 @@ def test_a_jest_repository_installed_with_yarn_builds_and_validates(
         tmp_path, flow_config, local_index, manager_config):  # noqa: F811 - the imported fixture
     lock = resolved_lock(manager_config, tmp_path / "lock", JEST_PACKAGE,
                          PackageManager("yarn", "1.22.22", "yarn.lock", ""))
-    first = {"package.json": json.dumps(JEST_PACKAGE, indent=2) + "\n", "yarn.lock": lock,
+    package = {**JEST_PACKAGE, "scripts": {**JEST_PACKAGE["scripts"], "postinstall": "node scripts/stamp.js"}}
+    first = {"package.json": json.dumps(package, indent=2) + "\n", "yarn.lock": lock, "scripts/stamp.js": STAMP_SCRIPT,
              "half.js": "exports.half = (x) => Math.floor(x / 2);\n", "test/half.test.js": JEST_TEST + "});\n"}
     fixed = {"half.js": "exports.half = (x) => x / 2;\n",
              "test/half.test.js": JEST_TEST + "  describe('odd', () => {\n"
@@ -275,6 +279,8 @@ def test_a_jest_repository_installed_with_yarn_builds_and_validates(
     built, outcome = build_and_validate(config, candidate, "javascript jest+yarn")
     assert (built.environment["language"], built.instance["test_runner"]) == ("javascript", "jest")
     assert any("yarn.lock (v1)" in note for note in built.environment["recipe"]["notes"])
+    assert "sh -c 'node scripts/stamp.js'" in built.environment["recipe"]["instance_steps"][-1]
+    assert not (Path(candidate["repo_url"]) / "stamp.json").exists()  # not run on the host
     assert (Path(config.home) / "js-tools" / "yarn-1.22.22").is_dir()  # the manager, from the npm registry
     # jest-junit is no dependency of the repository: the fetcher added it beside, pinned, not into the checkout
     reporters = next((Path(config.home) / "js-tools").glob("reporters-*"))
