@@ -26,6 +26,7 @@ built there (no compiler in the image) and makes the project unsupported, saying
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -33,14 +34,19 @@ import shlex
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from envbuilder.errors import UnsupportedProject
 from envbuilder.repos import SourceTree
 from envbuilder.wheelhouse import DependencyUnavailable
 from tasksynth.config import Config
 from tasksynth.hashing import content_hash
+
+if TYPE_CHECKING:
+    from envbuilder.recipes import Recipe
 
 NODE_MODULES_MOUNT = "/opt/node_modules"  # where the layer puts the project's node_modules
 REPORTERS_MOUNT = "/opt/js-reporters"  # where the layer puts the reporters the project lacks
@@ -109,7 +115,7 @@ def detect_package_manager(tree: SourceTree) -> PackageManager:
                              "dependencies cannot be installed reproducibly without a lock file")
 
 
-def fetch_dependencies(config: Config, tree: SourceTree, reporters: list[str] = ()) -> FetchedDependencies:
+def fetch_dependencies(config: Config, tree: SourceTree, reporters: Sequence[str] = ()) -> FetchedDependencies:
     """The commit's dependencies installed by its package manager on the host with scripts off (once per lock
     file), the missing `reporters` beside them, and the lifecycle scripts the sandbox must run."""
     manager = detect_package_manager(tree)
@@ -131,7 +137,7 @@ def manager_command(config: Config, manager: PackageManager) -> list[str]:
     return ["node", str(folder / "node_modules" / entry)]
 
 
-def fetch_reporters(config: Config, names: list[str]) -> Path:
+def fetch_reporters(config: Config, names: Sequence[str]) -> Path:
     """A node_modules holding the pinned `names` (jest-junit, mocha-junit-reporter) and what they need."""
     unknown = sorted(set(names) - set(REPORTER_PINS))
     if unknown:
@@ -272,12 +278,10 @@ def _package_json(tree: SourceTree) -> dict:
     return data
 
 
-def javascript_image(config: Config, tree: SourceTree, recipe, toolchain_tag: str):
+def javascript_image(config: Config, tree: SourceTree, recipe: Recipe, toolchain_tag: str) -> tuple[str, Recipe]:
     """(the image holding the commit's dependencies and the reporters `recipe`'s test command names, the recipe
     with the dependencies' lifecycle scripts as its first environment steps) for a JavaScript recipe."""
-    import dataclasses
-
-    from envbuilder.images import UID
+    from envbuilder.images import UID  # images -> recipes -> this module: imported when used
     from tasksynth.docker.toolchains import node_modules_image
 
     reporters = [name for name in REPORTER_PINS if f"{REPORTERS_MOUNT}/node_modules/{name}" in recipe.test_command]
