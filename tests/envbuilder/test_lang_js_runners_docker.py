@@ -152,29 +152,45 @@ def mirror(tmp_path):
     server.shutdown()
 
 
-def test_yarn_fetches_through_the_configured_mirror_with_scripts_off(tmp_path, mirror, monkeypatch):
-    url, requested, sha1, integrity = mirror
-    monkeypatch.setenv("YARN_CACHE_FOLDER", str(tmp_path / "yarn-cache"))  # nothing from an earlier run's cache
-    lock = (YARN_V1_LOCK + "tasksynth-fixture-half@1.0.0:\n  version \"1.0.0\"\n"
-            "  resolved \"https://registry.yarnpkg.com/tasksynth-fixture-half/-/tasksynth-fixture-half-1.0.0.tgz"
-            f'#{sha1}"\n  integrity {integrity}\n')
-    package = {"name": "m", "version": "1.0.0", "dependencies": {"tasksynth-fixture-half": "1.0.0"},
-               "scripts": {"postinstall": "touch HOST_RAN_A_SCRIPT"}}
-    tree = tree_of(tmp_path, "m", {"package.json": json.dumps(package), "yarn.lock": lock})
+def mirrored_lock(manager: str, sha1: str, integrity: str) -> tuple[str, str]:
+    """(lock file name, text) naming the mirror's package as its manager writes it (yarn: the registry's URL)."""
+    if manager == "yarn":
+        return "yarn.lock", (YARN_V1_LOCK + "tasksynth-fixture-half@1.0.0:\n  version \"1.0.0\"\n"
+                             "  resolved \"https://registry.yarnpkg.com/tasksynth-fixture-half/-/"
+                             f'tasksynth-fixture-half-1.0.0.tgz#{sha1}"\n  integrity {integrity}\n')
+    return "pnpm-lock.yaml", ("lockfileVersion: '9.0'\n\nsettings:\n  autoInstallPeers: true\n"
+                              "  excludeLinksFromLockfile: false\n\nimporters:\n\n  .:\n    dependencies:\n"
+                              "      tasksynth-fixture-half:\n        specifier: 1.0.0\n        version: 1.0.0\n\n"
+                              "packages:\n\n  tasksynth-fixture-half@1.0.0:\n"
+                              f"    resolution: {{integrity: {integrity}}}\n\n"
+                              "snapshots:\n\n  tasksynth-fixture-half@1.0.0: {}\n")
+
+
+@pytest.mark.parametrize("manager", ["yarn", "pnpm"])
+def test_the_managers_fetch_through_the_configured_mirror_with_scripts_off(tmp_path, mirror, monkeypatch, manager):
     from tasksynth.config import load_config
 
+    url, requested, sha1, integrity = mirror
+    # nothing from an earlier run's cache: the package must come from the mirror
+    monkeypatch.setenv("YARN_CACHE_FOLDER", str(tmp_path / "yarn-cache"))
+    monkeypatch.setenv("npm_config_store_dir", str(tmp_path / "pnpm-store"))
+    lock_file, lock = mirrored_lock(manager, sha1, integrity)
+    package = {"name": "m", "version": "1.0.0", "dependencies": {"tasksynth-fixture-half": "1.0.0"},
+               "scripts": {"postinstall": "touch HOST_RAN_A_SCRIPT"}}
+    tree = tree_of(tmp_path, "m", {"package.json": json.dumps(package), lock_file: lock})
     home = {"TASKSYNTH_HOME": str(tmp_path / "home")}
-    manager_command(load_config(environ=home), detect_package_manager(tree))  # yarn, from npm's registry, once
+    manager_command(load_config(environ=home), detect_package_manager(tree))  # the manager, from npm's registry
     config = load_config(environ={**home, "TASKSYNTH_CODE__NPM_REGISTRY": url})  # now a mirror for the packages
 
     fetched = fetch_dependencies(config, tree)
-    assert fetched.manager.name == "yarn"
-    assert "/tasksynth-fixture-half/-/tasksynth-fixture-half-1.0.0.tgz" in requested  # the mirror, not the lock's URL
+    assert fetched.manager.name == manager
+    tarball = "/tasksynth-fixture-half/-/tasksynth-fixture-half-1.0.0.tgz"
+    assert tarball in requested  # the mirror, not the registry a lock file names
     assert (fetched.node_modules / "tasksynth-fixture-half" / "index.js").read_text() == \
         "exports.half = (x) => x / 2;\n"
     assert not list(config.home_path.rglob("HOST_RAN_A_SCRIPT"))
     assert fetch_dependencies(config, tree).node_modules == fetched.node_modules  # cached by the lock file
-    assert requested.count("/tasksynth-fixture-half/-/tasksynth-fixture-half-1.0.0.tgz") == 1
+    assert requested.count(tarball) == 1
 
 
 JEST_REPORT = """<?xml version="1.0" encoding="UTF-8"?>
