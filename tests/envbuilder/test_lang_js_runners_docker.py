@@ -60,6 +60,11 @@ def test_the_manager_and_the_runner_follow_the_lock_file_and_package_json(tmp_pa
     assert "--reporters=jest-junit" in recipe_of(tmp_path, "k", {"package.json": json.dumps(own_reporter),
                                                                  "yarn.lock": YARN_V1_LOCK}).test_command
 
+    mocha = recipe_of(tmp_path, "m", {"package.json": json.dumps({"devDependencies": {"mocha": "10.2.0"}}),
+                                      "package-lock.json": "{}"})
+    assert mocha.test_runner == "mocha"
+    assert mocha.test_command.endswith("--reporter /opt/js-reporters/node_modules/mocha-junit-reporter")
+
     vitest = recipe_of(tmp_path, "v", {"package.json": json.dumps(VITEST_PACKAGE), "tsconfig.json": TSCONFIG,
                                        "pnpm-lock.yaml": "lockfileVersion: '9.0'\n"})
     assert vitest.test_runner == "vitest"
