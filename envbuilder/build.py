@@ -24,7 +24,7 @@ from envbuilder.env_agent import (NO_TESTS, NOT_REPRODUCIBLE, AgentRequest, pres
 from envbuilder.errors import SourceError, UnsupportedProject
 from envbuilder.images import (LayerBuild, build_environment, build_instance, environment_id, environment_tag,
                                image_bytes)
-from envbuilder.npm_fetch import fetch_node_modules
+from envbuilder.js_package_managers import javascript_image
 from envbuilder.recipes import (Recipe, RecipeContext, dependency_fingerprint, detect_language, find_recipe,
                                 save_fingerprint_recipe)
 from envbuilder.repos import SourceTree, has_commit
@@ -33,7 +33,7 @@ from envbuilder.sources.patches import paths_outside_repo
 from envbuilder.wheelhouse import DependencyUnavailable
 from tasksynth.config import Config
 from tasksynth.docker.base_images import base_image, supported_pythons
-from tasksynth.docker.toolchains import node_modules_image, toolchain_image, vendored_crates_image
+from tasksynth.docker.toolchains import toolchain_image, vendored_crates_image
 from tasksynth.errors import ImageBuildFailed
 from verifiers.grading import INSTALL_FAILED, OK, TESTS_CRASHED
 
@@ -89,8 +89,8 @@ def build_candidate(config: Config, candidate: dict[str, Any]) -> BuildOutcome:
         if recipe.language != "python":
             base = dataclasses.replace(base, tag=toolchain_image(config, base.tag, recipe.language))
         if recipe.language == "javascript":
-            node_modules, key = fetch_node_modules(config, tree)
-            base = dataclasses.replace(base, tag=node_modules_image(config, base.tag, node_modules, key))
+            js_tag, recipe = javascript_image(config, tree, recipe, base.tag)
+            base = dataclasses.replace(base, tag=js_tag)
         if recipe.language == "rust" and crates_debian_lacks(tree):
             vendor, key = fetch_crates(config, tree)
             base = dataclasses.replace(base, tag=vendored_crates_image(config, base.tag, vendor, key))
@@ -98,6 +98,8 @@ def build_candidate(config: Config, candidate: dict[str, Any]) -> BuildOutcome:
         return failed(BASE_IMAGE_FAILED, str(exc))
     except DependencyUnavailable as exc:
         return failed(INSTALL_FAILED, str(exc))
+    except UnsupportedProject as exc:  # found only once the dependencies are there (a native addon)
+        return failed(UNSUPPORTED_PROJECT, str(exc))
 
     fingerprint = dependency_fingerprint(tree)
     env_id = environment_id(base.tag, recipe, fingerprint)

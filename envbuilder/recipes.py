@@ -36,8 +36,8 @@ RECIPE_SCHEMA = 1
 # Files whose contents decide the installed dependencies: the dependency fingerprint hashes them.
 DEPENDENCY_PATTERNS = ("pyproject.toml", "setup.py", "setup.cfg", "requirements*.txt", "requirements/*.txt",
                        "*requirements*.txt", "constraints*.txt", "tox.ini", "Pipfile", "Pipfile.lock", "poetry.lock",
-                       "uv.lock", "go.mod", "go.sum", "package.json", "package-lock.json",
-                       "Cargo.toml", "Cargo.lock", "*/Cargo.toml", "CMakeLists.txt")
+                       "uv.lock", "go.mod", "go.sum", "package.json", "package-lock.json", "yarn.lock",
+                       "pnpm-lock.yaml", "Cargo.toml", "Cargo.lock", "*/Cargo.toml", "CMakeLists.txt")
 TEST_EXTRAS = ("test", "tests", "testing", "dev")
 DEFAULT_PYTHON = "3.11"
 PYTEST_COMMAND = ("python -m pytest -rA -p no:cacheprovider --continue-on-collection-errors "
@@ -234,18 +234,20 @@ def go_recipe(tree: SourceTree, context: RecipeContext) -> Recipe:
 
 
 def javascript_recipe(tree: SourceTree, context: RecipeContext) -> Recipe:
-    """JavaScript: Debian's nodejs in the image, the lock file's packages fetched by the host with
-    `npm ci --ignore-scripts` (`envbuilder.npm_fetch`) at /opt/node_modules, linked into each checkout;
-    mocha with its JUnit reporter runs the tests."""
-    if tree.read("package-lock.json") is None:
-        raise UnsupportedProject("a JavaScript project without package-lock.json: its dependencies cannot be "
-                                 "installed reproducibly (npm ci needs the lock file)")
-    from envbuilder.runners_js import MOCHA_COMMAND
+    """JavaScript/TypeScript: Debian's nodejs in the image, the lock file's packages fetched by the host with the
+    project's package manager (npm, yarn, pnpm) and scripts off (`envbuilder.js_package_managers`) at
+    /opt/node_modules, linked into each checkout; mocha, jest or vitest with a JUnit reporter runs the tests
+    (`envbuilder.runners_js`)."""
+    from envbuilder.js_package_managers import detect_package_manager, root_script_steps
+    from envbuilder.runners_js import javascript_tests
 
-    return Recipe(env_steps=["node --version"], instance_steps=["ln -sfn /opt/node_modules /testbed/node_modules"],
-                  test_runner="mocha", test_command=MOCHA_COMMAND, language="javascript",
+    manager = detect_package_manager(tree)
+    tests = javascript_tests(tree)
+    return Recipe(env_steps=["node --version"],
+                  instance_steps=["ln -sfn /opt/node_modules /testbed/node_modules", *root_script_steps(tree)],
+                  test_runner=tests.runner, test_command=tests.command, language="javascript",
                   dependency_files=dependency_files(tree),
-                  notes=["package.json found: JavaScript; mocha with mocha-junit-reporter from the lock file"])
+                  notes=[f"package.json found: JavaScript; dependencies from {manager.why}", *tests.notes])
 
 
 def detect_language(tree: SourceTree, declared: str | None = None) -> str:

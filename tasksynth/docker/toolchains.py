@@ -118,18 +118,26 @@ def _name(package: str) -> str:
     return package.split("=", 1)[0].split("/", 1)[0]
 
 
-def node_modules_image(config: Config, toolchain_tag: str, node_modules: Path, key: str) -> str:
+def node_modules_image(config: Config, toolchain_tag: str, node_modules: Path, key: str,
+                       reporters: Path | None = None, owner: str | None = None) -> str:
     """The JavaScript toolchain image with a project's dependencies at /opt/node_modules (fetched by the host,
-    `envbuilder.npm_fetch`), copied in by a build without network. Tag: `tasksynth/toolchain:npm-<key>`."""
-    tag = f"tasksynth/toolchain:npm-{content_hash(TOOLCHAIN_VERSION, toolchain_tag, key, length=12)}"
+    `envbuilder.npm_fetch`, `envbuilder.js_package_managers`), copied in by a build without network; the JUnit
+    reporters the project lacks at /opt/js-reporters/node_modules; `owner` (`uid:gid`) owns the dependencies, so
+    that lifecycle scripts run by the sandboxed user can write there. Tag: `tasksynth/toolchain:npm-<key>`."""
+    extra = [] if reporters is None and owner is None else [reporters.parent.name if reporters else None, owner]
+    tag = f"tasksynth/toolchain:npm-{content_hash(TOOLCHAIN_VERSION, toolchain_tag, key, *extra, length=12)}"
     with image_lock(config, tag):
         if image_exists(tag):
             return tag
         with tempfile.TemporaryDirectory(prefix="tasksynth-npm-") as tmp:
             context = Path(tmp)
             shutil.copytree(node_modules, context / "node_modules", symlinks=True)
+            if reporters is not None:
+                shutil.copytree(reporters, context / "reporters", symlinks=True)
+            chown = f"--chown={owner} " if owner else ""
             (context / "Dockerfile").write_text("\n".join([
-                f"FROM {toolchain_tag}", "COPY node_modules /opt/node_modules",
+                f"FROM {toolchain_tag}", f"COPY {chown}node_modules /opt/node_modules",
+                *(["COPY reporters /opt/js-reporters/node_modules"] if reporters is not None else []),
                 f"LABEL {MANAGED_LABEL}=true org.tasksynth.layer=toolchain org.tasksynth.language=javascript"]) + "\n")
             result = docker("build", "--network", "none", "--force-rm", "-t", tag, str(context), check=False,
                             timeout=config.docker.build_timeout_s)
