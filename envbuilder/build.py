@@ -80,7 +80,7 @@ def build_candidate(config: Config, candidate: dict[str, Any]) -> BuildOutcome:
         recipe = find_recipe(tree, context, detect_language(tree, candidate.get("language")))
         runner = runner_for(recipe.test_runner)
     except (UnsupportedProject, SourceError) as exc:
-        return failed(UNSUPPORTED_PROJECT, str(exc))
+        return failed(getattr(exc, "reason", UNSUPPORTED_PROJECT), str(exc))
     targets = runner.select_tests(tree.files, candidate["test_patch"], candidate["patch"], config.code.test_scope)
     row.update(test_runner=runner.name, test_targets=targets, test_command=runner.command(recipe.test_command, targets))
     try:

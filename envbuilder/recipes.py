@@ -36,7 +36,9 @@ RECIPE_SCHEMA = 1
 # Files whose contents decide the installed dependencies: the dependency fingerprint hashes them.
 DEPENDENCY_PATTERNS = ("pyproject.toml", "setup.py", "setup.cfg", "requirements*.txt", "requirements/*.txt",
                        "*requirements*.txt", "constraints*.txt", "tox.ini", "Pipfile", "Pipfile.lock", "poetry.lock",
-                       "uv.lock", "go.mod", "go.sum", "package.json", "package-lock.json")
+                       "uv.lock", "go.mod", "go.sum", "package.json", "package-lock.json",
+                       "pom.xml", "*/pom.xml", "build.gradle", "build.gradle.kts", "settings.gradle",
+                       "settings.gradle.kts", "composer.json", "composer.lock")
 TEST_EXTRAS = ("test", "tests", "testing", "dev")
 DEFAULT_PYTHON = "3.11"
 PYTEST_COMMAND = ("python -m pytest -rA -p no:cacheprovider --continue-on-collection-errors "
@@ -204,7 +206,20 @@ PROVIDERS: list[RecipeProvider] = [user_recipe, fingerprint_recipe, heuristic_re
 # Languages other than Python (PROVIDERS): their providers, in order.
 LANGUAGE_PROVIDERS: dict[str, list[RecipeProvider]] = {
     "go": [user_recipe, fingerprint_recipe, lambda tree, context: go_recipe(tree, context)],
-    "javascript": [user_recipe, fingerprint_recipe, lambda tree, context: javascript_recipe(tree, context)]}
+    "javascript": [user_recipe, fingerprint_recipe, lambda tree, context: javascript_recipe(tree, context)],
+    "java": [user_recipe, fingerprint_recipe, lambda tree, context: _language_recipe("java", tree, context)],
+    "php": [user_recipe, fingerprint_recipe, lambda tree, context: _language_recipe("php", tree, context)]}
+
+
+def _language_recipe(language: str, tree: SourceTree, context: RecipeContext) -> Recipe:
+    """A language whose heuristic recipe lives beside its runner (envbuilder.runners_<language>)."""
+    if language == "java":
+        from envbuilder.runners_java import java_recipe
+
+        return java_recipe(tree, context)
+    from envbuilder.runners_php import php_recipe
+
+    return php_recipe(tree, context)
 
 
 def go_recipe(tree: SourceTree, context: RecipeContext) -> Recipe:
@@ -245,6 +260,10 @@ def detect_language(tree: SourceTree, declared: str | None = None) -> str:
         return "go"
     if "package.json" in files and not python_metadata:
         return "javascript"
+    if {"pom.xml", "build.gradle", "build.gradle.kts"} & files and not python_metadata:
+        return "java"
+    if {"composer.json", "phpunit.xml", "phpunit.xml.dist"} & files and not python_metadata:
+        return "php"
     return "python"
 
 

@@ -99,3 +99,5 @@ def runner_for(name: str) -> TestRunner:
     return RUNNERS[name]
 import envbuilder.runners_go  # noqa: E402,F401 - registers the Go runner (`gotest`) in RUNNERS
 import envbuilder.runners_js  # noqa: E402,F401 - registers the JavaScript runner (`mocha`) in RUNNERS
+import envbuilder.runners_java  # noqa: E402,F401 - registers the Java runner (`maven`) in RUNNERS
+import envbuilder.runners_php  # noqa: E402,F401 - registers the PHP runner (`phpunit`) in RUNNERS

@@ -18,10 +18,11 @@ TEST_FILE_PATTERNS = {
     "javascript": ["*.test.js", "*.spec.js", "*.test.ts", "*.spec.ts", "*.test.jsx", "*.test.tsx"],
     "java": ["*Test.java", "*Tests.java", "*IT.java"],
     "rust": [],  # Rust tests live in tests/ or inline; tests/ is covered by the directory rule
+    "php": ["*Test.php"],
 }
 LANGUAGE_EXTENSIONS = {
     ".py": "python", ".pyi": "python", ".go": "go", ".js": "javascript", ".ts": "javascript",
-    ".jsx": "javascript", ".tsx": "javascript", ".java": "java", ".rs": "rust",
+    ".jsx": "javascript", ".tsx": "javascript", ".java": "java", ".rs": "rust", ".php": "php",
 }
 DOC_EXTENSIONS = {".md", ".rst", ".txt", ".adoc"}
 DOC_DIRS = {"docs", "doc", "documentation"}
