@@ -23,6 +23,8 @@ from envbuilder.env_agent import (NO_TESTS, NOT_REPRODUCIBLE, AgentRequest, pres
 from envbuilder.errors import SourceError, UnsupportedProject
 from envbuilder.images import (LayerBuild, build_environment, build_instance, environment_id, environment_tag,
                                image_bytes)
+from envbuilder.composer_fetch import with_fetched_vendor
+from envbuilder.maven_fetch import with_fetched_repository
 from envbuilder.npm_fetch import fetch_node_modules
 from envbuilder.recipes import (Recipe, RecipeContext, dependency_fingerprint, detect_language, find_recipe,
                                 save_fingerprint_recipe)
@@ -90,10 +92,16 @@ def build_candidate(config: Config, candidate: dict[str, Any]) -> BuildOutcome:
         if recipe.language == "javascript":
             node_modules, key = fetch_node_modules(config, tree)
             base = dataclasses.replace(base, tag=node_modules_image(config, base.tag, node_modules, key))
+        if recipe.language == "java":
+            base = dataclasses.replace(base, tag=with_fetched_repository(config, tree, base.tag))
+        if recipe.language == "php":
+            base = dataclasses.replace(base, tag=with_fetched_vendor(config, tree, base.tag))
     except ImageBuildFailed as exc:
         return failed(BASE_IMAGE_FAILED, str(exc))
     except DependencyUnavailable as exc:
         return failed(INSTALL_FAILED, str(exc))
+    except UnsupportedProject as exc:
+        return failed(UNSUPPORTED_PROJECT, str(exc))
 
     fingerprint = dependency_fingerprint(tree)
     env_id = environment_id(base.tag, recipe, fingerprint)

@@ -27,6 +27,8 @@ from envbuilder.wheelhouse import DependencyUnavailable
 from tasksynth.config import Config
 from tasksynth.hashing import content_hash
 
+VENDOR_PATH = "/opt/vendor"  # where an image carries a fetched vendor folder; the recipe's autoloader loads it
+
 
 def composer_home_config(repository_url: str) -> dict:
     """Composer's global config.json: the given repository in place of packagist.org, nothing interactive."""
@@ -77,3 +79,14 @@ def fetch_vendor(config: Config, tree: SourceTree, repository_url: str, *, timeo
         folder.mkdir()
         (work / "project" / "vendor").rename(folder / "vendor")
     return folder / "vendor", key
+
+
+def with_fetched_vendor(config: Config, tree: SourceTree, toolchain_tag: str) -> str:
+    """The PHP toolchain image with the project's fetched vendor folder at /opt/vendor when
+    `code.composer_repository` names a repository; unchanged otherwise."""
+    if not config.code.composer_repository:
+        return toolchain_tag
+    from tasksynth.docker.toolchains import dependencies_image
+
+    vendor, key = fetch_vendor(config, tree, config.code.composer_repository)
+    return dependencies_image(config, toolchain_tag, vendor, VENDOR_PATH, key, "php")

@@ -29,9 +29,11 @@ from envbuilder.wheelhouse import DependencyUnavailable
 from tasksynth.config import Config
 from tasksynth.hashing import content_hash
 
+DEBIAN_MAVEN_REPO = "/usr/share/maven-repo"  # the recipe's local repository (envbuilder.runners_java)
 GO_OFFLINE = "org.apache.maven.plugins:maven-dependency-plugin:3.6.1:go-offline"
 _EXTENSIONS = re.compile(r"<extensions>")
 _ERROR_LINE = re.compile(r"^\[ERROR\] (.+)$", re.M)
+_MAVEN_ADVICE = ("To see the full", "Re-run Maven", "For more information", "[Help")
 
 
 def settings_xml(repository_url: str, local_repository: Path) -> str:
@@ -76,7 +78,8 @@ def fetch_maven_repository(config: Config, tree: SourceTree, repository_url: str
             raise DependencyUnavailable("Maven artifacts of pom.xml", f"{repository_url} did not answer within "
                                         f"{timeout_s:.0f} s") from None
         if result.returncode != 0:
-            errors = [line for line in _ERROR_LINE.findall(result.stdout + result.stderr) if line.strip()][:3]
+            errors = [line.replace(" -> [Help 1]", "") for line in _ERROR_LINE.findall(result.stdout + result.stderr)
+                      if line.strip() and not line.startswith(_MAVEN_ADVICE)][:2]
             tail = "\n".join(errors) or "\n".join((result.stdout + result.stderr).strip().splitlines()[-4:])
             raise DependencyUnavailable("Maven artifacts of pom.xml",
                                         f"mvn dependency:go-offline from {repository_url} failed:\n{tail}")
@@ -84,3 +87,14 @@ def fetch_maven_repository(config: Config, tree: SourceTree, repository_url: str
         folder.mkdir()
         (work / "repository").rename(folder / "repository")
     return folder / "repository", key
+
+
+def with_fetched_repository(config: Config, tree: SourceTree, toolchain_tag: str) -> str:
+    """The Java toolchain image, with the project's fetched artifacts over Debian's repository when
+    `code.maven_repository` names one; unchanged otherwise."""
+    if not config.code.maven_repository:
+        return toolchain_tag
+    from tasksynth.docker.toolchains import dependencies_image
+
+    repository, key = fetch_maven_repository(config, tree, config.code.maven_repository)
+    return dependencies_image(config, toolchain_tag, repository, DEBIAN_MAVEN_REPO, key, "java")

@@ -23,15 +23,15 @@ import shlex
 from collections.abc import Iterable
 
 from envbuilder.errors import UnsupportedBuildSystem
+from envbuilder.maven_fetch import DEBIAN_MAVEN_REPO
 from envbuilder.recipes import Recipe, RecipeContext, dependency_files
 from envbuilder.repos import SourceTree
 from envbuilder.runners import REPORT_PATH, RUNNERS, TestRunner
 from envbuilder.sources.patches import file_diffs
 from verifiers.grading import JUNIT_MALFORMED, JUNIT_MISSING, OK, TESTS_CRASHED
 from verifiers.junit import JUnitError, TestOutcome
-from verifiers.junit_files import collect_reports_command, parse_junit_files, jvm_test_id
+from verifiers.junit_files import collect_reports_command, jvm_test_id, parse_junit_files
 
-DEBIAN_MAVEN_REPO = "/usr/share/maven-repo"
 MAVEN_COMMAND = (f"mvn -o -q -B -Dmaven.repo.local={DEBIAN_MAVEN_REPO} -Dsurefire.useFile=false test")
 SUREFIRE_REPORTS = ["*/target/surefire-reports/TEST-*.xml"]
 GRADLE_REPORTS = ["*/build/test-results/test/TEST-*.xml"]

@@ -2,8 +2,8 @@
 
 Dependencies come from Debian's `php-*` packages, installed under /usr/share/php by namespace
 (`Symfony\\Component\\Yaml\\Yaml` is `/usr/share/php/Symfony/Component/Yaml/Yaml.php`); no Packagist is
-reachable. The recipe writes `AUTOLOADER` into the environment: a project's vendor/autoload.php when a fetched
-vendor folder is there (`envbuilder.composer_fetch`), the PSR-4/PSR-0 maps of its composer.json (autoload and
+reachable. The recipe writes `AUTOLOADER` into the environment: a vendor/autoload.php when one is there
+(the project's own, or /opt/vendor (`envbuilder.composer_fetch`), the PSR-4/PSR-0 maps of its composer.json (autoload and
 autoload-dev), then Debian's library folder. PHPUnit runs with it as its bootstrap.
 
 Test ids are `<class>::<method>` (`Settings\\Tests\\LoaderTest::testPort`), the form `phpunit --filter` takes.
@@ -30,10 +30,13 @@ AUTOLOADER_PATH = "/home/tester/.tasksynth/autoload.php"
 PHPUNIT_COMMAND = f"phpunit --do-not-cache-result --bootstrap {AUTOLOADER_PATH}"
 _TEST_FILE = re.compile(r"(^|/)(tests?/.*|[^/]+Test)\.php$")
 AUTOLOADER = r"""<?php
-// tasksynth: a fetched vendor/ first; then the project's classes (composer.json's PSR-4 and PSR-0 maps,
+// tasksynth: a vendor/ folder first (the project's, or one fetched at /opt/vendor); then the project's classes (composer.json's PSR-4 and PSR-0 maps,
 // autoload and autoload-dev); then Debian's PHP libraries under /usr/share/php, laid out by namespace.
-if (is_file(getcwd() . '/vendor/autoload.php')) {
-    require getcwd() . '/vendor/autoload.php';
+foreach ([getcwd() . '/vendor/autoload.php', '/opt/vendor/autoload.php'] as $vendor) {
+    if (is_file($vendor)) {
+        require $vendor;
+        break;
+    }
 }
 spl_autoload_register(static function (string $class): void {
     static $composer = null;

@@ -81,6 +81,12 @@ class CodeConfig:
     # The npm registry the trusted fetcher's `npm ci --ignore-scripts` uses (envbuilder.npm_fetch); empty: npm's own
     # configuration (.npmrc, NPM_CONFIG_REGISTRY), else registry.npmjs.org.
     npm_registry: str = ""
+    # The Maven repository (Central's URL or a mirror) the trusted fetcher's `dependency:go-offline` downloads from
+    # (envbuilder.maven_fetch); empty: nothing is fetched, Debian's /usr/share/maven-repo is the only source.
+    maven_repository: str = ""
+    # The Composer repository (Packagist's URL or a mirror) the trusted fetcher's `composer install --no-scripts`
+    # uses (envbuilder.composer_fetch); empty: nothing is fetched, Debian's php-* packages are the only source.
+    composer_repository: str = ""
 
 
 @dataclass

@@ -16,6 +16,7 @@ from __future__ import annotations
 import re
 import shlex
 from collections.abc import Callable
+from xml.etree import ElementTree
 
 from junitparser import JUnitXml, TestCase, TestSuite
 
@@ -59,15 +60,19 @@ def parse_junit_files(report: str, test_id: Callable[[TestCase], str]) -> dict[s
     for name, xml in split_report_files(report):
         if not xml.strip():
             raise JUnitFilesError(f"{name}: an empty report file")
+        data = xml.strip().encode()
         try:
-            document = JUnitXml.fromstring(xml.strip().encode())
-        except Exception as exc:  # noqa: BLE001 - any parser error means a malformed file
-            raise JUnitFilesError(f"{name}: malformed JUnit XML: {str(exc).splitlines()[0] if str(exc) else exc!r}")\
-                from None
-        root = document._elem
+            root = ElementTree.fromstring(data)
+        except ElementTree.ParseError as exc:
+            raise JUnitFilesError(f"{name}: malformed XML: {exc}") from None
         if root.tag not in ("testsuite", "testsuites"):
             raise JUnitFilesError(f"{name}: the root element is <{root.tag}>, not <testsuite> or <testsuites>")
         _check_shape(name, root)
+        try:
+            document = JUnitXml.fromstring(data)
+        except Exception as exc:  # noqa: BLE001 - any parser error means a malformed file
+            raise JUnitFilesError(f"{name}: malformed JUnit XML: {str(exc).splitlines()[0] if str(exc) else exc!r}")\
+                from None
         suites = [document] if isinstance(document, TestSuite) else list(document)
         for suite in suites:
             for case in suite:

@@ -166,3 +166,25 @@ def node_modules_image(config: Config, toolchain_tag: str, node_modules: Path, k
             tail = "\n".join(((result.stdout or "") + (result.stderr or "")).strip().splitlines()[-12:])
             raise ImageBuildFailed(f"copying the project's node_modules into an image failed:\n{tail}")
     return tag
+
+
+def dependencies_image(config: Config, toolchain_tag: str, folder: Path, target: str, key: str, language: str) -> str:
+    """The toolchain image with dependencies a trusted fetcher downloaded (`folder`) copied to `target` by a build
+    without network; an existing folder there is merged (a fetched Maven repository goes over Debian's).
+    Tag: `tasksynth/toolchain:<language>-deps-<key>`."""
+    tag = f"tasksynth/toolchain:{language}-deps-{content_hash(TOOLCHAIN_VERSION, toolchain_tag, target, key, length=12)}"
+    with image_lock(config, tag):
+        if image_exists(tag):
+            return tag
+        with tempfile.TemporaryDirectory(prefix="tasksynth-deps-") as tmp:
+            context = Path(tmp)
+            shutil.copytree(folder, context / "dependencies", symlinks=True)
+            (context / "Dockerfile").write_text("\n".join([
+                f"FROM {toolchain_tag}", f"COPY dependencies {target}",
+                f"LABEL {MANAGED_LABEL}=true org.tasksynth.layer=toolchain org.tasksynth.language={language}"]) + "\n")
+            result = docker("build", "--network", "none", "--force-rm", "-t", tag, str(context), check=False,
+                            timeout=config.docker.build_timeout_s)
+        if result.returncode != 0:
+            tail = "\n".join(((result.stdout or "") + (result.stderr or "")).strip().splitlines()[-12:])
+            raise ImageBuildFailed(f"copying the fetched {language} dependencies into an image failed:\n{tail}")
+    return tag

@@ -17,11 +17,12 @@ from envbuilder.composer_fetch import fetch_vendor
 from envbuilder.errors import UnsupportedProject
 from envbuilder.maven_fetch import fetch_maven_repository
 from envbuilder.recipes import RecipeContext, detect_language, find_recipe
-from envbuilder.repos import SourceTree
 from envbuilder.runners import runner_for
 from envbuilder.samples import SampleCommit
 from envbuilder.validation import validate_instance
 from envbuilder.wheelhouse import DependencyUnavailable
+from tasksynth.docker.engine import docker
+from tasksynth.docker.toolchains import dependencies_image
 from tests.envbuilder.test_languages_docker import candidate_from_history, local_index  # noqa: F401
 from tests.envbuilder.test_offline_build_docker import index_files  # noqa: F401
 from verifiers.grading import JUNIT_MALFORMED, JUNIT_MISSING, OK
@@ -122,6 +123,22 @@ def test_a_maven_repository_with_a_debian_packaged_dependency_builds_and_validat
     assert list(outcome.grade.pass_to_pass) == ["com.example.names.NamesTest#firstLetter"]
     assert list(outcome.grade.pass_to_fail) == []
 
+    # With a Maven repository configured, the trusted fetcher runs first: unreachable, the candidate says so.
+    unreachable = f"http://127.0.0.1:{closed_port()}/maven2"
+    refused = build_candidate(flow_config(code__index_url=local_index, code__maven_repository=unreachable), candidate)
+    assert (refused.ok, refused.instance["reason"]) == (False, "install_failed")
+    assert unreachable in refused.instance["detail"] and "go-offline" in refused.instance["detail"]
+    # What a fetch brings is laid over Debian's repository, which stays whole.
+    fetched = tmp_path / "fetched" / "org" / "example" / "extra" / "1.0"
+    fetched.mkdir(parents=True)
+    (fetched / "extra-1.0.pom").write_text("<project/>\n")
+    layered = dependencies_image(config, built.environment["base_image"], tmp_path / "fetched",
+                                 "/usr/share/maven-repo", "test-fetched", "java")
+    listing = docker("run", "--rm", "--network", "none", layered, "ls", "/usr/share/maven-repo/org/example/extra/1.0",
+                     "/usr/share/maven-repo/junit/junit/4.13.2").stdout
+    assert "extra-1.0.pom" in listing and "junit-4.13.2.jar" in listing
+    docker("rmi", layered, check=False)
+
 
 COMPOSER = {"name": "example/settings", "require": {"php": ">=8.1", "symfony/yaml": "^5.4"},
             "require-dev": {"phpunit/phpunit": "^9.6"}, "autoload": {"psr-4": {"Settings\\": "src/"}},
@@ -189,3 +206,209 @@ def test_a_php_repository_with_a_debian_packaged_dependency_builds_and_validates
     assert list(outcome.grade.fail_to_pass) == ["Settings\\Tests\\LoaderTest::testDefaultPort"]
     assert list(outcome.grade.pass_to_pass) == ["Settings\\Tests\\LoaderTest::testPort"]
     assert list(outcome.grade.pass_to_fail) == []
+
+    # With a Composer repository configured, the trusted fetcher runs first and its failure is the candidate's.
+    unreachable = f"http://127.0.0.1:{closed_port()}"
+    refused = build_candidate(flow_config(code__index_url=local_index, code__composer_repository=unreachable),
+                              candidate)
+    assert (refused.ok, refused.instance["reason"]) == (False, "install_failed")
+    assert "composer" in refused.instance["detail"]
+
+
+# ------------------------------------------------------------------------------------------ without Docker
+
+def test_java_and_php_are_detected_and_a_gradle_build_ends_unsupported_build_system(tmp_path):
+    from tasksynth.config import load_config
+    from tests.envbuilder.test_recipes import AVAILABLE, tree_of
+
+    maven = tree_of(tmp_path, {"pom.xml": POM, MAIN: NAMES % FIRST_LETTER}, name="mvn")
+    assert detect_language(maven) == "java"
+    recipe = find_recipe(maven, RecipeContext("t/mvn", AVAILABLE), language="java")
+    assert (recipe.test_runner, recipe.language) == ("maven", "java")
+    assert "pom.xml" in recipe.dependency_files and "mvn -o" in recipe.test_command
+    php = tree_of(tmp_path, {"composer.json": json.dumps(COMPOSER), "src/Loader.php": LOADER % "return 1;"},
+                  name="php")
+    assert detect_language(php) == "php"
+    assert find_recipe(php, RecipeContext("t/php", AVAILABLE), language="php").test_runner == "phpunit"
+
+    gradle_files = {"build.gradle": "plugins { id 'java' }\n", "src/main/java/A.java": "class A {}\n"}
+    assert detect_language(tree_of(tmp_path, gradle_files, name="gradle")) == "java"
+    candidate = candidate_from_history(tmp_path, "gradlew", [
+        SampleCommit("init", {**gradle_files, "src/test/java/ATest.java": "class ATest {}\n"}),
+        SampleCommit("fix", {"src/main/java/A.java": "class A { int x; }\n",
+                             "src/test/java/ATest.java": "class ATest { int y; }\n"})], ["src/test/java/ATest.java"])
+    config = load_config(environ={"TASKSYNTH_HOME": str(tmp_path / "home")})
+    built = build_candidate(config, candidate)
+    assert (built.ok, built.instance["reason"]) == (False, "unsupported_build_system")
+    assert "Gradle" in built.instance["detail"] and "build.gradle" in built.instance["detail"]
+
+
+# Real Surefire 2.22.3 output (the fixture's first run, its <properties> trimmed), and a second module's file.
+SUREFIRE_REPORT = """<?xml version="1.0" encoding="UTF-8"?>
+<testsuite xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance" xsi:noNamespaceSchemaLocation="https://maven.apache.org/surefire/maven-surefire-plugin/xsd/surefire-test-report.xsd" name="com.example.calc.NamesTest" time="0.277" tests="2" errors="0" skipped="0" failures="1">
+  <properties>
+    <property name="java.specification.version" value="17"/>
+  </properties>
+  <testcase name="firstLetter" classname="com.example.calc.NamesTest" time="0.012"/>
+  <testcase name="everyWord" classname="com.example.calc.NamesTest" time="0.004">
+    <failure message="expected:&lt;A[L]&gt; but was:&lt;A[]&gt;" type="org.junit.ComparisonFailure"><![CDATA[org.junit.ComparisonFailure: expected:<A[L]> but was:<A[]>
+	at com.example.calc.NamesTest.everyWord(NamesTest.java:15)
+]]></failure>
+  </testcase>
+</testsuite>
+"""
+SECOND_MODULE = """<?xml version="1.0" encoding="UTF-8"?>
+<testsuite name="com.example.io.ReadTest" time="0.1" tests="2" errors="1" skipped="1" failures="0">
+  <testcase name="reads" classname="com.example.io.ReadTest" time="0.05">
+    <error message="boom" type="java.io.IOException">java.io.IOException: boom</error>
+  </testcase>
+  <testcase name="later" classname="com.example.io.ReadTest" time="0"><skipped/></testcase>
+</testsuite>
+"""
+# Gradle's JUnit XML format (build/test-results/test/TEST-<class>.xml, JUnit 5 names with their parentheses),
+# written here by hand: no Gradle runs on these machines to produce one.
+GRADLE_REPORT = """<?xml version="1.0" encoding="UTF-8"?>
+<testsuite name="com.example.NamesTest" tests="2" skipped="0" failures="1" errors="0" timestamp="2024-05-01T10:00:00" hostname="build" time="0.031">
+  <properties/>
+  <testcase name="everyWord()" classname="com.example.NamesTest" time="0.021">
+    <failure message="org.opentest4j.AssertionFailedError: expected: &lt;AL&gt; but was: &lt;A&gt;" type="org.opentest4j.AssertionFailedError">org.opentest4j.AssertionFailedError: expected: &lt;AL&gt; but was: &lt;A&gt;
+	at com.example.NamesTest.everyWord(NamesTest.java:14)
+</failure>
+  </testcase>
+  <testcase name="firstLetter()" classname="com.example.NamesTest" time="0.002"/>
+  <system-out><![CDATA[]]></system-out>
+  <system-err><![CDATA[]]></system-err>
+</testsuite>
+"""
+
+
+def joined(*files: tuple[str, str]) -> str:
+    """Report files joined as the runner's shell joins them in the container."""
+    from verifiers.junit_files import FILE_MARKER
+
+    return "".join(f"{FILE_MARKER}{name} -->\n{text}\n" for name, text in files)
+
+
+def test_surefire_and_gradle_reports_are_read_as_class_hash_method():
+    runner = runner_for("maven")
+    status, _, outcomes = runner.read_report(1, joined(
+        ("./target/surefire-reports/TEST-com.example.calc.NamesTest.xml", SUREFIRE_REPORT),
+        ("./io/target/surefire-reports/TEST-com.example.io.ReadTest.xml", SECOND_MODULE)), [])
+    assert status == OK
+    assert {k: v.outcome for k, v in outcomes.items()} == {
+        "com.example.calc.NamesTest#firstLetter": "passed", "com.example.calc.NamesTest#everyWord": "failed",
+        "com.example.io.ReadTest#reads": "error", "com.example.io.ReadTest#later": "skipped"}
+    assert "expected:<A[L]>" in outcomes["com.example.calc.NamesTest#everyWord"].message
+
+    status, _, outcomes = runner.read_report(1, joined(("./build/test-results/test/TEST-com.example.NamesTest.xml",
+                                                        GRADLE_REPORT)), [])
+    assert status == OK
+    assert {k: v.outcome for k, v in outcomes.items()} == {"com.example.NamesTest#everyWord()": "failed",
+                                                           "com.example.NamesTest#firstLetter()": "passed"}
+
+
+def test_the_maven_runner_selects_the_touched_test_classes_and_gathers_every_module_s_reports():
+    runner = runner_for("maven")
+    test_patch = ("diff --git a/core/src/test/java/com/x/ATest.java b/core/src/test/java/com/x/ATest.java\n"
+                  "--- a/core/src/test/java/com/x/ATest.java\n+++ b/core/src/test/java/com/x/ATest.java\n"
+                  "@@ -1 +1 @@\n-a\n+b\n")
+    targets = runner.select_tests([], test_patch, "", "touched")
+    assert targets == ["com.x.ATest"]
+    command = runner.command("mvn -o test", targets, "/io/junit.xml")
+    assert "-Dtest=com.x.ATest" in command and "*/target/surefire-reports/TEST-*.xml" in command
+    assert command.startswith("(") and command.endswith("exit $code)")  # Maven's exit code, whatever follows
+    assert runner.select_tests([], test_patch, "", "all") == []
+
+
+def test_a_report_the_readers_do_not_understand_is_refused_not_guessed():
+    maven, phpunit = runner_for("maven"), runner_for("phpunit")
+    testng = '<?xml version="1.0"?>\n<testng-results skipped="0" failed="1" total="1"><suite name="s"/></testng-results>'
+    status, detail, outcomes = maven.read_report(1, joined(("./target/surefire-reports/testng-results.xml",
+                                                            testng)), [])
+    assert (status, outcomes) == (JUNIT_MALFORMED, {})
+    assert "testng-results.xml" in detail and "<testng-results>" in detail
+    odd = SUREFIRE_REPORT.replace("<failure ", "<verdict ").replace("</failure>", "</verdict>")
+    status, detail, _ = maven.read_report(1, joined(("./target/surefire-reports/TEST-x.xml", odd)), [])
+    assert status == JUNIT_MALFORMED and "<verdict>" in detail and "not understood" in detail
+    status, detail, _ = maven.read_report(1, "", [])
+    assert status == JUNIT_MISSING and "no Surefire report" in detail
+    status, detail, _ = phpunit.read_report(2, "<testsuites><testsuite name='x'><case name='t'/></testsuite>"
+                                               "</testsuites>", [])
+    assert status == JUNIT_MALFORMED and "<case>" in detail
+
+
+# Real PHPUnit 9.6.7 output (the fixture's first run): suites nested by folder and class.
+PHPUNIT_REPORT = """<?xml version="1.0" encoding="UTF-8"?>
+<testsuites>
+  <testsuite name="/testbed/tests" tests="2" assertions="1" errors="1" warnings="0" failures="0" skipped="0" time="0.030760">
+    <testsuite name="Settings\\Tests\\LoaderTest" file="/testbed/tests/LoaderTest.php" tests="2" assertions="1" errors="1" warnings="0" failures="0" skipped="0" time="0.030760">
+      <testcase name="testPort" class="Settings\\Tests\\LoaderTest" classname="Settings.Tests.LoaderTest" file="/testbed/tests/LoaderTest.php" line="9" assertions="1" time="0.030379"/>
+      <testcase name="testDefaultPort" class="Settings\\Tests\\LoaderTest" classname="Settings.Tests.LoaderTest" file="/testbed/tests/LoaderTest.php" line="14" assertions="0" time="0.000381">
+        <error type="PHPUnit\\Framework\\Error\\Warning">Settings\\Tests\\LoaderTest::testDefaultPort
+Undefined array key "port"
+</error>
+      </testcase>
+    </testsuite>
+  </testsuite>
+</testsuites>
+"""
+
+
+def test_phpunit_reports_are_read_as_class_colons_method_and_a_fatal_error_is_a_crash():
+    runner = runner_for("phpunit")
+    status, _, outcomes = runner.read_report(2, PHPUNIT_REPORT, ["tests/LoaderTest.php"])
+    assert status == OK
+    assert {k: v.outcome for k, v in outcomes.items()} == {"Settings\\Tests\\LoaderTest::testPort": "passed",
+                                                           "Settings\\Tests\\LoaderTest::testDefaultPort": "error"}
+    assert runner.read_report(255, PHPUNIT_REPORT, [])[0] == "tests_crashed"
+    assert runner.command("phpunit", ["tests/LoaderTest.php"], "/io/junit.xml") == \
+        "phpunit --log-junit /io/junit.xml tests/LoaderTest.php"
+
+
+def closed_port() -> int:
+    """A loopback port nothing listens on (bound, then closed)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_the_maven_fetcher_fails_clearly_when_its_repository_is_unreachable(tmp_path):
+    import shutil
+
+    from tasksynth.config import load_config
+    from tests.envbuilder.test_recipes import tree_of
+
+    config = load_config(environ={"TASKSYNTH_HOME": str(tmp_path / "home")})
+    url = f"http://127.0.0.1:{closed_port()}/maven2"
+    with pytest.raises(UnsupportedProject, match="build extensions"):
+        fetch_maven_repository(config, tree_of(tmp_path, {"pom.xml": POM.replace(
+            "<build>", "<build><extensions><extension><groupId>x</groupId><artifactId>y</artifactId>"
+                       "<version>1</version></extension></extensions>")}, name="ext"), url)
+    with pytest.raises(DependencyUnavailable) as failure:
+        fetch_maven_repository(config, tree_of(tmp_path, {"pom.xml": POM}, name="plain"), url, timeout_s=120)
+    if shutil.which("mvn") is None:
+        assert "mvn is not installed" in str(failure.value)
+    else:
+        assert url in str(failure.value) and "go-offline" in str(failure.value)
+        assert "maven-dependency-plugin" in str(failure.value)  # Maven's own line: what could not be resolved
+    assert not list((tmp_path / "home" / "maven").glob("*/repository"))  # nothing half-fetched is kept
+
+
+def test_the_composer_fetcher_fails_clearly_when_its_repository_is_unreachable(tmp_path):
+    import shutil
+
+    from tasksynth.config import load_config
+    from tests.envbuilder.test_recipes import tree_of
+
+    config = load_config(environ={"TASKSYNTH_HOME": str(tmp_path / "home")})
+    url = f"http://127.0.0.1:{closed_port()}"
+    with pytest.raises(UnsupportedProject, match="no composer.json"):
+        fetch_vendor(config, tree_of(tmp_path, {"src/A.php": "<?php\n"}, name="bare"), url)
+    with pytest.raises(DependencyUnavailable) as failure:
+        fetch_vendor(config, tree_of(tmp_path, {"composer.json": json.dumps(COMPOSER)}, name="app"), url,
+                     timeout_s=120)
+    if shutil.which("composer") is None:
+        assert "composer is not installed on this host" in str(failure.value)
+    else:
+        assert url in str(failure.value) and "composer install" in str(failure.value)
+    assert not list((tmp_path / "home" / "composer").glob("*/vendor"))
