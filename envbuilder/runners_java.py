@@ -34,7 +34,6 @@ from verifiers.junit_files import collect_reports_command, jvm_test_id, parse_ju
 
 MAVEN_COMMAND = (f"mvn -o -q -B -Dmaven.repo.local={DEBIAN_MAVEN_REPO} -Dsurefire.useFile=false test")
 SUREFIRE_REPORTS = ["*/target/surefire-reports/TEST-*.xml"]
-GRADLE_REPORTS = ["*/build/test-results/test/TEST-*.xml"]
 _TEST_SOURCE = re.compile(r"(?:^|/)src/test/java/(.+)\.java$")
 
 
@@ -57,8 +56,9 @@ class MavenRunner(TestRunner):
     def command(self, base_command: str, targets: list[str], report_path: str = REPORT_PATH) -> str:
         # A subshell: the caller may follow with its own commands, and the reports are gathered whatever Maven's
         # exit code; the run's exit code stays Maven's.
-        selected = (f" -Dtest={shlex.quote(','.join(targets))} -DfailIfNoTests=false"
-                    if targets else "")
+        # a module without the selected classes is not a failure (Surefire 2.x and 3.x name the switch differently)
+        selected = (f" -Dtest={shlex.quote(','.join(targets))} -DfailIfNoTests=false "
+                    "-Dsurefire.failIfNoSpecifiedTests=false" if targets else "")
         return (f"({base_command}{selected}; code=$?; {collect_reports_command(SUREFIRE_REPORTS, report_path)}; "
                 "exit $code)")
 

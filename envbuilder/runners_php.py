@@ -2,9 +2,10 @@
 
 Dependencies come from Debian's `php-*` packages, installed under /usr/share/php by namespace
 (`Symfony\\Component\\Yaml\\Yaml` is `/usr/share/php/Symfony/Component/Yaml/Yaml.php`); no Packagist is
-reachable. The recipe writes `AUTOLOADER` into the environment: a vendor/autoload.php when one is there
-(the project's own, or /opt/vendor (`envbuilder.composer_fetch`), the PSR-4/PSR-0 maps of its composer.json (autoload and
-autoload-dev), then Debian's library folder. PHPUnit runs with it as its bootstrap.
+reachable. The recipe writes `AUTOLOADER` into the environment: a vendor/autoload.php when there is one (the
+project's own, or the one `envbuilder.composer_fetch` put at /opt/vendor); the PSR-4/PSR-0 maps of the project's
+composer.json (autoload and autoload-dev); Debian's library folder; then the bootstrap file the project's
+phpunit.xml names, unless it is only vendor/autoload.php. PHPUnit runs with it as its bootstrap.
 
 Test ids are `<class>::<method>` (`Settings\\Tests\\LoaderTest::testPort`), the form `phpunit --filter` takes.
 Targets are the test files the test patch touches (`*Test.php`, tests/); PHPUnit 9 takes one path, so one
@@ -69,6 +70,17 @@ spl_autoload_register(static function (string $class): void {
         require $file;
     }
 });
+// The project's own bootstrap from its PHPUnit configuration (this file replaces it as --bootstrap), unless it is
+// only Composer's autoloader.
+foreach (['phpunit.xml', 'phpunit.xml.dist'] as $configuration) {
+    if (is_file($configuration)) {
+        if (preg_match('/\bbootstrap="([^"]+)"/', file_get_contents($configuration), $found)
+            && !str_ends_with($found[1], 'vendor/autoload.php') && is_file($found[1])) {
+            require_once $found[1];
+        }
+        break;
+    }
+}
 """
 
 

@@ -170,10 +170,15 @@ final class LoaderTest extends TestCase
     }
 %s}
 """
+PHPUNIT_XML = """<?xml version="1.0" encoding="UTF-8"?>
+<phpunit bootstrap="tests/bootstrap.php" colors="false">
+  <testsuites><testsuite name="unit"><directory>tests</directory></testsuite></testsuites>
+</phpunit>
+"""
 DEFAULT_PORT_TEST = """
     public function testDefaultPort(): void
     {
-        $this->assertSame(80, Loader::port("host: example.org\\n"));
+        $this->assertSame(80, Loader::port(HOST_ONLY_YAML));  // from the project's own bootstrap
     }
 """
 
@@ -185,7 +190,8 @@ def test_a_php_repository_with_a_debian_packaged_dependency_builds_and_validates
     candidate = candidate_from_history(tmp_path, "settings", [
         SampleCommit("init", {"composer.json": json.dumps(COMPOSER, indent=2) + "\n",
                               "src/Loader.php": LOADER % "return Yaml::parse($yaml)['port'];",
-                              "tests/LoaderTest.php": LOADER_TEST % ""}),
+                              "tests/LoaderTest.php": LOADER_TEST % "", "phpunit.xml.dist": PHPUNIT_XML,
+                              "tests/bootstrap.php": "<?php\nconst HOST_ONLY_YAML = \"host: example.org\\n\";\n"}),
         SampleCommit("port: 80 when the file names none",
                      {"src/Loader.php": LOADER % "return Yaml::parse($yaml)['port'] ?? 80;",
                       "tests/LoaderTest.php": LOADER_TEST % DEFAULT_PORT_TEST}),
