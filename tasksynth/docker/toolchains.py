@@ -1,6 +1,9 @@
 """Language toolchains on top of a base image, from Debian's packages: Go (golang-go) and the Go libraries
 Debian packages (`golang-*-dev`, sources under /usr/share/gocode), the offline source of Go dependencies;
 JavaScript (Debian's nodejs), a project's npm dependencies added by `node_modules_image`.
+Java (Debian's JDK 17 and Maven, its `lib*-java` packages forming the offline Maven repository
+/usr/share/maven-repo) and PHP (php-cli, PHPUnit, `php-*` libraries under /usr/share/php); what a trusted fetcher
+downloaded for a project is laid over them by `dependencies_image`.
 
 No container here has network, so apt cannot run inside a build: the host (trusted code, ours) downloads the
 packages and their dependency closure with `apt-get download` into `<home>/debs/<language>/`, and
