@@ -18,12 +18,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from envbuilder.composer_fetch import with_fetched_vendor
 from envbuilder.env_agent import (NO_TESTS, NOT_REPRODUCIBLE, AgentRequest, present_targets, replay_recipe,
                                   run_env_agent, run_tests_once)
 from envbuilder.errors import SourceError, UnsupportedProject
 from envbuilder.images import (LayerBuild, build_environment, build_instance, environment_id, environment_tag,
                                image_bytes)
-from envbuilder.composer_fetch import with_fetched_vendor
 from envbuilder.maven_fetch import with_fetched_repository
 from envbuilder.npm_fetch import fetch_node_modules
 from envbuilder.recipes import (Recipe, RecipeContext, dependency_fingerprint, detect_language, find_recipe,
