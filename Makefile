@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 PIP    := $(BIN)/pip
 STAMP  := $(VENV)/.installed
 
-.PHONY: install docker browser demo test test-fast bench-cpu clean
+.PHONY: install docker browser fetchers demo test test-fast bench-cpu clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -32,7 +32,13 @@ demo: docker
 browser:
 	command -v chromium >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
 
-test: docker browser
+# The trusted host-side fetchers of Java and PHP dependencies run Debian's maven and composer (no download of
+# the tools themselves from elsewhere).
+fetchers:
+	command -v mvn >/dev/null && command -v composer >/dev/null || { apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends maven composer; }
+
+test: docker browser fetchers
 	$(BIN)/python -m pytest -q -ra --durations=15
 
 # Without Docker and the model: the quick loop while editing.

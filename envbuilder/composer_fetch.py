@@ -71,8 +71,11 @@ def fetch_vendor(config: Config, tree: SourceTree, repository_url: str, *, timeo
             raise DependencyUnavailable("Composer packages of composer.json",
                                         f"{repository_url} did not answer within {timeout_s:.0f} s") from None
         if result.returncode != 0:
-            tail = "\n".join(line for line in (result.stdout + result.stderr).strip().splitlines()[-6:]
-                             if line.strip())
+            # Composer boxes its error in lines padded by two spaces, wrapped, between its notices and the
+            # command's usage: the box's words joined back into one line
+            lines = (result.stdout + result.stderr).splitlines()
+            boxed = [line.strip() for line in lines if line.startswith("  ") and line.strip()]
+            tail = " ".join(boxed)[-600:] or "\n".join(line for line in lines if line.strip())[-600:]
             raise DependencyUnavailable("Composer packages of composer.json",
                                         f"composer install from {repository_url} failed:\n{tail}")
         shutil.rmtree(folder, ignore_errors=True)

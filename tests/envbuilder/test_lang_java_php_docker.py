@@ -218,7 +218,7 @@ def test_a_php_repository_with_a_debian_packaged_dependency_builds_and_validates
     refused = build_candidate(flow_config(code__index_url=local_index, code__composer_repository=unreachable),
                               candidate)
     assert (refused.ok, refused.instance["reason"]) == (False, "install_failed")
-    assert "composer" in refused.instance["detail"]
+    assert "composer" in refused.instance["detail"] and "Composer packages" in refused.instance["detail"]
 
 
 # ------------------------------------------------------------------------------------------ without Docker
@@ -417,4 +417,5 @@ def test_the_composer_fetcher_fails_clearly_when_its_repository_is_unreachable(t
         assert "composer is not installed on this host" in str(failure.value)
     else:
         assert url in str(failure.value) and "composer install" in str(failure.value)
+        assert f"{url}/packages.json" in str(failure.value)  # the configured repository, in place of packagist.org
     assert not list((tmp_path / "home" / "composer").glob("*/vendor"))
