@@ -419,3 +419,114 @@ def test_the_composer_fetcher_fails_clearly_when_its_repository_is_unreachable(t
         assert url in str(failure.value) and "composer install" in str(failure.value)
         assert f"{url}/packages.json" in str(failure.value)  # the configured repository, in place of packagist.org
     assert not list((tmp_path / "home" / "composer").glob("*/vendor"))
+
+
+# ------------------------------------------------------------------------------------------ a fetched dependency
+
+GREETER = """<?php
+namespace Acme\\Greet;
+
+final class Greeter
+{
+    public static function hello(string $name): string
+    {
+        return "Hello, " . trim($name) . "!";
+    }
+}
+"""
+WELCOME = """<?php
+namespace Shop;
+
+use Acme\\Greet\\Greeter;
+
+final class Welcome
+{
+    public static function line(string $name): string
+    {
+        return %s;
+    }
+}
+"""
+WELCOME_TEST = """<?php
+namespace Shop\\Tests;
+
+use PHPUnit\\Framework\\TestCase;
+use Shop\\Welcome;
+
+final class WelcomeTest extends TestCase
+{
+    public function testGreets(): void
+    {
+        $this->assertSame("Hello, Ada!", Welcome::line("Ada"));
+    }
+%s}
+"""
+GUEST_TEST = """
+    public function testGuest(): void
+    {
+        $this->assertSame("Hello, guest!", Welcome::line(""));
+    }
+"""
+
+
+@pytest.fixture
+def composer_repository(tmp_path):
+    """A Composer repository on 127.0.0.1 (packages.json and a tar dist) holding acme/greet 1.0.0, which no
+    Debian package provides."""
+    import http.server
+    import io
+    import tarfile
+    import threading
+    from functools import partial
+
+    root = tmp_path / "composer-repo"
+    root.mkdir()
+    with tarfile.open(root / "greet-1.0.0.tar", "w") as archive:
+        data = GREETER.encode()
+        member = tarfile.TarInfo("greet/src/Greeter.php")
+        member.size = len(data)
+        archive.addfile(member, io.BytesIO(data))
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), partial(Quiet, directory=str(root)))
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    (root / "packages.json").write_text(json.dumps({"packages": {"acme/greet": {"1.0.0": {
+        "name": "acme/greet", "version": "1.0.0", "type": "library",
+        "dist": {"type": "tar", "url": f"{url}/greet-1.0.0.tar"},
+        "autoload": {"psr-4": {"Acme\\Greet\\": "src/"}}}}}}))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield url
+    server.shutdown()
+
+
+@pytest.mark.docker
+def test_a_php_dependency_fetched_by_composer_from_a_loopback_repository_is_what_the_tests_use(
+        tmp_path, flow_config, local_index, composer_repository):  # noqa: F811
+    import shutil
+
+    if shutil.which("composer") is None:
+        pytest.skip("composer is not installed on this host (make fetchers)")
+    config = flow_config(code__index_url=local_index, code__composer_repository=composer_repository)
+    manifest = {"name": "example/shop", "require": {"acme/greet": "^1.0"},
+                "autoload": {"psr-4": {"Shop\\": "src/"}}, "autoload-dev": {"psr-4": {"Shop\\Tests\\": "tests/"}}}
+    candidate = candidate_from_history(tmp_path, "shop", [
+        SampleCommit("init", {"composer.json": json.dumps(manifest, indent=2) + "\n",
+                              "src/Welcome.php": WELCOME % "Greeter::hello($name)",
+                              "tests/WelcomeTest.php": WELCOME_TEST % ""}),
+        SampleCommit("welcome: a guest without a name",
+                     {"src/Welcome.php": WELCOME % "Greeter::hello($name === '' ? 'guest' : $name)",
+                      "tests/WelcomeTest.php": WELCOME_TEST % GUEST_TEST}),
+    ], ["tests/WelcomeTest.php"])
+
+    built = build_candidate(config, candidate)
+    assert built.ok, built.instance["detail"]
+    assert built.environment["base_image"].startswith("tasksynth/toolchain:php-deps-")
+    assert list((config.home_path / "composer").glob("*/vendor/acme/greet/src/Greeter.php"))
+    outcome = validate_instance(config, candidate, built.instance, repeat=1, round_="languages")
+    assert outcome.grade.valid, (outcome.grade, [(r.status, r.detail) for r in outcome.runs])
+    assert list(outcome.grade.fail_to_pass) == ["Shop\\Tests\\WelcomeTest::testGuest"]
+    assert list(outcome.grade.pass_to_pass) == ["Shop\\Tests\\WelcomeTest::testGreets"]
+    # the repository's port is new each run, and so are these tags: not left behind
+    docker("rmi", built.instance["image"], built.environment["image"], built.environment["base_image"], check=False)
