@@ -2,7 +2,8 @@
 Java (Debian's JDK 17 and Maven offline over /usr/share/maven-repo, commons-lang3 the third-party dependency,
 Surefire's reports), PHP (Debian's PHP 8.2 and PHPUnit 9, symfony/yaml from Debian's php-symfony-yaml). Each
 prints its build and validation seconds. Gradle is refused as `unsupported_build_system`; the report reader
-refuses what it does not understand; the trusted fetchers fail clearly when their registry is unreachable."""
+refuses what it does not understand; the trusted fetchers fail clearly when their registry is unreachable, and a
+PHP package Composer fetched from a loopback repository is what a third fixture's tests load."""
 
 from __future__ import annotations
 
