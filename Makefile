@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 PIP    := $(BIN)/pip
 STAMP  := $(VENV)/.installed
 
-.PHONY: install docker browser registry demo test test-fast bench-cpu clean
+.PHONY: install docker browser registry fetchers demo test test-fast bench-cpu clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -37,7 +37,13 @@ registry:
 	command -v docker-registry >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker-registry; \
 	  systemctl disable --now docker-registry 2>/dev/null || true; }  # its service would listen on :5000
 
-test: docker browser registry
+# The trusted host-side fetchers of Java and PHP dependencies run Debian's maven and composer (no download of
+# the tools themselves from elsewhere).
+fetchers:
+	command -v mvn >/dev/null && command -v composer >/dev/null || { apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends maven composer; }
+
+test: docker browser registry fetchers
 	$(BIN)/python -m pytest -q -ra --durations=15
 
 # Without Docker and the model: the quick loop while editing.

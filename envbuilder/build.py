@@ -19,12 +19,14 @@ from pathlib import Path
 from typing import Any
 
 from envbuilder.cargo_fetch import crates_debian_lacks, fetch_crates
+from envbuilder.composer_fetch import with_fetched_vendor
 from envbuilder.env_agent import (NO_TESTS, NOT_REPRODUCIBLE, AgentRequest, present_targets, replay_recipe,
                                   run_env_agent, run_tests_once)
 from envbuilder.errors import SourceError, UnsupportedProject
 from envbuilder.images import (LayerBuild, build_environment, build_instance, environment_id, environment_tag,
                                image_bytes)
 from envbuilder.js_package_managers import javascript_image
+from envbuilder.maven_fetch import with_fetched_repository
 from envbuilder.recipes import (Recipe, RecipeContext, dependency_fingerprint, detect_language, find_recipe,
                                 save_fingerprint_recipe)
 from envbuilder.repos import SourceTree, has_commit
@@ -81,7 +83,7 @@ def build_candidate(config: Config, candidate: dict[str, Any]) -> BuildOutcome:
         recipe = find_recipe(tree, context, detect_language(tree, candidate.get("language")))
         runner = runner_for(recipe.test_runner)
     except (UnsupportedProject, SourceError) as exc:
-        return failed(UNSUPPORTED_PROJECT, str(exc))
+        return failed(getattr(exc, "reason", UNSUPPORTED_PROJECT), str(exc))
     targets = runner.select_tests(tree.files, candidate["test_patch"], candidate["patch"], config.code.test_scope)
     row.update(test_runner=runner.name, test_targets=targets, test_command=runner.command(recipe.test_command, targets))
     try:
@@ -94,12 +96,16 @@ def build_candidate(config: Config, candidate: dict[str, Any]) -> BuildOutcome:
         if recipe.language == "rust" and crates_debian_lacks(tree):
             vendor, key = fetch_crates(config, tree)
             base = dataclasses.replace(base, tag=vendored_crates_image(config, base.tag, vendor, key))
+        if recipe.language == "java":
+            base = dataclasses.replace(base, tag=with_fetched_repository(config, tree, base.tag))
+        if recipe.language == "php":
+            base = dataclasses.replace(base, tag=with_fetched_vendor(config, tree, base.tag))
     except ImageBuildFailed as exc:
         return failed(BASE_IMAGE_FAILED, str(exc))
     except DependencyUnavailable as exc:
         return failed(INSTALL_FAILED, str(exc))
     except UnsupportedProject as exc:  # found only once the dependencies are there (a native addon)
-        return failed(UNSUPPORTED_PROJECT, str(exc))
+        return failed(getattr(exc, "reason", UNSUPPORTED_PROJECT), str(exc))
 
     fingerprint = dependency_fingerprint(tree)
     env_id = environment_id(base.tag, recipe, fingerprint)

@@ -29,5 +29,12 @@ class UnsupportedProject(CodeEnvError):
     """No recipe or test runner exists for this project (its language, or no Python version fits)."""
 
 
+class UnsupportedBuildSystem(UnsupportedProject):
+    """A build system that cannot be served honestly offline (Gradle: resolving runs its build scripts, and no
+    Gradle that runs on the image's JDK is packaged); the candidate's reason is `unsupported_build_system`."""
+
+    reason = "unsupported_build_system"
+
+
 class DiskFull(CodeEnvError):
     """The disk (Docker's or ours) is full: a fault of the machine, not of the candidate."""

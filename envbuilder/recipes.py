@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import configparser
 import fnmatch
+import importlib
 import json
 import re
 import shlex
@@ -37,7 +38,9 @@ RECIPE_SCHEMA = 1
 DEPENDENCY_PATTERNS = ("pyproject.toml", "setup.py", "setup.cfg", "requirements*.txt", "requirements/*.txt",
                        "*requirements*.txt", "constraints*.txt", "tox.ini", "Pipfile", "Pipfile.lock", "poetry.lock",
                        "uv.lock", "go.mod", "go.sum", "package.json", "package-lock.json", "yarn.lock",
-                       "pnpm-lock.yaml", "Cargo.toml", "Cargo.lock", "*/Cargo.toml", "CMakeLists.txt")
+                       "pnpm-lock.yaml", "Cargo.toml", "Cargo.lock", "*/Cargo.toml", "CMakeLists.txt",
+                       "pom.xml", "*/pom.xml", "build.gradle", "build.gradle.kts", "settings.gradle",
+                       "settings.gradle.kts", "composer.json", "composer.lock")
 TEST_EXTRAS = ("test", "tests", "testing", "dev")
 DEFAULT_PYTHON = "3.11"
 PYTEST_COMMAND = ("python -m pytest -rA -p no:cacheprovider --continue-on-collection-errors "
@@ -206,20 +209,16 @@ PROVIDERS: list[RecipeProvider] = [user_recipe, fingerprint_recipe, heuristic_re
 LANGUAGE_PROVIDERS: dict[str, list[RecipeProvider]] = {
     "go": [user_recipe, fingerprint_recipe, lambda tree, context: go_recipe(tree, context)],
     "javascript": [user_recipe, fingerprint_recipe, lambda tree, context: javascript_recipe(tree, context)],
-    "rust": [user_recipe, fingerprint_recipe, lambda tree, context: _rust_recipe(tree, context)],
-    "cpp": [user_recipe, fingerprint_recipe, lambda tree, context: _cpp_recipe(tree, context)]}
+    **{language: [user_recipe, fingerprint_recipe,
+                  lambda tree, context, language=language: _language_recipe(language, tree, context)]
+       for language in ("rust", "cpp", "java", "php")}}
 
 
-def _rust_recipe(tree: SourceTree, context: RecipeContext) -> Recipe:
-    from envbuilder.runners_rust import rust_recipe  # the runner's module: it imports this one
-
-    return rust_recipe(tree, context)
-
-
-def _cpp_recipe(tree: SourceTree, context: RecipeContext) -> Recipe:
-    from envbuilder.runners_cpp import cpp_recipe
-
-    return cpp_recipe(tree, context)
+def _language_recipe(language: str, tree: SourceTree, context: RecipeContext) -> Recipe:
+    """A language whose heuristic recipe lives beside its runner (`envbuilder.runners_<language>`, which imports
+    this module: hence the import at call time)."""
+    runner_module = importlib.import_module(f"envbuilder.runners_{language}")
+    return getattr(runner_module, f"{language}_recipe")(tree, context)
 
 
 def go_recipe(tree: SourceTree, context: RecipeContext) -> Recipe:
@@ -252,8 +251,8 @@ def javascript_recipe(tree: SourceTree, context: RecipeContext) -> Recipe:
 
 def detect_language(tree: SourceTree, declared: str | None = None) -> str:
     """The language whose recipe builds the candidate: what its source declared, unless it said Python (the
-    default) of a repository that has a go.mod, package.json, Cargo.toml or CMakeLists.txt and no Python
-    metadata."""
+    default) of a repository that has a go.mod, package.json, Cargo.toml, CMakeLists.txt, a Maven or Gradle build
+    or a composer.json / phpunit.xml, and no Python metadata."""
     files = set(tree.files)
     if declared in ("rust", "cpp") and {"pyproject.toml", "setup.py", "setup.cfg"} & files:
         return "python"  # a Python package with a native extension: its tests are Python's
@@ -265,12 +264,17 @@ def detect_language(tree: SourceTree, declared: str | None = None) -> str:
         return "go"
     if "package.json" in files and not python_metadata:
         return "javascript"
-    # Rust and C/C++ repositories often carry helper scripts in Python: only Python's metadata files say Python
+    # Rust, C/C++, Java and PHP repositories often carry helper scripts in Python: only Python's metadata files
+    # say Python
     python_package = {"pyproject.toml", "setup.py", "setup.cfg"} & files
     if "Cargo.toml" in files and not python_package:
         return "rust"
     if "CMakeLists.txt" in files and not python_package:
         return "cpp"
+    if {"pom.xml", "build.gradle", "build.gradle.kts"} & files and not python_package:
+        return "java"
+    if {"composer.json", "phpunit.xml", "phpunit.xml.dist"} & files and not python_package:
+        return "php"
     return "python"
 
 

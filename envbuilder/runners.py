@@ -101,3 +101,5 @@ import envbuilder.runners_go  # noqa: E402,F401 - registers the Go runner (`gote
 import envbuilder.runners_js  # noqa: E402,F401 - registers the JavaScript runner (`mocha`) in RUNNERS
 import envbuilder.runners_rust  # noqa: E402,F401 - registers the Rust runner (`cargo`) in RUNNERS
 import envbuilder.runners_cpp  # noqa: E402,F401 - registers the C/C++ runner (`ctest`) in RUNNERS
+import envbuilder.runners_java  # noqa: E402,F401 - registers the Java runner (`maven`) in RUNNERS
+import envbuilder.runners_php  # noqa: E402,F401 - registers the PHP runner (`phpunit`) in RUNNERS

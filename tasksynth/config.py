@@ -85,6 +85,12 @@ class CodeConfig:
     # (envbuilder.cargo_fetch): a sparse index URL (`sparse+https://...`, or plain https) or a git index ending
     # in .git; empty: crates.io.
     cargo_registry: str = ""
+    # The Maven repository (Central's URL or a mirror) the trusted fetcher's `dependency:go-offline` downloads from
+    # (envbuilder.maven_fetch); empty: nothing is fetched, Debian's /usr/share/maven-repo is the only source.
+    maven_repository: str = ""
+    # The Composer repository (Packagist's URL or a mirror) the trusted fetcher's `composer install --no-scripts`
+    # uses (envbuilder.composer_fetch); empty: nothing is fetched, Debian's php-* packages are the only source.
+    composer_repository: str = ""
 
 
 @dataclass

@@ -19,10 +19,11 @@ TEST_FILE_PATTERNS = {
     "java": ["*Test.java", "*Tests.java", "*IT.java"],
     "rust": [],  # Rust tests live in tests/ or inline; tests/ is covered by the directory rule
     "cpp": ["*_test.cc", "*_test.cpp", "*_unittest.cc", "test_*.cc", "test_*.cpp"],
+    "php": ["*Test.php"],
 }
 LANGUAGE_EXTENSIONS = {
     ".py": "python", ".pyi": "python", ".go": "go", ".js": "javascript", ".ts": "javascript",
-    ".jsx": "javascript", ".tsx": "javascript", ".java": "java", ".rs": "rust",
+    ".jsx": "javascript", ".tsx": "javascript", ".java": "java", ".rs": "rust", ".php": "php",
     ".c": "cpp", ".cc": "cpp", ".cpp": "cpp", ".cxx": "cpp", ".h": "cpp", ".hh": "cpp", ".hpp": "cpp",
 }
 DOC_EXTENSIONS = {".md", ".rst", ".txt", ".adoc"}

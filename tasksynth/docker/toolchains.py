@@ -1,6 +1,9 @@
 """Language toolchains on top of a base image, from Debian's packages: Go (golang-go) and the Go libraries
 Debian packages (`golang-*-dev`, sources under /usr/share/gocode), the offline source of Go dependencies;
 JavaScript (Debian's nodejs), a project's npm dependencies added by `node_modules_image`.
+Java (Debian's JDK 17 and Maven, its `lib*-java` packages forming the offline Maven repository
+/usr/share/maven-repo) and PHP (php-cli, PHPUnit, `php-*` libraries under /usr/share/php); what a trusted fetcher
+downloaded for a project is laid over them by `dependencies_image`.
 
 No container here has network, so apt cannot run inside a build: the host (trusted code, ours) downloads the
 packages and their dependency closure with `apt-get download` into `<home>/debs/<language>/`, and
@@ -23,6 +26,51 @@ from tasksynth.hashing import content_hash, sha256_bytes
 
 TOOLCHAIN_VERSION = 1
 # Debian bookworm names; the closure beyond the base image (which has libc) is listed whole.
+# Java: the JDK, Maven, and the Java libraries Debian packages (JUnit 4 and 5, commons-lang3, Surefire, the
+# compiler and resources plugins), whose jars and poms form the offline Maven repository /usr/share/maven-repo.
+# PHP: the CLI, PHPUnit and Debian's `php-*` libraries (symfony/yaml), autoloadable under /usr/share/php.
+# Both closures were resolved by apt against the base image's installed packages.
+_JAVA_PACKAGES = """
+    sgml-base ca-certificates-java java-common libavahi-common-data libavahi-common3 libdbus-1-3
+    libavahi-client3 libcups2 libpng16-16 libfreetype6 fonts-dejavu-core fontconfig-config libfontconfig1
+    liblcms2-2 libjpeg62-turbo libnspr4 libnss3 libasound2-data libasound2 libglib2.0-0 libgraphite2-3
+    libharfbuzz0b libpcsclite1 openjdk-17-jre-headless default-jre-headless ant openjdk-17-jdk-headless
+    default-jdk-headless unzip java-wrappers libhamcrest-java junit4 libapiguardian-java libopentest4j-java
+    libopentest4j-reporting-java libpicocli-java libunivocity-parsers-java junit5 libaopalliance-java
+    libapache-pom-java libasm-java libatinject-jsr330-api-java libjaxp1.3-java libxml-commons-external-java
+    libcommons-parent-java libcommons-io-java libcommons-logging-java libxmlgraphics-commons-java libbatik-java
+    libbsh-java libgeronimo-interceptor-3.0-spec-java libcdi-api-java libcommons-collections3-java
+    libcommons-beanutils-java libcommons-cli-java libcommons-codec-java libcommons-compress-java
+    libcommons-lang-java libcommons-configuration-java libcommons-digester-java libcommons-lang3-java
+    libplexus-utils2-java libplexus-io-java libslf4j-java libsnappy1v5 libsnappy-jni libsnappy-java libxz-java
+    libplexus-archiver-java libplexus-interpolation-java libmaven-archiver-java libmaven-shared-utils-java
+    libgeronimo-annotation-1.3-spec-java liberror-prone-java libjsr305-java libguava-java libguice-java
+    libmaven-parent-java libwagon-provider-api-java libmaven-resolver-java libplexus-cipher-java
+    libplexus-classworlds-java libplexus-component-annotations-java libplexus-sec-dispatcher-java
+    libsisu-inject-java libsisu-plexus-java libmaven3-core-java libmaven-shared-io-java
+    libmaven-file-management-java libmaven-jar-plugin-java libcommons-text-java libcommons-validator-java
+    libjaxen-java libdom4j-java libhttpcore-java libhttpclient-java libdoxia-core-java libfontbox2-java
+    libqdox-java libfop-java libitext1-java libxbean-reflect-java libplexus-container-default-java
+    libdoxia-java libmaven-reporting-api-java libplexus-i18n-java velocity libplexus-velocity-java liboro-java
+    libvelocity-tools-java libxml-commons-resolver1.1-java libxerces2-java libxalan2-java
+    libdoxia-sitetools-java libjansi-java libjsoup-java libjtidy-java libmaven-common-artifact-filters-java
+    libmaven-shared-incremental-java libplexus-compiler-java libqdox2-java libplexus-languages-java
+    libmaven-compiler-plugin-java libplexus-build-api-java libmaven-filtering-java libmaven-reporting-impl-java
+    libplexus-container-default1.5-java libplexus-ant-factory-java libplexus-bsh-factory-java
+    libmaven-plugin-tools-java libmaven-resources-plugin-java libsurefire-java libwagon-file-java
+    libwagon-http-shaded-java maven
+""".split()
+_PHP_PACKAGES = """
+    sensible-utils ucf javascript-common libargon2-1 libbsd0 libedit2 libicu72 libjs-popper.js libjs-bootstrap4
+    libjs-d3 libmagic-mgc libmagic1 libonig5 libsodium23 libxml2 libxslt1.1 psmisc php-common php8.2-common
+    php8.2-opcache php8.2-readline php8.2-cli php-cli php8.2-xml php-xml php-parser php-file-iterator
+    php-text-template phpunit-code-unit-reverse-lookup phpunit-complexity phpunit-environment
+    phpunit-lines-of-code phpunit-version php-tokenizer php-codecoverage php-deepcopy php-doctrine-instantiator
+    php-invoker php8.2-mbstring php-mbstring php-phar-io-version php-phar-io-manifest
+    php-symfony-deprecation-contracts php-symfony-yaml php-timer phpunit-cli-parser phpunit-code-unit
+    phpunit-diff phpunit-recursion-context phpunit-exporter phpunit-comparator phpunit-object-reflector
+    phpunit-global-state phpunit-object-enumerator phpunit-resource-operations phpunit-type phpunit
+""".split()
 TOOLCHAIN_PACKAGES: dict[str, list[str]] = {
     "go": ["golang-go", "golang-src", "golang-1.19-go", "golang-1.19-src", "golang-github-google-go-cmp-dev"],
     # `name/bookworm`: Debian's own build, even where the host has another source's nodejs installed
@@ -43,6 +91,8 @@ TOOLCHAIN_PACKAGES: dict[str, list[str]] = {
             "gcc", "gcc-12", "cpp", "cpp-12", "libgcc-12-dev", "libcc1-0", "libgomp1", "libitm1", "libatomic1",
             "libasan8", "liblsan0", "libtsan2", "libubsan1", "libquadmath0", "libisl23", "libmpfr6", "libmpc3",
             "libfmt9", "libfmt-dev"],
+    "java": _JAVA_PACKAGES,
+    "php": _PHP_PACKAGES,
 }
 # What a recipe of the language sets for its runs: Go in GOPATH mode over Debian's library sources (go.mod is
 # not read: no module proxy is reachable), its build cache in the run's scratch /tmp.
@@ -56,6 +106,9 @@ TOOLCHAIN_ENV: dict[str, dict[str, str]] = {
              "CARGO_NET_OFFLINE": "true", "CARGO_TERM_COLOR": "never"},
     # C/C++: the build tree in the run's scratch /tmp (configured afresh by each run)
     "cpp": {"CTEST_OUTPUT_ON_FAILURE": "1"},
+    # Maven's and PHP's own defaults; the recipes name the offline repository on their command lines
+    "java": {},
+    "php": {},
 }
 
 
@@ -148,21 +201,27 @@ def node_modules_image(config: Config, toolchain_tag: str, node_modules: Path, k
 
 
 def vendored_crates_image(config: Config, toolchain_tag: str, vendor: Path, key: str) -> str:
-    """The Rust toolchain image with the crates the host fetched (`envbuilder.cargo_fetch`) at /opt/cargo-vendor,
-    copied in by a build without network. Tag: `tasksynth/toolchain:crates-<key>`."""
-    tag = f"tasksynth/toolchain:crates-{content_hash(TOOLCHAIN_VERSION, toolchain_tag, key, length=12)}"
+    """The Rust toolchain image with the crates the host fetched (`envbuilder.cargo_fetch`) at /opt/cargo-vendor."""
+    return dependencies_image(config, toolchain_tag, vendor, "/opt/cargo-vendor", key, "rust")
+
+
+def dependencies_image(config: Config, toolchain_tag: str, folder: Path, target: str, key: str, language: str) -> str:
+    """The toolchain image with dependencies a trusted fetcher downloaded (`folder`) copied to `target` by a build
+    without network; an existing folder there is merged (a fetched Maven repository goes over Debian's).
+    Tag: `tasksynth/toolchain:<language>-deps-<key>`."""
+    tag = f"tasksynth/toolchain:{language}-deps-{content_hash(TOOLCHAIN_VERSION, toolchain_tag, target, key, length=12)}"
     with image_lock(config, tag):
         if image_exists(tag):
             return tag
-        with tempfile.TemporaryDirectory(prefix="tasksynth-crates-") as tmp:
+        with tempfile.TemporaryDirectory(prefix="tasksynth-deps-") as tmp:
             context = Path(tmp)
-            shutil.copytree(vendor, context / "vendor", symlinks=True)
+            shutil.copytree(folder, context / "dependencies", symlinks=True)
             (context / "Dockerfile").write_text("\n".join([
-                f"FROM {toolchain_tag}", "COPY vendor /opt/cargo-vendor",
-                f"LABEL {MANAGED_LABEL}=true org.tasksynth.layer=toolchain org.tasksynth.language=rust"]) + "\n")
+                f"FROM {toolchain_tag}", f"COPY dependencies {target}",
+                f"LABEL {MANAGED_LABEL}=true org.tasksynth.layer=toolchain org.tasksynth.language={language}"]) + "\n")
             result = docker("build", "--network", "none", "--force-rm", "-t", tag, str(context), check=False,
                             timeout=config.docker.build_timeout_s)
         if result.returncode != 0:
             tail = "\n".join(((result.stdout or "") + (result.stderr or "")).strip().splitlines()[-12:])
-            raise ImageBuildFailed(f"copying the fetched crates into an image failed:\n{tail}")
+            raise ImageBuildFailed(f"copying the fetched {language} dependencies into an image failed:\n{tail}")
     return tag

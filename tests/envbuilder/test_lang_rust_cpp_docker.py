@@ -202,7 +202,7 @@ def test_a_crate_debian_lacks_comes_from_the_mirror_through_the_trusted_fetcher(
     built = build_candidate(config, candidate)
     build_s = time.monotonic() - started
     assert built.ok, built.instance["detail"]
-    assert built.environment["base_image"].startswith("tasksynth/toolchain:crates-")  # the vendored crates' layer
+    assert built.environment["base_image"].startswith("tasksynth/toolchain:rust-deps-")  # the vendored crates' layer
     assert "/crates/tinyhalf/0.1.0/download" in asked
 
     started = time.monotonic()
