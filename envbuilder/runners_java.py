@@ -8,8 +8,12 @@ agent); the trusted fetcher (`envbuilder.maven_fetch`) serves real repositories 
 
 Test ids are `<fully qualified class>#<method>`, the form `mvn -Dtest=` takes. Targets are the test classes
 whose files the test patch touches (`src/test/java/...`), given to Surefire as `-Dtest=`; none: every test.
-Maven exits 1 both when a test fails and when the build fails before the tests: the reports decide, and a run
-that wrote none is `junit_missing` with Maven's last lines in the log.
+Maven exits 1 both when a test fails and when the build fails before the tests: the reports decide. A test patch
+that calls what the fix adds (common in Java) does not compile before the fix: Maven's `testCompile` fails and no
+test runs. That run reports one error case, `[build]#testCompile`, so the target tests count as missing, that is
+failing, before the fix, as a Rust crate or a C++ test executable that does not build does. Any other run that
+wrote no report (a dependency missing offline, the main sources not compiling) is `junit_missing` with Maven's
+last lines in the log.
 
 Gradle builds are detected and refused (`UnsupportedBuildSystem`): their build scripts are code that must run to
 resolve anything, Debian's Gradle (4.4) predates the JDK it would run on, and no Gradle distribution is
@@ -30,10 +34,16 @@ from envbuilder.runners import REPORT_PATH, RUNNERS, TestRunner
 from envbuilder.sources.patches import file_diffs
 from verifiers.grading import JUNIT_MALFORMED, JUNIT_MISSING, OK, TESTS_CRASHED
 from verifiers.junit import JUnitError, TestOutcome
-from verifiers.junit_files import collect_reports_command, jvm_test_id, parse_junit_files
+from verifiers.junit_files import FILE_MARKER, collect_reports_command, jvm_test_id, parse_junit_files
 
 MAVEN_COMMAND = (f"mvn -o -q -B -Dmaven.repo.local={DEBIAN_MAVEN_REPO} -Dsurefire.useFile=false test")
 SUREFIRE_REPORTS = ["*/target/surefire-reports/TEST-*.xml"]
+# Maven's output goes through this file (in the run's scratch /tmp) so the run can tell a test-compile failure
+MAVEN_OUTPUT = "/tmp/maven-output.log"
+# What a failed test compilation reports: an error case that no real test class can be named
+TEST_COMPILE_FAILED = (f"{FILE_MARKER}[build] -->\n<testsuite name=\"[build]\" tests=\"1\" errors=\"1\">"
+                       "<testcase classname=\"[build]\" name=\"testCompile\"><error message=\"the test sources do "
+                       "not compile\"/></testcase></testsuite>")
 _TEST_SOURCE = re.compile(r"(?:^|/)src/test/java/(.+)\.java$")
 
 
@@ -59,8 +69,11 @@ class MavenRunner(TestRunner):
         # a module without the selected classes is not a failure (Surefire 2.x and 3.x name the switch differently)
         selected = (f" -Dtest={shlex.quote(','.join(targets))} -DfailIfNoTests=false "
                     "-Dsurefire.failIfNoSpecifiedTests=false" if targets else "")
-        return (f"({base_command}{selected}; code=$?; {collect_reports_command(SUREFIRE_REPORTS, report_path)}; "
-                "exit $code)")
+        report = shlex.quote(report_path)
+        return (f"({base_command}{selected} > {MAVEN_OUTPUT} 2>&1; code=$?; cat {MAVEN_OUTPUT}; "
+                f"{collect_reports_command(SUREFIRE_REPORTS, report_path)}; "
+                f"if [ ! -s {report} ] && grep -q ':testCompile' {MAVEN_OUTPUT}; then "
+                f"printf '%s\\n' {shlex.quote(TEST_COMPILE_FAILED)} > {report}; fi; exit $code)")
 
     def read_report(self, exit_code: int | None, report: str | None,
                     targets: list[str]) -> tuple[str, str, dict[str, TestOutcome]]:
