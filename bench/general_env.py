@@ -41,7 +41,7 @@ from general_env.bundle import Bundle  # noqa: E402
 from general_env.execution import WorldExecutor  # noqa: E402
 from general_env.tool_code import parse_tool_module  # noqa: E402
 from tasksynth.config import Config, RoleConfig  # noqa: E402
-from verifiers.general import grade_episode, grade_general  # noqa: E402
+from verifiers.general import grade_episode  # noqa: E402
 
 TASK = {"task_id": "bench", "prompt": "Book the cheapest flight from LIS to OSL for Ada Lovelace; answer its id.",
         "verifier": VERIFIER, "expected_state_hash": None}
@@ -194,6 +194,7 @@ def runner_part(config: Config, bundle: Bundle, url: str, attempts: int = 8) -> 
     solved = 0
     with WorldExecutor(config) as worlds:
         for _ in range(attempts):
+            grade = None
             with worlds.attempt(bundle.database) as world:
                 original = world.run
 
@@ -207,14 +208,15 @@ def runner_part(config: Config, bundle: Bundle, url: str, attempts: int = 8) -> 
 
                 world.run = timed
                 recorder = BufferedRecorder()
-                agent = Agent("solver", config, tools=environment_tools(bundle, world), recorder=recorder)
+                episode = Episode()
+                agent = Agent("solver", config, tools=environment_tools(bundle, world, episode), recorder=recorder)
                 result = agent.run_sync(TASK["prompt"])
                 model_seconds += sum(c.latency_s for c in recorder.calls)
-            with worlds.attempt(bundle.database) as grading:
+                if graded_in_episode(world, episode, result.transcript):
+                    grade = grade_episode(TASK, result.transcript, episode.calls, db_path=world.db_path, run=timed)
+            if grade is None:
                 t0 = time.perf_counter()
-                grade = grade_general(TASK, result.transcript, db_path=grading.db_path,
-                                      tools_source=bundle.tools_source, run=grading.run, clock=bundle.clock,
-                                      seed=bundle.seed)
+                grade = replay_grade(worlds, bundle, TASK, result.transcript)
                 sandbox_seconds += time.perf_counter() - t0
             solved += grade.reward == 1.0
     wall = time.perf_counter() - started

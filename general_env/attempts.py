@@ -42,6 +42,7 @@ class Episode:
 
     calls: list[dict[str, Any]] = field(default_factory=list)
     stopped: str | None = None  # the first limit that stopped a call: its state is then the replay's to judge
+    infra_error: str | None = None  # the sandbox could not run a call: the attempt is an error, not a failure
 
 
 @dataclass
@@ -112,6 +113,8 @@ def attempt_task(config: Config, worlds: WorldExecutor, bundle: Bundle, task: di
             agent = Agent(ROLE, config, tools=environment_tools(bundle, world, episode), recorder=recorder)
             result = agent.run_sync(_request(task), opening=opening)
             outcome.trajectory_id = result.trajectory_id
+            if episode.infra_error:
+                raise SandboxInfraError(episode.infra_error)
             graded_here = result.stop_reason != "error" and graded_in_episode(world, episode, result.transcript)
             if graded_here:
                 _grade(result, outcome, "episode", lambda: grade_episode(task, result.transcript, episode.calls,
@@ -155,6 +158,8 @@ def environment_tools(bundle: Bundle, world: AttemptWorld | None, episode: Episo
             except HarnessFailure as exc:
                 entry["error"] = f"the tool was stopped ({exc.outcome}: {exc.reason})"
                 episode.stopped = episode.stopped or entry["error"]
+                if exc.outcome == "infra_error":
+                    episode.infra_error = episode.infra_error or exc.reason
                 raise ToolCallFailed(entry["error"]) from None
             if "error" in called:
                 entry["error"] = called["error"]
@@ -189,6 +194,9 @@ def _grade(result: Any, outcome: AttemptOutcome, graded_on: str, grade_it: Calla
     try:
         grade = grade_it()
     except HarnessFailure as exc:
+        if exc.outcome == "infra_error":  # the sandbox failed, not the attempt: an error, left out of n
+            outcome.reason = f"infra_error: {exc.reason}"[:500]
+            return
         outcome.outcome, outcome.reason = FAILED, f"grading stopped: {exc.outcome}: {exc.reason}"[:500]
         return
     outcome.reward, outcome.partial = grade.reward, grade.partial
