@@ -70,7 +70,7 @@ def test_the_pipeline_keeps_good_tasks_and_discards_each_bad_one_with_its_reason
 
     tasks = {t["prompt"].split(":")[0]: t for t in _store_rows(
         tmp_path, tasksynth, "select prompt, level, status, reason, detail, c, n, accepted, estimated, pass_at, "
-                             "expected_state_hash, bundle_id from general_tasks")}
+                             "expected_state_hash, bundle_id, task_id from general_tasks")}
     assert tasks["DB task"]["reason"] == "solution_breaks_rules" and "sqlite3" in tasks["DB task"]["detail"]
     assert tasks["Never task"]["reason"] == "solution_fails_verifier"
     assert tasks["Idle task"]["reason"] == "verifier_accepts_nothing"
@@ -92,6 +92,8 @@ def test_the_pipeline_keeps_good_tasks_and_discards_each_bad_one_with_its_reason
     solved = _store_rows(tmp_path, tasksynth, "select a.checks from general_attempts a join general_tasks t using "
                                               "(task_id) where t.level = 2 and a.outcome = 'solved'")
     assert len(solved) == 2 and all(_decoded(a["checks"])["graded_on"] == "episode" for a in solved)
+    shown = json.loads(tasksynth("general", "show", harder["task_id"], cwd=tmp_path, check=True).stdout)
+    assert shown["tool_added_by_level"]["tool"] == "seats_left" and shown["bundle_id"] == harder["bundle_id"]
 
     discards = _store_rows(tmp_path, tasksynth, "select stage, reason from discards where source = 'general' "
                                                 "order by reason")
