@@ -2,7 +2,8 @@
 
     category x envs -> tool_writer in a sandbox session -> database + tools -> quality gate -> bundle
     bundle x tasks_per_env -> task / solution / verifier writers -> self-checks -> level-1 task
-    kept level L-1 task -> made harder -> self-checks -> level-L task            (L = 2 .. levels)
+    kept level L-1 task -> made harder (+ a new tool: new bundle version) -> self-checks -> level-L task
+                                                                                  (L = 2 .. levels)
     every verified task -> solver x k (batches) -> graded from its trajectory -> c, n, pass@k -> kept if c >= 1
 
 Each stage is `run_steps` over its items, keyed by a content hash, so a rerun after a crash resumes where it
@@ -22,7 +23,7 @@ from general_env.environment_building import build_environment, environment_id
 from flows.funnels import publish_kind
 from general_env.funnel import general_funnel
 from general_env.records import (built_environments, record_attempts, record_environment, record_pass_at_k,
-                                 record_task, verified_tasks)
+                                 record_task, task_bundle, verified_tasks)
 from general_env.tasks import task_id, write_task
 from tasksynth.config import Config, load_config
 from tasksynth.hashing import content_hash
@@ -56,8 +57,8 @@ def general_pipeline(config: Config | None = None, category: str = "travel plann
         for level in range(1, levels + 1):
             if level == 1:
                 items = [(env_id, bundle, index, None) for env_id, bundle in bundles for index in range(tasks_per_env)]
-            else:
-                items = [(env_id, bundle, 0, parent) for env_id, bundle in bundles
+            else:  # a harder task starts from its parent's bundle version (with the tools its level added)
+                items = [(env_id, task_bundle(store, parent, bundle), 0, parent) for env_id, bundle in bundles
                          for parent in verified_tasks(store, env_id, level - 1)]
             summary[f"level_{level}"] = run_steps(
                 store, "general.task", items,
@@ -66,8 +67,8 @@ def general_pipeline(config: Config | None = None, category: str = "travel plann
                 record=lambda item, outcome: record_task(store, outcome, item[1].bundle_id, run_id), config=config,
                 run_id=run_id).as_dict()
 
-        tasks = [(bundle, task) for env_id, bundle in bundles for level in range(1, levels + 1)
-                 for task in verified_tasks(store, env_id, level)]
+        tasks = [(task_bundle(store, task, bundle), task) for env_id, bundle in bundles
+                 for level in range(1, levels + 1) for task in verified_tasks(store, env_id, level)]
         batch = k if stop_early else max(1, min(config.general.attempt_batch, k))
         batches = [(bundle, task, list(range(start, min(start + batch, k))))
                    for bundle, task in tasks for start in range(0, k, batch)]

@@ -4,8 +4,13 @@ environment's tools, k times; each attempt is graded from its trajectory alone, 
 One attempt:
 1. a fresh copy of the bundle's database in a sandbox container; each tool the solver calls runs there
    (`harness.call_tool`), so the attempt changes only its own copy;
-2. the solver's trajectory (OpenAI messages with `tool_calls`) is graded by `verifiers.general.grade_general`:
-   its calls replayed on another fresh copy, then the task's checks (and the expected state hash, if any).
+2. the solver's trajectory (OpenAI messages with `tool_calls`) is graded as a trainer would grade it, by the
+   task's checks (and the expected state hash, if any) on the final state its calls reach. When the calls
+   the episode ran are exactly the trajectory's, its container state is that final state, and the grade is
+   one call there (`verifiers.general.grade_episode`); otherwise (a call the loop refused to run, a call a
+   limit stopped, a container that died and restarted the state) the calls are replayed on a fresh copy
+   (`verifiers.general.grade_general`, what `tasksynth general grade` does). Both give the same verdict: every
+   tool call's randomness is seeded from its position in the attempt, so a replay repeats the episode.
 
 Outcomes: `solved` (reward 1), `failed` (reward 0, with what failed: the checks, the solver's budget, a limit
 the tools hit), or `error` when something outside the attempt failed (the endpoint, the sandbox's engine):
@@ -15,6 +20,7 @@ errors are not attempts and do not count in n.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,10 +30,19 @@ from general_env.bundle import Bundle
 from general_env.execution import AttemptWorld, HarnessFailure, WorldExecutor
 from tasksynth.config import Config
 from tasksynth.hashing import content_hash
-from verifiers.general import grade_general
+from verifiers.general import GeneralGrade, episode_matches, grade_episode, grade_general
 
 ROLE = "solver"
 SOLVED, FAILED, ERROR = "solved", "failed", "error"
+
+
+@dataclass
+class Episode:
+    """The tool calls that ran in an attempt's container, in order, with their outcomes."""
+
+    calls: list[dict[str, Any]] = field(default_factory=list)
+    stopped: str | None = None  # the first limit that stopped a call: its state is then the replay's to judge
+    infra_error: str | None = None  # the sandbox could not run a call: the attempt is an error, not a failure
 
 
 @dataclass
@@ -94,13 +109,21 @@ def attempt_task(config: Config, worlds: WorldExecutor, bundle: Bundle, task: di
     outcome = AttemptOutcome(attempt_id(task["task_id"], index), task["task_id"], index, ERROR)
     try:
         with worlds.attempt(bundle.database) as world:
-            agent = Agent(ROLE, config, tools=environment_tools(bundle, world), recorder=recorder)
+            episode = Episode()
+            agent = Agent(ROLE, config, tools=environment_tools(bundle, world, episode), recorder=recorder)
             result = agent.run_sync(_request(task), opening=opening)
-        outcome.trajectory_id = result.trajectory_id
+            outcome.trajectory_id = result.trajectory_id
+            if episode.infra_error:
+                raise SandboxInfraError(episode.infra_error)
+            graded_here = result.stop_reason != "error" and graded_in_episode(world, episode, result.transcript)
+            if graded_here:
+                _grade(result, outcome, "episode", lambda: grade_episode(task, result.transcript, episode.calls,
+                                                                         db_path=world.db_path, run=world.run))
+        # A replay takes a container of its own, so it waits until the episode's is given back.
         if result.stop_reason == "error":
             outcome.reason = f"endpoint_error: {result.error}"[:500]
-        else:
-            _grade(worlds, bundle, task, result, outcome)
+        elif not graded_here:
+            _grade(result, outcome, "replay", lambda: replay_grade(worlds, bundle, task, result.transcript))
     except AgentError as exc:
         outcome.reason = f"agent_setup: {exc}"[:500]
     except SandboxInfraError as exc:
@@ -110,22 +133,36 @@ def attempt_task(config: Config, worlds: WorldExecutor, bundle: Bundle, task: di
     return outcome
 
 
-def environment_tools(bundle: Bundle, world: AttemptWorld | None) -> list[Tool]:
+def environment_tools(bundle: Bundle, world: AttemptWorld | None, episode: Episode | None = None) -> list[Tool]:
     """The bundle's tools as agent tools whose every call runs in the attempt's sandbox container (`world`
-    None: for describing the tools only, as in a request that samples first turns)."""
+    None: for describing the tools only, as in a request that samples first turns). `episode` collects the
+    calls that ran.
+
+    The tools are coroutine functions that block while their call runs: an attempt has its event loop to
+    itself (`Agent.run_sync`), which has nothing else to do meanwhile, and a call handed to a thread instead
+    cost a thread pool per attempt."""
+    episode = episode if episode is not None else Episode()
     tools = []
     for spec in bundle.tools:
         function = spec["function"]
 
-        def invoke(_name: str = function["name"], **arguments: Any) -> Any:
+        async def invoke(_name: str = function["name"], **arguments: Any) -> Any:
             if world is None:
                 raise ToolCallFailed("no environment is attached to these tools")
+            entry: dict[str, Any] = {"name": _name, "arguments": arguments}
+            episode.calls.append(entry)
             try:
                 called = world.run("call_tool", name=_name, arguments=arguments, clock=bundle.clock,
-                                   seed=bundle.seed, tools_source=bundle.tools_source)
+                                   seed=bundle.seed, tools_source=bundle.tools_source,
+                                   call_index=len(episode.calls) - 1)
             except HarnessFailure as exc:
-                raise ToolCallFailed(f"the tool was stopped ({exc.outcome}: {exc.reason})") from None
+                entry["error"] = f"the tool was stopped ({exc.outcome}: {exc.reason})"
+                episode.stopped = episode.stopped or entry["error"]
+                if exc.outcome == "infra_error":
+                    episode.infra_error = episode.infra_error or exc.reason
+                raise ToolCallFailed(entry["error"]) from None
             if "error" in called:
+                entry["error"] = called["error"]
                 raise ToolCallFailed(called["error"])
             return called["result"]
 
@@ -139,18 +176,32 @@ def _request(task: dict[str, Any]) -> str:
     return f"{task['prompt']}\n\nGive the final answer in this format: {answer_format}"
 
 
-def _grade(worlds: WorldExecutor, bundle: Bundle, task: dict[str, Any], result: Any,
-           outcome: AttemptOutcome) -> None:
+def graded_in_episode(world: AttemptWorld, episode: Episode, messages: list[dict[str, Any]]) -> bool:
+    """Whether the state the episode left is the one a replay of its trajectory reaches (module docstring)."""
+    return world.state_intact and episode.stopped is None and episode_matches(messages, episode.calls)
+
+
+def replay_grade(worlds: WorldExecutor, bundle: Bundle, task: dict[str, Any],
+                 messages: list[dict[str, Any]]) -> GeneralGrade:
+    with worlds.attempt(bundle.database) as grading:
+        return grade_general(task, messages, db_path=grading.db_path, tools_source=bundle.tools_source,
+                             run=grading.run, clock=bundle.clock, seed=bundle.seed)
+
+
+def _grade(result: Any, outcome: AttemptOutcome, graded_on: str, grade_it: Callable[[], GeneralGrade]) -> None:
+    """`graded_on`: "episode" or "replay", kept with the checks (how the verdict was reached)."""
     outcome.tool_calls = result.tool_calls
     try:
-        with worlds.attempt(bundle.database) as grading:
-            grade = grade_general(task, result.transcript, db_path=grading.db_path, tools_source=bundle.tools_source,
-                                  run=grading.run, clock=bundle.clock, seed=bundle.seed)
+        grade = grade_it()
     except HarnessFailure as exc:
+        if exc.outcome == "infra_error":  # the sandbox failed, not the attempt: an error, left out of n
+            outcome.reason = f"infra_error: {exc.reason}"[:500]
+            return
         outcome.outcome, outcome.reason = FAILED, f"grading stopped: {exc.outcome}: {exc.reason}"[:500]
         return
     outcome.reward, outcome.partial = grade.reward, grade.partial
-    outcome.checks = {"checks": grade.checks, "errors": grade.errors, "state_matches": grade.state_matches}
+    outcome.checks = {"checks": grade.checks, "errors": grade.errors, "state_matches": grade.state_matches,
+                      "graded_on": graded_on}
     if grade.reward == 1.0:
         outcome.outcome = SOLVED
         return

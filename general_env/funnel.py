@@ -1,4 +1,5 @@
-"""The general pipeline's funnel, read from the store: environments, tools, tasks per level, pass@k.
+"""The general pipeline's funnel, read from the store: environments, tools (the environments' own and those
+harder levels added), tasks per level, pass@k.
 
 `general_funnel` is what `tasksynth general report` prints and what the flow publishes as Prefect artifacts,
 so the two always agree. Every number is a count of rows; every discard is listed with its reason.
@@ -24,6 +25,11 @@ def general_funnel(store, *, category: str | None = None) -> dict[str, Any]:
     task_ids = [t["task_id"] for t in tasks]
     attempts = _rows(store, "general_attempts", task_ids, column="task_id")
     built = [e for e in envs if e["status"] == "built"]
+    level_tools = _rows(store, "general_level_tools", env_ids)
+    tools_by_level: dict[str, dict[str, int]] = {}
+    for row in level_tools:
+        counts = tools_by_level.setdefault(str(row["level"]), {"added": 0, "rejected": 0})
+        counts[row["status"]] = counts.get(row["status"], 0) + 1
     levels: dict[int, dict[str, int]] = {}
     for task in tasks:
         level = levels.setdefault(task["level"], {"written": 0, "verified": 0, "attempted": 0, "kept": 0})
@@ -49,7 +55,10 @@ def general_funnel(store, *, category: str | None = None) -> dict[str, Any]:
     return {
         "environments": {"made": len(envs), "built": len(built),
                          "tools_kept": sum(len(_json(e["tools"]) or []) for e in built),
-                         "tools_dropped": sum(len(_json(e["dropped_tools"]) or []) for e in envs)},
+                         "tools_dropped": sum(len(_json(e["dropped_tools"]) or []) for e in envs),
+                         "tools_added_by_levels": sum(r["status"] == "added" for r in level_tools),
+                         "tools_rejected_at_levels": sum(r["status"] == "rejected" for r in level_tools)},
+        "tools_by_level": dict(sorted(tools_by_level.items())),
         "tasks_by_level": {str(level): counts for level, counts in sorted(levels.items())},
         "attempts": {"graded": sum(a["outcome"] != "error" for a in attempts),
                      "solved": sum(a["outcome"] == "solved" for a in attempts),
@@ -67,7 +76,9 @@ def funnel_table(funnel: dict[str, Any]) -> list[dict[str, Any]]:
     """The funnel as rows (stage, count), for a table artifact or a terminal."""
     rows = [{"stage": "environments made", "count": funnel["environments"]["made"]},
             {"stage": "environments built", "count": funnel["environments"]["built"]},
-            {"stage": "tools kept", "count": funnel["environments"]["tools_kept"]}]
+            {"stage": "tools kept", "count": funnel["environments"]["tools_kept"]},
+            {"stage": "tools added by levels", "count": funnel["environments"]["tools_added_by_levels"]},
+            {"stage": "tools rejected at levels", "count": funnel["environments"]["tools_rejected_at_levels"]}]
     for level, counts in funnel["tasks_by_level"].items():
         rows += [{"stage": f"level {level} tasks {what}", "count": n} for what, n in counts.items()]
     rows += [{"stage": "attempts graded", "count": funnel["attempts"]["graded"]},

@@ -7,10 +7,13 @@ nothing of this project installed). Model-written code reaches it as text:
 - tools (`def name(db, ...)`) run against the attempt's database loaded into memory: the file it came from
   is gone before any model-written code runs, so a solution cannot reach the data except through tools;
 - the world is deterministic: the tools' clock is fixed (`now()`, and `datetime.datetime.now()`/`today()`,
-  `time.time()`), and randomness is seeded (`rng`, and the `random` module);
+  `time.time()`), and randomness is seeded (`rng`, and the `random` module) afresh for every tool call from
+  the bundle's seed and the call's position in the attempt, so a call sees the same random numbers whether
+  it runs alone (`call_tool`, an agent's episode), in a replay or inside a solution;
 - a solution runs with a small set of builtins and a `tools` object whose attributes are the tool functions,
   every call recorded (name, arguments, result or error), as an agent's would be;
-- checks run on the final state as plain data (`canonical_state`) and the answer.
+- checks run on the final state as plain data (`canonical_state`) and the answer: after a replay
+  (`replay` then `run_checks`), or in one call on the state an episode left behind (`grade_state`).
 
 Every entry point returns JSON-serialisable data; a failure of the model's code is reported in the result
 (`error`), never raised, so the sandbox call itself only fails for reasons outside that code.
@@ -27,10 +30,9 @@ import time
 import traceback
 from typing import Any
 
-try:  # in the sandbox, verifiers.state_hash's source is prepended instead (see sandbox_source)
-    from verifiers.state_hash import canonical_state, state_hash
-except ImportError:  # pragma: no cover - only inside the sandbox
-    pass
+if "state_digest" not in globals():  # in the sandbox verifiers.state_hash's source is prepended (sandbox_source):
+    # no import is tried there, which would search the container's path in every call
+    from verifiers.state_hash import canonical_state, state_digest
 
 DEFAULT_CLOCK = "2025-01-15T09:00:00"
 MAX_RESULT_CHARS = 20_000
@@ -48,13 +50,25 @@ class ToolFailed(Exception):
 
 
 def call_tool(tools_source: str, db_path: str, name: str, arguments: dict[str, Any], *,
-              clock: str = DEFAULT_CLOCK, seed: int = 0) -> dict[str, Any]:
-    """One tool call on the database file (changes are written back): {"result"} or {"error"}."""
-    world = _World(tools_source, db_path, clock, seed, in_memory=False)
+              clock: str = DEFAULT_CLOCK, seed: int = 0, call_index: int = 0) -> dict[str, Any]:
+    """One tool call on the database file (changes are written back): {"result"} or {"error"}.
+    `call_index`: the call's position in its attempt (0 for the first), which seeds its randomness."""
+    world = _World(tools_source, db_path, clock, seed, in_memory=False, first_call=call_index)
     try:
         return world.call(name, arguments)
     finally:
         world.close()
+
+
+def grade_state(verifier_source: str, db_path: str, answer: Any) -> dict[str, Any]:
+    """The checks and the state hash on the database file as an episode left it, in one call: what
+    `replay` then `run_checks` give for the same calls, without running them again."""
+    db = sqlite3.connect(db_path)
+    try:
+        state = canonical_state(db)
+    finally:
+        db.close()
+    return {**run_checks(verifier_source, state, answer), "hash": state_digest(state)}
 
 
 def replay(tools_source: str, db_path: str, calls: list[dict[str, Any]], *, clock: str = DEFAULT_CLOCK,
@@ -64,7 +78,8 @@ def replay(tools_source: str, db_path: str, calls: list[dict[str, Any]], *, cloc
     world = _World(tools_source, db_path, clock, seed)
     try:
         outcomes = [world.call(c.get("name", ""), c.get("arguments") or {}) for c in calls]
-        return {"calls": outcomes, "state": world.state(), "hash": world.hash()}
+        state = world.state()
+        return {"calls": outcomes, "state": state, "hash": state_digest(state)}
     finally:
         world.close()
 
@@ -82,8 +97,9 @@ def run_solution(tools_source: str, solution_source: str, db_path: str, *, clock
             json.dumps(answer)
         except Exception as exc:  # noqa: BLE001 - the solution's failure is its result
             error = _error(exc)
+        state = world.state()
         return {"answer": answer if error is None else None, "error": error, "calls": world.log,
-                "state": world.state(), "hash": world.hash()}
+                "state": state, "hash": state_digest(state)}
     finally:
         world.close()
 
@@ -126,12 +142,14 @@ def sandbox_source() -> str:
 class _World:
     """The tool module loaded against one database, with a frozen clock and seeded randomness."""
 
-    def __init__(self, tools_source: str, db_path: str, clock: str, seed: int, *, in_memory: bool = True):
+    def __init__(self, tools_source: str, db_path: str, clock: str, seed: int, *, in_memory: bool = True,
+                 first_call: int = 0):
         # The clock and the random module are the process's: frozen and seeded for the world's life, given
         # back in close() (in the sandbox the process is a throwaway child; a trainer may run this in-process).
         self.restore = (_datetime.datetime, time.time, random.getstate())
         _freeze_time(clock)
         random.seed(seed)
+        self.seed, self.next_call = seed, first_call
         try:
             if in_memory:
                 # The attempt's copy is read into memory and removed: model code can reach the data only through
@@ -157,6 +175,11 @@ class _World:
 
     def call(self, name: str, arguments: dict[str, Any]) -> dict[str, Any]:
         entry: dict[str, Any] = {"name": name, "arguments": arguments}
+        # Seeded per call (a string seed is hashed with SHA-512: the same in every process and version).
+        call_seed = f"{self.seed}:{self.next_call}"
+        self.next_call += 1
+        random.seed(call_seed)
+        self.namespace["rng"].seed(call_seed)
         fn = self.tools.get(name)
         if fn is None:
             entry["error"] = f"no tool named {name!r} (tools: {', '.join(sorted(self.tools))})"
@@ -190,13 +213,6 @@ class _World:
         self.db.row_factory = None
         try:
             return canonical_state(self.db)
-        finally:
-            self.db.row_factory = sqlite3.Row
-
-    def hash(self) -> str:
-        self.db.row_factory = None
-        try:
-            return state_hash(self.db)
         finally:
             self.db.row_factory = sqlite3.Row
 

@@ -6,6 +6,7 @@ reason, so the funnel of `tasksynth general report` is a query.
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -36,8 +37,18 @@ def record_environment(store, outcome: EnvironmentOutcome, run_id: str | None) -
 
 def record_task(store, outcome: TaskOutcome, bundle_id: str | None, run_id: str | None) -> None:
     write_records(store, outcome.calls, outcome.trajectories)
+    addition = outcome.tool_addition
     with store.transaction():
         store.insert("general_tasks", [outcome.row(bundle_id, run_id)], on_conflict="replace")
+        if addition is not None:
+            store.insert("general_level_tools", [addition.row(outcome.task_id, outcome.env_id, outcome.level, run_id)],
+                         on_conflict="replace")
+        if addition is not None and addition.bundle is not None:
+            added = addition.bundle
+            store.insert("general_bundles", [{
+                "bundle_id": added.bundle_id, "env_id": outcome.env_id, "parent_bundle_id": addition.parent_bundle_id,
+                "bundle_path": addition.bundle_path, "tools": json.dumps(added.tools), "tool_kinds": added.tool_kinds,
+                "added_tools": added.notes.get("added_tools", [])}], on_conflict="replace")
         if outcome.status != "verified":
             _discard(store, f"general.task.level{outcome.level}", outcome.task_id, outcome.env_id, outcome.reason,
                      outcome.detail, run_id)
@@ -75,6 +86,14 @@ def built_environments(store, env_ids: list[str]) -> list[tuple[str, Bundle]]:
     return [(r["env_id"], read_bundle(Path(r["bundle_path"]))) for r in rows]
 
 
+def task_bundle(store, task: dict[str, Any], environment_bundle: Bundle) -> Bundle:
+    """The bundle version a task was made with: its environment's, or one a level made by adding a tool."""
+    if not task.get("bundle_id") or task["bundle_id"] == environment_bundle.bundle_id:
+        return environment_bundle
+    rows = store.query("SELECT bundle_path FROM general_bundles WHERE bundle_id = ?", [task["bundle_id"]])
+    return read_bundle(Path(rows[0]["bundle_path"])) if rows else environment_bundle
+
+
 def verified_tasks(store, env_id: str, level: int) -> list[dict[str, Any]]:
     return store.query("SELECT * FROM general_tasks WHERE env_id = ? AND level = ? AND status <> 'discarded' "
                        "ORDER BY task_id", [env_id, level])
@@ -93,6 +112,4 @@ def _discard(store, stage: str, item: str, repo: str | None, reason: str | None,
 
 
 def _json(value: Any) -> str:
-    import json
-
     return json.dumps(value)

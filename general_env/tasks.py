@@ -4,7 +4,10 @@ by level, each kept only when it passes its self-checks.
 For one task (level 1, or level L made from the kept task of level L-1):
 
 1. `task_writer` writes the request and the answer format (level > 1: the previous task made harder: more
-   conditions, more tools to combine);
+   conditions, more tools to combine, and, when the harder task needs one, a new tool over the environment's
+   database: checked like the environment's tools and packed as a new bundle version, see
+   `general_env.level_tools`; a tool that fails its checks discards the level with the reason, and the
+   reference solution must use it);
 2. `solution_writer` writes `solve(tools)`; it is checked statically (tools only, no database, files or
    imports beyond pure ones) and run twice in the sandbox on fresh copies of the database: it must finish,
    and the two runs must leave the same state hash (else `nondeterministic_state`);
@@ -29,7 +32,8 @@ from agent import Agent, AgentError, BufferedRecorder, CallRecord, TrajectoryRec
 from agent.replies import code_block, first_json_object
 from general_env.bundle import Bundle
 from general_env.execution import HarnessFailure, WorldExecutor
-from general_env.tool_code import check_functions, check_solution
+from general_env.level_tools import ADDED, ToolAddition, add_tool, proposed_tool
+from general_env.tool_code import check_functions, check_solution, used_tools
 from tasksynth.config import Config
 from tasksynth.hashing import content_hash
 
@@ -39,7 +43,12 @@ LEVEL_ONE = ("Write a task at difficulty level 1: it needs at least two tool cal
 HARDER = ("Write the task below again at difficulty level {level}: keep its setting, and make it need more "
           "steps: add one or two conditions that must be checked against the data, or a further action, or a "
           "total to compute; it must still have exactly one correct outcome.\n\nThe task at level {previous}: "
-          "{task}\nIts answer format: {answer_format}")
+          "{task}\nIts answer format: {answer_format}\n\nIf the harder task needs a tool the list above lacks "
+          "(say, a total over several records), you may add one: put \"new_tool\" in your JSON object: "
+          "{{\"name\": \"...\", \"kind\": \"read\" or \"write\", \"code\": \"def name(db, arg: type, ...) -> type: "
+          "with a docstring (first line: what it does; Args: each argument) over the SQLite connection db\", "
+          "\"sample_calls\": [{{\"arguments\": {{...}}}}]}}. It is checked like the other tools (its sample calls "
+          "must succeed, wrong calls must fail with a clear ValueError) and the task must need it.")
 
 
 @dataclass
@@ -60,10 +69,13 @@ class TaskOutcome:
     reference_answer: Any = None
     expected_state_hash: str | None = None
     trajectory_id: str | None = None
+    bundle_id: str | None = None  # the bundle version the task was made with (None: the one it was given)
+    tool_addition: ToolAddition | None = None  # the tool this level proposed, added or rejected
     calls: list[CallRecord] = field(default_factory=list)
     trajectories: list[TrajectoryRecord] = field(default_factory=list)
 
     def row(self, bundle_id: str | None, run_id: str | None) -> dict[str, Any]:
+        bundle_id = self.bundle_id or bundle_id
         return {"task_id": self.task_id, "env_id": self.env_id, "bundle_id": bundle_id, "level": self.level,
                 "parent_task_id": self.parent_task_id, "prompt": self.prompt, "answer_format": self.answer_format,
                 "solution": self.solution, "verifier": self.verifier, "checks": self.checks,
@@ -119,11 +131,21 @@ def _write(config: Config, bundle: Bundle, worlds: WorldExecutor, outcome: TaskO
     outcome.prompt = task["task"].strip()
     outcome.answer_format = str(task.get("answer_format") or "").strip()
     request = f"Task: {outcome.prompt}\nAnswer format: {outcome.answer_format or 'as the task says'}"
+    proposal = proposed_tool(task) if outcome.level > 1 else None
+    if proposal is not None:
+        addition = outcome.tool_addition = add_tool(config, bundle, proposal)
+        if addition.status != ADDED:
+            return _discard(outcome, addition.reason, f"new tool {addition.tool!r}: {addition.detail}")
+        bundle, outcome.bundle_id = addition.bundle, addition.bundle.bundle_id
+        variables = {**variables, "tools": tools_text(bundle)}
 
     solution = _solution(config, bundle, worlds, recorder, request, variables, outcome)
     if solution is None:
         return
     source, solved = solution
+    if proposal is not None and outcome.tool_addition.tool not in used_tools(source):
+        return _discard(outcome, "new_tool_unused",
+                        f"the reference solution does not call the new tool {outcome.tool_addition.tool!r}")
     outcome.solution, outcome.reference_answer = source, solved["answer"]
     verifier = _verifier(config, bundle, worlds, recorder, request, solved, outcome)
     if verifier is None:

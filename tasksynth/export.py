@@ -358,8 +358,11 @@ def _search_rows(store: Store, include_all: bool) -> list[dict[str, Any]]:
 def _general_rows(store: Store, include_all: bool) -> list[dict[str, Any]]:
     where = "" if include_all else "WHERE t.accepted"
     records = store.query(f"""
-        SELECT t.*, e.category, e.bundle_path, e.tools, e.tool_kinds FROM general_tasks t
-        JOIN general_environments e USING (env_id) {where} ORDER BY t.task_id""")
+        SELECT t.*, e.category, coalesce(b.bundle_path, e.bundle_path) AS bundle_path,
+               coalesce(b.tools, e.tools) AS tools, coalesce(b.tool_kinds, e.tool_kinds) AS tool_kinds
+        FROM general_tasks t JOIN general_environments e USING (env_id)
+        -- a task whose level added a tool references that bundle version, not the environment's first one
+        LEFT JOIN general_bundles b ON b.bundle_id = t.bundle_id {where} ORDER BY t.task_id""")
     rows = []
     for r in records:
         bundle = f"general/bundles/{r['bundle_id']}"

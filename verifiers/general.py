@@ -7,6 +7,11 @@ answer; where the task's final state is unique it also compares the state's hash
 solution's. The reward is 1 when every check passes (and the hash matches, where one is expected); partial
 credit (passed / total checks) is reported beside it.
 
+Inside the pipeline an attempt is graded where its episode ran (`grade_episode`): the same checks and hash,
+computed in one call on the state the episode's own tool calls left, when those calls are exactly the
+trajectory's (`episode_matches`); the replay would run the same calls, seeded the same way, on the same
+database, so the verdict is the same without running them twice. Anything else is graded by replay.
+
 The replay and the checks run model-written code (tools, verifier), so they go through `run`, a callable
 that executes a `general_env.harness` entry point: the sandbox's call service in the pipeline and in
 `tasksynth general grade`, or a trainer's own sandbox around the bundle's `harness.py`.
@@ -87,12 +92,34 @@ def grade_general(task: dict[str, Any], messages: Sequence[dict[str, Any]], *, d
     calls, answer = trajectory_calls(messages)
     replayed = run("replay", tools_source=tools_source, db_path=db_path, calls=calls, clock=clock, seed=seed)
     verdict = run("run_checks", verifier_source=task["verifier"], state=replayed["state"], answer=answer)
+    return _grade(task, verdict, replayed["hash"], replayed["calls"])
+
+
+def episode_matches(messages: Sequence[dict[str, Any]], executed: Sequence[dict[str, Any]]) -> bool:
+    """Whether the calls an episode ran (`{"name", "arguments"}`, in order) are exactly its trajectory's: then
+    its final state is the one a replay reaches (a call the agent loop refused to run, say arguments that do
+    not fit the schema, makes them differ)."""
+    calls, _ = trajectory_calls(messages)
+    return calls == [{"name": c["name"], "arguments": c["arguments"]} for c in executed]
+
+
+def grade_episode(task: dict[str, Any], messages: Sequence[dict[str, Any]], executed: Sequence[dict[str, Any]], *,
+                  db_path: str, run: HarnessRun) -> GeneralGrade:
+    """Grade a trajectory on the state its own episode left in `db_path`, one harness call; only when
+    `episode_matches(messages, executed)` (`executed`: the episode's calls with their outcomes)."""
+    _, answer = trajectory_calls(messages)
+    verdict = run("grade_state", verifier_source=task["verifier"], db_path=db_path, answer=answer)
+    return _grade(task, verdict, verdict["hash"], executed)
+
+
+def _grade(task: dict[str, Any], verdict: dict[str, Any], final_hash: str,
+           outcomes: Sequence[dict[str, Any]]) -> GeneralGrade:
     checks = verdict.get("checks", {})
     expected = task.get("expected_state_hash")
-    matches = None if not expected else replayed["hash"] == expected
+    matches = None if not expected else final_hash == expected
     passed = bool(verdict.get("passed")) and matches is not False
     return GeneralGrade(reward=1.0 if passed else 0.0,
                         partial=sum(checks.values()) / len(checks) if checks else 0.0,
-                        checks=checks, errors=verdict.get("errors", {}), state_hash=replayed["hash"],
-                        state_matches=matches, calls=len(calls),
-                        failed_calls=sum("error" in c for c in replayed["calls"]))
+                        checks=checks, errors=verdict.get("errors", {}), state_hash=final_hash,
+                        state_matches=matches, calls=len(outcomes),
+                        failed_calls=sum("error" in c for c in outcomes))

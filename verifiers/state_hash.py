@@ -48,8 +48,12 @@ def canonical_state(db: sqlite3.Connection | str | Path, *, float_digits: int = 
 
 def state_hash(db: sqlite3.Connection | str | Path, *, float_digits: int = FLOAT_DIGITS) -> str:
     """SHA-256 (hex) of the canonical state."""
-    text = json.dumps(canonical_state(db, float_digits=float_digits), sort_keys=True, separators=(",", ":"),
-                      ensure_ascii=False)
+    return state_digest(canonical_state(db, float_digits=float_digits))
+
+
+def state_digest(state: dict[str, Any]) -> str:
+    """SHA-256 (hex) of a canonical state already read (`state_hash` without reading the database again)."""
+    text = json.dumps(state, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(text.encode()).hexdigest()
 
 

@@ -82,7 +82,8 @@ def report(
 @app.command("show")
 def show(task_id: str = typer.Argument(..., help="A task id (general_tasks.task_id) or an environment id."),
          ) -> None:
-    """One task (statement, solution, verifier, pass@k, attempts) or one environment (tools, gate)."""
+    """One task (statement, solution, verifier, pass@k, the tool its level added, attempts) or one environment
+    (tools, gate, the tools its harder levels added or had rejected)."""
     config = app_state.config()
     with open_store(config, read_only=config.store_path.exists()) as store:
         tasks = store.query("SELECT * FROM general_tasks WHERE task_id = ?", [task_id])
@@ -90,12 +91,17 @@ def show(task_id: str = typer.Argument(..., help="A task id (general_tasks.task_
             task = tasks[0]
             attempts = store.query("SELECT attempt, outcome, reason, reward, tool_calls FROM general_attempts "
                                    "WHERE task_id = ? ORDER BY attempt", [task_id])
-            typer.echo(json.dumps({**task, "attempts": attempts}, indent=2, default=str))
+            added = store.query("SELECT tool, kind, status, reason, detail, bundle_id, parent_bundle_id "
+                                "FROM general_level_tools WHERE task_id = ?", [task_id])
+            typer.echo(json.dumps({**task, "tool_added_by_level": added[0] if added else None,
+                                   "attempts": attempts}, indent=2, default=str))
             return
         envs = store.query("SELECT * FROM general_environments WHERE env_id = ?", [task_id])
+        added = store.query("SELECT task_id, level, tool, kind, status, reason, bundle_id FROM general_level_tools "
+                            "WHERE env_id = ? ORDER BY level, task_id", [task_id])
     if not envs:
         raise TasksynthError(f"no general task or environment with id {task_id!r}")
-    typer.echo(json.dumps(envs[0], indent=2, default=str))
+    typer.echo(json.dumps({**envs[0], "tools_added_by_levels": added}, indent=2, default=str))
 
 
 @app.command("grade")

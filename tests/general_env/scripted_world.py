@@ -10,7 +10,8 @@ their text, which the task writer picks from the task number in its request:
     task 3  "Never task"     the verifier never accepts                      -> solution_fails_verifier
     task 4  "Idle task"      the verifier accepts doing nothing               -> verifier_accepts_nothing
     task 5  "Runaway task"   the solution loops forever                       -> solution_fails (timeout)
-    level 2 of task 1        "... and tell me the seats left"; kept as well
+    level 2 of task 1        "... and tell me the seats left"; it adds a tool, `seats_left`, which its
+                             solution and the solver use (a new bundle version); kept as well
 """
 
 from __future__ import annotations
@@ -53,11 +54,24 @@ GOOD = "Book the cheapest flight from LIS to OSL for Ada Lovelace and tell me it
 HARDER = "Book the cheapest flight from LIS to OSL for Ada Lovelace and tell me how many seats it has left."
 TASKS = {1: GOOD, 2: "DB task: book a flight.", 3: "Never task: book a flight.", 4: "Idle task: book a flight.",
          5: "Runaway task: book a flight."}
+SEATS_LEFT = '''
+def seats_left(db, flight_id: int) -> int:
+    """How many seats a flight has left.
+
+    Args:
+        flight_id: The flight's id from search_flights.
+    """
+    row = db.execute("SELECT seats FROM flights WHERE id = ?", (flight_id,)).fetchone()
+    if row is None:
+        raise ValueError(f"no flight {flight_id}")
+    return row["seats"]
+'''
+NEW_TOOL = {"name": "seats_left", "kind": "read", "code": SEATS_LEFT, "sample_calls": [{"arguments": {"flight_id": 1}}]}
 HARDER_SOLUTION = '''
 def solve(tools):
     cheapest = tools.search_flights(origin="LIS", destination="OSL")[0]
     tools.book_flight(flight_id=cheapest["id"], passenger="Ada Lovelace")
-    return [f["seats"] for f in tools.search_flights(origin="LIS", destination="OSL") if f["id"] == cheapest["id"]][0]
+    return tools.seats_left(flight_id=cheapest["id"])
 '''
 HARDER_VERIFIER = '''
 def check_booked(state, answer):
@@ -108,7 +122,7 @@ class ScriptedWorld:
 
     def task_writer(self, messages, last_user, tool_results):
         if "harder" in last_user:
-            return reply(json.dumps({"task": HARDER, "answer_format": "a number"}))
+            return reply(json.dumps({"task": HARDER, "answer_format": "a number", "new_tool": NEW_TOOL}))
         number = int(re.search(r"task number (\d+)", last_user).group(1))
         return reply(json.dumps({"task": TASKS[number], "answer_format": "a number"}))
 
@@ -145,5 +159,5 @@ class ScriptedWorld:
         if tool_results == 1:
             return reply(tool_calls=[tool_call("book_flight", {"flight_id": 2, "passenger": "Ada Lovelace"}, "s2")])
         if "seats" in task and tool_results == 2:
-            return reply(tool_calls=[tool_call("search_flights", {"origin": "LIS", "destination": "OSL"}, "s3")])
+            return reply(tool_calls=[tool_call("seats_left", {"flight_id": 2}, "s3")])
         return reply("0" if "seats" in task else "2")

@@ -72,6 +72,36 @@ def test_sandbox_source_runs_alone(tmp_path):
     assert result["answer"] == 2 and len(result["hash"]) == 64
 
 
+@pytest.mark.parametrize("bytecode", ["this Python's", "another Python's"])
+def test_the_program_sent_to_the_sandbox_runs_compiled_or_from_its_source(tmp_path, bytecode):
+    import importlib.util
+
+    from general_env.execution import sandbox_program
+
+    program = sandbox_program(harness.sandbox_source())
+    if bytecode == "another Python's":  # a sandbox whose Python reads another bytecode format compiles the source
+        assert repr(importlib.util.MAGIC_NUMBER) in program
+        program = program.replace(repr(importlib.util.MAGIC_NUMBER), repr(b"\x00\x00\r\n"))
+    namespace: dict = {"__name__": "call"}
+    exec(compile(program, "<call>", "exec"), namespace)
+    master = make_world(tmp_path / "master.sqlite")
+    result = namespace["run_solution"](TOOLS, SOLUTION, _copy(master, tmp_path, "a.sqlite"))
+    assert result["answer"] == 2 and result["hash"] == harness.run_solution(
+        TOOLS, SOLUTION, _copy(master, tmp_path, "b.sqlite"))["hash"]
+
+
+def test_tool_calls_draw_the_same_random_numbers_alone_and_in_a_replay(tmp_path):
+    tools = "import random\n\n\ndef draw(db) -> list:\n    \"\"\"Two random numbers.\"\"\"\n" \
+            "    return [rng.random(), random.random()]\n"
+    master = make_world(tmp_path / "master.sqlite")
+    replayed = harness.replay(tools, _copy(master, tmp_path, "a.sqlite"), [{"name": "draw", "arguments": {}}] * 2,
+                              seed=5)
+    alone = [harness.call_tool(tools, _copy(master, tmp_path, f"{i}.sqlite"), "draw", {}, seed=5, call_index=i)
+             for i in range(2)]
+    assert [c["result"] for c in replayed["calls"]] == [c["result"] for c in alone]
+    assert alone[0]["result"] != alone[1]["result"]  # the second call draws other numbers than the first
+
+
 def test_the_frozen_clock_and_seeded_randomness_are_given_back(tmp_path):
     import datetime
     import random

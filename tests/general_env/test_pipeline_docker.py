@@ -60,7 +60,7 @@ def test_the_pipeline_keeps_good_tasks_and_discards_each_bad_one_with_its_reason
     result = _synth(tmp_path, tasksynth)
     assert result.returncode == 0, result.stderr + result.stdout
 
-    env = _store_rows(tmp_path, tasksynth, "select status, tools, dropped_tools, tool_kinds, bundle_path "
+    env = _store_rows(tmp_path, tasksynth, "select status, tools, dropped_tools, tool_kinds, bundle_path, bundle_id "
                                            "from general_environments")[0]
     assert env["status"] == "built"
     kept_tools = [t["function"]["name"] for t in _decoded(env["tools"])]
@@ -70,7 +70,7 @@ def test_the_pipeline_keeps_good_tasks_and_discards_each_bad_one_with_its_reason
 
     tasks = {t["prompt"].split(":")[0]: t for t in _store_rows(
         tmp_path, tasksynth, "select prompt, level, status, reason, detail, c, n, accepted, estimated, pass_at, "
-                             "expected_state_hash from general_tasks")}
+                             "expected_state_hash, bundle_id, task_id from general_tasks")}
     assert tasks["DB task"]["reason"] == "solution_breaks_rules" and "sqlite3" in tasks["DB task"]["detail"]
     assert tasks["Never task"]["reason"] == "solution_fails_verifier"
     assert tasks["Idle task"]["reason"] == "verifier_accepts_nothing"
@@ -84,6 +84,16 @@ def test_the_pipeline_keeps_good_tasks_and_discards_each_bad_one_with_its_reason
         pass_at = _decoded(task["pass_at"])
         assert pass_at["pass@1"] == pytest.approx(2 / K) and pass_at[f"pass@{K}"] == 1.0
     assert harder["level"] == 2
+    # the harder level added `seats_left`: its task has a bundle version of its own, which its solver used
+    # (every solved attempt ran all its calls, the new tool's included, and was graded on its own episode)
+    assert harder["bundle_id"] != good["bundle_id"] == env["bundle_id"]
+    added = _store_rows(tmp_path, tasksynth, "select tool, level, status, bundle_id from general_level_tools")
+    assert added == [{"tool": "seats_left", "level": 2, "status": "added", "bundle_id": harder["bundle_id"]}]
+    solved = _store_rows(tmp_path, tasksynth, "select a.checks from general_attempts a join general_tasks t using "
+                                              "(task_id) where t.level = 2 and a.outcome = 'solved'")
+    assert len(solved) == 2 and all(_decoded(a["checks"])["graded_on"] == "episode" for a in solved)
+    shown = json.loads(tasksynth("general", "show", harder["task_id"], cwd=tmp_path, check=True).stdout)
+    assert shown["tool_added_by_level"]["tool"] == "seats_left" and shown["bundle_id"] == harder["bundle_id"]
 
     discards = _store_rows(tmp_path, tasksynth, "select stage, reason from discards where source = 'general' "
                                                 "order by reason")
@@ -95,6 +105,7 @@ def test_the_pipeline_keeps_good_tasks_and_discards_each_bad_one_with_its_reason
     funnel = json.loads(report.stdout)
     assert funnel["kept_tasks"] == 2 and funnel["attempts"] == {"graded": 2 * K, "solved": 4, "errors": 0}
     assert funnel["tasks_by_level"]["1"] == {"written": 5, "verified": 1, "attempted": 1, "kept": 1}
+    assert funnel["environments"]["tools_added_by_levels"] == 1
 
     # a kept task graded from its bundle alone, on the command line: the good trajectory and a lazy one
     bundle = Path(env["bundle_path"])
