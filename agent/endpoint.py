@@ -171,6 +171,7 @@ class Endpoint:
                                          timeout=role.timeout_s,
                                          http_client=openai.DefaultAsyncHttpxClient(verify=_tls_context()))
         self.limiter = limiter_for(role.base_url, role.concurrency)
+        self.reply_type = openai.types.chat.ChatCompletion
 
     async def close(self) -> None:
         await self.client.close()
@@ -192,8 +193,10 @@ class Endpoint:
                     if remaining <= 0:
                         raise EndpointFailed("out of wall time while waiting for a free slot", out_of_time=True)
                     calling = True
-                    response = await self.client.chat.completions.create(
-                        **request, timeout=min(self.role.timeout_s, remaining))
+                    # The request is plain JSON already: posting it as it is skips the SDK's typed transform
+                    # of every message and tool (about 1 ms a call, paid by each turn of thousands of attempts).
+                    response = await self.client.post("/chat/completions", body=request, cast_to=self.reply_type,
+                                                      options={"timeout": min(self.role.timeout_s, remaining)})
                 completion = _completion(response)
                 if completion.usage_estimated:
                     completion.prompt_tokens = estimate_tokens(request["messages"], request.get("tools"))
