@@ -142,10 +142,13 @@ def _go(command: list[str], work: Path, environ: dict[str, str], failure: str) -
         raise DependencyUnavailable("go modules", "go is not installed on this host (the trusted fetcher needs "
                                     "it to download modules: `make fetchers`)") from None
     if result.returncode != 0:
-        # -x traces every command and request (`# get ...`); go's own reason is in the other lines
+        # -x traces every command and request (`# get ...`); go's own reason is in the other lines, from its
+        # first `go: ...` or `verifying ...` line (a checksum mismatch explains itself over several)
         lines = [line for line in (result.stdout + result.stderr).strip().splitlines()
                  if line.strip() and not line.startswith("# get ")]
-        raise DependencyUnavailable("go modules", f"{failure}:\n" + "\n".join(lines[-6:]))
+        first = next((i for i, line in enumerate(lines) if line.startswith(("go: ", "verifying "))),
+                     max(len(lines) - 6, 0))
+        raise DependencyUnavailable("go modules", f"{failure}:\n" + "\n".join(lines[first:first + 12]))
 
 
 def _go_environment(scratch: Path, cache: Path, proxy: str, sumdb: str) -> dict[str, str]:

@@ -21,10 +21,11 @@ import zipfile
 import pytest
 
 from envbuilder.build import build_candidate
-from envbuilder.go_fetch import go_modules_debian_lacks, module_requirements
+from envbuilder.go_fetch import fetch_go_modules, go_modules_debian_lacks, module_requirements
 from envbuilder.repos import SourceTree
 from envbuilder.samples import SampleCommit
 from envbuilder.validation import validate_instance
+from envbuilder.wheelhouse import DependencyUnavailable
 from tests.envbuilder.test_languages_docker import candidate_from_history, local_index  # noqa: F401
 from tests.envbuilder.test_offline_build_docker import index_files  # noqa: F401
 from verifiers.grading import INSTALL_FAILED
@@ -168,6 +169,24 @@ def test_an_unreachable_proxy_ends_the_candidate_install_failed_with_gos_reason(
     assert f"go mod download could not fetch the modules from {closed}" in detail
     assert "connection refused" in detail and f"{MODULE}@{VERSION}" in detail  # go's own reason line
     assert not list((config.home_path / "gomod").glob("*/download"))  # nothing half-fetched is kept
+
+
+@needs_go
+def test_go_sum_verifies_what_the_proxy_serves_even_with_the_checksum_database_off(tmp_path, go_config, go_proxy):
+    url, asked = go_proxy
+    config = go_config(code__go_proxy=url, code__go_sumdb="off")
+    candidate = halfcalc(tmp_path)
+    tree = SourceTree(candidate["repo_url"], candidate["base_commit"])
+    download, key = fetch_go_modules(config, tree)
+    assert (download / escape_module_path(MODULE) / "@v" / f"{VERSION}.zip").is_file()
+    assert fetch_go_modules(config, tree) == (download, key) and len(asked) == 3  # once per go.mod and go.sum
+
+    tampered = candidate_from_history(tmp_path / "tampered", "halfcalc", [SampleCommit("init", {
+        "go.mod": f"module example.com/halfcalc\n\ngo 1.19\n\nrequire {MODULE} {VERSION}\n",
+        "go.sum": module_files()[1].replace("h1:", "h1:A", 1), "calc.go": CALC_GO.replace("BODY", BEFORE)}),
+        SampleCommit("fix", {"calc.go": CALC_GO.replace("BODY", AFTER)})], [])
+    with pytest.raises(DependencyUnavailable, match="(?s)could not fetch the modules.*checksum mismatch"):
+        fetch_go_modules(config, SourceTree(tampered["repo_url"], tampered["base_commit"]))
 
 
 @pytest.mark.docker
