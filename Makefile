@@ -37,11 +37,12 @@ registry:
 	command -v docker-registry >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker-registry; \
 	  systemctl disable --now docker-registry 2>/dev/null || true; }  # its service would listen on :5000
 
-# The trusted host-side fetchers of Java and PHP dependencies run Debian's maven and composer (no download of
-# the tools themselves from elsewhere).
+# The trusted host-side fetchers of Java, PHP and Go dependencies run Debian's maven, composer and golang-go (no
+# download of the tools themselves from elsewhere).
 fetchers:
-	command -v mvn >/dev/null && command -v composer >/dev/null || { apt-get update -qq && \
-	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends maven composer; }
+	command -v mvn >/dev/null && command -v composer >/dev/null && command -v go >/dev/null || { \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+	  maven composer golang-go; }
 
 test: docker browser registry fetchers
 	$(BIN)/python -m pytest -q -ra --durations=15

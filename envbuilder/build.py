@@ -23,6 +23,7 @@ from envbuilder.composer_fetch import with_fetched_vendor
 from envbuilder.env_agent import (NO_TESTS, NOT_REPRODUCIBLE, AgentRequest, present_targets, replay_recipe,
                                   run_env_agent, run_tests_once)
 from envbuilder.errors import SourceError, UnsupportedProject
+from envbuilder.go_fetch import GO_MODULE_PROXY_DIR, fetch_go_modules, go_modules_debian_lacks
 from envbuilder.images import (LayerBuild, build_environment, build_instance, environment_id, environment_tag,
                                image_bytes)
 from envbuilder.js_package_managers import javascript_image
@@ -35,7 +36,7 @@ from envbuilder.sources.patches import paths_outside_repo
 from envbuilder.wheelhouse import DependencyUnavailable
 from tasksynth.config import Config
 from tasksynth.docker.base_images import base_image, supported_pythons
-from tasksynth.docker.toolchains import toolchain_image, vendored_crates_image
+from tasksynth.docker.toolchains import dependencies_image, toolchain_image, vendored_crates_image
 from tasksynth.errors import ImageBuildFailed
 from verifiers.grading import INSTALL_FAILED, OK, TESTS_CRASHED
 
@@ -87,9 +88,15 @@ def build_candidate(config: Config, candidate: dict[str, Any]) -> BuildOutcome:
     targets = runner.select_tests(tree.files, candidate["test_patch"], candidate["patch"], config.code.test_scope)
     row.update(test_runner=runner.name, test_targets=targets, test_command=runner.command(recipe.test_command, targets))
     try:
+        # Go modules are fetched before any image is built: an unreachable proxy ends the candidate at once
+        go_modules = fetch_go_modules(config, tree) if recipe.language == "go" and go_modules_debian_lacks(tree) \
+            else None
         base = base_image(config, recipe.python, log=lambda _message: None)
         if recipe.language != "python":
             base = dataclasses.replace(base, tag=toolchain_image(config, base.tag, recipe.language))
+        if go_modules is not None:
+            base = dataclasses.replace(base, tag=dependencies_image(config, base.tag, go_modules[0],
+                                                                    GO_MODULE_PROXY_DIR, go_modules[1], "go"))
         if recipe.language == "javascript":
             js_tag, recipe = javascript_image(config, tree, recipe, base.tag)
             base = dataclasses.replace(base, tag=js_tag)

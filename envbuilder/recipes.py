@@ -223,13 +223,26 @@ def _language_recipe(language: str, tree: SourceTree, context: RecipeContext) ->
 
 def go_recipe(tree: SourceTree, context: RecipeContext) -> Recipe:
     """Go: the toolchain and Debian's Go libraries come with the image (`tasksynth.docker.toolchains`); the tests
-    run in GOPATH mode over those sources, since no module proxy is reachable."""
+    run in GOPATH mode over those sources, unless go.mod requires modules Debian lacks: then in module mode, offline,
+    over the modules the host fetched (`envbuilder.go_fetch`), served from the image as a file proxy."""
+    from envbuilder.go_fetch import GO_MODULE_ENV, go_modules_debian_lacks
     from tasksynth.docker.toolchains import TOOLCHAIN_ENV
 
-    return Recipe(env_steps=["go version"], test_runner="gotest", test_command="go test -count=1",
-                  env=dict(TOOLCHAIN_ENV["go"]), language="go", dependency_files=dependency_files(tree),
+    lacking = go_modules_debian_lacks(tree)
+    if not lacking:
+        return Recipe(env_steps=["go version"], test_runner="gotest", test_command="go test -count=1",
+                      env=dict(TOOLCHAIN_ENV["go"]), language="go", dependency_files=dependency_files(tree),
+                      notes=["go.mod found: Go, tests by `go test -json` converted to JUnit",
+                             "dependencies from Debian's golang-*-dev sources (GOPATH=/usr/share/gocode)"])
+    # the install checks, without network, that the layer serves the whole module graph (its cache is thrown away)
+    check_env = {**GO_MODULE_ENV, "GOMODCACHE": "/tmp/gomodcache-check", "GOFLAGS": "-mod=mod -modcacherw"}
+    check = " ".join(f"{k}={shlex.quote(v)}" for k, v in check_env.items())
+    return Recipe(env_steps=["go version", f"env {check} go mod download && rm -rf /tmp/gomodcache-check"],
+                  test_runner="gotest", test_command="go test -count=1", env=dict(GO_MODULE_ENV), language="go",
+                  dependency_files=dependency_files(tree),
                   notes=["go.mod found: Go, tests by `go test -json` converted to JUnit",
-                         "dependencies from Debian's golang-*-dev sources (GOPATH=/usr/share/gocode)"])
+                         f"modules Debian's golang-*-dev sources lack ({', '.join(lacking)}): fetched by the host "
+                         f"(go mod download), module mode over {GO_MODULE_ENV['GOPROXY']}"])
 
 
 def javascript_recipe(tree: SourceTree, context: RecipeContext) -> Recipe:

@@ -91,6 +91,12 @@ class CodeConfig:
     # The Composer repository (Packagist's URL or a mirror) the trusted fetcher's `composer install --no-scripts`
     # uses (envbuilder.composer_fetch); empty: nothing is fetched, Debian's php-* packages are the only source.
     composer_repository: str = ""
+    # The Go module proxy (GOPROXY protocol: proxy.golang.org or a mirror) the trusted fetcher's `go mod download`
+    # uses for modules Debian's golang-*-dev packages lack (envbuilder.go_fetch).
+    go_proxy: str = "https://proxy.golang.org"
+    # The checksum database that vouches for modules go.sum does not list (GOSUMDB); go.sum's own hashes are always
+    # verified. "off" (explicit, for a private mirror the database does not know) trusts go.sum alone.
+    go_sumdb: str = "sum.golang.org"
 
 
 @dataclass

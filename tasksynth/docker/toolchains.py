@@ -94,8 +94,13 @@ TOOLCHAIN_PACKAGES: dict[str, list[str]] = {
     "java": _JAVA_PACKAGES,
     "php": _PHP_PACKAGES,
 }
+# The Go module paths the go toolchain's `golang-*-dev` packages provide under /usr/share/gocode/src: a go.mod that
+# requires only these (or nothing) builds in GOPATH mode; any other module is fetched by the host
+# (envbuilder.go_fetch). A golang-*-dev package added above adds its module path here.
+GO_DEBIAN_MODULES: dict[str, str] = {"github.com/google/go-cmp": "golang-github-google-go-cmp-dev"}
 # What a recipe of the language sets for its runs: Go in GOPATH mode over Debian's library sources (go.mod is
-# not read: no module proxy is reachable), its build cache in the run's scratch /tmp.
+# not read), its build cache in the run's scratch /tmp; a repository needing modules Debian lacks runs in module
+# mode instead (envbuilder.go_fetch.GO_MODULE_ENV).
 TOOLCHAIN_ENV: dict[str, dict[str, str]] = {
     "go": {"GO111MODULE": "off", "GOPATH": "/usr/share/gocode", "GOCACHE": "/tmp/gocache", "GOFLAGS": "",
            "CGO_ENABLED": "0"},
