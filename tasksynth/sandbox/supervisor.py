@@ -41,6 +41,7 @@ import fcntl
 import gc
 import json
 import linecache
+import marshal
 import os
 import resource
 import selectors
@@ -64,13 +65,13 @@ import random  # noqa: F401
 import re  # noqa: F401
 import sqlite3  # noqa: F401
 import statistics  # noqa: F401
-import importlib.abc
-import importlib.util
+import importlib.util  # not importlib.abc: it brings typing along, 2 MB that every fork would copy
 
 UNTRUSTED_UID = 1000
 WORK = "/work"
 SCRUBBED = ("/work", "/tmp", "/dev/shm", "/dev/mqueue")  # the untrusted user's writable places, emptied on reset
 PATH = "/usr/local/bin:/usr/bin:/bin"
+CALL_ENVIRONMENT = {"PATH": PATH, "HOME": WORK, "LANG": "C.UTF-8"}
 CAP_LAST = 63
 PR_CAPBSET_DROP = 24
 PR_SET_NO_NEW_PRIVS = 38
@@ -414,6 +415,7 @@ class Supervisor:
         self.calls_seen = False
         self.unusable = ""  # why this container must not serve another request, once that is so
         self.service: Service | None = None  # a long-lived process of the untrusted user (a kernel's driver)
+        self.sources_seen: set[int] = set()  # hashes of the sources calls ran: the second run's code is kept
 
     def prepare_next_call(self) -> None:
         """After a reply went out: fork the next call's child now, off the call's critical path. Only once
@@ -471,15 +473,13 @@ class Supervisor:
                 _empty_folder(top)
             _remove_sysv_ipc()
             if master is not None:
-                os.lseek(master, 0, os.SEEK_SET)
-                with open(os.path.join(WORK, name), "wb") as out:
-                    while chunk := os.read(master, 1 << 20):
-                        out.write(chunk)
+                copy_file(master, os.path.join(WORK, name))
             return 0
 
         status = run_as_untrusted(scrub_and_copy)
         if status != 0:
             return {"ok": False, "error": "could not reset the work folder"}
+        os.environ["SANDBOX_STATE"] = os.path.join(WORK, name)  # inherited by the calls' children
         return {"ok": True}
 
     # ---- function calls
@@ -493,7 +493,9 @@ class Supervisor:
         pids_before, ooms_before = pids_limit_hits(), oom_kills()
         started = time.monotonic()
         # What the attempt loaded travels with the request: loading a module does not waste the ready child.
-        request = {**request, "modules": self.modules, "state_name": self.state_name}
+        key = compiled_key(request, self.modules)
+        ship = key not in COMPILED and self._seen_before(key)
+        request = {**request, "modules": self.modules, "state_name": self.state_name, "ship": ship}
         if not child.send(request):  # it died while it waited (only the OOM killer does that): a fresh one
             child.discard()
             child = ReadyChild()
@@ -509,8 +511,11 @@ class Supervisor:
             if os.WIFEXITED(status) and os.WEXITSTATUS(status) == EXIT_RESULT_TOO_BIG:
                 reply.update(outcome="output_capped", reason=f"the result is larger than {streams.cap} bytes")
                 return reply
+            compiled, raw = split_compiled(bytes(streams.data["result"]))
+            if ship and compiled is not None:
+                self._keep_compiled(key, compiled)
             try:
-                payload = json.loads(bytes(streams.data["result"]) or b"null")
+                payload = json.loads(raw or b"null")
             except ValueError:
                 payload = None
             if not isinstance(payload, dict):
@@ -522,6 +527,24 @@ class Supervisor:
                 reply["exception"] = exc
                 reply["outcome"], reply["reason"] = _exception_outcome(exc, limits)
         return reply
+
+    def _seen_before(self, key: tuple[str, str]) -> bool:
+        """Whether a call ran this source before (then its compiled code is worth keeping); notes it if not.
+        A source run once (most of a pass@k's solutions) costs no more than a compile in its own child."""
+        digest = hash(key)
+        if digest in self.sources_seen:
+            return True
+        if len(self.sources_seen) > 4 * COMPILED_MAX_ENTRIES:
+            self.sources_seen.clear()
+        self.sources_seen.add(digest)
+        return False
+
+    @staticmethod
+    def _keep_compiled(key: tuple[str, str], compiled: bytes) -> None:
+        size = sum(len(data) for data in COMPILED.values())
+        if len(COMPILED) >= COMPILED_MAX_ENTRIES or size + len(compiled) > COMPILED_MAX_BYTES:
+            COMPILED.clear()  # a pool container's sources change when its work does; start over
+        COMPILED[key] = compiled
 
     # ---- shell commands (sessions)
 
@@ -746,6 +769,27 @@ def _remove_sysv_ipc() -> None:
             remove(int(row[1]))
 
 
+def copy_file(source_fd: int, path: str) -> None:
+    """Copy an open file to `path` inside the kernel (sendfile: no buffer of ours, no page of it to fault in);
+    read and write where the kernel refuses (a file system that cannot be a sendfile source)."""
+    out = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
+    try:
+        size, offset = os.fstat(source_fd).st_size, 0
+        try:
+            while offset < size and (sent := os.sendfile(out, source_fd, offset, size - offset)):
+                offset += sent
+        except OSError as exc:
+            if exc.errno not in (errno.EINVAL, errno.ENOSYS) or offset:
+                raise
+            os.lseek(source_fd, 0, os.SEEK_SET)
+            while chunk := os.read(source_fd, 1 << 20):
+                view = memoryview(chunk)
+                while view:
+                    view = view[os.write(out, view):]
+    finally:
+        os.close(out)
+
+
 def _empty_folder(top: str) -> None:
     try:
         entries = list(os.scandir(top))
@@ -763,8 +807,9 @@ def _empty_folder(top: str) -> None:
             continue
 
 
-class _LoadedModules(importlib.abc.MetaPathFinder, importlib.abc.Loader):
-    """Lets a call `import` the modules loaded for this attempt, executing each at most once per call."""
+class _LoadedModules:
+    """Lets a call `import` the modules loaded for this attempt, executing each at most once per call. A
+    meta path finder and loader by their methods (importlib only calls these)."""
 
     def __init__(self, sources: dict[str, str]):
         self.sources = sources
@@ -780,6 +825,16 @@ class _LoadedModules(importlib.abc.MetaPathFinder, importlib.abc.Loader):
 
 
 SUPERVISOR: Supervisor | None = None
+
+# Compiled code of sources the calls run again and again (an attempt's toolkit, a task's verifier), marshalled,
+# keyed by (file name, source), kept across attempts: a call's child finds it in its copy of the
+# supervisor's memory and unmarshals it instead of compiling. The supervisor (root) only stores these bytes;
+# they are made, and read, by untrusted children (`_ship_compiled`). Bounded: emptied when it grows too big.
+COMPILED: dict[tuple[str, str], bytes] = {}
+COMPILED_MAX_BYTES = 8 * 1024 * 1024
+COMPILED_MAX_ENTRIES = 256
+_CHILD_CODE: dict[tuple[str, str], object] = {}  # in a call's child: code objects of this call
+_SHIPPED = [0]  # in a call's child: bytes of compiled code sent ahead of the result
 
 
 class ReadyChild:
@@ -889,17 +944,15 @@ def _call_child(request_r: int, out_w: int, err_w: int, res_w: int) -> None:
         os.closerange(REQUEST_FD + 1, 1 << 16)  # the host connection and every other supervisor fd
         become_untrusted()
         os.chdir(WORK)
-        os.environ.clear()
-        os.environ.update({"PATH": PATH, "HOME": WORK, "LANG": "C.UTF-8"})
-        # sys.std* already stand on fds 0-2, which now are /dev/null and our pipes (the supervisor never
-        # writes to them, so nothing of its own is buffered); new objects would cost more than the call.
-        sys.stdout.reconfigure(line_buffering=True, errors="replace")
-        sys.stderr.reconfigure(line_buffering=True, errors="replace")
+        # The environment (CALL_ENVIRONMENT) and sys.std* (line-buffered, on fds 0-2, which now are /dev/null
+        # and our pipes) were set up once in the supervisor: done here they cost more than a small call.
         request = _read_request(REQUEST_FD)
         if request is None:
             os._exit(0)  # not needed after all
         os.close(REQUEST_FD)
-        os.environ["SANDBOX_STATE"] = os.path.join(WORK, request["state_name"])
+        state = os.path.join(WORK, request["state_name"])
+        if os.environ.get("SANDBOX_STATE") != state:
+            os.environ["SANDBOX_STATE"] = state
         sys.meta_path.insert(0, _LoadedModules(request["modules"]))
         limits = request["limits"]
         _set_call_limits(limits)
@@ -912,7 +965,7 @@ def _call_child(request_r: int, out_w: int, err_w: int, res_w: int) -> None:
             data = json.dumps(_exception_payload(exc)).encode()
         for stream in (sys.stdout, sys.stderr):
             stream.flush()
-        if len(data) > int(limits["output_cap"]):
+        if len(data) + _SHIPPED[0] > int(limits["output_cap"]):
             status = EXIT_RESULT_TOO_BIG
         else:
             view = memoryview(data)
@@ -930,9 +983,12 @@ def _call_child(request_r: int, out_w: int, err_w: int, res_w: int) -> None:
 
 def _invoke(request: dict) -> dict:
     try:
+        limits = request["limits"]
         if request.get("module"):
+            _ship_compiled(*compiled_key(request, request["modules"]), request.get("ship"), limits)
             namespace = importlib.import_module(request["module"]).__dict__
         else:
+            _ship_compiled(*compiled_key(request, {}), request.get("ship"), limits)
             namespace = {"__name__": "__sandbox__", "__builtins__": __builtins__}
             exec(compile_source(request["source"], "<call>"), namespace)
         function = namespace.get(request["function"])
@@ -946,9 +1002,53 @@ def _invoke(request: dict) -> dict:
 
 
 def compile_source(source: str, filename: str):
-    """Compile in the child; the source is registered so that tracebacks show its lines."""
+    """The code of `source`, in a call's child: compiled code the supervisor keeps for it (COMPILED) is
+    unmarshalled, anything else compiled here. The source is registered so that tracebacks show its lines."""
     linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
-    return compile(source, filename, "exec")
+    key = (filename, source)
+    code = _CHILD_CODE.get(key)
+    if code is None:
+        data = COMPILED.get(key)
+        code = _CHILD_CODE[key] = marshal.loads(data) if data is not None else compile(source, filename, "exec")
+    return code
+
+
+def compiled_key(request: dict, modules: dict) -> tuple[str, str]:
+    """(file name, source) of the code a call request runs first: the module it calls into, or its source."""
+    if request.get("module"):
+        return f"<module {request['module']}>", modules[request["module"]]
+    return "<call>", request["source"]
+
+
+def _ship_compiled(filename: str, source: str, ship: bool, limits: dict) -> None:
+    """In a call's child, before any code of the attempt has run: compile the call's own code and, when the
+    supervisor asked for it (`ship`: it has seen this source before), send it the marshalled code first on
+    the result pipe: a 4-byte length, then the bytes (length 0: nothing sent). Nothing of the attempt has
+    run in this process yet, so the bytes are what the compiler made of the source; the code run afterwards
+    cannot take back what is already in the pipe, and this pipe carries nothing else before the result."""
+    data = b""
+    try:
+        code = compile_source(source, filename)
+        if ship:
+            data = marshal.dumps(code)
+            if len(data) > min(int(limits["output_cap"]) // 4, COMPILED_MAX_BYTES // 8):
+                data = b""
+    finally:
+        view = memoryview(struct.pack(">I", len(data)) + data)
+        _SHIPPED[0] = len(view)
+        while view:
+            view = view[os.write(RESULT_FD, view):]
+
+
+def split_compiled(raw: bytes) -> tuple[bytes | None, bytes]:
+    """The result pipe's content as (compiled code or None, the JSON result). Without a complete header and
+    code the result is empty (the child ended early)."""
+    if len(raw) < 4:
+        return None, b""
+    size = struct.unpack(">I", raw[:4])[0]
+    if len(raw) < 4 + size:
+        return None, b""
+    return (raw[4:4 + size] or None), raw[4 + size:]
 
 
 def _exception_payload(exc: BaseException) -> dict:
@@ -967,9 +1067,41 @@ def _not_json(value):
 # ------------------------------------------------------------------------------------------------ main
 
 
+def prepare_for_calls() -> None:
+    """Once, before the first fork: whatever every call's child would otherwise do again, on memory it
+    would then copy page by page. The environment and line-buffered sys.std* are the calls' own from here
+    on (the supervisor never prints: nothing of it is buffered there). SQLite, JSON and marshal are used
+    once on our own data, so that their library symbols are bound (lazy binding would resolve them again
+    in each child) and their first-use set-up is done."""
+    os.environ.clear()
+    os.environ.update(CALL_ENVIRONMENT)
+    for stream in (sys.stdout, sys.stderr):
+        if stream is not None:
+            stream.reconfigure(line_buffering=True, errors="replace")
+    path = "/tmp/.supervisor-warm-up.sqlite"
+    try:
+        with sqlite3.connect(path) as db:
+            db.execute("create table t(id integer primary key, name text)")
+            db.execute("create index t_name on t(name)")
+            db.execute("insert into t(name) values (?)", ("x",))
+        db.execute("select id, name from t where name = ? order by id", ("x",)).fetchall()
+        db.close()
+    except sqlite3.Error:
+        pass
+    finally:
+        for leftover in (path, path + "-journal"):
+            try:
+                os.unlink(leftover)
+            except OSError:
+                pass
+    json.loads(json.dumps({"warm": [1, 2.5, "up", None, True]}))
+    marshal.loads(marshal.dumps(compile("def warm(up):\n    return up\n", "<warm-up>", "exec")))
+
+
 def serve(socket_path: str, accept_timeout_s: float = 120) -> None:
     global SUPERVISOR, BASELINE_TASKS, BOUNDING_CAPS
     SUPERVISOR = Supervisor()
+    prepare_for_calls()
     BASELINE_TASKS = container_tasks()
     BOUNDING_CAPS = bounding_caps()
     signal.signal(signal.SIGPIPE, signal.SIG_IGN)
