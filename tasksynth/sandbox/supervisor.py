@@ -415,7 +415,7 @@ class Supervisor:
         self.calls_seen = False
         self.unusable = ""  # why this container must not serve another request, once that is so
         self.service: Service | None = None  # a long-lived process of the untrusted user (a kernel's driver)
-        self.sources_seen: set[int] = set()  # hashes of the sources calls ran: the second run's code is kept
+        self.sources_seen: set[int] = set()  # hashes of the sources this attempt's calls ran (see _seen_before)
 
     def prepare_next_call(self) -> None:
         """After a reply went out: fork the next call's child now, off the call's critical path. Only once
@@ -465,6 +465,8 @@ class Supervisor:
     def reset(self, request: dict, fds: list[int]) -> dict:
         kill_untrusted()
         self.modules.clear()
+        COMPILED.clear()
+        self.sources_seen.clear()
         master = fds[0] if fds else None
         name = self.state_name = os.path.basename(request.get("state_name") or "state.sqlite")
 
@@ -494,7 +496,7 @@ class Supervisor:
         started = time.monotonic()
         # What the attempt loaded travels with the request: loading a module does not waste the ready child.
         key = compiled_key(request, self.modules)
-        ship = key not in COMPILED and self._seen_before(key)
+        ship = key not in COMPILED and (bool(request.get("module")) or self._seen_before(key))
         request = {**request, "modules": self.modules, "state_name": self.state_name, "ship": ship}
         if not child.send(request):  # it died while it waited (only the OOM killer does that): a fresh one
             child.discard()
@@ -529,8 +531,9 @@ class Supervisor:
         return reply
 
     def _seen_before(self, key: tuple[str, str]) -> bool:
-        """Whether a call ran this source before (then its compiled code is worth keeping); notes it if not.
-        A source run once (most of a pass@k's solutions) costs no more than a compile in its own child."""
+        """Whether a call of this attempt ran this source before (then its compiled code is worth keeping);
+        notes it if not. A source run once (a solution, a verifier) costs no more than a compile in its own
+        child. A loaded module is kept from its first call: it is loaded to be called."""
         digest = hash(key)
         if digest in self.sources_seen:
             return True
@@ -543,7 +546,7 @@ class Supervisor:
     def _keep_compiled(key: tuple[str, str], compiled: bytes) -> None:
         size = sum(len(data) for data in COMPILED.values())
         if len(COMPILED) >= COMPILED_MAX_ENTRIES or size + len(compiled) > COMPILED_MAX_BYTES:
-            COMPILED.clear()  # a pool container's sources change when its work does; start over
+            COMPILED.clear()  # an attempt that runs this much different code gains little from keeping it
         COMPILED[key] = compiled
 
     # ---- shell commands (sessions)
@@ -826,12 +829,14 @@ class _LoadedModules:
 
 SUPERVISOR: Supervisor | None = None
 
-# Compiled code of sources the calls run again and again (an attempt's toolkit, a task's verifier), marshalled,
-# keyed by (file name, source), kept across attempts: a call's child finds it in its copy of the
+# Compiled code of the sources an attempt's calls run again and again (its modules, a harness called for each
+# tool call), marshalled, keyed by (file name, source): a call's child finds it in its copy of the
 # supervisor's memory and unmarshals it instead of compiling. The supervisor (root) only stores these bytes;
-# they are made, and read, by untrusted children (`_ship_compiled`). Bounded: emptied when it grows too big.
+# they are made, and read, by untrusted children (`_ship_compiled`). Emptied on reset: a call can read the
+# supervisor's memory it was forked with, and what one attempt ran (a verifier with its answer) must not
+# be found there by the next. Bounded: emptied too when it grows too big.
 COMPILED: dict[tuple[str, str], bytes] = {}
-COMPILED_MAX_BYTES = 8 * 1024 * 1024
+COMPILED_MAX_BYTES = 4 * 1024 * 1024  # every fork copies what is kept
 COMPILED_MAX_ENTRIES = 256
 _CHILD_CODE: dict[tuple[str, str], object] = {}  # in a call's child: code objects of this call
 _SHIPPED = [0]  # in a call's child: bytes of compiled code sent ahead of the result
