@@ -432,7 +432,8 @@ class Supervisor:
     def handle(self, request: dict, fds: list[int]) -> dict:
         op = request.get("op")
         try:
-            if op in ("reset", "run", "read_file", "write_file"):
+            if op in ("run", "read_file", "write_file") or (op == "reset" and self.service is not None):
+                # (A reset without a service uses the ready child: see `reset`.)
                 self.forget_ready_child()
             if op in ("reset", "run", "service_start", "service_stop"):
                 # A command's or a reset's sweep kills every process of the run user: the service first,
@@ -463,22 +464,21 @@ class Supervisor:
     # ---- state
 
     def reset(self, request: dict, fds: list[int]) -> dict:
-        kill_untrusted()
+        ready, self.ready = self.ready, None
+        if ready is not None and not only_one_untrusted_process():
+            ready.discard()
+            ready = None
         self.modules.clear()
         COMPILED.clear()
         self.sources_seen.clear()
         master = fds[0] if fds else None
         name = self.state_name = os.path.basename(request.get("state_name") or "state.sqlite")
-
-        def scrub_and_copy() -> int:
-            for top in SCRUBBED:
-                _empty_folder(top)
-            _remove_sysv_ipc()
-            if master is not None:
-                copy_file(master, os.path.join(WORK, name))
-            return 0
-
-        status = run_as_untrusted(scrub_and_copy)
+        # The next call's child, when it is the only process of the run user and has run nothing, does the
+        # reset itself (one process fewer per attempt) and exits.
+        status = ready.reset(name, master) if ready is not None else None
+        if status is None:
+            kill_untrusted()
+            status = run_as_untrusted(lambda: reset_work(master, name))
         if status != 0:
             return {"ok": False, "error": "could not reset the work folder"}
         os.environ["SANDBOX_STATE"] = os.path.join(WORK, name)  # inherited by the calls' children
@@ -772,6 +772,23 @@ def _remove_sysv_ipc() -> None:
             remove(int(row[1]))
 
 
+def reset_work(master: int | None, name: str) -> int:
+    """As the run user, with none of its processes left: empty its writable places and its System V IPC, and
+    copy the state master (an open file) to /work/NAME."""
+    for top in SCRUBBED:
+        _empty_folder(top)
+    _remove_sysv_ipc()
+    if master is not None:
+        copy_file(master, os.path.join(WORK, name))
+    return 0
+
+
+def only_one_untrusted_process() -> bool:
+    """Whether the container holds one task beyond its baseline (pid 1 and us): the ready child, then."""
+    tasks = container_tasks()
+    return tasks is not None and BASELINE_TASKS is not None and tasks <= BASELINE_TASKS + 1
+
+
 def copy_file(source_fd: int, path: str) -> None:
     """Copy an open file to `path` inside the kernel (sendfile: no buffer of ours, no page of it to fault in);
     read and write where the kernel refuses (a file system that cannot be a sendfile source)."""
@@ -843,13 +860,17 @@ _SHIPPED = [0]  # in a call's child: bytes of compiled code sent ahead of the re
 
 
 class ReadyChild:
-    """A forked child that has already become the untrusted user and waits, blocked on a pipe, for the call
-    it will run. Forking and dropping privileges cost about a millisecond; done after the previous reply
-    went out, they are off the next call's critical path. It is forked only when no untrusted process is
-    left (after the previous call's sweep), and holds nothing but its own pipes."""
+    """A forked child that has already become the untrusted user and waits, blocked on a socket, for the call
+    it will run, or for the next attempt's reset (then it empties the work folders and copies the master it
+    is handed, and nothing else). Forking and dropping privileges cost about a millisecond; done after the
+    previous reply went out, they are off the next call's critical path. It is forked only when no untrusted
+    process is left (after the previous call's sweep), and holds nothing but its own pipes."""
 
     def __init__(self):
-        request_r, self.request_w = os.pipe()
+        # A socket, not a pipe, for the request: a reset hands it the state master's file descriptor.
+        parent_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        request_r, self.request = child_end.detach(), parent_end
+        self.request_w = parent_end.fileno()
         self.out_r, out_w = os.pipe()
         self.err_r, err_w = os.pipe()
         self.res_r, res_w = os.pipe()
@@ -862,25 +883,39 @@ class ReadyChild:
         for fd in (request_r, out_w, err_w, res_w):
             os.close(fd)
 
-    def send(self, request: dict) -> bool:
+    def send(self, request: dict, fds: list[int] | None = None) -> bool:
         data = json.dumps(request, separators=(",", ":")).encode()
         try:
-            view = memoryview(struct.pack(">I", len(data)) + data)
-            while view:  # the child reads as we write: a request larger than the pipe does not block
+            frame = struct.pack(">I", len(data)) + data
+            if fds:
+                sent = socket.send_fds(self.request, [frame], fds)
+            else:
+                sent = os.write(self.request_w, frame)
+            view = memoryview(frame)[sent:]
+            while view:  # the child reads as we write: a request larger than the buffer does not block
                 view = view[os.write(self.request_w, view):]
             return True
-        except BrokenPipeError:
+        except (BrokenPipeError, ConnectionResetError):
             return False
         finally:
-            os.close(self.request_w)
+            self.request.close()
             self.request_w = -1
 
-    def discard(self) -> None:
-        """Unused: closing its request pipe makes it exit by itself."""
-        for fd in (self.request_w, self.out_r, self.err_r, self.res_r):
-            if fd >= 0:
-                os.close(fd)
-        os.waitpid(self.pid, 0)
+    def reset(self, state_name: str, master: int | None) -> int | None:
+        """Have it reset the work folders for the next attempt (see `reset_work`); its wait status, or None
+        when it could not be asked (it died while it waited)."""
+        sent = self.send({"op": "reset", "state_name": state_name}, [master] if master is not None else None)
+        status = self.discard()
+        return status if sent else None
+
+    def discard(self) -> int:
+        """Unused: closing its request socket makes it exit by itself. Its wait status."""
+        if self.request_w >= 0:
+            self.request.close()
+            self.request_w = -1
+        for fd in (self.out_r, self.err_r, self.res_r):
+            os.close(fd)
+        return os.waitpid(self.pid, 0)[1]
 
 
 def _exec_untrusted(limits: dict, request: dict, path: str, argv: list[str], stdio: tuple[int, int, int | None],
@@ -907,20 +942,30 @@ def _exec_untrusted(limits: dict, request: dict, path: str, argv: list[str], std
     os._exit(127)
 
 
-def _read_request(fd: int) -> dict | None:
-    def exactly(size: int) -> bytes | None:
+def _read_request(fd: int) -> tuple[dict | None, list[int]]:
+    """The request on the socket `fd` and the file descriptors that came with it (a reset's master)."""
+    def exactly(size: int, fds: list[int] | None = None) -> bytes | None:
         chunks, got = [], 0
         while got < size:
-            chunk = os.read(fd, size - got)
+            if fds is not None and not fds:  # descriptors ride on the first bytes: read them with those
+                sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM, 0, fd)
+                try:
+                    chunk, new_fds, _, _ = socket.recv_fds(sock, size - got, 1)
+                finally:
+                    sock.detach()
+                fds += new_fds
+            else:
+                chunk = os.read(fd, size - got)
             if not chunk:
                 return None
             chunks.append(chunk)
             got += len(chunk)
         return b"".join(chunks)
 
-    header = exactly(4)
+    fds: list[int] = []
+    header = exactly(4, fds)
     body = exactly(struct.unpack(">I", header)[0]) if header else None
-    return json.loads(body) if body else None
+    return (json.loads(body) if body else None), fds
 
 
 def _set_call_limits(limits: dict) -> None:
@@ -951,10 +996,12 @@ def _call_child(request_r: int, out_w: int, err_w: int, res_w: int) -> None:
         os.chdir(WORK)
         # The environment (CALL_ENVIRONMENT) and sys.std* (line-buffered, on fds 0-2, which now are /dev/null
         # and our pipes) were set up once in the supervisor: done here they cost more than a small call.
-        request = _read_request(REQUEST_FD)
+        request, fds = _read_request(REQUEST_FD)
         if request is None:
             os._exit(0)  # not needed after all
         os.close(REQUEST_FD)
+        if request.get("op") == "reset":
+            os._exit(reset_work(fds[0] if fds else None, request["state_name"]))
         state = os.path.join(WORK, request["state_name"])
         if os.environ.get("SANDBOX_STATE") != state:
             os.environ["SANDBOX_STATE"] = state
