@@ -857,6 +857,7 @@ COMPILED_MAX_BYTES = 4 * 1024 * 1024  # every fork copies what is kept
 COMPILED_MAX_ENTRIES = 256
 _CHILD_CODE: dict[tuple[str, str], object] = {}  # in a call's child: code objects of this call
 _SHIPPED = [0]  # in a call's child: bytes of compiled code sent ahead of the result
+_RESULT_PREFIX = [b"\0\0\0\0"]  # in a call's child: what goes before the result (no code: a zero length)
 
 
 class ReadyChild:
@@ -1020,7 +1021,7 @@ def _call_child(request_r: int, out_w: int, err_w: int, res_w: int) -> None:
         if len(data) + _SHIPPED[0] > int(limits["output_cap"]):
             status = EXIT_RESULT_TOO_BIG
         else:
-            view = memoryview(data)
+            view = memoryview(_RESULT_PREFIX[0] + data)
             while view:
                 view = view[os.write(RESULT_FD, view):]
             status = 0
@@ -1077,7 +1078,9 @@ def _ship_compiled(filename: str, source: str, ship: bool, limits: dict) -> None
     supervisor asked for it (`ship`: it has seen this source before), send it the marshalled code first on
     the result pipe: a 4-byte length, then the bytes (length 0: nothing sent). Nothing of the attempt has
     run in this process yet, so the bytes are what the compiler made of the source; the code run afterwards
-    cannot take back what is already in the pipe, and this pipe carries nothing else before the result."""
+    cannot take back what is already in the pipe, and this pipe carries nothing else before the result.
+    Not asked, the zero length goes out with the result (one write fewer): the supervisor then reads no
+    code from this pipe, whatever the code wrote there."""
     data = b""
     try:
         code = compile_source(source, filename)
@@ -1086,10 +1089,11 @@ def _ship_compiled(filename: str, source: str, ship: bool, limits: dict) -> None
             if len(data) > min(int(limits["output_cap"]) // 4, COMPILED_MAX_BYTES // 8):
                 data = b""
     finally:
-        view = memoryview(struct.pack(">I", len(data)) + data)
-        _SHIPPED[0] = len(view)
-        while view:
-            view = view[os.write(RESULT_FD, view):]
+        if ship:
+            view = memoryview(struct.pack(">I", len(data)) + data)
+            _SHIPPED[0], _RESULT_PREFIX[0] = len(view), b""
+            while view:
+                view = view[os.write(RESULT_FD, view):]
 
 
 def split_compiled(raw: bytes) -> tuple[bytes | None, bytes]:
