@@ -53,7 +53,9 @@ import sys
 import time
 import traceback
 
-# Imported once here so that a forked call finds them already loaded (a call's fork copies them for free).
+# Imported once here so that a forked call finds them already loaded: imported in a call's child they cost
+# that call milliseconds (pathlib 9 ms, typing 7 ms: the general environments' harness imports both), kept
+# here they cost each fork a little (every page held here is copied into, and unmapped from, each child).
 import collections  # noqa: F401
 import datetime  # noqa: F401
 import decimal  # noqa: F401
@@ -61,11 +63,13 @@ import functools  # noqa: F401
 import hashlib  # noqa: F401
 import itertools  # noqa: F401
 import math  # noqa: F401
+import pathlib  # noqa: F401
 import random  # noqa: F401
 import re  # noqa: F401
 import sqlite3  # noqa: F401
 import statistics  # noqa: F401
-import importlib.util  # not importlib.abc: it brings typing along, 2 MB that every fork would copy
+import typing  # noqa: F401
+import importlib.util  # not importlib.abc: it brings importlib.resources and more, 0.7 MB, unused
 
 UNTRUSTED_UID = 1000
 WORK = "/work"
@@ -1128,7 +1132,7 @@ def prepare_for_calls() -> None:
     would then copy page by page. The environment and line-buffered sys.std* are the calls' own from here
     on (the supervisor never prints: nothing of it is buffered there). SQLite, JSON and marshal are used
     once on our own data, so that their library symbols are bound (lazy binding would resolve them again
-    in each child) and their first-use set-up is done."""
+    in each child) and their first-use set-up is done; then freed memory is returned."""
     os.environ.clear()
     os.environ.update(CALL_ENVIRONMENT)
     for stream in (sys.stdout, sys.stderr):
@@ -1152,6 +1156,10 @@ def prepare_for_calls() -> None:
                 pass
     json.loads(json.dumps({"warm": [1, 2.5, "up", None, True]}))
     marshal.loads(marshal.dumps(compile("def warm(up):\n    return up\n", "<warm-up>", "exec")))
+    # What start-up and imports left freed goes back to the kernel: every fork copies, and every exit
+    # unmaps, each page we hold (about 1 MB fewer).
+    gc.collect()
+    _libc.malloc_trim(0)
 
 
 def serve(socket_path: str, accept_timeout_s: float = 120) -> None:
