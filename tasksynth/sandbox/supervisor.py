@@ -20,9 +20,10 @@ file descriptor (SCM_RIGHTS): the state master, opened read-only by the host.
 
 Requests (`op`):
   ping                          -> {"ok": true}
-  reset {state_name}  + fd      -> every untrusted process killed, /work /tmp /dev/shm emptied, loaded
-                                   modules forgotten, the master copied to /work/<state_name> (owned by the
-                                   untrusted user)
+  reset {state_name, modules}  + fd
+                                -> every untrusted process killed, /work /tmp /dev/shm emptied, loaded
+                                   modules forgotten (then `modules`, {name: source}, loaded as by `load`),
+                                   the master copied to /work/<state_name> (owned by the untrusted user)
   load {name, source}           -> a module the following calls may import by name or call into
   call {source|module, function, args, limits}
                                 -> {outcome, result, exception, stdout, stderr, seconds, reason}
@@ -485,6 +486,7 @@ class Supervisor:
             status = run_as_untrusted(lambda: reset_work(master, name))
         if status != 0:
             return {"ok": False, "error": "could not reset the work folder"}
+        self.modules.update(request.get("modules") or {})  # the attempt's modules, without a round trip each
         os.environ["SANDBOX_STATE"] = os.path.join(WORK, name)  # inherited by the calls' children
         return {"ok": True}
 
