@@ -45,6 +45,7 @@ import linecache
 import marshal
 import os
 import resource
+import select
 import selectors
 import signal
 import socket
@@ -302,45 +303,48 @@ def oom_kills() -> int:
 
 class CappedStreams:
     """Reads a child's output pipes as they fill, keeping at most `cap` bytes of each: nothing larger is
-    ever held in memory. A stream that goes over its cap stops the run (`output_capped`)."""
+    ever held in memory. A stream that goes over its cap stops the run (`output_capped`). A plain poll set,
+    not a selector: no descriptor of its own and no per-call set-up, for the call path's sake. A pipe is read
+    only when poll says it is readable, so a read never blocks (only we hold the reading ends)."""
 
     def __init__(self, fds: dict[str, int], cap: int):
         self.cap = cap
         self.data = {name: bytearray() for name in fds}
+        self.names = {fd: name for name, fd in fds.items()}  # the streams still open
         self.over: str | None = None
-        self.selector = selectors.DefaultSelector()
-        for name, fd in fds.items():
-            os.set_blocking(fd, False)
-            self.selector.register(fd, selectors.EVENT_READ, name)
+        self.poller = select.poll()
+        for fd in fds.values():
+            self.poller.register(fd, select.POLLIN)
 
     @property
     def open(self) -> bool:
-        return bool(self.selector.get_map())
+        return bool(self.names)
 
     def pump(self, timeout: float) -> None:
-        for key, _ in self.selector.select(max(timeout, 0)):
-            self.read(key)
+        for fd, _ in self.poller.poll(max(timeout, 0) * 1000):
+            self.read(fd)
 
-    def read(self, key) -> None:
-        try:
-            chunk = os.read(key.fd, 65536)
-        except BlockingIOError:
+    def read(self, fd: int) -> None:
+        name = self.names.get(fd)
+        if name is None:
             return
+        chunk = os.read(fd, 65536)
         if not chunk:
-            self.selector.unregister(key.fd)
-            os.close(key.fd)
+            self.poller.unregister(fd)
+            del self.names[fd]
+            os.close(fd)
             return
-        buffer = self.data[key.data]
+        buffer = self.data[name]
         room = self.cap - len(buffer)
         buffer += chunk[:max(room, 0)]
         if len(chunk) > room and self.over is None:
-            self.over = key.data
+            self.over = name
 
     def close(self) -> None:
-        for key in list(self.selector.get_map().values()):
-            self.selector.unregister(key.fd)
-            os.close(key.fd)
-        self.selector.close()
+        for fd in self.names:
+            self.poller.unregister(fd)
+            os.close(fd)
+        self.names.clear()
 
     def text(self, name: str) -> str:
         return self.data[name].decode("utf-8", errors="replace")
@@ -351,7 +355,7 @@ def supervise(pid: int, streams: CappedStreams, timeout_s: float) -> tuple[int, 
     Returns its wait status and why it was stopped (None: it ended by itself)."""
     deadline = time.monotonic() + timeout_s
     pidfd = os.pidfd_open(pid)
-    streams.selector.register(pidfd, selectors.EVENT_READ, "__exit__")
+    streams.poller.register(pidfd, select.POLLIN)
     stopped = None
     try:
         while True:
@@ -360,18 +364,18 @@ def supervise(pid: int, streams: CappedStreams, timeout_s: float) -> tuple[int, 
                 stopped = "timeout"
                 break
             exited = False
-            for key, _ in streams.selector.select(remaining):
-                if key.data == "__exit__":
+            for fd, _ in streams.poller.poll(remaining * 1000):
+                if fd == pidfd:
                     exited = True
                     continue
-                streams.read(key)
+                streams.read(fd)
             if streams.over:
                 stopped = "output_capped"
                 break
             if exited:
                 break
     finally:
-        streams.selector.unregister(pidfd)
+        streams.poller.unregister(pidfd)
         os.close(pidfd)
     if stopped:
         # The child and everything it started go at once; the supervisor reaps the child meanwhile.
