@@ -8,9 +8,10 @@ exactly one connection whose peer is outside the container's pid namespace (SO_P
 it): a process inside the container cannot issue requests even if it reached the socket. When that one
 connection closes (the host process ended, even by SIGKILL) the supervisor exits and the container with it.
 
-Privileges: the supervisor is root with SETUID, SETGID and SETPCAP only. Every request that touches
-untrusted code or the untrusted user's files forks a child that empties its bounding set, drops its groups,
-becomes UNTRUSTED_UID (which clears its permitted and effective capabilities) and only then does the work.
+Privileges: the supervisor is root with SETUID, SETGID and SETPCAP only, and empties its own bounding set at
+start (children inherit it empty). Every request that touches untrusted code or the untrusted user's files
+forks a child that drops its groups, becomes UNTRUSTED_UID (which clears its permitted and effective
+capabilities) and only then does the work.
 Killing the untrusted user's processes is done the same way: a child that has become that uid calls
 kill(-1, SIGKILL), which reaches every process of that uid and nothing else (not the root supervisor, not
 pid 1), so the supervisor needs no KILL capability.
@@ -132,7 +133,20 @@ def bounding_caps() -> list[int]:
     return [cap for cap in range(CAP_LAST + 1) if mask >> cap & 1]
 
 
-BOUNDING_CAPS: list[int] = []
+BOUNDING_CAPS: list[int] = []  # what a child must still drop itself (none once empty_own_bounding_set worked)
+NO_NEW_PRIVS = False  # whether we have no_new_privs set (docker's no-new-privileges does it), so children too
+
+
+def empty_own_bounding_set() -> None:
+    """Once, in the supervisor: empty our bounding set and set no_new_privs. Both are inherited by every child,
+    so a forked child need not do it again (four prctl calls, through ctypes, per call). Our own effective
+    and permitted capabilities stay (the bounding set only limits what an exec could gain, and we never
+    exec); a child loses them when it changes its uid. Whatever could not be dropped here, each child drops."""
+    global BOUNDING_CAPS, NO_NEW_PRIVS
+    for cap in bounding_caps():
+        _libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0)
+    NO_NEW_PRIVS = _libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) == 0
+    BOUNDING_CAPS = bounding_caps()
 
 
 def become_untrusted(limits: dict | None = None, *, oom_first: bool = False) -> None:
@@ -142,7 +156,8 @@ def become_untrusted(limits: dict | None = None, *, oom_first: bool = False) -> 
     memory, and the OOM killer takes the biggest process, which is theirs, not the supervisor's."""
     for cap in BOUNDING_CAPS:
         _libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0)
-    _libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
+    if not NO_NEW_PRIVS:
+        _libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
     if oom_first:
         try:
             with open("/proc/self/oom_score_adj", "w") as handle:
@@ -1049,7 +1064,7 @@ def _invoke(request: dict) -> dict:
         limits = request["limits"]
         if request.get("module"):
             _ship_compiled(*compiled_key(request, request["modules"]), request.get("ship"), limits)
-            namespace = importlib.import_module(request["module"]).__dict__
+            namespace = _import_loaded(request["module"]).__dict__
         else:
             _ship_compiled(*compiled_key(request, {}), request.get("ship"), limits)
             namespace = {"__name__": "__sandbox__", "__builtins__": __builtins__}
@@ -1062,6 +1077,24 @@ def _invoke(request: dict) -> dict:
         return {"result": result}
     except BaseException as exc:  # noqa: BLE001 - SystemExit and KeyboardInterrupt are the code's outcome too
         return _exception_payload(exc)
+
+
+def _import_loaded(name: str):
+    """The module a call calls into, as `import name` would give it. A loaded top-level module not imported
+    yet (the usual case: a fresh child) is made and run directly, as the import system would: spec, module,
+    sys.modules, its code; without the import system's search and locks, which each call would otherwise
+    go through again (and copy the pages of)."""
+    finder = sys.meta_path[0]
+    if "." in name or name in sys.modules or not isinstance(finder, _LoadedModules):
+        return importlib.import_module(name)
+    module = importlib.util.module_from_spec(importlib.util.spec_from_loader(name, finder))
+    sys.modules[name] = module
+    try:
+        finder.exec_module(module)
+    except BaseException:
+        sys.modules.pop(name, None)
+        raise
+    return module
 
 
 def compile_source(source: str, filename: str):
@@ -1169,11 +1202,11 @@ def prepare_for_calls() -> None:
 
 
 def serve(socket_path: str, accept_timeout_s: float = 120) -> None:
-    global SUPERVISOR, BASELINE_TASKS, BOUNDING_CAPS
+    global SUPERVISOR, BASELINE_TASKS
     SUPERVISOR = Supervisor()
     prepare_for_calls()
     BASELINE_TASKS = container_tasks()
-    BOUNDING_CAPS = bounding_caps()
+    empty_own_bounding_set()
     signal.signal(signal.SIGPIPE, signal.SIG_IGN)
     try:
         os.unlink(socket_path)
