@@ -320,8 +320,9 @@ class Attempt:
         raise SandboxInfraError(f"no sandbox container after {self.pool.retries + 1} tries: {error}")
 
     def _prepare(self, member: _Member) -> None:
-        """Reset the container for this attempt: nothing of the previous one left, the state copied in."""
-        message = {"op": "reset", "state_name": self.state_name}
+        """Reset the container for this attempt: nothing of the previous one left, the state copied in, the
+        modules loaded so far sent along."""
+        message = {"op": "reset", "state_name": self.state_name, "modules": self.modules}
         if self.state_master is None:
             member.container.request(message, timeout_s=30)
         else:
@@ -330,5 +331,3 @@ class Attempt:
                 member.container.request(message, fds=[fd], timeout_s=30)
             finally:
                 os.close(fd)
-        for name, source in self.modules.items():
-            member.container.request({"op": "load", "name": name, "source": source}, timeout_s=10)

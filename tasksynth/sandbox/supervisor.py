@@ -8,9 +8,10 @@ exactly one connection whose peer is outside the container's pid namespace (SO_P
 it): a process inside the container cannot issue requests even if it reached the socket. When that one
 connection closes (the host process ended, even by SIGKILL) the supervisor exits and the container with it.
 
-Privileges: the supervisor is root with SETUID, SETGID and SETPCAP only. Every request that touches
-untrusted code or the untrusted user's files forks a child that empties its bounding set, drops its groups,
-becomes UNTRUSTED_UID (which clears its permitted and effective capabilities) and only then does the work.
+Privileges: the supervisor is root with SETUID, SETGID and SETPCAP only, and empties its own bounding set at
+start (children inherit it empty). Every request that touches untrusted code or the untrusted user's files
+forks a child that drops its groups, becomes UNTRUSTED_UID (which clears its permitted and effective
+capabilities) and only then does the work.
 Killing the untrusted user's processes is done the same way: a child that has become that uid calls
 kill(-1, SIGKILL), which reaches every process of that uid and nothing else (not the root supervisor, not
 pid 1), so the supervisor needs no KILL capability.
@@ -20,9 +21,10 @@ file descriptor (SCM_RIGHTS): the state master, opened read-only by the host.
 
 Requests (`op`):
   ping                          -> {"ok": true}
-  reset {state_name}  + fd      -> every untrusted process killed, /work /tmp /dev/shm emptied, loaded
-                                   modules forgotten, the master copied to /work/<state_name> (owned by the
-                                   untrusted user)
+  reset {state_name, modules}  + fd
+                                -> every untrusted process killed, /work /tmp /dev/shm emptied, loaded
+                                   modules forgotten (then `modules`, {name: source}, loaded as by `load`),
+                                   the master copied to /work/<state_name> (owned by the untrusted user)
   load {name, source}           -> a module the following calls may import by name or call into
   call {source|module, function, args, limits}
                                 -> {outcome, result, exception, stdout, stderr, seconds, reason}
@@ -41,8 +43,10 @@ import fcntl
 import gc
 import json
 import linecache
+import marshal
 import os
 import resource
+import select
 import selectors
 import signal
 import socket
@@ -52,7 +56,9 @@ import sys
 import time
 import traceback
 
-# Imported once here so that a forked call finds them already loaded (a call's fork copies them for free).
+# Imported once here so that a forked call finds them already loaded: imported in a call's child they cost
+# that call milliseconds (pathlib 9 ms, typing 7 ms: the general environments' harness imports both), kept
+# here they cost each fork a little (every page held here is copied into, and unmapped from, each child).
 import collections  # noqa: F401
 import datetime  # noqa: F401
 import decimal  # noqa: F401
@@ -60,17 +66,19 @@ import functools  # noqa: F401
 import hashlib  # noqa: F401
 import itertools  # noqa: F401
 import math  # noqa: F401
+import pathlib  # noqa: F401
 import random  # noqa: F401
 import re  # noqa: F401
 import sqlite3  # noqa: F401
 import statistics  # noqa: F401
-import importlib.abc
-import importlib.util
+import typing  # noqa: F401
+import importlib.util  # not importlib.abc: it brings importlib.resources and more, 0.7 MB, unused
 
 UNTRUSTED_UID = 1000
 WORK = "/work"
 SCRUBBED = ("/work", "/tmp", "/dev/shm", "/dev/mqueue")  # the untrusted user's writable places, emptied on reset
 PATH = "/usr/local/bin:/usr/bin:/bin"
+CALL_ENVIRONMENT = {"PATH": PATH, "HOME": WORK, "LANG": "C.UTF-8"}
 CAP_LAST = 63
 PR_CAPBSET_DROP = 24
 PR_SET_NO_NEW_PRIVS = 38
@@ -125,7 +133,20 @@ def bounding_caps() -> list[int]:
     return [cap for cap in range(CAP_LAST + 1) if mask >> cap & 1]
 
 
-BOUNDING_CAPS: list[int] = []
+BOUNDING_CAPS: list[int] = []  # what a child must still drop itself (none once empty_own_bounding_set worked)
+NO_NEW_PRIVS = False  # whether we have no_new_privs set (docker's no-new-privileges does it), so children too
+
+
+def empty_own_bounding_set() -> None:
+    """Once, in the supervisor: empty our bounding set and set no_new_privs. Both are inherited by every child,
+    so a forked child need not do it again (four prctl calls, through ctypes, per call). Our own effective
+    and permitted capabilities stay (the bounding set only limits what an exec could gain, and we never
+    exec); a child loses them when it changes its uid. Whatever could not be dropped here, each child drops."""
+    global BOUNDING_CAPS, NO_NEW_PRIVS
+    for cap in bounding_caps():
+        _libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0)
+    NO_NEW_PRIVS = _libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) == 0
+    BOUNDING_CAPS = bounding_caps()
 
 
 def become_untrusted(limits: dict | None = None, *, oom_first: bool = False) -> None:
@@ -135,7 +156,8 @@ def become_untrusted(limits: dict | None = None, *, oom_first: bool = False) -> 
     memory, and the OOM killer takes the biggest process, which is theirs, not the supervisor's."""
     for cap in BOUNDING_CAPS:
         _libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0)
-    _libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
+    if not NO_NEW_PRIVS:
+        _libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
     if oom_first:
         try:
             with open("/proc/self/oom_score_adj", "w") as handle:
@@ -296,45 +318,48 @@ def oom_kills() -> int:
 
 class CappedStreams:
     """Reads a child's output pipes as they fill, keeping at most `cap` bytes of each: nothing larger is
-    ever held in memory. A stream that goes over its cap stops the run (`output_capped`)."""
+    ever held in memory. A stream that goes over its cap stops the run (`output_capped`). A plain poll set,
+    not a selector: no descriptor of its own and no per-call set-up, for the call path's sake. A pipe is read
+    only when poll says it is readable, so a read never blocks (only we hold the reading ends)."""
 
     def __init__(self, fds: dict[str, int], cap: int):
         self.cap = cap
         self.data = {name: bytearray() for name in fds}
+        self.names = {fd: name for name, fd in fds.items()}  # the streams still open
         self.over: str | None = None
-        self.selector = selectors.DefaultSelector()
-        for name, fd in fds.items():
-            os.set_blocking(fd, False)
-            self.selector.register(fd, selectors.EVENT_READ, name)
+        self.poller = select.poll()
+        for fd in fds.values():
+            self.poller.register(fd, select.POLLIN)
 
     @property
     def open(self) -> bool:
-        return bool(self.selector.get_map())
+        return bool(self.names)
 
     def pump(self, timeout: float) -> None:
-        for key, _ in self.selector.select(max(timeout, 0)):
-            self.read(key)
+        for fd, _ in self.poller.poll(max(timeout, 0) * 1000):
+            self.read(fd)
 
-    def read(self, key) -> None:
-        try:
-            chunk = os.read(key.fd, 65536)
-        except BlockingIOError:
+    def read(self, fd: int) -> None:
+        name = self.names.get(fd)
+        if name is None:
             return
+        chunk = os.read(fd, 65536)
         if not chunk:
-            self.selector.unregister(key.fd)
-            os.close(key.fd)
+            self.poller.unregister(fd)
+            del self.names[fd]
+            os.close(fd)
             return
-        buffer = self.data[key.data]
+        buffer = self.data[name]
         room = self.cap - len(buffer)
         buffer += chunk[:max(room, 0)]
         if len(chunk) > room and self.over is None:
-            self.over = key.data
+            self.over = name
 
     def close(self) -> None:
-        for key in list(self.selector.get_map().values()):
-            self.selector.unregister(key.fd)
-            os.close(key.fd)
-        self.selector.close()
+        for fd in self.names:
+            self.poller.unregister(fd)
+            os.close(fd)
+        self.names.clear()
 
     def text(self, name: str) -> str:
         return self.data[name].decode("utf-8", errors="replace")
@@ -345,7 +370,7 @@ def supervise(pid: int, streams: CappedStreams, timeout_s: float) -> tuple[int, 
     Returns its wait status and why it was stopped (None: it ended by itself)."""
     deadline = time.monotonic() + timeout_s
     pidfd = os.pidfd_open(pid)
-    streams.selector.register(pidfd, selectors.EVENT_READ, "__exit__")
+    streams.poller.register(pidfd, select.POLLIN)
     stopped = None
     try:
         while True:
@@ -354,18 +379,18 @@ def supervise(pid: int, streams: CappedStreams, timeout_s: float) -> tuple[int, 
                 stopped = "timeout"
                 break
             exited = False
-            for key, _ in streams.selector.select(remaining):
-                if key.data == "__exit__":
+            for fd, _ in streams.poller.poll(remaining * 1000):
+                if fd == pidfd:
                     exited = True
                     continue
-                streams.read(key)
+                streams.read(fd)
             if streams.over:
                 stopped = "output_capped"
                 break
             if exited:
                 break
     finally:
-        streams.selector.unregister(pidfd)
+        streams.poller.unregister(pidfd)
         os.close(pidfd)
     if stopped:
         # The child and everything it started go at once; the supervisor reaps the child meanwhile.
@@ -414,6 +439,7 @@ class Supervisor:
         self.calls_seen = False
         self.unusable = ""  # why this container must not serve another request, once that is so
         self.service: Service | None = None  # a long-lived process of the untrusted user (a kernel's driver)
+        self.sources_seen: set[int] = set()  # hashes of the sources this attempt's calls ran (see _seen_before)
 
     def prepare_next_call(self) -> None:
         """After a reply went out: fork the next call's child now, off the call's critical path. Only once
@@ -430,7 +456,8 @@ class Supervisor:
     def handle(self, request: dict, fds: list[int]) -> dict:
         op = request.get("op")
         try:
-            if op in ("reset", "run", "read_file", "write_file"):
+            if op in ("run", "read_file", "write_file") or (op == "reset" and self.service is not None):
+                # (A reset without a service uses the ready child: see `reset`.)
                 self.forget_ready_child()
             if op in ("reset", "run", "service_start", "service_stop"):
                 # A command's or a reset's sweep kills every process of the run user: the service first,
@@ -461,25 +488,25 @@ class Supervisor:
     # ---- state
 
     def reset(self, request: dict, fds: list[int]) -> dict:
-        kill_untrusted()
+        ready, self.ready = self.ready, None
+        if ready is not None and not only_one_untrusted_process():
+            ready.discard()
+            ready = None
         self.modules.clear()
+        COMPILED.clear()
+        self.sources_seen.clear()
         master = fds[0] if fds else None
         name = self.state_name = os.path.basename(request.get("state_name") or "state.sqlite")
-
-        def scrub_and_copy() -> int:
-            for top in SCRUBBED:
-                _empty_folder(top)
-            _remove_sysv_ipc()
-            if master is not None:
-                os.lseek(master, 0, os.SEEK_SET)
-                with open(os.path.join(WORK, name), "wb") as out:
-                    while chunk := os.read(master, 1 << 20):
-                        out.write(chunk)
-            return 0
-
-        status = run_as_untrusted(scrub_and_copy)
+        # The next call's child, when it is the only process of the run user and has run nothing, does the
+        # reset itself (one process fewer per attempt) and exits.
+        status = ready.reset(name, master) if ready is not None else None
+        if status is None:
+            kill_untrusted()
+            status = run_as_untrusted(lambda: reset_work(master, name))
         if status != 0:
             return {"ok": False, "error": "could not reset the work folder"}
+        self.modules.update(request.get("modules") or {})  # the attempt's modules, without a round trip each
+        os.environ["SANDBOX_STATE"] = os.path.join(WORK, name)  # inherited by the calls' children
         return {"ok": True}
 
     # ---- function calls
@@ -493,7 +520,9 @@ class Supervisor:
         pids_before, ooms_before = pids_limit_hits(), oom_kills()
         started = time.monotonic()
         # What the attempt loaded travels with the request: loading a module does not waste the ready child.
-        request = {**request, "modules": self.modules, "state_name": self.state_name}
+        key = compiled_key(request, self.modules)
+        ship = key not in COMPILED and (bool(request.get("module")) or self._seen_before(key))
+        request = {**request, "modules": self.modules, "state_name": self.state_name, "ship": ship}
         if not child.send(request):  # it died while it waited (only the OOM killer does that): a fresh one
             child.discard()
             child = ReadyChild()
@@ -509,8 +538,11 @@ class Supervisor:
             if os.WIFEXITED(status) and os.WEXITSTATUS(status) == EXIT_RESULT_TOO_BIG:
                 reply.update(outcome="output_capped", reason=f"the result is larger than {streams.cap} bytes")
                 return reply
+            compiled, raw = split_compiled(bytes(streams.data["result"]))
+            if ship and compiled is not None:
+                self._keep_compiled(key, compiled)
             try:
-                payload = json.loads(bytes(streams.data["result"]) or b"null")
+                payload = json.loads(raw or b"null")
             except ValueError:
                 payload = None
             if not isinstance(payload, dict):
@@ -522,6 +554,25 @@ class Supervisor:
                 reply["exception"] = exc
                 reply["outcome"], reply["reason"] = _exception_outcome(exc, limits)
         return reply
+
+    def _seen_before(self, key: tuple[str, str]) -> bool:
+        """Whether a call of this attempt ran this source before (then its compiled code is worth keeping);
+        notes it if not. A source run once (a solution, a verifier) costs no more than a compile in its own
+        child. A loaded module is kept from its first call: it is loaded to be called."""
+        digest = hash(key)
+        if digest in self.sources_seen:
+            return True
+        if len(self.sources_seen) > 4 * COMPILED_MAX_ENTRIES:
+            self.sources_seen.clear()
+        self.sources_seen.add(digest)
+        return False
+
+    @staticmethod
+    def _keep_compiled(key: tuple[str, str], compiled: bytes) -> None:
+        size = sum(len(data) for data in COMPILED.values())
+        if len(COMPILED) >= COMPILED_MAX_ENTRIES or size + len(compiled) > COMPILED_MAX_BYTES:
+            COMPILED.clear()  # an attempt that runs this much different code gains little from keeping it
+        COMPILED[key] = compiled
 
     # ---- shell commands (sessions)
 
@@ -746,6 +797,44 @@ def _remove_sysv_ipc() -> None:
             remove(int(row[1]))
 
 
+def reset_work(master: int | None, name: str) -> int:
+    """As the run user, with none of its processes left: empty its writable places and its System V IPC, and
+    copy the state master (an open file) to /work/NAME."""
+    for top in SCRUBBED:
+        _empty_folder(top)
+    _remove_sysv_ipc()
+    if master is not None:
+        copy_file(master, os.path.join(WORK, name))
+    return 0
+
+
+def only_one_untrusted_process() -> bool:
+    """Whether the container holds one task beyond its baseline (pid 1 and us): the ready child, then."""
+    tasks = container_tasks()
+    return tasks is not None and BASELINE_TASKS is not None and tasks <= BASELINE_TASKS + 1
+
+
+def copy_file(source_fd: int, path: str) -> None:
+    """Copy an open file to `path` inside the kernel (sendfile: no buffer of ours, no page of it to fault in);
+    read and write where the kernel refuses (a file system that cannot be a sendfile source)."""
+    out = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
+    try:
+        size, offset = os.fstat(source_fd).st_size, 0
+        try:
+            while offset < size and (sent := os.sendfile(out, source_fd, offset, size - offset)):
+                offset += sent
+        except OSError as exc:
+            if exc.errno not in (errno.EINVAL, errno.ENOSYS) or offset:
+                raise
+            os.lseek(source_fd, 0, os.SEEK_SET)
+            while chunk := os.read(source_fd, 1 << 20):
+                view = memoryview(chunk)
+                while view:
+                    view = view[os.write(out, view):]
+    finally:
+        os.close(out)
+
+
 def _empty_folder(top: str) -> None:
     try:
         entries = list(os.scandir(top))
@@ -763,8 +852,9 @@ def _empty_folder(top: str) -> None:
             continue
 
 
-class _LoadedModules(importlib.abc.MetaPathFinder, importlib.abc.Loader):
-    """Lets a call `import` the modules loaded for this attempt, executing each at most once per call."""
+class _LoadedModules:
+    """Lets a call `import` the modules loaded for this attempt, executing each at most once per call. A
+    meta path finder and loader by their methods (importlib only calls these)."""
 
     def __init__(self, sources: dict[str, str]):
         self.sources = sources
@@ -781,15 +871,32 @@ class _LoadedModules(importlib.abc.MetaPathFinder, importlib.abc.Loader):
 
 SUPERVISOR: Supervisor | None = None
 
+# Compiled code of the sources an attempt's calls run again and again (its modules, a harness called for each
+# tool call), marshalled, keyed by (file name, source): a call's child finds it in its copy of the
+# supervisor's memory and unmarshals it instead of compiling. The supervisor (root) only stores these bytes;
+# they are made, and read, by untrusted children (`_ship_compiled`). Emptied on reset: a call can read the
+# supervisor's memory it was forked with, and what one attempt ran (a verifier with its answer) must not
+# be found there by the next. Bounded: emptied too when it grows too big.
+COMPILED: dict[tuple[str, str], bytes] = {}
+COMPILED_MAX_BYTES = 4 * 1024 * 1024  # every fork copies what is kept
+COMPILED_MAX_ENTRIES = 256
+_CHILD_CODE: dict[tuple[str, str], object] = {}  # in a call's child: code objects of this call
+_SHIPPED = [0]  # in a call's child: bytes of compiled code sent ahead of the result
+_RESULT_PREFIX = [b"\0\0\0\0"]  # in a call's child: what goes before the result (no code: a zero length)
+
 
 class ReadyChild:
-    """A forked child that has already become the untrusted user and waits, blocked on a pipe, for the call
-    it will run. Forking and dropping privileges cost about a millisecond; done after the previous reply
-    went out, they are off the next call's critical path. It is forked only when no untrusted process is
-    left (after the previous call's sweep), and holds nothing but its own pipes."""
+    """A forked child that has already become the untrusted user and waits, blocked on a socket, for the call
+    it will run, or for the next attempt's reset (then it empties the work folders and copies the master it
+    is handed, and nothing else). Forking and dropping privileges cost about a millisecond; done after the
+    previous reply went out, they are off the next call's critical path. It is forked only when no untrusted
+    process is left (after the previous call's sweep), and holds nothing but its own pipes."""
 
     def __init__(self):
-        request_r, self.request_w = os.pipe()
+        # A socket, not a pipe, for the request: a reset hands it the state master's file descriptor.
+        parent_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        request_r, self.request = child_end.detach(), parent_end
+        self.request_w = parent_end.fileno()
         self.out_r, out_w = os.pipe()
         self.err_r, err_w = os.pipe()
         self.res_r, res_w = os.pipe()
@@ -802,25 +909,39 @@ class ReadyChild:
         for fd in (request_r, out_w, err_w, res_w):
             os.close(fd)
 
-    def send(self, request: dict) -> bool:
+    def send(self, request: dict, fds: list[int] | None = None) -> bool:
         data = json.dumps(request, separators=(",", ":")).encode()
         try:
-            view = memoryview(struct.pack(">I", len(data)) + data)
-            while view:  # the child reads as we write: a request larger than the pipe does not block
+            frame = struct.pack(">I", len(data)) + data
+            if fds:
+                sent = socket.send_fds(self.request, [frame], fds)
+            else:
+                sent = os.write(self.request_w, frame)
+            view = memoryview(frame)[sent:]
+            while view:  # the child reads as we write: a request larger than the buffer does not block
                 view = view[os.write(self.request_w, view):]
             return True
-        except BrokenPipeError:
+        except (BrokenPipeError, ConnectionResetError):
             return False
         finally:
-            os.close(self.request_w)
+            self.request.close()
             self.request_w = -1
 
-    def discard(self) -> None:
-        """Unused: closing its request pipe makes it exit by itself."""
-        for fd in (self.request_w, self.out_r, self.err_r, self.res_r):
-            if fd >= 0:
-                os.close(fd)
-        os.waitpid(self.pid, 0)
+    def reset(self, state_name: str, master: int | None) -> int | None:
+        """Have it reset the work folders for the next attempt (see `reset_work`); its wait status, or None
+        when it could not be asked (it died while it waited)."""
+        sent = self.send({"op": "reset", "state_name": state_name}, [master] if master is not None else None)
+        status = self.discard()
+        return status if sent else None
+
+    def discard(self) -> int:
+        """Unused: closing its request socket makes it exit by itself. Its wait status."""
+        if self.request_w >= 0:
+            self.request.close()
+            self.request_w = -1
+        for fd in (self.out_r, self.err_r, self.res_r):
+            os.close(fd)
+        return os.waitpid(self.pid, 0)[1]
 
 
 def _exec_untrusted(limits: dict, request: dict, path: str, argv: list[str], stdio: tuple[int, int, int | None],
@@ -847,20 +968,30 @@ def _exec_untrusted(limits: dict, request: dict, path: str, argv: list[str], std
     os._exit(127)
 
 
-def _read_request(fd: int) -> dict | None:
-    def exactly(size: int) -> bytes | None:
+def _read_request(fd: int) -> tuple[dict | None, list[int]]:
+    """The request on the socket `fd` and the file descriptors that came with it (a reset's master)."""
+    def exactly(size: int, fds: list[int] | None = None) -> bytes | None:
         chunks, got = [], 0
         while got < size:
-            chunk = os.read(fd, size - got)
+            if fds is not None and not fds:  # descriptors ride on the first bytes: read them with those
+                sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM, 0, fd)
+                try:
+                    chunk, new_fds, _, _ = socket.recv_fds(sock, size - got, 1)
+                finally:
+                    sock.detach()
+                fds += new_fds
+            else:
+                chunk = os.read(fd, size - got)
             if not chunk:
                 return None
             chunks.append(chunk)
             got += len(chunk)
         return b"".join(chunks)
 
-    header = exactly(4)
+    fds: list[int] = []
+    header = exactly(4, fds)
     body = exactly(struct.unpack(">I", header)[0]) if header else None
-    return json.loads(body) if body else None
+    return (json.loads(body) if body else None), fds
 
 
 def _set_call_limits(limits: dict) -> None:
@@ -889,17 +1020,17 @@ def _call_child(request_r: int, out_w: int, err_w: int, res_w: int) -> None:
         os.closerange(REQUEST_FD + 1, 1 << 16)  # the host connection and every other supervisor fd
         become_untrusted()
         os.chdir(WORK)
-        os.environ.clear()
-        os.environ.update({"PATH": PATH, "HOME": WORK, "LANG": "C.UTF-8"})
-        # sys.std* already stand on fds 0-2, which now are /dev/null and our pipes (the supervisor never
-        # writes to them, so nothing of its own is buffered); new objects would cost more than the call.
-        sys.stdout.reconfigure(line_buffering=True, errors="replace")
-        sys.stderr.reconfigure(line_buffering=True, errors="replace")
-        request = _read_request(REQUEST_FD)
+        # The environment (CALL_ENVIRONMENT) and sys.std* (line-buffered, on fds 0-2, which now are /dev/null
+        # and our pipes) were set up once in the supervisor: done here they cost more than a small call.
+        request, fds = _read_request(REQUEST_FD)
         if request is None:
             os._exit(0)  # not needed after all
         os.close(REQUEST_FD)
-        os.environ["SANDBOX_STATE"] = os.path.join(WORK, request["state_name"])
+        if request.get("op") == "reset":
+            os._exit(reset_work(fds[0] if fds else None, request["state_name"]))
+        state = os.path.join(WORK, request["state_name"])
+        if os.environ.get("SANDBOX_STATE") != state:
+            os.environ["SANDBOX_STATE"] = state
         sys.meta_path.insert(0, _LoadedModules(request["modules"]))
         limits = request["limits"]
         _set_call_limits(limits)
@@ -912,10 +1043,10 @@ def _call_child(request_r: int, out_w: int, err_w: int, res_w: int) -> None:
             data = json.dumps(_exception_payload(exc)).encode()
         for stream in (sys.stdout, sys.stderr):
             stream.flush()
-        if len(data) > int(limits["output_cap"]):
+        if len(data) + _SHIPPED[0] > int(limits["output_cap"]):
             status = EXIT_RESULT_TOO_BIG
         else:
-            view = memoryview(data)
+            view = memoryview(_RESULT_PREFIX[0] + data)
             while view:
                 view = view[os.write(RESULT_FD, view):]
             status = 0
@@ -930,9 +1061,12 @@ def _call_child(request_r: int, out_w: int, err_w: int, res_w: int) -> None:
 
 def _invoke(request: dict) -> dict:
     try:
+        limits = request["limits"]
         if request.get("module"):
-            namespace = importlib.import_module(request["module"]).__dict__
+            _ship_compiled(*compiled_key(request, request["modules"]), request.get("ship"), limits)
+            namespace = _import_loaded(request["module"]).__dict__
         else:
+            _ship_compiled(*compiled_key(request, {}), request.get("ship"), limits)
             namespace = {"__name__": "__sandbox__", "__builtins__": __builtins__}
             exec(compile_source(request["source"], "<call>"), namespace)
         function = namespace.get(request["function"])
@@ -945,10 +1079,75 @@ def _invoke(request: dict) -> dict:
         return _exception_payload(exc)
 
 
+def _import_loaded(name: str):
+    """The module a call calls into, as `import name` would give it. A loaded top-level module not imported
+    yet (the usual case: a fresh child) is made and run directly, as the import system would: spec, module,
+    sys.modules, its code; without the import system's search and locks, which each call would otherwise
+    go through again (and copy the pages of)."""
+    finder = sys.meta_path[0]
+    if "." in name or name in sys.modules or not isinstance(finder, _LoadedModules):
+        return importlib.import_module(name)
+    module = importlib.util.module_from_spec(importlib.util.spec_from_loader(name, finder))
+    sys.modules[name] = module
+    try:
+        finder.exec_module(module)
+    except BaseException:
+        sys.modules.pop(name, None)
+        raise
+    return module
+
+
 def compile_source(source: str, filename: str):
-    """Compile in the child; the source is registered so that tracebacks show its lines."""
+    """The code of `source`, in a call's child: compiled code the supervisor keeps for it (COMPILED) is
+    unmarshalled, anything else compiled here. The source is registered so that tracebacks show its lines."""
     linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
-    return compile(source, filename, "exec")
+    key = (filename, source)
+    code = _CHILD_CODE.get(key)
+    if code is None:
+        data = COMPILED.get(key)
+        code = _CHILD_CODE[key] = marshal.loads(data) if data is not None else compile(source, filename, "exec")
+    return code
+
+
+def compiled_key(request: dict, modules: dict) -> tuple[str, str]:
+    """(file name, source) of the code a call request runs first: the module it calls into, or its source."""
+    if request.get("module"):
+        return f"<module {request['module']}>", modules[request["module"]]
+    return "<call>", request["source"]
+
+
+def _ship_compiled(filename: str, source: str, ship: bool, limits: dict) -> None:
+    """In a call's child, before any code of the attempt has run: compile the call's own code and, when the
+    supervisor asked for it (`ship`: it has seen this source before), send it the marshalled code first on
+    the result pipe: a 4-byte length, then the bytes (length 0: nothing sent). Nothing of the attempt has
+    run in this process yet, so the bytes are what the compiler made of the source; the code run afterwards
+    cannot take back what is already in the pipe, and this pipe carries nothing else before the result.
+    Not asked, the zero length goes out with the result (one write fewer): the supervisor then reads no
+    code from this pipe, whatever the code wrote there."""
+    data = b""
+    try:
+        code = compile_source(source, filename)
+        if ship:
+            data = marshal.dumps(code)
+            if len(data) > min(int(limits["output_cap"]) // 4, COMPILED_MAX_BYTES // 8):
+                data = b""
+    finally:
+        if ship:
+            view = memoryview(struct.pack(">I", len(data)) + data)
+            _SHIPPED[0], _RESULT_PREFIX[0] = len(view), b""
+            while view:
+                view = view[os.write(RESULT_FD, view):]
+
+
+def split_compiled(raw: bytes) -> tuple[bytes | None, bytes]:
+    """The result pipe's content as (compiled code or None, the JSON result). Without a complete header and
+    code the result is empty (the child ended early)."""
+    if len(raw) < 4:
+        return None, b""
+    size = struct.unpack(">I", raw[:4])[0]
+    if len(raw) < 4 + size:
+        return None, b""
+    return (raw[4:4 + size] or None), raw[4 + size:]
 
 
 def _exception_payload(exc: BaseException) -> dict:
@@ -967,11 +1166,47 @@ def _not_json(value):
 # ------------------------------------------------------------------------------------------------ main
 
 
+def prepare_for_calls() -> None:
+    """Once, before the first fork: whatever every call's child would otherwise do again, on memory it
+    would then copy page by page. The environment and line-buffered sys.std* are the calls' own from here
+    on (the supervisor never prints: nothing of it is buffered there). SQLite, JSON and marshal are used
+    once on our own data, so that their library symbols are bound (lazy binding would resolve them again
+    in each child) and their first-use set-up is done; then freed memory is returned."""
+    os.environ.clear()
+    os.environ.update(CALL_ENVIRONMENT)
+    for stream in (sys.stdout, sys.stderr):
+        if stream is not None:
+            stream.reconfigure(line_buffering=True, errors="replace")
+    path = "/tmp/.supervisor-warm-up.sqlite"
+    try:
+        with sqlite3.connect(path) as db:
+            db.execute("create table t(id integer primary key, name text)")
+            db.execute("create index t_name on t(name)")
+            db.execute("insert into t(name) values (?)", ("x",))
+        db.execute("select id, name from t where name = ? order by id", ("x",)).fetchall()
+        db.close()
+    except sqlite3.Error:
+        pass
+    finally:
+        for leftover in (path, path + "-journal"):
+            try:
+                os.unlink(leftover)
+            except OSError:
+                pass
+    json.loads(json.dumps({"warm": [1, 2.5, "up", None, True]}))
+    marshal.loads(marshal.dumps(compile("def warm(up):\n    return up\n", "<warm-up>", "exec")))
+    # What start-up and imports left freed goes back to the kernel: every fork copies, and every exit
+    # unmaps, each page we hold (about 1 MB fewer).
+    gc.collect()
+    _libc.malloc_trim(0)
+
+
 def serve(socket_path: str, accept_timeout_s: float = 120) -> None:
-    global SUPERVISOR, BASELINE_TASKS, BOUNDING_CAPS
+    global SUPERVISOR, BASELINE_TASKS
     SUPERVISOR = Supervisor()
+    prepare_for_calls()
     BASELINE_TASKS = container_tasks()
-    BOUNDING_CAPS = bounding_caps()
+    empty_own_bounding_set()
     signal.signal(signal.SIGPIPE, signal.SIG_IGN)
     try:
         os.unlink(socket_path)

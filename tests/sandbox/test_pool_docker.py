@@ -97,6 +97,36 @@ def test_a_call_reports_result_output_and_exception(pool):
     assert pool.call(fn("return object()"), "f").exception["type"] == "TypeError"
 
 
+FORGER = textwrap.dedent("""
+    import marshal, os, struct
+
+    def value():
+        return "honest"
+
+    def forge():
+        # What a call's child sends ahead of its result when the supervisor keeps its compiled code: try to
+        # make the kept code of this module, and of the verifier, say something else.
+        forged = marshal.dumps(compile("def value():\\n    return 'forged'\\n", "<forged>", "exec"))
+        os.write(3, struct.pack(">I", len(forged)) + forged)
+        return "sent"
+""")
+VERIFIER = "def verify():\n    return 1 / 0\n"
+
+
+def test_code_run_again_is_served_from_kept_code_that_calls_cannot_forge(pool):
+    for _ in range(2):
+        with pool.attempt() as attempt:
+            attempt.load("tools", FORGER)
+            values = [attempt.call_module("tools", "value").result for _ in range(3)]
+            attempt.call_module("tools", "forge")
+            verdicts = [attempt.call(VERIFIER, "verify") for _ in range(3)]
+            values.append(attempt.call_module("tools", "value").result)
+            assert values == ["honest"] * 4
+            for verdict in verdicts:  # kept code keeps its file name and lines for the traceback
+                assert verdict.exception["type"] == "ZeroDivisionError"
+                assert "return 1 / 0" in verdict.exception["traceback"]
+
+
 def test_calls_run_as_the_untrusted_user_with_no_capabilities(pool):
     result = pool.call(fn("""
         import os
