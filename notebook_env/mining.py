@@ -19,19 +19,26 @@ Filters, in order, each a discard reason (kept with the notebook's path):
 
 The re-run uses the repository's files copied into the kernel's /work (the notebook's folder is the working
 directory), in a fresh sandbox kernel.
+
+`mine_repository` runs the filters over a repository's notebooks (a git checkout, or the snapshot
+`github_source` fetched) and stores each outcome: a notebook already in the store (same path, same bytes) is
+not mined again, so a rerun after a crash goes on where it stopped; kernels are started only when a notebook
+reaches the re-run.
 """
 
 from __future__ import annotations
 
 import re
 import subprocess
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterator
 
 import nbformat
 
 from notebook_env.kernel import KernelPool
+from notebook_env.records import record_mined
 from tasksynth.hashing import content_hash
 
 FAMOUS = re.compile(r"\b(iris|titanic|mnist|fashion[-_]?mnist|cifar-?10|boston|load_wine|load_digits|"
@@ -97,7 +104,7 @@ def mined_id(path: str, raw: bytes) -> str:
     return content_hash("notebook-mined", path, raw.hex())
 
 
-def mine_notebook(pool: KernelPool, repo: Path, path: str) -> MinedNotebook:
+def mine_notebook(pool: KernelPool | KernelsOnFirstUse, repo: Path, path: str) -> MinedNotebook:
     file = repo / path
     raw = file.read_bytes()
     mined = MinedNotebook(path, "discarded", content_id=mined_id(path, raw))
@@ -135,6 +142,44 @@ def mine_notebook(pool: KernelPool, repo: Path, path: str) -> MinedNotebook:
     mined.status, mined.question, mined.answer = "kept", _question(notebook), stored.strip()
     mined.answer_format = answer_format_of(mined.answer)
     return mined
+
+
+class KernelsOnFirstUse:
+    """A one-kernel pool started by the first notebook that needs a re-run (a rerun that finds every notebook
+    mined, or a repository of notebooks the static filters drop, starts no kernel)."""
+
+    def __init__(self, config: Any, image: Callable[[], str]):
+        self.config, self.image, self.pool = config, image, None
+
+    @contextmanager
+    def attempt(self) -> Iterator[Any]:
+        if self.pool is None:
+            self.pool = KernelPool(self.config, self.image(), size=1).__enter__()
+        with self.pool.attempt() as kernel:
+            yield kernel
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.close()
+
+
+def mine_repository(store, pool, repo: Path, repo_name: str, paths: list[str], *, run_id: str | None = None,
+                    progress: Callable[[str], None] = lambda line: None) -> dict[str, int]:
+    """Each notebook of `paths` mined (or found mined) and stored; counts by `kept` / `discarded: <reason>`."""
+    counts: dict[str, int] = {}
+    for number, path in enumerate(paths, 1):
+        progress(f"[{number}/{len(paths)}] {path}")
+        done = store.query("SELECT status, reason FROM notebook_tasks WHERE task_id = ?",
+                           [mined_id(path, (repo / path).read_bytes())])
+        if done:  # mined by an earlier run: not again
+            status, reason = done[0]["status"], done[0]["reason"]
+        else:
+            mined = mine_notebook(pool, repo, path)
+            record_mined(store, mined, repo_name, run_id)
+            status, reason = mined.status, mined.reason
+        key = "kept" if status == "kept" else f"discarded: {reason}"
+        counts[key] = counts.get(key, 0) + 1
+    return dict(sorted(counts.items()))
 
 
 def answer_format_of(text: str) -> dict[str, Any]:
