@@ -28,7 +28,10 @@ reaches the re-run.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
+import shutil
 import subprocess
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -60,6 +63,7 @@ class MinedNotebook:
     answer: str | None = None
     answer_format: dict[str, Any] | None = None
     content_id: str = ""
+    data_files: dict[str, str] | None = None  # what a kept notebook reads (relative to its folder) -> sha256
 
 
 def git_notebooks(repo: Path) -> list[str]:
@@ -141,6 +145,8 @@ def mine_notebook(pool: KernelPool | KernelsOnFirstUse, repo: Path, path: str) -
         return mined
     mined.status, mined.question, mined.answer = "kept", _question(notebook), stored.strip()
     mined.answer_format = answer_format_of(mined.answer)
+    mined.data_files = {name: hashlib.sha256((file.parent / name).read_bytes()).hexdigest()
+                        for name in sorted(set(READS.findall("\n".join(cell.source for cell in code))))}
     return mined
 
 
@@ -163,9 +169,11 @@ class KernelsOnFirstUse:
             self.pool.close()
 
 
-def mine_repository(store, pool, repo: Path, repo_name: str, paths: list[str], *, run_id: str | None = None,
-                    progress: Callable[[str], None] = lambda line: None) -> dict[str, int]:
-    """Each notebook of `paths` mined (or found mined) and stored; counts by `kept` / `discarded: <reason>`."""
+def mine_repository(store, pool, repo: Path, repo_name: str, paths: list[str], *, data_dir: Path,
+                    run_id: str | None = None, progress: Callable[[str], None] = lambda line: None) -> dict[str, int]:
+    """Each notebook of `paths` mined (or found mined) and stored; counts by `kept` / `discarded: <reason>`.
+    The files a kept notebook reads are copied to `data_dir/<repo_name>/` (its dataset, which the export
+    ships with the task, as it ships a synthesized task's table)."""
     counts: dict[str, int] = {}
     for number, path in enumerate(paths, 1):
         progress(f"[{number}/{len(paths)}] {path}")
@@ -175,11 +183,39 @@ def mine_repository(store, pool, repo: Path, repo_name: str, paths: list[str], *
             status, reason = done[0]["status"], done[0]["reason"]
         else:
             mined = mine_notebook(pool, repo, path)
+            if mined.status == "kept":
+                keep_data_files(store, data_dir, repo / Path(path).parent, repo_name, mined.data_files or {})
             record_mined(store, mined, repo_name, run_id)
             status, reason = mined.status, mined.reason
         key = "kept" if status == "kept" else f"discarded: {reason}"
         counts[key] = counts.get(key, 0) + 1
     return dict(sorted(counts.items()))
+
+
+def keep_data_files(store, data_dir: Path, folder: Path, repo_name: str, files: dict[str, str]) -> None:
+    """Copy a kept notebook's data files into its repository's dataset folder (world-readable, as kernels
+    read /data) and add them to the repository's `notebook_datasets` row."""
+    target_root = data_dir / repo_name
+    for name in files:
+        target = target_root / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        temporary = target.with_name(target.name + ".tmp")
+        shutil.copyfile(folder / name, temporary)
+        temporary.chmod(0o644)
+        temporary.replace(target)
+    for directory in [target_root, *(p for p in target_root.rglob("*") if p.is_dir())]:
+        directory.chmod(0o755)
+    known = store.query("SELECT files FROM notebook_datasets WHERE name = ?", [repo_name])
+    merged = {**(_decoded(known[0]["files"]) if known else {}), **files}
+    store.insert("notebook_datasets", [{"name": repo_name, "files": json.dumps(merged), "folder": str(target_root),
+                                        "source": f"notebooks of the repository {repo_name}",
+                                        "license": "as the repository's",
+                                        "description": f"the files read by {repo_name}'s notebooks"}],
+                 on_conflict="replace")
+
+
+def _decoded(value: Any) -> Any:
+    return json.loads(value) if isinstance(value, str) else value
 
 
 def answer_format_of(text: str) -> dict[str, Any]:

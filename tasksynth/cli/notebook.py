@@ -78,6 +78,7 @@ def mine(
 
     Example: tasksynth notebook mine --git ./analysis-repo
     Example: tasksynth notebook mine --github owner/analysis-repo"""
+    from notebook_env.datasets import data_root
     from notebook_env.kernel_image import kernel_image
     from notebook_env.mining import KernelsOnFirstUse, git_notebooks, mine_repository
     from tasksynth.docker.engine import require_engine
@@ -98,7 +99,7 @@ def mine(
     kernels = KernelsOnFirstUse(config, lambda: kernel_image(config).tag)
     try:
         with open_store(config) as store:
-            counts = mine_repository(store, kernels, folder, repo_name, paths,
+            counts = mine_repository(store, kernels, folder, repo_name, paths, data_dir=data_root(config),
                                      progress=lambda line: typer.echo(line, err=True))
     finally:
         kernels.close()

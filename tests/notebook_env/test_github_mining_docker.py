@@ -6,6 +6,7 @@ Without Docker: exactly one source is required, and a truncated tree is walked s
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -23,7 +24,6 @@ FILES = {
     "analysis/data/visits.csv": DATA.encode(),
     "analysis/data/huge.csv": b"x\n" * (HUGE // 2) + b"x",
     "analysis/good.ipynb": NOTEBOOKS["analysis/good.ipynb"].encode(),
-    "analysis/stale.ipynb": NOTEBOOKS["analysis/stale.ipynb"].encode(),
     "analysis/huge.ipynb": NOTEBOOKS["missing.ipynb"].replace("gone.csv", "data/huge.csv").encode(),
     "network.ipynb": NOTEBOOKS["network.ipynb"].encode(),
     "README.md": b"# analyses\n",  # not a file a notebook task needs: not fetched
@@ -71,20 +71,21 @@ def test_a_github_repository_is_mined_resuming_after_a_kill(home, tmp_path, task
     assert "left out analysis/data/huge.csv" in result.stderr
     assert fake.count(path=r"/git/trees/", status=403) == 1  # the rate limit was waited out, then answered
 
-    rows = json.loads(tasksynth("sql", "--json", "select dataset, status, reason, detail, question, answer from "
+    rows = json.loads(tasksynth("sql", "--json", "select dataset, status, reason, detail, question, answer, "
+                                "data_files from "
                                 "notebook_tasks where source = 'mine'", cwd=tmp_path, check=True).stdout)
     by_path = {row["detail"].split(":", 1)[0]: row for row in rows}
-    assert set(by_path) == {"analysis/good.ipynb", "analysis/stale.ipynb", "analysis/huge.ipynb", "network.ipynb"}
+    assert set(by_path) == {"analysis/good.ipynb", "analysis/huge.ipynb", "network.ipynb"}
     good = by_path["analysis/good.ipynb"]
     assert good["status"] == "kept" and good["dataset"] == "octo/analyses"
     assert good["question"] == "# How many visits did Lisbon get?" and good["answer"] == "20"
+    files = json.loads(good["data_files"]) if isinstance(good["data_files"], str) else good["data_files"]
+    assert files == {"data/visits.csv": hashlib.sha256(DATA.encode()).hexdigest()}
     assert {path: row["reason"] for path, row in by_path.items() if row["status"] != "kept"} == {
-        "analysis/stale.ipynb": "not_reproducible", "analysis/huge.ipynb": "missing_data",
-        "network.ipynb": "network"}
+        "analysis/huge.ipynb": "missing_data", "network.ipynb": "network"}
     discards = json.loads(tasksynth("sql", "--json", "select reason, repo from discards where stage = "
                                     "'notebook.mine' order by reason", cwd=tmp_path, check=True).stdout)
-    assert discards == [{"reason": r, "repo": "octo/analyses"} for r in ("missing_data", "network",
-                                                                           "not_reproducible")]
+    assert discards == [{"reason": r, "repo": "octo/analyses"} for r in ("missing_data", "network")]
 
     fake.reset_log()
     again = tasksynth("notebook", "mine", "--github", "octo/analyses", cwd=tmp_path, env={"GITHUB_TOKEN": TOKEN},
@@ -93,7 +94,7 @@ def test_a_github_repository_is_mined_resuming_after_a_kill(home, tmp_path, task
     assert _blob_requests(fake) == [] and "0 file(s) fetched" in again.stderr
     count = json.loads(tasksynth("sql", "--json", "select count(*) n from notebook_tasks", cwd=tmp_path,
                                  check=True).stdout)
-    assert count == [{"n": 4}]
+    assert count == [{"n": 3}]
 
     assert all(request.authorized for request in fake.requests)
     for text in (result.stdout, result.stderr, again.stdout, again.stderr):
@@ -126,7 +127,7 @@ def test_a_truncated_tree_is_walked_and_big_or_linked_files_are_left_out(fake):
     assert sorted(f.path for f in walked) == sorted(f.path for f in whole) == sorted(FILES)  # no symlink
     assert fake.count(path=r"/git/trees/") == 1 + 1 + 3  # recursive, truncated recursive, then root + 2 subtrees
     wanted, left_out = choose_files(walked)
-    assert [f.path for f in wanted][:4] == ["analysis/good.ipynb", "analysis/huge.ipynb", "analysis/stale.ipynb",
+    assert [f.path for f in wanted][:3] == ["analysis/good.ipynb", "analysis/huge.ipynb",
                                             "network.ipynb"]  # notebooks first
     assert "README.md" not in {f.path for f in wanted}
     assert list(left_out) == ["analysis/data/huge.csv"] and "over the" in left_out["analysis/data/huge.csv"]
