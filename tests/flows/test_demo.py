@@ -100,6 +100,14 @@ def test_the_demo_starts_the_runner_drafts_statements_and_stops_it(home, monkeyp
     assert envs[0]["status"] == "built" or envs[0]["reason"]
     assert builder_calls and all(c["model"] == "smollm2-135m-dsa" for c in builder_calls)
 
+    # the code-interpreter part: the sample notebook repository mined (one kept whatever the model does, one
+    # discarded), one task synthesized by the model, kept or discarded with its reason; the mined task exported
+    notebook = result["notebook"]
+    assert notebook["mined"]["outcomes"] == {"discarded: unexecuted": 1, "kept": 1}
+    synthesized = notebook["synth"]["funnel"]
+    assert synthesized["tasks_written"] == 1 and (synthesized["kept"] == 1 or sum(synthesized["discards"].values()))
+    assert result["export"]["counts"]["code_interpreter"] >= 1
+
     exported = {}
     for shard in (home / "export" / "demo" / "code").glob("*.parquet"):
         for row in pq.read_table(shard).to_pylist():

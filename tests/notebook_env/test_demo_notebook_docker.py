@@ -9,30 +9,33 @@ import hashlib
 import json
 
 import pytest
-from scripted_notebook_world import ROLES
 from scripted_server import ScriptedServer, reply
 
 pytestmark = pytest.mark.docker
 QUESTION = "How many days of 2015 had more than 10 mm of precipitation?"
 
 
-def test_the_demo_mines_the_sample_repository_and_reports_the_synthesis(home, tmp_path, kernel_image_tag,
-                                                                        monkeypatch):
+def test_the_demo_mines_the_sample_repository_and_reports_the_synthesis(home, tmp_path, kernel_image_tag):
+    from flows.demo import demo_agents
     from flows.notebook import notebook_demo
+    from flows.runtime import prepare_prefect
     from notebook_env.datasets import PACKAGED, packaged_file
     from tasksynth.cli.doctor import notebook_summary
-    from tasksynth.config import load_config
+    from tasksynth.config import RoleConfig, load_config
     from tasksynth.export import export_tasks
     from tasksynth.store import open_store
     from verifiers.notebook import grade_answer
 
-    monkeypatch.setenv("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+    (tmp_path / "tasksynth.toml").write_text('[docker]\nmemory = "768m"\n\n[flows]\nretries = 0\n')
+    config = load_config()
+    prepare_prefect(config)
     with ScriptedServer(lambda body: reply("I am not sure what to ask.")) as server:
-        roles = "".join(f'[agents.{role}]\nbase_url = "{server.base_url}"\nmodel = "{role}"\nmax_retries = 1\n\n'
-                        for role in ROLES)
-        (tmp_path / "tasksynth.toml").write_text(f'[docker]\nmemory = "768m"\n\n{roles}')
-        config = load_config()
+        # the demo's agents: every notebook role at the one endpoint, with the demo's small budgets
+        config = demo_agents(config, RoleConfig(base_url=server.base_url, model="demo-agent", max_retries=1,
+                                                backoff_s=0.01))
         result = notebook_demo(config)
+    # the task writer was asked, with the demo's budget for it
+    assert [r.body.get("max_tokens") for r in server.requests][:1] == [256]
 
     assert result["mined"] == {"repo": "seattle-notebooks", "outcomes": {"discarded: unexecuted": 1, "kept": 1}}
     funnel = result["synth"]["funnel"]
@@ -47,7 +50,7 @@ def test_the_demo_mines_the_sample_repository_and_reports_the_synthesis(home, tm
         mined = store.query("SELECT question, answer, data_files FROM notebook_tasks WHERE source = 'mine' "
                             "AND status = 'kept'")
         exported = export_tasks(store, tmp_path / "export", overwrite=True)
-    assert [(m["question"], json.loads(m["answer"])) for m in mined] == [(QUESTION, "34")]
+    assert [(m["question"], m["answer"]) for m in mined] == [(QUESTION, "34")]
     files = mined[0]["data_files"]
     assert (json.loads(files) if isinstance(files, str) else files) == {
         "data/seattle-weather.csv": hashlib.sha256(table).hexdigest()}
