@@ -151,7 +151,8 @@ def notebook_summary(notebook: dict) -> list[str]:
             f"notebook(s) kept; discards: {discards}",
             f"          synthesized on {notebook['synth']['dataset']}: {funnel['tasks_written']} task(s) written, "
             f"{funnel['kept']} kept ({attempts['solved']} of {attempts['graded']} attempts solved); discards: "
-            + (", ".join(f"{k} {v}" for k, v in funnel["discards"].items()) or "none")]
+            + (", ".join(f"{k} {v}" for k, v in funnel["discards"].items()) or "none")
+            + (f"; not done (a rerun retries it): {len(notebook['errors'])}" if notebook.get("errors") else "")]
 
 
 def demo_command(

@@ -78,6 +78,7 @@ def mine(
 
     Example: tasksynth notebook mine --git ./analysis-repo
     Example: tasksynth notebook mine --github owner/analysis-repo"""
+    from envbuilder.sources.github.miner import normalize_repo
     from notebook_env.datasets import data_root
     from notebook_env.kernel_image import kernel_image
     from notebook_env.mining import KernelsOnFirstUse, git_notebooks, mine_repository
@@ -85,6 +86,7 @@ def mine(
 
     if (git is None) == (github is None):
         raise TasksynthError("give exactly one source: --git PATH (a git repository) or --github OWNER/NAME")
+    repo = normalize_repo(github) if github is not None else None  # a malformed name: one line, before any work
     config = app_state.config()
     config.home_path.mkdir(parents=True, exist_ok=True)
     require_engine()
@@ -95,7 +97,7 @@ def mine(
             raise TasksynthError(str(exc)) from None
         folder, repo_name = git.resolve(), git.resolve().name
     else:
-        folder, repo_name, paths = _github_snapshot(config, github)
+        folder, repo_name, paths = _github_snapshot(config, repo)
     kernels = KernelsOnFirstUse(config, lambda: kernel_image(config).tag)
     try:
         with open_store(config) as store:
@@ -107,14 +109,12 @@ def mine(
         typer.echo(f"{key}  {count}")
 
 
-def _github_snapshot(config, github: str) -> tuple[Path, str, list[str]]:
+def _github_snapshot(config, repo: str) -> tuple[Path, str, list[str]]:
     """The repository's notebooks and data files fetched into a local snapshot; one line on a GitHub error."""
     from envbuilder.sources.github.client import GithubClient
-    from envbuilder.sources.github.miner import normalize_repo
     from notebook_env.github_source import fetch_snapshot
     from tasksynth.config import secret
 
-    repo = normalize_repo(github)
     if secret(config.github.token_env) is None:
         typer.secho(f"no token in ${config.github.token_env}: fetching at GitHub's anonymous rate "
                     "(60 requests/hour)", fg="yellow", err=True)
