@@ -63,7 +63,7 @@ class MinedNotebook:
     answer: str | None = None
     answer_format: dict[str, Any] | None = None
     content_id: str = ""
-    data_files: dict[str, str] | None = None  # what a kept notebook reads (relative to its folder) -> sha256
+    data_files: dict[str, str] | None = None  # what a kept notebook reads (path in the repository) -> sha256
 
 
 def git_notebooks(repo: Path) -> list[str]:
@@ -145,8 +145,9 @@ def mine_notebook(pool: KernelPool | KernelsOnFirstUse, repo: Path, path: str) -
         return mined
     mined.status, mined.question, mined.answer = "kept", _question(notebook), stored.strip()
     mined.answer_format = answer_format_of(mined.answer)
-    mined.data_files = {name: hashlib.sha256((file.parent / name).read_bytes()).hexdigest()
-                        for name in sorted(set(READS.findall("\n".join(cell.source for cell in code))))}
+    read = {(file.parent / name).resolve() for name in READS.findall("\n".join(cell.source for cell in code))}
+    mined.data_files = {str(target.relative_to(repo.resolve())): hashlib.sha256(target.read_bytes()).hexdigest()
+                        for target in sorted(read)}
     return mined
 
 
@@ -184,7 +185,7 @@ def mine_repository(store, pool, repo: Path, repo_name: str, paths: list[str], *
         else:
             mined = mine_notebook(pool, repo, path)
             if mined.status == "kept":
-                keep_data_files(store, data_dir, repo / Path(path).parent, repo_name, mined.data_files or {})
+                keep_data_files(store, data_dir, repo, repo_name, mined.data_files or {})
             record_mined(store, mined, repo_name, run_id)
             status, reason = mined.status, mined.reason
         key = "kept" if status == "kept" else f"discarded: {reason}"
@@ -192,19 +193,22 @@ def mine_repository(store, pool, repo: Path, repo_name: str, paths: list[str], *
     return dict(sorted(counts.items()))
 
 
-def keep_data_files(store, data_dir: Path, folder: Path, repo_name: str, files: dict[str, str]) -> None:
-    """Copy a kept notebook's data files into its repository's dataset folder (world-readable, as kernels
-    read /data) and add them to the repository's `notebook_datasets` row."""
+def keep_data_files(store, data_dir: Path, repo: Path, repo_name: str, files: dict[str, str]) -> None:
+    """Copy a kept notebook's data files (paths in the repository, checked inside it by the filters) into its
+    repository's dataset folder, world-readable as kernels read /data, and add them to the repository's
+    `notebook_datasets` row."""
     target_root = data_dir / repo_name
     for name in files:
         target = target_root / name
         target.parent.mkdir(parents=True, exist_ok=True)
         temporary = target.with_name(target.name + ".tmp")
-        shutil.copyfile(folder / name, temporary)
+        shutil.copyfile(repo / name, temporary)
         temporary.chmod(0o644)
         temporary.replace(target)
-    for directory in [target_root, *(p for p in target_root.rglob("*") if p.is_dir())]:
-        directory.chmod(0o755)
+    folders = [p for p in target_root.rglob("*") if p.is_dir()] + [target_root, *target_root.parents]
+    for directory in folders:
+        if directory == data_dir or data_dir in directory.parents:
+            directory.chmod(0o755)
     known = store.query("SELECT files FROM notebook_datasets WHERE name = ?", [repo_name])
     merged = {**(_decoded(known[0]["files"]) if known else {}), **files}
     store.insert("notebook_datasets", [{"name": repo_name, "files": json.dumps(merged), "folder": str(target_root),

@@ -80,7 +80,7 @@ def test_a_github_repository_is_mined_resuming_after_a_kill(home, tmp_path, task
     assert good["status"] == "kept" and good["dataset"] == "octo/analyses"
     assert good["question"] == "# How many visits did Lisbon get?" and good["answer"] == "20"
     files = json.loads(good["data_files"]) if isinstance(good["data_files"], str) else good["data_files"]
-    assert files == {"data/visits.csv": hashlib.sha256(DATA.encode()).hexdigest()}
+    assert files == {"analysis/data/visits.csv": hashlib.sha256(DATA.encode()).hexdigest()}
     assert {path: row["reason"] for path, row in by_path.items() if row["status"] != "kept"} == {
         "analysis/huge.ipynb": "missing_data", "network.ipynb": "network"}
     discards = json.loads(tasksynth("sql", "--json", "select reason, repo from discards where stage = "
