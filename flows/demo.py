@@ -64,10 +64,12 @@ DEMO_CORPUS = "demo-facts"
 DEMO_CATEGORY = "library loans"
 # Roles the user has not configured use the demo's agent endpoint (the bundled runner, usually), with budgets
 # (max_tokens, max_turns) a small CPU model gets through in a minute or two; a configured role keeps its own.
+# The notebook task writer gets one turn: a second one (its prompt grown by the kernel's output) took past the
+# call's timeout on a loaded 2-core machine, and the 135M model seldom writes a usable task either way.
 DEMO_ROLES = {"question_builder": (256, 3), "answerer": (48, 2), "verifier": (48, 2), "grader": (32, 1),
               "tool_writer": (256, 4), "task_writer": (160, 1), "solution_writer": (256, 1),
               "verifier_writer": (256, 1), "solver": (96, 4),
-              "notebook_task_writer": (256, 2), "notebook_solution_writer": (192, 2), "notebook_answerer": (32, 1),
+              "notebook_task_writer": (256, 1), "notebook_solution_writer": (192, 2), "notebook_answerer": (32, 1),
               "notebook_solver": (96, 2)}
 
 
