@@ -18,7 +18,8 @@ tasks and publishes the funnel as Prefect artifacts.
 from __future__ import annotations
 
 import hashlib
-from concurrent.futures import Future, ThreadPoolExecutor
+import threading
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
@@ -87,10 +88,17 @@ DEMO_DATASET = "seattle-weather"
 
 
 def kernel_image_in_background(config: Config, say=print) -> Future:
-    """The kernel image found or built on a thread of its own; `.result()` is its tag."""
-    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kernel-image")
-    future = executor.submit(lambda: kernel_image(config, log=say).tag)
-    executor.shutdown(wait=False)
+    """The kernel image found or built on a thread of its own; `.result()` is its tag. The thread is a daemon:
+    a demo that ends early (an error, Ctrl-C) does not wait for the build."""
+    future: Future = Future()
+
+    def build() -> None:
+        try:
+            future.set_result(kernel_image(config, log=say).tag)
+        except BaseException as exc:  # noqa: BLE001 - handed to whoever asks for the result
+            future.set_exception(exc)
+
+    threading.Thread(target=build, name="kernel-image", daemon=True).start()
     return future
 
 
