@@ -1,7 +1,8 @@
 """The main job on shipped data, end to end: the sample repository's history -> candidates -> Docker
 environments -> validation -> problem statements drafted by an agent -> a small search QA run (a corpus of
 country facts from the installed `pycountry` package, two entities) -> one small general tool environment
--> the store -> a Parquet export.
+-> code-interpreter: a shipped notebook repository mined, one task synthesized (k = 2) -> the store -> a
+Parquet export. The kernel image (built once per machine) is built in the background from the start.
 What `tasksynth demo` and `make demo` run.
 
 The agent is whatever the statement_writer role points at. With the default (the bundled runner on
@@ -19,6 +20,7 @@ from prefect import flow
 from envbuilder.statements import ROLE as STATEMENT_ROLE
 from flows.code import code_pipeline, sample_paths
 from flows.general import general_pipeline
+from flows.notebook import kernel_image_in_background, notebook_demo
 from flows.search import search_pipeline
 from flows.runner_process import local_runner, say_on_stderr
 from tasksynth.config import Config, RoleConfig, load_config
@@ -31,6 +33,7 @@ def demo_flow(config: Config | None = None, out_dir: str | None = None, config_p
               sample: str = "minicalc") -> dict[str, Any]:
     config = config or load_config(config_path)
     out = Path(out_dir) if out_dir else config.home_path / "export" / "demo"
+    kernel = kernel_image_in_background(config, say=say_on_stderr)
     with local_runner(config, STATEMENT_ROLE, say=say_on_stderr) as runner:
         code = code_pipeline(config=config, **sample_paths(config, sample))
         runner.wait_ready()
@@ -39,6 +42,7 @@ def demo_flow(config: Config | None = None, out_dir: str | None = None, config_p
         demo_search_corpus(config)
         search = search_pipeline(config=demo_search_config(agents), corpus=DEMO_CORPUS, entities=2, seed=0)
         general = general_pipeline(config=agents, category=DEMO_CATEGORY, envs=1, tasks_per_env=1, levels=1, k=2)
+        notebook = notebook_demo(agents, kernel)
     with open_store(config) as store:
         exported = export_tasks(store, out, overwrite=True)
         tasks = store.query("SELECT t.instance_id, t.verdict, t.reason, len(t.fail_to_pass) AS f2p, "
@@ -51,6 +55,7 @@ def demo_flow(config: Config | None = None, out_dir: str | None = None, config_p
             "tasks": tasks,
             "general": {"category": DEMO_CATEGORY, "funnel": general["funnel"]},
             "search": {k: search[k] for k in ("funnel",) if k in search},
+            "notebook": notebook,
             "export": {"dir": str(exported.out_dir), "counts": exported.counts,
                        "shards": [s["path"] for s in exported.shards]}}
 
@@ -59,9 +64,13 @@ DEMO_CORPUS = "demo-facts"
 DEMO_CATEGORY = "library loans"
 # Roles the user has not configured use the demo's agent endpoint (the bundled runner, usually), with budgets
 # (max_tokens, max_turns) a small CPU model gets through in a minute or two; a configured role keeps its own.
+# The notebook task writer gets one turn: a second one (its prompt grown by the kernel's output) took past the
+# call's timeout on a loaded 2-core machine, and the 135M model seldom writes a usable task either way.
 DEMO_ROLES = {"question_builder": (256, 3), "answerer": (48, 2), "verifier": (48, 2), "grader": (32, 1),
               "tool_writer": (256, 4), "task_writer": (160, 1), "solution_writer": (256, 1),
-              "verifier_writer": (256, 1), "solver": (96, 4)}
+              "verifier_writer": (256, 1), "solver": (96, 4),
+              "notebook_task_writer": (256, 1), "notebook_solution_writer": (192, 2), "notebook_answerer": (32, 1),
+              "notebook_solver": (96, 2)}
 
 
 def demo_agents(config: Config, agent: RoleConfig) -> Config:

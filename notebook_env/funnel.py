@@ -8,9 +8,18 @@ from typing import Any
 from tasksynth.funnels import KindSection, count, discards_by_reason, histogram, pass_rate_histogram, seconds_sum
 
 
-def notebook_funnel(store) -> dict[str, Any]:
-    tasks = store.query("SELECT status, reason, c, n FROM notebook_tasks")
-    attempts = store.query("SELECT outcome, count(*) AS n FROM notebook_attempts GROUP BY ALL")
+def notebook_funnel(store, source: str | None = None) -> dict[str, Any]:
+    """The funnel of every task, or of one source's (`synth`: written by agents, `mine`: from notebooks)."""
+    where, params = ("WHERE source = ?", [source]) if source else ("", [])
+    tasks = store.query(f"SELECT status, reason, c, n FROM notebook_tasks {where}", params)
+    if source:
+        attempts = store.query("SELECT outcome, count(*) AS n FROM notebook_attempts WHERE task_id IN "
+                               "(SELECT task_id FROM notebook_tasks WHERE source = ?) GROUP BY ALL", [source])
+        return _funnel(tasks, attempts)
+    return _funnel(tasks, store.query("SELECT outcome, count(*) AS n FROM notebook_attempts GROUP BY ALL"))
+
+
+def _funnel(tasks: list[dict[str, Any]], attempts: list[dict[str, Any]]) -> dict[str, Any]:
     by_outcome = {row["outcome"]: row["n"] for row in attempts}
     reasons: dict[str, int] = {}
     for task in tasks:

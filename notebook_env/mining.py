@@ -19,19 +19,29 @@ Filters, in order, each a discard reason (kept with the notebook's path):
 
 The re-run uses the repository's files copied into the kernel's /work (the notebook's folder is the working
 directory), in a fresh sandbox kernel.
+
+`mine_repository` runs the filters over a repository's notebooks (a git checkout, or the snapshot
+`github_source` fetched) and stores each outcome: a notebook already in the store (same path, same bytes) is
+not mined again, so a rerun after a crash goes on where it stopped; kernels are started only when a notebook
+reaches the re-run.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
+import shutil
 import subprocess
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterator
 
 import nbformat
 
 from notebook_env.kernel import KernelPool
+from notebook_env.records import record_mined
 from tasksynth.hashing import content_hash
 
 FAMOUS = re.compile(r"\b(iris|titanic|mnist|fashion[-_]?mnist|cifar-?10|boston|load_wine|load_digits|"
@@ -53,6 +63,7 @@ class MinedNotebook:
     answer: str | None = None
     answer_format: dict[str, Any] | None = None
     content_id: str = ""
+    data_files: dict[str, str] | None = None  # what a kept notebook reads (path in the repository) -> sha256
 
 
 def git_notebooks(repo: Path) -> list[str]:
@@ -97,7 +108,7 @@ def mined_id(path: str, raw: bytes) -> str:
     return content_hash("notebook-mined", path, raw.hex())
 
 
-def mine_notebook(pool: KernelPool, repo: Path, path: str) -> MinedNotebook:
+def mine_notebook(pool: KernelPool | KernelsOnFirstUse, repo: Path, path: str) -> MinedNotebook:
     file = repo / path
     raw = file.read_bytes()
     mined = MinedNotebook(path, "discarded", content_id=mined_id(path, raw))
@@ -134,7 +145,81 @@ def mine_notebook(pool: KernelPool, repo: Path, path: str) -> MinedNotebook:
         return mined
     mined.status, mined.question, mined.answer = "kept", _question(notebook), stored.strip()
     mined.answer_format = answer_format_of(mined.answer)
+    read = {(file.parent / name).resolve() for name in READS.findall("\n".join(cell.source for cell in code))}
+    mined.data_files = {str(target.relative_to(repo.resolve())): hashlib.sha256(target.read_bytes()).hexdigest()
+                        for target in sorted(read)}
     return mined
+
+
+class KernelsOnFirstUse:
+    """A one-kernel pool started by the first notebook that needs a re-run (a rerun that finds every notebook
+    mined, or a repository of notebooks the static filters drop, starts no kernel)."""
+
+    def __init__(self, config: Any, image: Callable[[], str]):
+        self.config, self.image, self.pool = config, image, None
+
+    @contextmanager
+    def attempt(self) -> Iterator[Any]:
+        if self.pool is None:
+            self.pool = KernelPool(self.config, self.image(), size=1).__enter__()
+        with self.pool.attempt() as kernel:
+            yield kernel
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.close()
+
+
+def mine_repository(store, pool, repo: Path, repo_name: str, paths: list[str], *, data_dir: Path,
+                    run_id: str | None = None, progress: Callable[[str], None] = lambda line: None) -> dict[str, int]:
+    """Each notebook of `paths` mined (or found mined) and stored; counts by `kept` / `discarded: <reason>`.
+    The files a kept notebook reads are copied to `data_dir/<repo_name>/` (its dataset, which the export
+    ships with the task, as it ships a synthesized task's table)."""
+    counts: dict[str, int] = {}
+    for number, path in enumerate(paths, 1):
+        progress(f"[{number}/{len(paths)}] {path}")
+        done = store.query("SELECT status, reason FROM notebook_tasks WHERE task_id = ?",
+                           [mined_id(path, (repo / path).read_bytes())])
+        if done:  # mined by an earlier run: not again
+            status, reason = done[0]["status"], done[0]["reason"]
+        else:
+            mined = mine_notebook(pool, repo, path)
+            if mined.status == "kept":
+                keep_data_files(store, data_dir, repo, repo_name, mined.data_files or {})
+            record_mined(store, mined, repo_name, run_id)
+            status, reason = mined.status, mined.reason
+        key = "kept" if status == "kept" else f"discarded: {reason}"
+        counts[key] = counts.get(key, 0) + 1
+    return dict(sorted(counts.items()))
+
+
+def keep_data_files(store, data_dir: Path, repo: Path, repo_name: str, files: dict[str, str]) -> None:
+    """Copy a kept notebook's data files (paths in the repository, checked inside it by the filters) into its
+    repository's dataset folder, world-readable as kernels read /data, and add them to the repository's
+    `notebook_datasets` row."""
+    target_root = data_dir / repo_name
+    for name in files:
+        target = target_root / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        temporary = target.with_name(target.name + ".tmp")
+        shutil.copyfile(repo / name, temporary)
+        temporary.chmod(0o644)
+        temporary.replace(target)
+    folders = [p for p in target_root.rglob("*") if p.is_dir()] + [target_root, *target_root.parents]
+    for directory in folders:
+        if directory == data_dir or data_dir in directory.parents:
+            directory.chmod(0o755)
+    known = store.query("SELECT files FROM notebook_datasets WHERE name = ?", [repo_name])
+    merged = {**(_decoded(known[0]["files"]) if known else {}), **files}
+    store.insert("notebook_datasets", [{"name": repo_name, "files": json.dumps(merged), "folder": str(target_root),
+                                        "source": f"notebooks of the repository {repo_name}",
+                                        "license": "as the repository's",
+                                        "description": f"the files read by {repo_name}'s notebooks"}],
+                 on_conflict="replace")
+
+
+def _decoded(value: Any) -> Any:
+    return json.loads(value) if isinstance(value, str) else value
 
 
 def answer_format_of(text: str) -> dict[str, Any]:

@@ -93,7 +93,8 @@ def record_mined(store, mined, repo: str, run_id: str | None) -> None:
     row = {"task_id": mined.content_id, "dataset": repo, "task_index": 0, "source": "mine", "status": mined.status,
            "reason": mined.reason, "detail": f"{mined.path}: {mined.detail}"[:2000], "question": mined.question,
            "answer_format": json.dumps(mined.answer_format) if mined.answer_format else None,
-           "solution": None, "answer": json.dumps(mined.answer), "data_files": json.dumps({}), "run_id": run_id}
+           "solution": None, "answer": json.dumps(mined.answer), "data_files": json.dumps(mined.data_files or {}),
+           "run_id": run_id}
     with store.transaction():
         store.insert("notebook_tasks", [row], on_conflict="replace")
         if mined.status == "discarded":

@@ -130,10 +130,29 @@ def demo_summary(result: dict) -> list[str]:
         lines.append(f"general: category {general['category']!r}: {envs['built']} of {envs['made']} environment(s) "
                      f"built, {funnel['kept_tasks']} task(s) kept; discards: "
                      + (", ".join(f"{k} {v}" for k, v in funnel["discards"].items()) or "none"))
+    notebook = result.get("notebook")
+    if notebook:
+        lines += notebook_summary(notebook)
     exported = result.get("export") or {}
     lines.append("export:  " + ", ".join(f"{k} {v}" for k, v in (exported.get("counts") or {}).items())
                  + f" rows in {exported.get('dir')}")
     return lines
+
+
+def notebook_summary(notebook: dict) -> list[str]:
+    """The code-interpreter lines: the mined repository's outcomes, then the synthesized task's funnel."""
+    if "error" in notebook:
+        return [f"notebook: not run: {notebook['error']}"]
+    outcomes = notebook["mined"]["outcomes"]
+    discards = ", ".join(f"{k.split(': ', 1)[1]} {v}" for k, v in outcomes.items() if k != "kept") or "none"
+    funnel = notebook["synth"]["funnel"]
+    attempts = funnel["attempts"]
+    return [f"notebook: mined {notebook['mined']['repo']}: {outcomes.get('kept', 0)} of {sum(outcomes.values())} "
+            f"notebook(s) kept; discards: {discards}",
+            f"          synthesized on {notebook['synth']['dataset']}: {funnel['tasks_written']} task(s) written, "
+            f"{funnel['kept']} kept ({attempts['solved']} of {attempts['graded']} attempts solved); discards: "
+            + (", ".join(f"{k} {v}" for k, v in funnel["discards"].items()) or "none")
+            + (f"; not done (a rerun retries it): {len(notebook['errors'])}" if notebook.get("errors") else "")]
 
 
 def demo_command(

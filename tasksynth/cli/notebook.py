@@ -63,43 +63,68 @@ def synth(
 
 
 @app.command("mine")
-def mine(git: Path = typer.Option(..., "--git", exists=True, file_okay=False,
-                                  help="A git repository whose notebooks (at HEAD) become tasks.")) -> None:
+def mine(
+    git: Path = typer.Option(None, "--git", exists=True, file_okay=False,
+                             help="A git repository whose notebooks (at HEAD) become tasks."),
+    github: str = typer.Option(None, "--github", metavar="OWNER/NAME",
+                               help="A GitHub repository whose notebooks (its default branch) become tasks: the "
+                                    "notebooks and their data files are fetched through the GitHub API (token "
+                                    "from $GITHUB_TOKEN if set; rate limits are waited out)."),
+) -> None:
     """Tasks from real notebooks: each one whose cells ran in order without errors on the repository's own data,
     re-run in the sandbox kernel with the same final output, becomes a task (question: its last markdown cell
     before the final code cell; answer: that cell's output). Every other notebook is discarded with its reason.
+    Give exactly one of --git and --github; a rerun goes on where an interrupted one stopped.
 
-    Example: tasksynth notebook mine --git ./analysis-repo"""
-    from notebook_env.kernel import KernelPool
+    Example: tasksynth notebook mine --git ./analysis-repo
+    Example: tasksynth notebook mine --github owner/analysis-repo"""
+    from envbuilder.sources.github.miner import normalize_repo
+    from notebook_env.datasets import data_root
     from notebook_env.kernel_image import kernel_image
-    from notebook_env.mining import git_notebooks, mine_notebook, mined_id
-    from notebook_env.records import record_mined
+    from notebook_env.mining import KernelsOnFirstUse, git_notebooks, mine_repository
     from tasksynth.docker.engine import require_engine
 
+    if (git is None) == (github is None):
+        raise TasksynthError("give exactly one source: --git PATH (a git repository) or --github OWNER/NAME")
+    repo = normalize_repo(github) if github is not None else None  # a malformed name: one line, before any work
     config = app_state.config()
     config.home_path.mkdir(parents=True, exist_ok=True)
     require_engine()
+    if git is not None:
+        try:
+            paths = git_notebooks(git)
+        except ValueError as exc:
+            raise TasksynthError(str(exc)) from None
+        folder, repo_name = git.resolve(), git.resolve().name
+    else:
+        folder, repo_name, paths = _github_snapshot(config, repo)
+    kernels = KernelsOnFirstUse(config, lambda: kernel_image(config).tag)
     try:
-        paths = git_notebooks(git)
-    except ValueError as exc:
-        raise TasksynthError(str(exc)) from None
-    image = kernel_image(config).tag
-    repo_name = git.resolve().name
-    counts: dict[str, int] = {}
-    with open_store(config) as store, KernelPool(config, image, size=1) as pool:
-        for number, path in enumerate(paths, 1):
-            typer.echo(f"[{number}/{len(paths)}] {path}", err=True)
-            done = store.query("SELECT status, reason FROM notebook_tasks WHERE task_id = ?",
-                               [mined_id(path, (git / path).read_bytes())])
-            if done:  # mined by an earlier run: not again
-                key = "kept" if done[0]["status"] == "kept" else f"discarded: {done[0]['reason']}"
-            else:
-                mined = mine_notebook(pool, git.resolve(), path)
-                record_mined(store, mined, repo_name, None)
-                key = "kept" if mined.status == "kept" else f"discarded: {mined.reason}"
-            counts[key] = counts.get(key, 0) + 1
-    for key, count in sorted(counts.items()):
+        with open_store(config) as store:
+            counts = mine_repository(store, kernels, folder, repo_name, paths, data_dir=data_root(config),
+                                     progress=lambda line: typer.echo(line, err=True))
+    finally:
+        kernels.close()
+    for key, count in counts.items():
         typer.echo(f"{key}  {count}")
+
+
+def _github_snapshot(config, repo: str) -> tuple[Path, str, list[str]]:
+    """The repository's notebooks and data files fetched into a local snapshot; one line on a GitHub error."""
+    from envbuilder.sources.github.client import GithubClient
+    from notebook_env.github_source import fetch_snapshot
+    from tasksynth.config import secret
+
+    if secret(config.github.token_env) is None:
+        typer.secho(f"no token in ${config.github.token_env}: fetching at GitHub's anonymous rate "
+                    "(60 requests/hour)", fg="yellow", err=True)
+    with GithubClient.from_config(config) as client:
+        snapshot = fetch_snapshot(client, repo, config.home_path, progress=lambda line: typer.echo(line, err=True))
+    typer.echo(f"{repo} at {snapshot.commit[:12]}: {len(snapshot.notebooks)} notebook(s); {snapshot.fetched} "
+               f"file(s) fetched, {snapshot.reused} already here, {len(snapshot.left_out)} left out", err=True)
+    for path, why in sorted(snapshot.left_out.items()):
+        typer.echo(f"left out {path}: {why}", err=True)
+    return snapshot.folder, repo, snapshot.notebooks
 
 
 @app.command("report")

@@ -100,6 +100,14 @@ def test_the_demo_starts_the_runner_drafts_statements_and_stops_it(home, monkeyp
     assert envs[0]["status"] == "built" or envs[0]["reason"]
     assert builder_calls and all(c["model"] == "smollm2-135m-dsa" for c in builder_calls)
 
+    # the code-interpreter part: the sample notebook repository mined (one kept whatever the model does, one
+    # discarded), one task synthesized by the model, kept or discarded with its reason; the mined task exported
+    notebook = result["notebook"]
+    assert notebook["mined"]["outcomes"] == {"discarded: unexecuted": 1, "kept": 1}
+    synthesized = notebook["synth"]["funnel"]
+    assert synthesized["tasks_written"] == 1 and (synthesized["kept"] == 1 or sum(synthesized["discards"].values()))
+    assert result["export"]["counts"]["code_interpreter"] >= 1
+
     exported = {}
     for shard in (home / "export" / "demo" / "code").glob("*.parquet"):
         for row in pq.read_table(shard).to_pylist():
@@ -164,8 +172,18 @@ def test_the_demo_prints_a_line_per_kind():
               "general": {"category": "library loans", "funnel": {"environments": {"made": 1, "built": 0},
                                                                   "kept_tasks": 0,
                                                                   "discards": {"general.environment: no_manifest": 1}}},
+              "notebook": {"mined": {"repo": "seattle-notebooks", "outcomes": {"discarded: unexecuted": 1, "kept": 1}},
+                           "synth": {"dataset": "seattle-weather", "funnel": {
+                               "tasks_written": 1, "passed_filters": 0, "kept": 0,
+                               "attempts": {"graded": 0, "solved": 0, "errors": 0},
+                               "discards": {"unparseable": 1}}}},
               "export": {"counts": {"code": 4}, "dir": "/x"}}
     lines = demo_summary(result)
     assert [line.split(":")[0].strip() for line in lines if not line.startswith(" ")] == \
-        ["code", "search", "general", "export"]
+        ["code", "search", "general", "notebook", "export"]
     assert "search:  2 entities, 0 questions, 0 kept; discards: unparseable_question 2" in lines
+    assert "notebook: mined seattle-notebooks: 1 of 2 notebook(s) kept; discards: unexecuted 1" in lines
+    assert ("          synthesized on seattle-weather: 1 task(s) written, 0 kept (0 of 0 attempts solved); "
+            "discards: unparseable 1") in lines
+    assert demo_summary({"notebook": {"error": "the kernel's libraries cannot be had: x"}})[2] == \
+        "notebook: not run: the kernel's libraries cannot be had: x"

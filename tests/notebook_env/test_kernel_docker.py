@@ -60,7 +60,7 @@ def test_a_kernel_killed_by_its_memory_limit_is_restarted_and_reported(kernel_po
 def test_a_figure_comes_back_as_a_png_and_a_large_one_is_left_out(kernel_pool):
     with kernel_pool.attempt(on_image=lambda png: f"sha-{len(png)}") as kernel:
         plot = kernel.python("import matplotlib.pyplot as plt\nplt.plot([1, 2, 3], [3, 1, 2])\nplt.show()")
-        big = kernel.python("import numpy as np\nplt.figure(figsize=(40, 40), dpi=100)\n"
+        big = kernel.python("import numpy as np\nplt.figure(figsize=(8, 8), dpi=100)\n"
                             "plt.imshow(np.random.default_rng(0).random((800, 800)))\nplt.show()")
     assert plot.status == "ok" and len(plot.images) == 1
     png = plot.images[0]
