@@ -15,8 +15,12 @@ average. Target: the conversation >= 3x faster with reuse.
 
 ``--prefill 512,2048,4096,7680`` adds part (1): prefill tokens/s per prompt length, dense and DSA.
 
-Not measured here: llama.cpp / llama-server (llama-cpp-python is not installed in this environment, and
-building it from its sdist takes too long on a shared 2-core machine).
+llama.cpp, the baseline, is not a dependency: build it from the sources vendored in the `llama-cpp-python`
+sdist (`pip download --no-binary :all: --no-deps llama-cpp-python`, then in its vendor/llama.cpp
+`cmake -B build -DGGML_NATIVE=ON -DLLAMA_CURL=OFF && cmake --build build --target llama-server llama-bench`)
+and name the binaries: `--llama-server PATH` adds it as a third server of the conversation (same GGUF,
+threads and context; one slot; its prompt cache is on by default), `--llama-bench PATH` adds its prompt
+processing tokens/s to part (1) (`llama-bench -n 0`, same lengths and threads).
 """
 
 from __future__ import annotations
@@ -160,7 +164,34 @@ def run_conversations(servers: dict[str, Server], turns: int, tool_tokens: int, 
     return results
 
 
-def measure_prefill(lengths: list[int], threads: int | None, top_k: int) -> None:
+def default_gguf() -> Path:
+    """The bundled model's GGUF, the file both runners load."""
+    from dsa_runner.loading import default_model_path
+
+    return default_model_path()
+
+
+class LlamaServer(Server):
+    """llama.cpp's own server on the same GGUF: one slot, the same threads and context."""
+
+    def __init__(self, binary: Path, threads: int | None, log_path: Path):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = open(log_path, "w")
+        command = [str(binary), "-m", str(default_gguf()), "--host", "127.0.0.1", "--port", str(self.port),
+                   "-c", "8192", "-np", "1", "--jinja", "--no-webui", "-t", str(threads or os.cpu_count())]
+        self.proc = subprocess.Popen(command, stdout=self.log, stderr=subprocess.STDOUT)
+
+
+def llama_bench_prefill(binary: Path, lengths: list[int], threads: int | None) -> dict[int, float]:
+    """llama.cpp's prompt processing tokens/s per length (`llama-bench -n 0`, 2 repetitions, the mean)."""
+    command = [str(binary), "-m", str(default_gguf()), "-p", ",".join(map(str, lengths)), "-n", "0", "-r", "2",
+               "-t", str(threads or os.cpu_count()), "-o", "json"]
+    result = subprocess.run(command, capture_output=True, text=True, check=True)
+    return {int(row["n_prompt"]): float(row["avg_ts"]) for row in json.loads(result.stdout)}
+
+
+def measure_prefill(lengths: list[int], threads: int | None, top_k: int, llama_bench: Path | None = None) -> None:
     """Part (1): prefill tokens/s of one prompt per length, dense and DSA, on the server's engine (bfloat16,
     int8 where the server uses it) with untrained indexers (their selection quality does not change the
     time), prefix reuse off. DSA equals dense below top-k, so only lengths above it differ."""
@@ -176,6 +207,7 @@ def measure_prefill(lengths: list[int], threads: int | None, top_k: int) -> None
     vocab = engine.vocab_size
     print(f"\nprefill ({info.model_name}, {info.dtype}, {engine.threads} threads, top-k {top_k}, "
           f"chunks of {engine.prefill_chunk}):")
+    llama = llama_bench_prefill(llama_bench, lengths, engine.threads) if llama_bench else {}
     with torch.inference_mode():
         for length in lengths:
             ids = [(i * 7919 + 13) % (vocab - 1) + 1 for i in range(length)]
@@ -186,8 +218,13 @@ def measure_prefill(lengths: list[int], threads: int | None, top_k: int) -> None
                 t0 = time.perf_counter()
                 engine._prefill(req)
                 row.append(time.perf_counter() - t0)
+            baseline = ""
+            if length in llama:
+                baseline = (f"; llama.cpp {llama[length]:7.1f} tok/s: dense {length / row[0] / llama[length]:.2f}x, "
+                            f"DSA {length / row[1] / llama[length]:.2f}x of it (target >= 1.0x)")
             print(f"  {length:5d} tokens: dense {length / row[0]:7.1f} tok/s ({row[0]:6.1f}s), DSA {length / row[1]:7.1f} "
-                  f"tok/s ({row[1]:6.1f}s), DSA/dense {row[0] / row[1]:.2f}x  (load {load_average()})", flush=True)
+                  f"tok/s ({row[1]:6.1f}s), DSA/dense {row[0] / row[1]:.2f}x{baseline}  (load {load_average()})",
+                  flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -207,12 +244,16 @@ def main(argv: list[str] | None = None) -> int:
                              "(comma-separated, e.g. 512,2048,4096,7680; a 7.5K prompt takes minutes on 2 cores)")
     parser.add_argument("--top-k", type=int, default=2048, help="DSA's top-k for --prefill (default 2048)")
     parser.add_argument("--skip-conversation", action="store_true", help="only --prefill")
+    parser.add_argument("--llama-server", type=Path, default=None, metavar="PATH",
+                        help="llama.cpp's llama-server binary: a third server of the conversation (the baseline)")
+    parser.add_argument("--llama-bench", type=Path, default=None, metavar="PATH",
+                        help="llama.cpp's llama-bench binary: its prompt tokens/s beside --prefill's")
     args = parser.parse_args(argv)
 
     print(f"CPU: {cpu_description()}")
     print(f"load average at start: {load_average()}")
     if args.prefill:
-        measure_prefill([int(x) for x in args.prefill.split(",")], args.threads, args.top_k)
+        measure_prefill([int(x) for x in args.prefill.split(",")], args.threads, args.top_k, args.llama_bench)
     if args.skip_conversation:
         return 0
     common = ["--max-context", "8192", *args.server_arg]
@@ -224,6 +265,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{mode}: starting a server ...", flush=True)
             servers[mode] = Server(common + extra, args.log_dir / f"runner_agent_{mode.replace(' ', '_')}.log")
             servers[mode].wait_ready()  # one at a time: loading is CPU-bound
+        if args.llama_server:
+            print("llama-server: starting ...", flush=True)
+            servers["llama-server"] = LlamaServer(args.llama_server, args.threads,
+                                                  args.log_dir / "runner_agent_llama_server.log")
+            servers["llama-server"].wait_ready()
         results = run_conversations(servers, args.turns, args.tool_tokens, args.max_tokens, args.rounds)
     finally:
         for server in servers.values():
@@ -238,8 +284,13 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\n{args.turns}-turn conversation (each turn's fastest): {with_reuse:.1f}s with prefix reuse, "
           f"{without:.1f}s without: "
           f"{ratio:.2f}x (target >= 3x: {'met' if ratio >= 3 else 'NOT met'})")
+    if "llama-server" in results:
+        llama = results["llama-server"]["seconds"]
+        print(f"llama-server with its prompt cache: {llama:.1f}s: prefix reuse is {llama / with_reuse:.2f}x its speed "
+              f"(target: not slower, >= 1.0x: {'met' if llama >= with_reuse else 'NOT met'})")
+    else:
+        print("llama-server baseline: not measured (no --llama-server PATH)")
     print(f"load average at end: {load_average()}")
-    print("llama-server baseline: not measured (llama-cpp-python is not installed here)")
     return 0
 
 
