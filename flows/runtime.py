@@ -31,6 +31,9 @@ def prepare_prefect(config: Config) -> None:
     os.environ.setdefault("PREFECT_HOME", str(config.home_path / "prefect"))
     Path(os.environ["PREFECT_HOME"]).expanduser().mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    # Prefect's client sends usage events to a third-party service unless told not to; nothing of ours leaves
+    # the machine uninvited (this also spares each command that service's start-up and its settings request).
+    os.environ.setdefault("DO_NOT_TRACK", "1")
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
     os.environ.setdefault("PREFECT_SERVER_LOGGING_LEVEL", "WARNING")
     # Prefect gives its ephemeral server 20 s to start; a busy machine (CI on two cores) can take longer.

@@ -13,6 +13,7 @@ import pytest
 # Prefect keeps its own database; one per test session, never the user's ~/.prefect.
 os.environ.setdefault("PREFECT_HOME", str(Path(os.environ.get("TMPDIR", "/tmp")) / f"tasksynth-tests-prefect-{os.getpid()}"))
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("DO_NOT_TRACK", "1")  # Prefect's client sends no usage events
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 os.environ.setdefault("PREFECT_RESULTS_PERSIST_BY_DEFAULT", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
