@@ -24,7 +24,6 @@ with the sha256 of every file, checked against the index when it was downloaded,
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import html.parser
 import json
 import os
@@ -50,6 +49,7 @@ from tasksynth.config import Config
 from tasksynth.docker.engine import docker
 from tasksynth.docker.ownership import owner_labels
 from tasksynth.errors import DockerUnavailable
+from tasksynth.hashing import sha256_file
 from tasksynth.sandbox import Limits, Mount, isolated_run_args, run_oneshot
 
 WHEELHOUSE_MOUNT = "/wheelhouse"
@@ -149,7 +149,7 @@ class Wheelhouse:
         added = []
         for path in sorted(self.files.iterdir()):
             if path.name not in known and path.is_file() and not path.is_symlink():
-                digest = _sha256(path)
+                digest = sha256_file(path)
                 self._record(path.name, digest)
                 known[path.name] = digest
                 added.append(path.name)
@@ -158,7 +158,7 @@ class Wheelhouse:
     def verify(self) -> list[str]:
         """Files whose content no longer matches the recorded sha256."""
         return [name for name, digest in self.sums().items()
-                if (self.files / name).is_file() and _sha256(self.files / name) != digest]
+                if (self.files / name).is_file() and sha256_file(self.files / name) != digest]
 
     # ------------------------------------------------------------------------------------------ fetching
 
@@ -298,7 +298,7 @@ class Wheelhouse:
             raise DependencyUnavailable(requirement, f"the index gives no sha256 for {filename}")
         partial = destination.with_name(destination.name + ".partial")
         _download(url, partial)
-        actual = _sha256(partial)
+        actual = sha256_file(partial)
         if actual != digest:
             partial.unlink(missing_ok=True)
             raise DependencyUnavailable(requirement, f"{filename}: sha256 {actual} is not the index's {digest}")
@@ -586,13 +586,6 @@ def _valid(requirement: str) -> bool:
         return False
     return True
 
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _tail(text: str, count: int) -> str:

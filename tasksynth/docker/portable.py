@@ -26,7 +26,6 @@ loaded or pulled image is checked against `image_id`.
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import json
 import os
 import re
@@ -38,6 +37,7 @@ from typing import Any
 from tasksynth.docker.base_images import DEBIAN_PACKAGES, _image_env
 from tasksynth.docker.engine import docker
 from tasksynth.errors import ExportError
+from tasksynth.hashing import sha256_file
 
 IMAGES_DIR = "images"
 _REGISTRY = re.compile(r"^(?P<host>[A-Za-z0-9.-]+(:\d+)?)/(?P<name>[a-z0-9]+([._/-][a-z0-9]+)*)$")
@@ -121,7 +121,7 @@ def stage_images(staging: Path, rows: list[dict[str, Any]], options: ImageOption
                 raise ExportError(f"docker save to {relative} failed: {saved.stderr.strip()}")
             os.chmod(staging / relative, 0o644)  # docker save writes 0600; the export's other files are 0644
             archives.append({"path": relative, "bytes": (staging / relative).stat().st_size,
-                             "sha256": _file_sha256(staging / relative), "tags": tags})
+                             "sha256": sha256_file(staging / relative), "tags": tags})
             archive_of.update({tag: relative for tag in tags})
     for row in rows:
         env = json.loads(row["environment"])
@@ -208,10 +208,3 @@ def registry_tag(tag: str) -> str:
 def _archive_name(base: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", base.rsplit("/", 1)[-1].replace(":", "-")) or "images"
 
-
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()

@@ -7,7 +7,6 @@ The sample is built once and exported once (one `docker save`, ~380 MB) for the 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -23,6 +22,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from envbuilder.samples import swebench_sample_path
+from tasksynth.hashing import sha256_file
 
 pytestmark = pytest.mark.docker
 
@@ -45,13 +45,6 @@ def free_port() -> int:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
 
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def listed_files(out: Path) -> dict[str, dict]:
