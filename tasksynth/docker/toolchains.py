@@ -184,25 +184,10 @@ def node_modules_image(config: Config, toolchain_tag: str, node_modules: Path, k
     that lifecycle scripts run by the sandboxed user can write there. Tag: `tasksynth/toolchain:npm-<key>`."""
     extra = [] if reporters is None and owner is None else [reporters.parent.name if reporters else None, owner]
     tag = f"tasksynth/toolchain:npm-{content_hash(TOOLCHAIN_VERSION, toolchain_tag, key, *extra, length=12)}"
-    with image_lock(config, tag):
-        if image_exists(tag):
-            return tag
-        with tempfile.TemporaryDirectory(prefix="tasksynth-npm-") as tmp:
-            context = Path(tmp)
-            shutil.copytree(node_modules, context / "node_modules", symlinks=True)
-            if reporters is not None:
-                shutil.copytree(reporters, context / "reporters", symlinks=True)
-            chown = f"--chown={owner} " if owner else ""
-            (context / "Dockerfile").write_text("\n".join([
-                f"FROM {toolchain_tag}", f"COPY {chown}node_modules /opt/node_modules",
-                *(["COPY reporters /opt/js-reporters/node_modules"] if reporters is not None else []),
-                f"LABEL {MANAGED_LABEL}=true org.tasksynth.layer=toolchain org.tasksynth.language=javascript"]) + "\n")
-            result = docker("build", "--network", "none", "--force-rm", "-t", tag, str(context), check=False,
-                            timeout=config.docker.build_timeout_s)
-        if result.returncode != 0:
-            tail = "\n".join(((result.stdout or "") + (result.stderr or "")).strip().splitlines()[-12:])
-            raise ImageBuildFailed(f"copying the project's node_modules into an image failed:\n{tail}")
-    return tag
+    copies = [(node_modules, "/opt/node_modules", owner)]
+    if reporters is not None:
+        copies.append((reporters, "/opt/js-reporters/node_modules", None))
+    return _layer_of_folders(config, toolchain_tag, tag, copies, "javascript", "the project's node_modules")
 
 
 def vendored_crates_image(config: Config, toolchain_tag: str, vendor: Path, key: str) -> str:
@@ -215,18 +200,28 @@ def dependencies_image(config: Config, toolchain_tag: str, folder: Path, target:
     without network; an existing folder there is merged (a fetched Maven repository goes over Debian's).
     Tag: `tasksynth/toolchain:<language>-deps-<key>`."""
     tag = f"tasksynth/toolchain:{language}-deps-{content_hash(TOOLCHAIN_VERSION, toolchain_tag, target, key, length=12)}"
+    return _layer_of_folders(config, toolchain_tag, tag, [(folder, target, None)], language,
+                             f"the fetched {language} dependencies")
+
+
+def _layer_of_folders(config: Config, toolchain_tag: str, tag: str, copies: list[tuple[Path, str, str | None]],
+                      language: str, what: str) -> str:
+    """`tag`: `toolchain_tag` with each (host folder, target path, owner or None) copied in, by a build without
+    network; built once (an existing tag is a cache hit). ImageBuildFailed names `what` could not be copied."""
     with image_lock(config, tag):
         if image_exists(tag):
             return tag
-        with tempfile.TemporaryDirectory(prefix="tasksynth-deps-") as tmp:
+        with tempfile.TemporaryDirectory(prefix=f"tasksynth-{language}-layer-") as tmp:
             context = Path(tmp)
-            shutil.copytree(folder, context / "dependencies", symlinks=True)
-            (context / "Dockerfile").write_text("\n".join([
-                f"FROM {toolchain_tag}", f"COPY dependencies {target}",
-                f"LABEL {MANAGED_LABEL}=true org.tasksynth.layer=toolchain org.tasksynth.language={language}"]) + "\n")
+            lines = [f"FROM {toolchain_tag}"]
+            for number, (folder, target, owner) in enumerate(copies):
+                shutil.copytree(folder, context / f"folder{number}", symlinks=True)
+                lines.append(f"COPY {f'--chown={owner} ' if owner else ''}folder{number} {target}")
+            lines.append(f"LABEL {MANAGED_LABEL}=true org.tasksynth.layer=toolchain org.tasksynth.language={language}")
+            (context / "Dockerfile").write_text("\n".join(lines) + "\n")
             result = docker("build", "--network", "none", "--force-rm", "-t", tag, str(context), check=False,
                             timeout=config.docker.build_timeout_s)
         if result.returncode != 0:
             tail = "\n".join(((result.stdout or "") + (result.stderr or "")).strip().splitlines()[-12:])
-            raise ImageBuildFailed(f"copying the fetched {language} dependencies into an image failed:\n{tail}")
+            raise ImageBuildFailed(f"copying {what} into an image failed:\n{tail}")
     return tag
