@@ -22,8 +22,13 @@ REPORT_PATH = "/io/junit.xml"
 class TestRunner(ABC):
     name: str
     language: str
-    # exit codes after which a run's report is read; any other means the runner crashed and ends the validation
-    ok_exit_codes: frozenset[int]
+    # exit codes after which a run's report is read, with what each means; any other means the runner crashed
+    # and ends the validation
+    OK_EXIT_CODES: dict[int, str] = {}
+
+    @property
+    def ok_exit_codes(self) -> frozenset[int]:
+        return frozenset(self.OK_EXIT_CODES)
 
     @abstractmethod
     def select_tests(self, files: Iterable[str], test_patch: str, patch: str, scope: str) -> list[str]:
@@ -45,7 +50,6 @@ class PytestRunner(TestRunner):
     language = "python"
     OK_EXIT_CODES = {0: "all passed", 1: "some tests failed", 5: "no tests collected"}
     EXIT_MEANINGS = {2: "interrupted", 3: "internal error", 4: "usage error"}
-    ok_exit_codes = frozenset(OK_EXIT_CODES)
 
     def select_tests(self, files: Iterable[str], test_patch: str, patch: str, scope: str) -> list[str]:
         if scope == "all":

@@ -28,7 +28,6 @@ class GoTestRunner(TestRunner):
     language = "go"
     # go test: 0 all passed, 1 a test failed or a package did not build (its report says which); 2 usage error
     OK_EXIT_CODES = {0: "all passed", 1: "some tests or packages failed"}
-    ok_exit_codes = frozenset(OK_EXIT_CODES)
 
     def select_tests(self, files: Iterable[str], test_patch: str, patch: str, scope: str) -> list[str]:
         if scope == "all":

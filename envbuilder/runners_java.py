@@ -51,7 +51,6 @@ class MavenRunner(TestRunner):
     name = "maven"
     language = "java"
     OK_EXIT_CODES = {0: "all passed", 1: "some tests failed or the build failed"}
-    ok_exit_codes = frozenset(OK_EXIT_CODES)
 
     def select_tests(self, files: Iterable[str], test_patch: str, patch: str, scope: str) -> list[str]:
         if scope == "all":
