@@ -9,17 +9,28 @@ import pytest
 
 
 @pytest.fixture
-def flow_config(tmp_path, base_311):
-    """A config with a fresh home, short test timeouts and no Prefect retries (faults must show at once)."""
-    from flows.runtime import prepare_prefect
+def engine_config(tmp_path):
+    """A config with a fresh home and short test timeouts, and no Prefect server: building and validating run
+    no flow, and a server for each test's fresh home costs half a minute to start."""
     from tasksynth.config import load_config
 
     def make(**overrides: str):
-        environ = {"TASKSYNTH_HOME": str(tmp_path / "home"), "TASKSYNTH_FLOWS__RETRIES": "0",
-                   "TASKSYNTH_DOCKER__TEST_TIMEOUT_S": "60",
+        environ = {"TASKSYNTH_HOME": str(tmp_path / "home"), "TASKSYNTH_DOCKER__TEST_TIMEOUT_S": "60",
                    **{f"TASKSYNTH_{k.upper()}": v for k, v in overrides.items()}}
         config = load_config(environ=environ)
         config.home_path.mkdir(parents=True, exist_ok=True)
+        return config
+
+    return make
+
+
+@pytest.fixture
+def flow_config(engine_config, base_311):
+    """engine_config's settings, no Prefect retries (faults must show at once), and Prefect prepared."""
+    from flows.runtime import prepare_prefect
+
+    def make(**overrides: str):
+        config = engine_config(flows__retries="0", **overrides)
         prepare_prefect(config)
         return config
 

@@ -113,21 +113,6 @@ def go_proxy():
     server.shutdown()
 
 
-@pytest.fixture
-def go_config(tmp_path):
-    """A config with a fresh home and no Prefect server (building and validating run no flow)."""
-    from tasksynth.config import load_config
-
-    def make(**overrides: str):
-        environ = {"TASKSYNTH_HOME": str(tmp_path / "home"), "TASKSYNTH_DOCKER__TEST_TIMEOUT_S": "60",
-                   **{f"TASKSYNTH_{k.upper()}": v for k, v in overrides.items()}}
-        config = load_config(environ=environ)
-        config.home_path.mkdir(parents=True, exist_ok=True)
-        return config
-
-    return make
-
-
 def halfcalc(tmp_path):
     go_mod = f"module example.com/halfcalc\n\ngo 1.19\n\nrequire {MODULE} {VERSION}\n"
     return candidate_from_history(tmp_path, "halfcalc", [
@@ -157,11 +142,11 @@ replace example.test/own => ./own
 
 
 @needs_go
-def test_an_unreachable_proxy_ends_the_candidate_install_failed_with_gos_reason(tmp_path, go_config):
+def test_an_unreachable_proxy_ends_the_candidate_install_failed_with_gos_reason(tmp_path, engine_config):
     with socket.socket() as probe:  # a loopback port nothing listens on
         probe.bind(("127.0.0.1", 0))
         closed = f"http://127.0.0.1:{probe.getsockname()[1]}"
-    config = go_config(code__go_proxy=closed)
+    config = engine_config(code__go_proxy=closed)
     built = build_candidate(config, halfcalc(tmp_path))
     assert not built.ok
     assert built.instance["reason"] == INSTALL_FAILED
@@ -172,9 +157,9 @@ def test_an_unreachable_proxy_ends_the_candidate_install_failed_with_gos_reason(
 
 
 @needs_go
-def test_go_sum_verifies_what_the_proxy_serves_even_with_the_checksum_database_off(tmp_path, go_config, go_proxy):
+def test_go_sum_verifies_what_the_proxy_serves_even_with_the_checksum_database_off(tmp_path, engine_config, go_proxy):
     url, asked = go_proxy
-    config = go_config(code__go_proxy=url, code__go_sumdb="off")
+    config = engine_config(code__go_proxy=url, code__go_sumdb="off")
     candidate = halfcalc(tmp_path)
     tree = SourceTree(candidate["repo_url"], candidate["base_commit"])
     download, key = fetch_go_modules(config, tree)
@@ -191,10 +176,10 @@ def test_go_sum_verifies_what_the_proxy_serves_even_with_the_checksum_database_o
 
 @pytest.mark.docker
 @needs_go
-def test_a_module_debian_lacks_comes_from_the_proxy_and_validates_offline(tmp_path, base_311, go_config, go_proxy,
+def test_a_module_debian_lacks_comes_from_the_proxy_and_validates_offline(tmp_path, base_311, engine_config, go_proxy,
                                                                          local_index):  # noqa: F811
     url, asked = go_proxy
-    config = go_config(code__index_url=local_index, code__go_proxy=url)
+    config = engine_config(code__index_url=local_index, code__go_proxy=url)
     candidate = halfcalc(tmp_path)
 
     started = time.monotonic()

@@ -18,23 +18,8 @@ from tests.envbuilder.test_lang_rust_cpp import needs_cargo, sparse_registry  # 
 from tests.envbuilder.test_languages_docker import candidate_from_history, local_index  # noqa: F401
 from tests.envbuilder.test_offline_build_docker import index_files  # noqa: F401
 
-pytestmark = pytest.mark.docker
-
-
-@pytest.fixture
-def engine_config(tmp_path, base_311):
-    """flow_config's settings without a Prefect server (building and validating run no flow; a server per
-    test's fresh home costs half a minute to start)."""
-    from tasksynth.config import load_config
-
-    def make(**overrides: str):
-        environ = {"TASKSYNTH_HOME": str(tmp_path / "home"), "TASKSYNTH_DOCKER__TEST_TIMEOUT_S": "60",
-                   **{f"TASKSYNTH_{k.upper()}": v for k, v in overrides.items()}}
-        config = load_config(environ=environ)
-        config.home_path.mkdir(parents=True, exist_ok=True)
-        return config
-
-    return make
+# engine_config: tests/envbuilder/conftest.py; every test here builds on the Python base image
+pytestmark = [pytest.mark.docker, pytest.mark.usefixtures("base_311")]
 
 CARGO_TOML = """[package]
 name = "hexcalc"
