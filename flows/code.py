@@ -16,8 +16,6 @@ import uuid
 from collections import Counter
 from typing import Any
 
-from prefect import flow
-
 from envbuilder.build import build_candidate
 from envbuilder.errors import SourceError
 from envbuilder.records import candidates as stored_candidates
@@ -26,6 +24,7 @@ from envbuilder.records import record_build, record_mined, record_validation
 from envbuilder.sources.mining import SourceRequest, mine, request_key
 from envbuilder.validation import validate_instance, validation_id
 from flows.funnels import publish_kind
+from flows.prefect_flow import flow
 from flows.runtime import flow_run, run_steps
 from tasksynth.config import Config, load_config
 from tasksynth.docker.engine import image_exists, require_engine
