@@ -18,6 +18,7 @@ the home (`flows.runtime.flow_run`), as it is in the store. Against a server the
 from __future__ import annotations
 
 import collections
+import copy
 import dataclasses
 import datetime
 import decimal
@@ -36,6 +37,9 @@ from prefect.settings import temporary_settings
 from prefect.states import State
 
 from flows.prefect_server import OWNED_URL_ENV
+
+HOOK_LISTS = ("on_completion_hooks", "on_failure_hooks", "on_cancellation_hooks", "on_crashed_hooks",
+              "on_running_hooks")
 
 
 class PipelineFlow(Flow):
@@ -56,6 +60,15 @@ class PipelineFlow(Flow):
         return shown
 
     def with_options(self, **options: Any) -> PipelineFlow:
+        if set(options) == {"task_runner"} and options["task_runner"] is not None:
+            # What every command changes. Prefect would build a new flow, and with it the parameter schema of
+            # the same function again (~0.1 s for a flow that takes the Config); a copy keeps it.
+            configured = copy.copy(self)
+            runner = options["task_runner"]
+            configured.task_runner = runner() if isinstance(runner, type) else runner
+            for hooks in HOOK_LISTS:
+                setattr(configured, hooks, list(getattr(self, hooks)))
+            return configured
         configured = super().with_options(**options)
         # Prefect builds the copy as a plain Flow; it has the same attributes, so it becomes one of ours.
         configured.__class__ = type(self)

@@ -27,15 +27,17 @@ import threading
 from collections.abc import Iterable, Iterator, Sequence
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import duckdb
-import pyarrow as pa
 import zstandard
 
 from tasksynth import sql_literals
 from tasksynth.errors import StoreError, StoreLocked
 from tasksynth.hashing import sha256_bytes
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 MIGRATION_NAME = re.compile(r"^(\d{3})_([a-z0-9_]+)\.sql$")
 _LOCK_PID = re.compile(r"PID (\d+)")
@@ -209,6 +211,8 @@ class Store:
             if literal_rows:
                 with self.transaction():
                     return self._conn.execute(sql).fetchone()[0]
+            import pyarrow as pa  # only here: a short command that never gets here does not load it (~0.2 s)
+
             batch = pa.table({c: _arrow_column([_encode(row.get(c)) for row in rows]) for c in columns})
             self._conn.register(view, batch)
             try:
@@ -344,6 +348,8 @@ def _encode(value: Any) -> Any:
 def _arrow_column(values: list[Any]) -> pa.Array:
     """One column of an insert. Values Arrow cannot type as one column (an int beside a string) go in as text,
     which DuckDB casts to the column's type as it would a parameter."""
+    import pyarrow as pa
+
     try:
         return pa.array(values)
     except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):

@@ -56,6 +56,7 @@ def test_plain_data_converts_as_fastapis_jsonable_encoder_converts_it(config):
 
 def test_a_flow_shows_the_same_parameters_as_prefects_own_flow_and_names_what_is_not_data(config):
     from prefect import Flow
+    from prefect.task_runners import ThreadPoolTaskRunner
 
     from flows.prefect_flow import PipelineFlow, flow
 
@@ -66,6 +67,14 @@ def test_a_flow_shows_the_same_parameters_as_prefects_own_flow_and_names_what_is
     configured = shows.with_options(retries=1)
     assert isinstance(shows, PipelineFlow) and isinstance(configured, PipelineFlow)
     assert configured.retries == 1 and configured.name == "shows-parameters"
+    runner = ThreadPoolTaskRunner(max_workers=3)
+    with_runner = configured.with_options(task_runner=runner)  # a copy: the rest as it was
+    prefects_own = Flow.with_options(configured, task_runner=runner)
+    assert isinstance(with_runner, PipelineFlow) and with_runner.task_runner is runner
+    assert configured.task_runner is not runner
+    for name in ("name", "retries", "parameters", "fn", "on_completion_hooks", "description"):
+        assert getattr(with_runner, name) == getattr(prefects_own, name), name
+    assert with_runner.on_completion_hooks is not configured.on_completion_hooks
     values = parameter_values(config)
     parameters = {"config": values[0], "git": values[3], "sources": values[1], "on_page": None}
     assert configured.serialize_parameters(parameters) == Flow.serialize_parameters(configured, parameters)
