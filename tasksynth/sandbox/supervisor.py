@@ -84,8 +84,8 @@ PR_CAPBSET_DROP = 24
 PR_SET_NO_NEW_PRIVS = 38
 RESULT_FD = 3
 REQUEST_FD = 4
-EXIT_RESULT_TOO_BIG = 97
 EXIT_TRUNCATED = 98
+RESET_DONE = b"R"  # a ready child's confirmation that it reset the work folders
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
@@ -322,8 +322,9 @@ class CappedStreams:
     not a selector: no descriptor of its own and no per-call set-up, for the call path's sake. A pipe is read
     only when poll says it is readable, so a read never blocks (only we hold the reading ends)."""
 
-    def __init__(self, fds: dict[str, int], cap: int):
+    def __init__(self, fds: dict[str, int], cap: int, caps: dict[str, int] | None = None):
         self.cap = cap
+        self.caps = {name: (caps or {}).get(name, cap) for name in fds}  # per stream: `cap` unless given
         self.data = {name: bytearray() for name in fds}
         self.names = {fd: name for name, fd in fds.items()}  # the streams still open
         self.over: str | None = None
@@ -350,7 +351,7 @@ class CappedStreams:
             os.close(fd)
             return
         buffer = self.data[name]
-        room = self.cap - len(buffer)
+        room = self.caps[name] - len(buffer)
         buffer += chunk[:max(room, 0)]
         if len(chunk) > room and self.over is None:
             self.over = name
@@ -414,6 +415,8 @@ def classify(status: int, stopped: str | None, limits: dict, pids_before: int, o
     if stopped == "timeout":
         return "timeout", f"still running after {limits['timeout_s']:g} s (wall clock); killed"
     if stopped == "output_capped":
+        if streams.over == "result":
+            return "output_capped", f"the result is larger than {streams.cap} bytes; stopped"
         return "output_capped", f"wrote more than {streams.cap} bytes on {streams.over}; stopped"
     if oom_kills() > ooms_before:
         return "oom", "killed by the container's out-of-memory killer"
@@ -456,7 +459,7 @@ class Supervisor:
     def handle(self, request: dict, fds: list[int]) -> dict:
         op = request.get("op")
         try:
-            if op in ("run", "read_file", "write_file") or (op == "reset" and self.service is not None):
+            if op in ("run", "read_file", "write_file", "service_start") or (op == "reset" and self.service):
                 # (A reset without a service uses the ready child: see `reset`.)
                 self.forget_ready_child()
             if op in ("reset", "run", "service_start", "service_stop"):
@@ -498,13 +501,19 @@ class Supervisor:
         master = fds[0] if fds else None
         name = self.state_name = os.path.basename(request.get("state_name") or "state.sqlite")
         # The next call's child, when it is the only process of the run user and has run nothing, does the
-        # reset itself (one process fewer per attempt) and exits.
-        status = ready.reset(name, master) if ready is not None else None
-        if status is None:
-            kill_untrusted()
-            status = run_as_untrusted(lambda: reset_work(master, name))
-        if status != 0:
+        # reset itself and then stays ready for the attempt's first call: a reset forks no process of its own.
+        # One that does not confirm (it died while it waited) is replaced once.
+        for _ in range(2):
+            if ready is None:
+                kill_untrusted()
+                ready = ReadyChild()
+            if ready.reset(name, master):
+                break
+            ready.discard()
+            ready = None
+        else:
             return {"ok": False, "error": "could not reset the work folder"}
+        self.ready = ready
         self.modules.update(request.get("modules") or {})  # the attempt's modules, without a round trip each
         os.environ["SANDBOX_STATE"] = os.path.join(WORK, name)  # inherited by the calls' children
         return {"ok": True}
@@ -527,18 +536,21 @@ class Supervisor:
             child.discard()
             child = ReadyChild()
             child.send(request)
-        streams = CappedStreams({"stdout": child.out_r, "stderr": child.err_r, "result": child.res_r},
-                                int(limits["output_cap"]))
+        cap = int(limits["output_cap"])
+        # The result pipe carries the compiled code a child may ship (see _ship_compiled), then the result:
+        # whether the result is over the cap is decided here, from what was read, never by the child.
+        streams = CappedStreams({"stdout": child.out_r, "stderr": child.err_r, "result": child.res_r}, cap,
+                                {"result": 4 + shipped_code_max(limits) + cap})
         status, stopped = supervise(child.pid, streams, float(limits["timeout_s"]))
         seconds = time.monotonic() - started
         outcome, reason = classify(status, stopped, limits, pids_before, ooms_before, streams)
         reply = {"ok": True, "outcome": outcome, "reason": reason, "seconds": seconds, "result": None,
                  "exception": None, "stdout": streams.text("stdout"), "stderr": streams.text("stderr")}
         if outcome == "ok":
-            if os.WIFEXITED(status) and os.WEXITSTATUS(status) == EXIT_RESULT_TOO_BIG:
-                reply.update(outcome="output_capped", reason=f"the result is larger than {streams.cap} bytes")
-                return reply
             compiled, raw = split_compiled(bytes(streams.data["result"]))
+            if len(raw) > cap:
+                reply.update(outcome="output_capped", reason=f"the result is larger than {cap} bytes")
+                return reply
             if ship and compiled is not None:
                 self._keep_compiled(key, compiled)
             try:
@@ -881,7 +893,6 @@ COMPILED: dict[tuple[str, str], bytes] = {}
 COMPILED_MAX_BYTES = 4 * 1024 * 1024  # every fork copies what is kept
 COMPILED_MAX_ENTRIES = 256
 _CHILD_CODE: dict[tuple[str, str], object] = {}  # in a call's child: code objects of this call
-_SHIPPED = [0]  # in a call's child: bytes of compiled code sent ahead of the result
 _RESULT_PREFIX = [b"\0\0\0\0"]  # in a call's child: what goes before the result (no code: a zero length)
 
 
@@ -909,7 +920,8 @@ class ReadyChild:
         for fd in (request_r, out_w, err_w, res_w):
             os.close(fd)
 
-    def send(self, request: dict, fds: list[int] | None = None) -> bool:
+    def send(self, request: dict, fds: list[int] | None = None, *, last: bool = True) -> bool:
+        """Write a request to the child. `last` (a call): nothing follows, the request socket is closed."""
         data = json.dumps(request, separators=(",", ":")).encode()
         try:
             frame = struct.pack(">I", len(data)) + data
@@ -924,21 +936,28 @@ class ReadyChild:
         except (BrokenPipeError, ConnectionResetError):
             return False
         finally:
-            self.request.close()
-            self.request_w = -1
+            if last:
+                self.close_request()
 
-    def reset(self, state_name: str, master: int | None) -> int | None:
-        """Have it reset the work folders for the next attempt (see `reset_work`); its wait status, or None
-        when it could not be asked (it died while it waited)."""
-        sent = self.send({"op": "reset", "state_name": state_name}, [master] if master is not None else None)
-        status = self.discard()
-        return status if sent else None
-
-    def discard(self) -> int:
-        """Unused: closing its request socket makes it exit by itself. Its wait status."""
+    def close_request(self) -> None:
         if self.request_w >= 0:
             self.request.close()
             self.request_w = -1
+
+    def reset(self, state_name: str, master: int | None) -> bool:
+        """Have it reset the work folders for the next attempt (see `reset_work`); it then waits for the
+        attempt's first call. False when it did not confirm (it died, or the reset failed): discard it."""
+        if not self.send({"op": "reset", "state_name": state_name}, [master] if master is not None else None,
+                         last=False):
+            return False
+        try:
+            return os.read(self.request_w, 1) == RESET_DONE
+        except OSError:
+            return False
+
+    def discard(self) -> int:
+        """Unused: closing its request socket makes it exit by itself. Its wait status."""
+        self.close_request()
         for fd in (self.out_r, self.err_r, self.res_r):
             os.close(fd)
         return os.waitpid(self.pid, 0)[1]
@@ -1022,12 +1041,19 @@ def _call_child(request_r: int, out_w: int, err_w: int, res_w: int) -> None:
         os.chdir(WORK)
         # The environment (CALL_ENVIRONMENT) and sys.std* (line-buffered, on fds 0-2, which now are /dev/null
         # and our pipes) were set up once in the supervisor: done here they cost more than a small call.
-        request, fds = _read_request(REQUEST_FD)
-        if request is None:
-            os._exit(0)  # not needed after all
+        while True:
+            request, fds = _read_request(REQUEST_FD)
+            if request is None:
+                os._exit(0)  # not needed after all
+            if request.get("op") != "reset":
+                break
+            # The attempt's reset, done here and confirmed by one byte on the request socket; then this
+            # process waits for the attempt's first call.
+            reset_work(fds[0] if fds else None, request["state_name"])
+            for fd in fds:
+                os.close(fd)
+            os.write(REQUEST_FD, RESET_DONE)
         os.close(REQUEST_FD)
-        if request.get("op") == "reset":
-            os._exit(reset_work(fds[0] if fds else None, request["state_name"]))
         state = os.path.join(WORK, request["state_name"])
         if os.environ.get("SANDBOX_STATE") != state:
             os.environ["SANDBOX_STATE"] = state
@@ -1043,13 +1069,11 @@ def _call_child(request_r: int, out_w: int, err_w: int, res_w: int) -> None:
             data = json.dumps(_exception_payload(exc)).encode()
         for stream in (sys.stdout, sys.stderr):
             stream.flush()
-        if len(data) + _SHIPPED[0] > int(limits["output_cap"]):
-            status = EXIT_RESULT_TOO_BIG
-        else:
-            view = memoryview(_RESULT_PREFIX[0] + data)
-            while view:
-                view = view[os.write(RESULT_FD, view):]
-            status = 0
+        # Whatever its size: the supervisor reads it under its cap and stops a result too large to hold.
+        view = memoryview(_RESULT_PREFIX[0] + data)
+        while view:
+            view = view[os.write(RESULT_FD, view):]
+        status = 0
     except BaseException:  # noqa: BLE001 - nothing may escape a forked child
         try:
             traceback.print_exc()
@@ -1129,14 +1153,19 @@ def _ship_compiled(filename: str, source: str, ship: bool, limits: dict) -> None
         code = compile_source(source, filename)
         if ship:
             data = marshal.dumps(code)
-            if len(data) > min(int(limits["output_cap"]) // 4, COMPILED_MAX_BYTES // 8):
+            if len(data) > shipped_code_max(limits):
                 data = b""
     finally:
         if ship:
             view = memoryview(struct.pack(">I", len(data)) + data)
-            _SHIPPED[0], _RESULT_PREFIX[0] = len(view), b""
+            _RESULT_PREFIX[0] = b""
             while view:
                 view = view[os.write(RESULT_FD, view):]
+
+
+def shipped_code_max(limits: dict) -> int:
+    """The most bytes of compiled code a call's child ships ahead of its result."""
+    return min(int(limits["output_cap"]) // 4, COMPILED_MAX_BYTES // 8)
 
 
 def split_compiled(raw: bytes) -> tuple[bytes | None, bytes]:

@@ -302,6 +302,45 @@ def test_a_container_that_dies_is_replaced(pool, master, sandbox_config):
     assert_pool_serves(pool)
 
 
+KILL_RUN_USER = ("import os; me = os.getpid(); "
+                 "print(len([p for p in os.listdir('/proc') if p.isdigit() and int(p) != me "
+                 "and 'Uid:\\t1000' in open(f'/proc/{p}/status').read()])); os.kill(-1, 9)")
+
+
+def kill_waiting_child(container: str) -> int:
+    """Kill, from outside the supervisor, every process of the run user: between calls that is the child the
+    supervisor forked for the next call (or reset), waiting. How many there were."""
+    done = subprocess.run(["docker", "exec", "-u", "1000", container, "python3", "-c", KILL_RUN_USER],
+                          capture_output=True, text=True, timeout=60)
+    return int(done.stdout.strip() or 0)
+
+
+def test_a_ready_child_that_died_is_replaced_without_the_attempt_noticing(pool, master):
+    with pool.attempt(state_master=master) as attempt:
+        attempt.load("tools", TOOLS)
+        assert attempt.call_module("tools", "transfer", {"src": 1, "dst": 2, "amount": 10}).ok
+        name = attempt._member.container.name
+        assert kill_waiting_child(name) == 1  # the next call's child, and nothing else
+        after = attempt.call_module("tools", "balances")
+        assert after.outcome == "ok" and after.result == {"ada": 90, "bob": 60}, after
+        assert kill_waiting_child(name) == 1  # now the child the next attempt's reset would use
+    with pool.attempt(state_master=master) as attempt:
+        attempt.load("tools", TOOLS)
+        fresh = attempt.call_module("tools", "balances")
+        assert fresh.outcome == "ok" and fresh.result == {"ada": 100, "bob": 50}, fresh
+        assert attempt._member.container.name == name and attempt.crashes == 0
+
+
+def test_an_exit_status_cannot_fake_a_reason(pool):
+    for status in (97, 98):  # once the child's own ways of saying "result too big" and "truncated"
+        faked = pool.call(fn(f"import os; os._exit({status})"), "f")
+        assert faked.outcome == "killed" and f"status {status << 8}" in faked.reason, faked
+    big = pool.call(fn("return 'y' * 5000"), "f", output_cap=4096)  # the supervisor measures the result
+    assert big.outcome == "output_capped" and "result" in big.reason and big.result is None
+    fits = pool.call(fn("return 'y' * 4000"), "f", output_cap=4096)
+    assert fits.outcome == "ok" and fits.result == "y" * 4000
+
+
 def test_engine_failures_are_infra_errors_not_the_codes(sandbox_config):
     from tasksynth.sandbox import CallPool
 
