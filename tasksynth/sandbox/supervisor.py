@@ -84,6 +84,7 @@ PR_CAPBSET_DROP = 24
 PR_SET_NO_NEW_PRIVS = 38
 RESULT_FD = 3
 REQUEST_FD = 4
+_FD_SPACE = socket.CMSG_SPACE(4 * 4)  # room for the file descriptors a request may carry
 EXIT_TRUNCATED = 98
 RESET_DONE = b"R"  # a ready child's confirmation that it reset the work folders
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -869,7 +870,7 @@ class _LoadedModules:
     meta path finder and loader by their methods (importlib only calls these)."""
 
     def __init__(self, sources: dict[str, str]):
-        self.sources = sources
+        self.sources = sources  # a call's child sets the modules of its attempt
 
     def find_spec(self, name, path=None, target=None):
         return importlib.util.spec_from_loader(name, self) if name in self.sources else None
@@ -882,6 +883,9 @@ class _LoadedModules:
 
 
 SUPERVISOR: Supervisor | None = None
+# Lets a call's code import the attempt's loaded modules. Installed once (prepare_for_calls) with no modules,
+# so that a child only fills it in; the supervisor itself imports nothing once it serves.
+LOADED_MODULES = _LoadedModules({})
 
 # Compiled code of the sources an attempt's calls run again and again (its modules, a harness called for each
 # tool call), marshalled, keyed by (file name, source): a call's child finds it in its copy of the
@@ -893,6 +897,7 @@ COMPILED: dict[tuple[str, str], bytes] = {}
 COMPILED_MAX_BYTES = 4 * 1024 * 1024  # every fork copies what is kept
 COMPILED_MAX_ENTRIES = 256
 _CHILD_CODE: dict[tuple[str, str], object] = {}  # in a call's child: code objects of this call
+_SOURCES: dict[str, str] = {}  # in a call's child: the sources it compiled, by file name (for tracebacks)
 _RESULT_PREFIX = [b"\0\0\0\0"]  # in a call's child: what goes before the result (no code: a zero length)
 
 
@@ -921,8 +926,9 @@ class ReadyChild:
             os.close(fd)
 
     def send(self, request: dict, fds: list[int] | None = None, *, last: bool = True) -> bool:
-        """Write a request to the child. `last` (a call): nothing follows, the request socket is closed."""
-        data = json.dumps(request, separators=(",", ":")).encode()
+        """Write a request to the child. `last` (a call): nothing follows, the request socket is closed.
+        In marshal: the child reads it with one C call (the host's JSON was parsed by us)."""
+        data = marshal.dumps(request)
         try:
             frame = struct.pack(">I", len(data)) + data
             if fds:
@@ -987,40 +993,40 @@ def _exec_untrusted(limits: dict, request: dict, path: str, argv: list[str], std
     os._exit(127)
 
 
-def _read_request(fd: int) -> tuple[dict | None, list[int]]:
-    """The request on the socket `fd` and the file descriptors that came with it (a reset's master)."""
-    def exactly(size: int, fds: list[int] | None = None) -> bytes | None:
-        chunks, got = [], 0
-        while got < size:
-            if fds is not None and not fds:  # descriptors ride on the first bytes: read them with those
-                sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM, 0, fd)
-                try:
-                    chunk, new_fds, _, _ = socket.recv_fds(sock, size - got, 1)
-                finally:
-                    sock.detach()
-                fds += new_fds
-            else:
-                chunk = os.read(fd, size - got)
-            if not chunk:
-                return None
-            chunks.append(chunk)
-            got += len(chunk)
-        return b"".join(chunks)
-
-    fds: list[int] = []
-    header = exactly(4, fds)
-    body = exactly(struct.unpack(">I", header)[0]) if header else None
-    return (json.loads(body) if body else None), fds
+def _read_request(sock: socket.socket) -> tuple[dict | None, list[int]]:
+    """In a ready child: the next request from the supervisor (a 4-byte length, then marshal: only the
+    supervisor writes here) and the file descriptors that came with its first bytes (a reset's master).
+    Straight on the socket's C methods: every line of Python a child runs costs it pages to copy."""
+    data, ancillary, _, _ = sock.recvmsg(65536, _FD_SPACE)
+    fds = []
+    for level, kind, payload in ancillary:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            fds += struct.unpack(f"{len(payload) // 4}i", payload[:len(payload) - len(payload) % 4])
+    if len(data) < 4:
+        return None, fds
+    size = 4 + int.from_bytes(data[:4], "big")
+    while len(data) < size:
+        chunk = sock.recv(size - len(data))
+        if not chunk:
+            return None, fds
+        data += chunk
+    return marshal.loads(data[4:size]), fds
 
 
 def _set_call_limits(limits: dict) -> None:
-    """As the untrusted user: limits can only be lowered, never above the container's (a hard limit)."""
-    for name, value in call_rlimits(limits).items():
-        which = getattr(resource, name)
-        _, hard = resource.getrlimit(which)
-        cap = (lambda v: v if hard == resource.RLIM_INFINITY else min(v, hard))
+    """As the untrusted user: limits can only be lowered, never above the container's (its hard limits, read
+    once by the supervisor: HARD_LIMITS)."""
+    setrlimit = resource.setrlimit
+    for (which, hard), value in zip(HARD_LIMITS, (int(limits["cpu_s"]), int(limits["memory_bytes"]),
+                                                  int(limits["processes"]), int(limits["file_size_bytes"]))):
         # CPU: SIGXCPU at the soft limit (a clear reason), SIGKILL a second later if it is caught.
-        resource.setrlimit(which, (cap(value), cap(value + 1 if name == "RLIMIT_CPU" else value)))
+        top = value + 1 if which == resource.RLIMIT_CPU else value
+        setrlimit(which, (value, top) if hard < 0 else (min(value, hard), min(top, hard)))
+
+
+# The calls' limits and the container's hard limit of each (-1: none): RLIMIT_CPU, _AS, _NPROC, _FSIZE.
+HARD_LIMITS = [(which, resource.getrlimit(which)[1]) for which in
+               (resource.RLIMIT_CPU, resource.RLIMIT_AS, resource.RLIMIT_NPROC, resource.RLIMIT_FSIZE)]
 
 
 def _call_child(request_r: int, out_w: int, err_w: int, res_w: int) -> None:
@@ -1039,10 +1045,11 @@ def _call_child(request_r: int, out_w: int, err_w: int, res_w: int) -> None:
         os.closerange(REQUEST_FD + 1, 1 << 16)  # the host connection and every other supervisor fd
         become_untrusted()
         os.chdir(WORK)
+        requests = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM, 0, REQUEST_FD)
         # The environment (CALL_ENVIRONMENT) and sys.std* (line-buffered, on fds 0-2, which now are /dev/null
         # and our pipes) were set up once in the supervisor: done here they cost more than a small call.
         while True:
-            request, fds = _read_request(REQUEST_FD)
+            request, fds = _read_request(requests)
             if request is None:
                 os._exit(0)  # not needed after all
             if request.get("op") != "reset":
@@ -1050,22 +1057,20 @@ def _call_child(request_r: int, out_w: int, err_w: int, res_w: int) -> None:
             # The attempt's reset, done here and confirmed by one byte on the request socket; then this
             # process waits for the attempt's first call.
             reset_work(fds[0] if fds else None, request["state_name"])
+            os.environ["SANDBOX_STATE"] = os.path.join(WORK, request["state_name"])
             for fd in fds:
                 os.close(fd)
             os.write(REQUEST_FD, RESET_DONE)
-        os.close(REQUEST_FD)
-        state = os.path.join(WORK, request["state_name"])
-        if os.environ.get("SANDBOX_STATE") != state:
-            os.environ["SANDBOX_STATE"] = state
-        sys.meta_path.insert(0, _LoadedModules(request["modules"]))
+        requests.close()
+        LOADED_MODULES.sources = request["modules"]
         limits = request["limits"]
         _set_call_limits(limits)
         payload = _invoke(request)
         if os.getpid() != call_pid:
             os._exit(0)  # a process the function forked returned through here: only the call answers
         try:
-            data = json.dumps(payload, default=_not_json).encode()
-        except (TypeError, ValueError) as exc:
+            data = RESULT_ENCODER.encode(payload).encode()
+        except (TypeError, ValueError, RecursionError) as exc:
             data = json.dumps(_exception_payload(exc)).encode()
         for stream in (sys.stdout, sys.stderr):
             stream.flush()
@@ -1108,10 +1113,12 @@ def _import_loaded(name: str):
     yet (the usual case: a fresh child) is made and run directly, as the import system would: spec, module,
     sys.modules, its code; without the import system's search and locks, which each call would otherwise
     go through again (and copy the pages of)."""
-    finder = sys.meta_path[0]
-    if "." in name or name in sys.modules or not isinstance(finder, _LoadedModules):
+    finder = LOADED_MODULES
+    if "." in name or name in sys.modules or sys.meta_path[0] is not finder:
         return importlib.import_module(name)
-    module = importlib.util.module_from_spec(importlib.util.spec_from_loader(name, finder))
+    module = type(sys)(name)
+    module.__loader__, module.__package__ = finder, ""
+    module.__spec__ = type(sys.__spec__)(name, finder)  # a ModuleSpec, as spec_from_loader makes it
     sys.modules[name] = module
     try:
         finder.exec_module(module)
@@ -1123,8 +1130,8 @@ def _import_loaded(name: str):
 
 def compile_source(source: str, filename: str):
     """The code of `source`, in a call's child: compiled code the supervisor keeps for it (COMPILED) is
-    unmarshalled, anything else compiled here. The source is registered so that tracebacks show its lines."""
-    linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
+    unmarshalled, anything else compiled here. The source is noted so that a traceback shows its lines."""
+    _SOURCES[filename] = source
     key = (filename, source)
     code = _CHILD_CODE.get(key)
     if code is None:
@@ -1180,6 +1187,8 @@ def split_compiled(raw: bytes) -> tuple[bytes | None, bytes]:
 
 
 def _exception_payload(exc: BaseException) -> dict:
+    for filename, source in _SOURCES.items():  # registered only now: most calls write no traceback
+        linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
     tb = exc.__traceback__
     while tb is not None and tb.tb_frame.f_code.co_filename == __file__:
         tb = tb.tb_next  # the supervisor's own frames say nothing about the code
@@ -1190,6 +1199,9 @@ def _exception_payload(exc: BaseException) -> dict:
 
 def _not_json(value):
     raise TypeError(f"the result holds a {type(value).__name__}, which is not JSON")
+
+
+RESULT_ENCODER = json.JSONEncoder(default=_not_json)  # made once: each call's child only uses it
 
 
 # ------------------------------------------------------------------------------------------------ main
@@ -1222,7 +1234,8 @@ def prepare_for_calls() -> None:
                 os.unlink(leftover)
             except OSError:
                 pass
-    json.loads(json.dumps({"warm": [1, 2.5, "up", None, True]}))
+    json.loads(RESULT_ENCODER.encode({"warm": [1, 2.5, "up", None, True]}))
+    sys.meta_path.insert(0, LOADED_MODULES)
     marshal.loads(marshal.dumps(compile("def warm(up):\n    return up\n", "<warm-up>", "exec")))
     # What start-up and imports left freed goes back to the kernel: every fork copies, and every exit
     # unmaps, each page we hold (about 1 MB fewer).
