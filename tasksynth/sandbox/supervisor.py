@@ -1,7 +1,7 @@
 """The supervisor inside a sandbox container: takes requests from the host over a unix socket and runs each
 one in a forked child that has become the untrusted user. Standard library only; it is mounted read-only
-into the container and started as `/usr/bin/python3 -I -S supervisor.py SOCKET` (isolated mode, no site:
-nothing the image or the code under test installed is imported into a root process).
+into the container, imported by `/usr/bin/python3 -I -S -c ...` (isolated mode, no site: nothing the image or
+the code under test installed is imported into a root process) and serves with `serve(SOCKET)`.
 
 Who may talk to it: the socket sits in a host folder mounted into the container, and the supervisor serves
 exactly one connection whose peer is outside the container's pid namespace (SO_PEERCRED reports pid 0 for
@@ -50,6 +50,7 @@ import select
 import selectors
 import signal
 import socket
+import _socket  # socket's C layer: a ready child's socket pair without the Python wrappers
 import stat
 import struct
 import sys
@@ -84,43 +85,63 @@ PR_CAPBSET_DROP = 24
 PR_SET_NO_NEW_PRIVS = 38
 RESULT_FD = 3
 REQUEST_FD = 4
-_FD_SPACE = socket.CMSG_SPACE(4 * 4)  # room for the file descriptors a request may carry
+FD_SPACE = socket.CMSG_SPACE(4 * 4)  # room for the file descriptors a request may carry
 EXIT_TRUNCATED = 98
 RESET_DONE = b"R"  # a ready child's confirmation that it reset the work folders
 _libc = ctypes.CDLL(None, use_errno=True)
+DEV_NULL = os.open(os.devnull, os.O_RDONLY)  # a call's stdin: opened once, for every child
 
 
 # ------------------------------------------------------------------------------------------------ wire
 
 
+# The JSON of the host connection goes straight through the json module's C encoder and scanner, made once:
+# after each fork, every page the supervisor writes costs it a fault, and each Python layer writes some.
+_encode_reply = (json.encoder.c_make_encoder(None, None, json.encoder.encode_basestring_ascii, None, ":", ",",
+                                             False, False, True) if json.encoder.c_make_encoder else None)
+_scan_request = json.scanner.c_make_scanner(json.decoder.JSONDecoder()) if json.scanner.c_make_scanner else None
+
+
 def send_message(conn: socket.socket, message: dict) -> None:
-    data = json.dumps(message, separators=(",", ":")).encode()
-    conn.sendall(struct.pack(">I", len(data)) + data)
+    """Our replies hold only what JSON can hold (the results came to us as JSON), and no cycles."""
+    text = "".join(_encode_reply(message, 0)) if _encode_reply else json.dumps(message, separators=(",", ":"))
+    data = text.encode()
+    conn.sendall(len(data).to_bytes(4, "big") + data)
 
 
 def receive_message(conn: socket.socket) -> tuple[dict | None, list[int]]:
-    header, fds = _receive_exactly(conn, 4, with_fds=True)
-    if header is None:
-        return None, fds
-    body, _ = _receive_exactly(conn, struct.unpack(">I", header)[0])
-    if body is None:
-        return None, fds
-    return json.loads(body), fds
-
-
-def _receive_exactly(conn: socket.socket, size: int, with_fds: bool = False) -> tuple[bytes | None, list[int]]:
-    chunks, got, fds = [], 0, []
-    while got < size:
-        if with_fds and not fds:
-            data, new_fds, _, _ = socket.recv_fds(conn, size - got, 4)
-            fds += new_fds
-        else:
-            data = conn.recv(size - got)
-        if not data:
+    """A request of the host and the file descriptors that came with its first bytes."""
+    data, ancillary, _, _ = conn.recvmsg(65536, FD_SPACE)
+    fds = received_fds(ancillary)
+    if len(data) < 4:
+        while 0 < len(data) < 4 and (more := conn.recv(4 - len(data))):
+            data += more
+        if len(data) < 4:
             return None, fds
-        chunks.append(data)
-        got += len(data)
-    return b"".join(chunks), fds
+    size = 4 + int.from_bytes(data[:4], "big")
+    while len(data) < size:
+        chunk = conn.recv(min(size - len(data), 1 << 20))
+        if not chunk:
+            return None, fds
+        data += chunk
+    text = data[4:size].decode()
+    if _scan_request is None:
+        return json.loads(text), fds
+    try:
+        message, end = _scan_request(text, 0)
+    except StopIteration:  # what the scanner raises where no JSON value starts
+        raise ValueError("the request is not JSON") from None
+    if end != len(text):
+        raise ValueError("trailing data after the request")
+    return message, fds
+
+
+def received_fds(ancillary: list) -> list[int]:
+    fds: list[int] = []
+    for level, kind, payload in ancillary:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            fds += struct.unpack(f"{len(payload) // 4}i", payload[:len(payload) - len(payload) % 4])
+    return fds
 
 
 # ------------------------------------------------------------------------------------------- privileges
@@ -298,20 +319,44 @@ def untrusted_pids(exclude: int = 0, living_only: bool = False) -> list[int]:
 
 
 def _counter(paths: tuple[str, ...], key: str) -> int:
-    for line in (_read_first(paths) or b"").decode().splitlines():
+    return _parse_counter(_read_first(paths), key)
+
+
+def _parse_counter(data: bytes | None, key: str) -> int:
+    for line in (data or b"").decode().splitlines():
         name, _, value = line.partition(" ")
         if name == key:
             return int(value)
     return 0
 
 
+PIDS_EVENTS = ("/sys/fs/cgroup/pids.events", "/sys/fs/cgroup/pids/pids.events")
+MEMORY_EVENTS = ("/sys/fs/cgroup/memory.events", "/sys/fs/cgroup/memory/memory.oom_control")
+
+
 def pids_limit_hits() -> int:
     """How often a fork was refused by the container's pids limit (cgroup v2 or v1)."""
-    return _counter(("/sys/fs/cgroup/pids.events", "/sys/fs/cgroup/pids/pids.events"), "max")
+    return _counter(PIDS_EVENTS, "max")
 
 
 def oom_kills() -> int:
-    return _counter(("/sys/fs/cgroup/memory.events", "/sys/fs/cgroup/memory/memory.oom_control"), "oom_kill")
+    return _counter(MEMORY_EVENTS, "oom_kill")
+
+
+class LimitEvents:
+    """The container's pids and memory event counters when a run started, to tell afterwards whether it hit
+    either limit. Kept as read; parsed only if they changed (almost never: a call must not pay for it)."""
+
+    def __init__(self):
+        self.pids, self.memory = _read_first(PIDS_EVENTS), _read_first(MEMORY_EVENTS)
+
+    def pids_hit(self) -> bool:
+        now = _read_first(PIDS_EVENTS)
+        return now != self.pids and _parse_counter(now, "max") > _parse_counter(self.pids, "max")
+
+    def oom_killed(self) -> bool:
+        now = _read_first(MEMORY_EVENTS)
+        return now != self.memory and _parse_counter(now, "oom_kill") > _parse_counter(self.memory, "oom_kill")
 
 
 # ---------------------------------------------------------------------------------------- running a child
@@ -408,10 +453,10 @@ def supervise(pid: int, streams: CappedStreams, timeout_s: float) -> tuple[int, 
     return status, stopped
 
 
-def classify(status: int, stopped: str | None, limits: dict, pids_before: int, ooms_before: int,
+def classify(status: int, stopped: str | None, limits: dict, events: LimitEvents,
              streams: CappedStreams) -> tuple[str, str]:
     """The outcome caused by the code and a one-line reason (ok has an empty reason)."""
-    if pids_limit_hits() > pids_before:
+    if events.pids_hit():
         return "pids", f"the process limit was reached ({limits.get('processes', '?')} processes per call)"
     if stopped == "timeout":
         return "timeout", f"still running after {limits['timeout_s']:g} s (wall clock); killed"
@@ -419,7 +464,7 @@ def classify(status: int, stopped: str | None, limits: dict, pids_before: int, o
         if streams.over == "result":
             return "output_capped", f"the result is larger than {streams.cap} bytes; stopped"
         return "output_capped", f"wrote more than {streams.cap} bytes on {streams.over}; stopped"
-    if oom_kills() > ooms_before:
+    if events.oom_killed():
         return "oom", "killed by the container's out-of-memory killer"
     if os.WIFSIGNALED(status):
         sig = os.WTERMSIG(status)
@@ -527,7 +572,7 @@ class Supervisor:
             return {"ok": False, "error": f"no module {request['module']!r} is loaded"}
         self.calls_seen = True
         child, self.ready = self.ready or ReadyChild(), None
-        pids_before, ooms_before = pids_limit_hits(), oom_kills()
+        events = LimitEvents()
         started = time.monotonic()
         # What the attempt loaded travels with the request: loading a module does not waste the ready child.
         key = compiled_key(request, self.modules)
@@ -544,7 +589,7 @@ class Supervisor:
                                 {"result": 4 + shipped_code_max(limits) + cap})
         status, stopped = supervise(child.pid, streams, float(limits["timeout_s"]))
         seconds = time.monotonic() - started
-        outcome, reason = classify(status, stopped, limits, pids_before, ooms_before, streams)
+        outcome, reason = classify(status, stopped, limits, events, streams)
         reply = {"ok": True, "outcome": outcome, "reason": reason, "seconds": seconds, "result": None,
                  "exception": None, "stdout": streams.text("stdout"), "stderr": streams.text("stderr")}
         if outcome == "ok":
@@ -595,7 +640,7 @@ class Supervisor:
         out_r, out_w = os.pipe()
         err_r, err_w = os.pipe()
         in_r, in_w = os.pipe()
-        pids_before, ooms_before = pids_limit_hits(), oom_kills()
+        events = LimitEvents()
         started = time.monotonic()
         pid = fork()
         if pid == 0:
@@ -606,7 +651,7 @@ class Supervisor:
         _feed_stdin(in_w, stdin)
         streams = CappedStreams({"stdout": out_r, "stderr": err_r}, int(limits["output_cap"]))
         status, stopped = supervise(pid, streams, float(limits["timeout_s"]))
-        outcome, reason = classify(status, stopped, limits, pids_before, ooms_before, streams)
+        outcome, reason = classify(status, stopped, limits, events, streams)
         exit_code = os.WEXITSTATUS(status) if os.WIFEXITED(status) else -os.WTERMSIG(status)
         return {"ok": True, "outcome": outcome, "reason": reason, "exit_code": exit_code,
                 "seconds": time.monotonic() - started, "stdout": streams.text("stdout"),
@@ -802,12 +847,15 @@ def _remove_sysv_ipc() -> None:
     for kind, remove in (("shm", lambda i: _libc.shmctl(i, 0, None)), ("msg", lambda i: _libc.msgctl(i, 0, None)),
                          ("sem", lambda i: _libc.semctl(i, 0, 0))):  # 0: IPC_RMID
         try:
-            with open(f"/proc/sysvipc/{kind}") as handle:
-                rows = [line.split() for line in handle.readlines()[1:]]
+            fd = os.open(f"/proc/sysvipc/{kind}", os.O_RDONLY)
         except OSError:
             continue
-        for row in rows:
-            remove(int(row[1]))
+        try:
+            table = b"".join(iter(lambda: os.read(fd, 65536), b""))
+        finally:
+            os.close(fd)
+        for row in table.splitlines()[1:]:
+            remove(int(row.split()[1]))
 
 
 def reset_work(master: int | None, name: str) -> int:
@@ -910,7 +958,7 @@ class ReadyChild:
 
     def __init__(self):
         # A socket, not a pipe, for the request: a reset hands it the state master's file descriptor.
-        parent_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        parent_end, child_end = _socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         request_r, self.request = child_end.detach(), parent_end
         self.request_w = parent_end.fileno()
         self.out_r, out_w = os.pipe()
@@ -932,7 +980,8 @@ class ReadyChild:
         try:
             frame = struct.pack(">I", len(data)) + data
             if fds:
-                sent = socket.send_fds(self.request, [frame], fds)
+                sent = self.request.sendmsg([frame], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
+                                                        struct.pack(f"{len(fds)}i", *fds))])
             else:
                 sent = os.write(self.request_w, frame)
             view = memoryview(frame)[sent:]
@@ -997,11 +1046,8 @@ def _read_request(sock: socket.socket) -> tuple[dict | None, list[int]]:
     """In a ready child: the next request from the supervisor (a 4-byte length, then marshal: only the
     supervisor writes here) and the file descriptors that came with its first bytes (a reset's master).
     Straight on the socket's C methods: every line of Python a child runs costs it pages to copy."""
-    data, ancillary, _, _ = sock.recvmsg(65536, _FD_SPACE)
-    fds = []
-    for level, kind, payload in ancillary:
-        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-            fds += struct.unpack(f"{len(payload) // 4}i", payload[:len(payload) - len(payload) % 4])
+    data, ancillary, _, _ = sock.recvmsg(65536, FD_SPACE)
+    fds = received_fds(ancillary)
     if len(data) < 4:
         return None, fds
     size = 4 + int.from_bytes(data[:4], "big")
@@ -1036,16 +1082,18 @@ def _call_child(request_r: int, out_w: int, err_w: int, res_w: int) -> None:
     call_pid = os.getpid()
     try:
         # Move every pipe out of the way first: a source may sit where another one is to go (3 or 4).
-        high = {target: fcntl.fcntl(fd, fcntl.F_DUPFD, 64)
-                for target, fd in ((1, out_w), (2, err_w), (RESULT_FD, res_w), (REQUEST_FD, request_r))}
-        for target, fd in high.items():
-            os.dup2(fd, target)
-        null = os.open("/dev/null", os.O_RDONLY)
-        os.dup2(null, 0)
+        dup_high, dup2 = fcntl.fcntl, os.dup2
+        out_w, err_w, res_w, request_r = (dup_high(out_w, fcntl.F_DUPFD, 64), dup_high(err_w, fcntl.F_DUPFD, 64),
+                                          dup_high(res_w, fcntl.F_DUPFD, 64), dup_high(request_r, fcntl.F_DUPFD, 64))
+        dup2(out_w, 1)
+        dup2(err_w, 2)
+        dup2(res_w, RESULT_FD)
+        dup2(request_r, REQUEST_FD)
+        dup2(DEV_NULL, 0)
         os.closerange(REQUEST_FD + 1, 1 << 16)  # the host connection and every other supervisor fd
         become_untrusted()
         os.chdir(WORK)
-        requests = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM, 0, REQUEST_FD)
+        requests = _socket.socket(socket.AF_UNIX, socket.SOCK_STREAM, 0, REQUEST_FD)
         # The environment (CALL_ENVIRONMENT) and sys.std* (line-buffered, on fds 0-2, which now are /dev/null
         # and our pipes) were set up once in the supervisor: done here they cost more than a small call.
         while True:
