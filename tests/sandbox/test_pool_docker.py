@@ -127,6 +127,34 @@ def test_code_run_again_is_served_from_kept_code_that_calls_cannot_forge(pool):
                 assert "return 1 / 0" in verdict.exception["traceback"]
 
 
+MODULE_WITH_CLASSES = textwrap.dedent("""
+    import dataclasses, sys
+
+    @dataclasses.dataclass
+    class Order:  # dataclasses looks its module up in sys.modules
+        item: str
+        quantity: int = 1
+
+    def describe():
+        me = sys.modules[__name__]
+        return [__name__, __spec__.name, __loader__ is __spec__.loader, me.Order("tea", 2).quantity]
+
+    def fail(x):
+        return {"a": 1}[x]
+""")
+
+
+def test_a_loaded_module_is_a_proper_module_and_its_lines_show_in_tracebacks(pool):
+    with pool.attempt() as attempt:
+        attempt.load("shop", MODULE_WITH_CLASSES)
+        assert attempt.call_module("shop", "describe").result == ["shop", "shop", True, 2]
+        imported = attempt.call("import shop\ndef f():\n    return shop.describe()\n", "f")
+        assert imported.result == ["shop", "shop", True, 2]
+        failed = attempt.call_module("shop", "fail", ["b"])
+        assert failed.outcome == "exception" and failed.exception["type"] == "KeyError"
+        assert 'return {"a": 1}[x]' in failed.exception["traceback"]
+
+
 def test_calls_run_as_the_untrusted_user_with_no_capabilities(pool):
     result = pool.call(fn("""
         import os
