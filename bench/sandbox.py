@@ -4,9 +4,9 @@ Prints:
   - the round trip of a trivial call (`def echo(x): return x`) from the host client, p50 and p99, through
     the call pool (warm container, one socket round trip, one fork in the container), `docker exec` into a
     warm container of the same image, and `docker run` per call: target p50 <= 5 ms and >= 20x faster than
-    `docker exec` at p50. The pool is timed twice: calls back to back (each call also pays for forking the
-    next one's child), and with --gap-ms idle before each call, as between an agent's turns (the next
-    call's child was forked meanwhile);
+    `docker exec` at p50. The pool is timed twice: calls back to back, and with --gap-ms idle before each
+    call, as between an agent's turns (each call's child is forked when its request arrives: the idle
+    time only leaves caches colder);
   - attempts per second of a realistic attempt: a fresh copy of a 1 MiB SQLite master (3 tables, 10k rows),
     a loaded toolkit module, 5 indexed read/write tool calls and one verifier call; as many attempts at once
     as the pool has containers (one per core by default): target >= 100 attempts/s on 2 cores. The same
@@ -206,7 +206,7 @@ def main() -> None:
     print(f"  call pool     p50 {ms(p50_pool)}  p99 {ms(percentile(pool_times, 0.99))}  (n={len(pool_times)}, "
           "back to back; target p50 <= 5 ms)")
     print(f"  call pool     p50 {ms(statistics.median(gap_times))}  p99 {ms(percentile(gap_times, 0.99))}  "
-          f"(n={len(gap_times)}, {options.gap_ms:g} ms idle before each: the next call's child is ready)")
+          f"(n={len(gap_times)}, {options.gap_ms:g} ms idle before each)")
     p50_exec, p50_run = statistics.median(exec_times), statistics.median(run_times)
     print(f"  docker exec   p50 {ms(p50_exec)}  p99 {ms(percentile(exec_times, 0.99))}  (n={len(exec_times)})")
     print(f"  docker run    p50 {ms(p50_run)}  (n={len(run_times)})")

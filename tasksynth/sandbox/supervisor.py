@@ -50,7 +50,7 @@ import select
 import selectors
 import signal
 import socket
-import _socket  # socket's C layer: a ready child's socket pair without the Python wrappers
+import _socket  # socket's C layer: a reset child's socket pair without the Python wrappers
 import stat
 import struct
 import sys
@@ -87,7 +87,7 @@ RESULT_FD = 3
 REQUEST_FD = 4
 FD_SPACE = socket.CMSG_SPACE(4 * 4)  # room for the file descriptors a request may carry
 EXIT_TRUNCATED = 98
-RESET_DONE = b"R"  # a ready child's confirmation that it reset the work folders
+RESET_DONE = b"R"  # a reset child's confirmation that it reset the work folders
 _libc = ctypes.CDLL(None, use_errno=True)
 DEV_NULL = os.open(os.devnull, os.O_RDONLY)  # a call's stdin: opened once, for every child
 
@@ -484,20 +484,14 @@ class Supervisor:
         # Sources, compiled only in the untrusted child: the root supervisor never parses code.
         self.modules: dict[str, str] = {}
         self.state_name = "state.sqlite"
-        self.ready: ReadyChild | None = None  # the next call's process, forked while the host was busy
-        self.calls_seen = False
+        self.ready: CallChild | None = None  # the child that did the attempt's reset, waiting for the first call
         self.unusable = ""  # why this container must not serve another request, once that is so
         self.service: Service | None = None  # a long-lived process of the untrusted user (a kernel's driver)
         self.sources_seen: set[int] = set()  # hashes of the sources this attempt's calls ran (see _seen_before)
 
-    def prepare_next_call(self) -> None:
-        """After a reply went out: fork the next call's child now, off the call's critical path. Only once
-        calls were seen (a session's container never gets one) and never while another exists."""
-        if self.calls_seen and self.ready is None:
-            self.ready = ReadyChild()
-
     def forget_ready_child(self) -> None:
-        """Before anything that kills the run user's processes or runs something else as that user."""
+        """The reset's child, unused: before anything that kills the run user's processes or runs something
+        else as that user."""
         if self.ready is not None:
             self.ready.discard()
             self.ready = None
@@ -505,8 +499,7 @@ class Supervisor:
     def handle(self, request: dict, fds: list[int]) -> dict:
         op = request.get("op")
         try:
-            if op in ("run", "read_file", "write_file", "service_start") or (op == "reset" and self.service):
-                # (A reset without a service uses the ready child: see `reset`.)
+            if op in ("reset", "run", "read_file", "write_file", "service_start"):
                 self.forget_ready_child()
             if op in ("reset", "run", "service_start", "service_stop"):
                 # A command's or a reset's sweep kills every process of the run user: the service first,
@@ -537,26 +530,21 @@ class Supervisor:
     # ---- state
 
     def reset(self, request: dict, fds: list[int]) -> dict:
-        ready, self.ready = self.ready, None
-        if ready is not None and not only_one_untrusted_process():
-            ready.discard()
-            ready = None
+        self.forget_ready_child()
         self.modules.clear()
         COMPILED.clear()
         self.sources_seen.clear()
         master = fds[0] if fds else None
         name = self.state_name = os.path.basename(request.get("state_name") or "state.sqlite")
-        # The next call's child, when it is the only process of the run user and has run nothing, does the
-        # reset itself and then stays ready for the attempt's first call: a reset forks no process of its own.
-        # One that does not confirm (it died while it waited) is replaced once.
+        # A child forked now, when nothing of the previous attempt is left in our memory but freed bytes,
+        # does the reset and then waits for the attempt's first call: a reset has no process of its own. One
+        # that does not confirm (it died) is replaced once.
         for _ in range(2):
-            if ready is None:
-                kill_untrusted()
-                ready = ReadyChild()
+            kill_untrusted()
+            ready = CallChild()
             if ready.reset(name, master):
                 break
             ready.discard()
-            ready = None
         else:
             return {"ok": False, "error": "could not reset the work folder"}
         self.ready = ready
@@ -570,18 +558,18 @@ class Supervisor:
         limits = request["limits"]
         if request.get("module") and request["module"] not in self.modules:
             return {"ok": False, "error": f"no module {request['module']!r} is loaded"}
-        self.calls_seen = True
-        child, self.ready = self.ready or ReadyChild(), None
+        child, self.ready = self.ready, None
         events = LimitEvents()
         started = time.monotonic()
-        # What the attempt loaded travels with the request: loading a module does not waste the ready child.
+        # What the attempt loaded travels with the request (a module loaded after the reset as well).
         key = compiled_key(request, self.modules)
         ship = key not in COMPILED and (bool(request.get("module")) or self._seen_before(key))
         request = {**request, "modules": self.modules, "state_name": self.state_name, "ship": ship}
-        if not child.send(request):  # it died while it waited (only the OOM killer does that): a fresh one
+        if child is None:  # forked now, with its request in the memory it starts with
+            child = CallChild(request)
+        elif not child.send(request):  # the reset's child died while it waited (the OOM killer did)
             child.discard()
-            child = ReadyChild()
-            child.send(request)
+            child = CallChild(request)
         cap = int(limits["output_cap"])
         # The result pipe carries the compiled code a child may ship (see _ship_compiled), then the result:
         # whether the result is over the cap is decided here, from what was read, never by the child.
@@ -869,12 +857,6 @@ def reset_work(master: int | None, name: str) -> int:
     return 0
 
 
-def only_one_untrusted_process() -> bool:
-    """Whether the container holds one task beyond its baseline (pid 1 and us): the ready child, then."""
-    tasks = container_tasks()
-    return tasks is not None and BASELINE_TASKS is not None and tasks <= BASELINE_TASKS + 1
-
-
 def copy_file(source_fd: int, path: str) -> None:
     """Copy an open file to `path` inside the kernel (sendfile: no buffer of ours, no page of it to fault in);
     read and write where the kernel refuses (a file system that cannot be a sendfile source)."""
@@ -949,18 +931,26 @@ _SOURCES: dict[str, str] = {}  # in a call's child: the sources it compiled, by 
 _RESULT_PREFIX = [b"\0\0\0\0"]  # in a call's child: what goes before the result (no code: a zero length)
 
 
-class ReadyChild:
-    """A forked child that has already become the untrusted user and waits, blocked on a socket, for the call
-    it will run, or for the next attempt's reset (then it empties the work folders and copies the master it
-    is handed, and nothing else). Forking and dropping privileges cost about a millisecond; done after the
-    previous reply went out, they are off the next call's critical path. It is forked only when no untrusted
-    process is left (after the previous call's sweep), and holds nothing but its own pipes."""
+class CallChild:
+    """The forked process of one call, which becomes the untrusted user and runs it. Forked when the call's
+    request has arrived, it finds the request in the memory it starts with (nothing to send or parse), and
+    everything of the supervisor it could read belongs to this attempt. Without a request it is the child
+    of an attempt's reset: it waits on a socket, empties the work folders and copies the master it is
+    handed when told, and then waits for the attempt's first call. It is forked only when no untrusted
+    process is left (after the previous sweep), and holds nothing but its own pipes.
 
-    def __init__(self):
-        # A socket, not a pipe, for the request: a reset hands it the state master's file descriptor.
-        parent_end, child_end = _socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        request_r, self.request = child_end.detach(), parent_end
-        self.request_w = parent_end.fileno()
+    Forked in advance (after the previous reply, as it once was), a child is off a call's critical path
+    (about 0.4 ms), but it would carry whatever the supervisor held then into the next call, of the next
+    attempt too, and it costs more CPU: the supervisor's writes while it waits copy pages."""
+
+    def __init__(self, request: dict | None = None):
+        if request is None:
+            # A socket, not a pipe, for the request: a reset hands it the state master's file descriptor.
+            parent_end, child_end = _socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+            request_r, self.request = child_end.detach(), parent_end
+            self.request_w = parent_end.fileno()
+        else:
+            request_r, self.request_w = -1, -1
         self.out_r, out_w = os.pipe()
         self.err_r, err_w = os.pipe()
         self.res_r, res_w = os.pipe()
@@ -969,9 +959,10 @@ class ReadyChild:
         gc.freeze()
         self.pid = fork()
         if self.pid == 0:
-            _call_child(request_r, out_w, err_w, res_w)  # never returns
+            _call_child(request_r, out_w, err_w, res_w, request)  # never returns
         for fd in (request_r, out_w, err_w, res_w):
-            os.close(fd)
+            if fd >= 0:
+                os.close(fd)
 
     def send(self, request: dict, fds: list[int] | None = None, *, last: bool = True) -> bool:
         """Write a request to the child. `last` (a call): nothing follows, the request socket is closed.
@@ -1043,7 +1034,7 @@ def _exec_untrusted(limits: dict, request: dict, path: str, argv: list[str], std
 
 
 def _read_request(sock: socket.socket) -> tuple[dict | None, list[int]]:
-    """In a ready child: the next request from the supervisor (a 4-byte length, then marshal: only the
+    """In a reset's child: the next request from the supervisor (a 4-byte length, then marshal: only the
     supervisor writes here) and the file descriptors that came with its first bytes (a reset's master).
     Straight on the socket's C methods: every line of Python a child runs costs it pages to copy."""
     data, ancillary, _, _ = sock.recvmsg(65536, FD_SPACE)
@@ -1075,7 +1066,7 @@ HARD_LIMITS = [(which, resource.getrlimit(which)[1]) for which in
                (resource.RLIMIT_CPU, resource.RLIMIT_AS, resource.RLIMIT_NPROC, resource.RLIMIT_FSIZE)]
 
 
-def _call_child(request_r: int, out_w: int, err_w: int, res_w: int) -> None:
+def _call_child(request_r: int, out_w: int, err_w: int, res_w: int, request: dict | None = None) -> None:
     """The forked child of a call: becomes untrusted, waits for its request, sets its limits, runs the
     function and writes its JSON result to fd 3."""
     status = 1
@@ -1083,20 +1074,21 @@ def _call_child(request_r: int, out_w: int, err_w: int, res_w: int) -> None:
     try:
         # Move every pipe out of the way first: a source may sit where another one is to go (3 or 4).
         dup_high, dup2 = fcntl.fcntl, os.dup2
-        out_w, err_w, res_w, request_r = (dup_high(out_w, fcntl.F_DUPFD, 64), dup_high(err_w, fcntl.F_DUPFD, 64),
-                                          dup_high(res_w, fcntl.F_DUPFD, 64), dup_high(request_r, fcntl.F_DUPFD, 64))
+        out_w, err_w, res_w = (dup_high(out_w, fcntl.F_DUPFD, 64), dup_high(err_w, fcntl.F_DUPFD, 64),
+                               dup_high(res_w, fcntl.F_DUPFD, 64))
+        if request is None:
+            dup2(dup_high(request_r, fcntl.F_DUPFD, 64), REQUEST_FD)
         dup2(out_w, 1)
         dup2(err_w, 2)
         dup2(res_w, RESULT_FD)
-        dup2(request_r, REQUEST_FD)
         dup2(DEV_NULL, 0)
         os.closerange(REQUEST_FD + 1, 1 << 16)  # the host connection and every other supervisor fd
         become_untrusted()
         os.chdir(WORK)
-        requests = _socket.socket(socket.AF_UNIX, socket.SOCK_STREAM, 0, REQUEST_FD)
         # The environment (CALL_ENVIRONMENT) and sys.std* (line-buffered, on fds 0-2, which now are /dev/null
         # and our pipes) were set up once in the supervisor: done here they cost more than a small call.
-        while True:
+        requests = _socket.socket(socket.AF_UNIX, socket.SOCK_STREAM, 0, REQUEST_FD) if request is None else None
+        while requests is not None:
             request, fds = _read_request(requests)
             if request is None:
                 os._exit(0)  # not needed after all
@@ -1109,7 +1101,8 @@ def _call_child(request_r: int, out_w: int, err_w: int, res_w: int) -> None:
             for fd in fds:
                 os.close(fd)
             os.write(REQUEST_FD, RESET_DONE)
-        requests.close()
+        if requests is not None:
+            requests.close()
         LOADED_MODULES.sources = request["modules"]
         limits = request["limits"]
         _set_call_limits(limits)
@@ -1340,7 +1333,6 @@ def serve(socket_path: str, accept_timeout_s: float = 120) -> None:
             return
         if SUPERVISOR.unusable:
             return  # the container ends with us; the host has been told why
-        SUPERVISOR.prepare_next_call()
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ from __future__ import annotations
 import sqlite3
 import subprocess
 import textwrap
+import uuid
 
 import pytest
 
@@ -85,6 +86,37 @@ def test_nothing_passes_from_one_attempt_to_the_next(pool):
         """), "f")
         assert attempt._member.container.name == container  # the same warm container, reset
         assert seen.result == [[], 0]
+
+
+LEFTOVER_PROBE = """
+import sys
+
+def f(secret):
+    # What of earlier attempts the supervisor's memory, as this process has it, still refers to.
+    supervisor = sys.modules.get("supervisor") or sys.modules["__main__"]
+    found = []
+    if secret in repr(getattr(supervisor.SUPERVISOR, "modules", {})):
+        found.append("loaded modules")
+    if any(secret in source for _, source in getattr(supervisor, "COMPILED", {})):
+        found.append("kept compiled code")
+    return found
+"""
+
+
+def test_an_attempt_finds_nothing_of_earlier_attempts_in_its_processes(pool):
+    secret = f"expected-{uuid.uuid4().hex}"
+    with pool.attempt() as attempt:
+        attempt.load("answers", f"EXPECTED = {secret!r}\ndef check(x):\n    return x == EXPECTED\n")
+        for _ in range(3):  # a module called into, and a source run twice: both kept compiled
+            attempt.call_module("answers", "check", ["guess"])
+        for _ in range(2):
+            attempt.call(f"def verify():\n    return {secret!r} != ''\n", "verify")
+        container = attempt._member.container.name
+    with pool.attempt() as attempt:
+        first = attempt.call(LEFTOVER_PROBE, "f", [secret])  # the first call: in the process that did the reset
+        second = attempt.call(LEFTOVER_PROBE, "f", [secret])
+        assert attempt._member.container.name == container
+        assert (first.result, second.result) == ([], []), (first, second)
 
 
 def test_a_call_reports_result_output_and_exception(pool):
@@ -336,27 +368,29 @@ KILL_RUN_USER = ("import os; me = os.getpid(); "
 
 
 def kill_waiting_child(container: str) -> int:
-    """Kill, from outside the supervisor, every process of the run user: between calls that is the child the
-    supervisor forked for the next call (or reset), waiting. How many there were."""
+    """Kill, from outside the supervisor, every process of the run user: after an attempt's reset that is the
+    child that did it, waiting for the attempt's first call. How many there were."""
     done = subprocess.run(["docker", "exec", "-u", "1000", container, "python3", "-c", KILL_RUN_USER],
                           capture_output=True, text=True, timeout=60)
     return int(done.stdout.strip() or 0)
 
 
-def test_a_ready_child_that_died_is_replaced_without_the_attempt_noticing(pool, master):
+def test_the_resets_child_that_died_is_replaced_without_the_attempt_noticing(pool, master):
     with pool.attempt(state_master=master) as attempt:
         attempt.load("tools", TOOLS)
         assert attempt.call_module("tools", "transfer", {"src": 1, "dst": 2, "amount": 10}).ok
         name = attempt._member.container.name
-        assert kill_waiting_child(name) == 1  # the next call's child, and nothing else
-        after = attempt.call_module("tools", "balances")
-        assert after.outcome == "ok" and after.result == {"ada": 90, "bob": 60}, after
-        assert kill_waiting_child(name) == 1  # now the child the next attempt's reset would use
+        assert kill_waiting_child(name) == 0  # between calls nothing of the run user is left
     with pool.attempt(state_master=master) as attempt:
         attempt.load("tools", TOOLS)
+        attempt._ready_member()  # the reset, done by the child that is to run the first call
+        assert attempt._member.container.name == name
+        assert kill_waiting_child(name) == 1  # that child, waiting, and nothing else
         fresh = attempt.call_module("tools", "balances")
         assert fresh.outcome == "ok" and fresh.result == {"ada": 100, "bob": 50}, fresh
-        assert attempt._member.container.name == name and attempt.crashes == 0
+        assert attempt.call_module("tools", "transfer", {"src": 1, "dst": 2, "amount": 5}).result == \
+            {"ada": 95, "bob": 55}
+        assert attempt.crashes == 0
 
 
 def test_an_exit_status_cannot_fake_a_reason(pool):
