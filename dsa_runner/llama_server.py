@@ -101,6 +101,11 @@ class LlamaServer:
         except OSError:
             return ""
 
+    @property
+    def killed_by_signal(self) -> bool:
+        """The process ended by a signal (a crash such as SIGSEGV or SIGILL, not an error exit)."""
+        return self.proc is not None and self.proc.returncode is not None and self.proc.returncode < 0
+
     def exited(self) -> str | None:
         """None while the process runs; else how it ended and the last lines of its log."""
         if self.proc is None or self.proc.poll() is None:
@@ -143,6 +148,10 @@ class LlamaServer:
         try:
             response = self._client.post("/completion", json=body)
         except httpx.HTTPError as exc:
+            try:  # a crash closes the connection a moment before the process is seen to end
+                self.proc.wait(2)
+            except subprocess.TimeoutExpired:
+                pass
             raise LlamaServerError(self.exited() or f"llama-server request failed: {exc}") from exc
         if response.status_code != 200:
             try:

@@ -69,6 +69,8 @@ def bench(
     llama_server: Optional[Path] = typer.Option(None, help="llama.cpp's llama-server binary (default: one on "
                                                            "PATH); built from the sources vendored in the "
                                                            "llama-cpp-python sdist (docs/runner.md)."),
+    llama_server_arg: Optional[list[str]] = typer.Option(None, help="Extra option for llama-server (repeatable), "
+                                                                     "e.g. --llama-server-arg=--no-repack."),
     long_prompt_tokens: int = typer.Option(2560, help="Prompt of the figure above DSA's top-k, where sparse "
                                                       "steps run (CPU); 0 leaves it out."),
     rounds: int = typer.Option(2, min=1, help="Rounds of every CPU measure, both sides alternating; the best "
@@ -86,6 +88,7 @@ def bench(
     cfg = BenchConfig(device=device, max_tokens=max_tokens or (256 if gpu else 128), n=n or (100 if gpu else 16),
                       concurrent=concurrent, threads=threads, quantize=quantize, dtype=dtype, model=model,
                       llama=llama, llama_server=str(llama_server) if llama_server else None,
+                      llama_server_args=list(llama_server_arg or []),
                       long_prompt_tokens=long_prompt_tokens, rounds=rounds)
     report = run_benchmark(cfg, log=typer.echo)
     typer.echo(format_report(report, cfg))

@@ -44,6 +44,7 @@ class BenchConfig:
     model: str | None = None
     llama: bool = True  # measure the llama-server baseline (CPU)
     llama_server: str | None = None  # its binary; None: `llama-server` on PATH
+    llama_server_args: list[str] = field(default_factory=list)  # added to its command line
     long_prompt_tokens: int = 2560  # prompt of the figure above top-k; 0 leaves it out
     rounds: int = 2
     llama_timeout_s: float = 900  # per request
@@ -264,31 +265,49 @@ def cpu_measures(cfg: BenchConfig, tokenizer, attention: str, indexers: str) -> 
 
 
 def _start_llama_servers(binary: str, model_path: str, measures: list[Measure], cfg: BenchConfig,
-                         log=print) -> dict[int, object]:
+                         log=print) -> tuple[dict[int, object], list[str]]:
     """One llama-server per number of sequences decoded together (its slots), each slot's context fitting the
-    longest prompt it serves; warmed up with one short request."""
+    longest prompt it serves, warmed up with one short request; and what happened on the way. A server killed
+    by a signal (a crash, not a refusal) is started again once with ``--no-repack``: without it llama.cpp
+    moves weights to its AMX or repacked layouts, and on machines that list AMX without granting it (seen in
+    a VM: SIGILL in the AMX kernel at the first forward) that is where it crashes."""
+    from dsa_runner.errors import LlamaServerError
     from dsa_runner.llama_server import LlamaServer
 
     contexts: dict[int, int] = {}
     for m in measures:
         need = len(m.prompt_ids) + cfg.max_tokens
         contexts[m.sequences] = max(contexts.get(m.sequences, 0), -(-need // 256) * 256)
+    # its host-RAM prompt cache off: every request evaluates its prompt, as ours with the prefix cache off
+    extra = ["--cache-ram", "0", *cfg.llama_server_args]
     servers: dict[int, LlamaServer] = {}
+    notes: list[str] = []
     try:
         for slots, context in sorted(contexts.items()):
-            # its host-RAM prompt cache off: every request evaluates its prompt, as ours with the prefix cache off
-            server = LlamaServer(binary, model_path, threads=cfg.threads, slots=slots, context_per_slot=context,
-                                 extra_args=["--cache-ram", "0"], request_timeout_s=cfg.llama_timeout_s)
+            while True:
+                server = LlamaServer(binary, model_path, threads=cfg.threads, slots=slots, context_per_slot=context,
+                                     extra_args=extra, request_timeout_s=cfg.llama_timeout_s)
+                log(f"llama-server: {slots} slot(s) of {context} tokens, continuous batching, {cfg.threads} threads"
+                    f" ({' '.join(extra)})")
+                try:
+                    server.start()
+                    server.wait_ready()
+                    server.complete(measures[0].prompt_ids, 8)
+                    break
+                except LlamaServerError as exc:
+                    server.stop()
+                    if not server.killed_by_signal or "--no-repack" in extra:
+                        raise
+                    notes.append(f"crashed with its default weight layouts ({str(exc).split(';')[0]}); "
+                                 "started again with --no-repack")
+                    log(f"  {notes[-1]}")
+                    extra = [*extra, "--no-repack"]
             servers[slots] = server
-            log(f"llama-server: {slots} slot(s) of {context} tokens, continuous batching, {cfg.threads} threads")
-            server.start()
-            server.wait_ready()
-            server.complete(measures[0].prompt_ids, 8)
     except BaseException:
         for server in servers.values():
             server.stop()
         raise
-    return servers
+    return servers, notes
 
 
 def _measure_cpu_rounds(engine, measures: list[Measure], servers: dict, cfg: BenchConfig, log=print) -> dict:
@@ -386,8 +405,8 @@ def _cpu_figures(engine, info, cfg: BenchConfig, log=print) -> dict:
         from dsa_runner.errors import LlamaServerError
 
         try:
-            servers = _start_llama_servers(binary, info.model_path, measures, cfg, log)
-            out["llama_server"] = {"ok": True, "binary": binary,
+            servers, notes = _start_llama_servers(binary, info.model_path, measures, cfg, log)
+            out["llama_server"] = {"ok": True, "binary": binary, "notes": notes,
                                    "commands": {slots: s.command() for slots, s in servers.items()}}
         except LlamaServerError as exc:
             out["llama_server"] = {"ok": False, "why": f"did not start: {exc}"}
@@ -435,8 +454,13 @@ def format_report(report: dict, cfg: BenchConfig) -> str:
             lines.append(f"{key:<12}{fig['tok_s']:>10.1f} tok/s")
         return "\n".join(lines)
     llama = report["llama_server"]
-    lines.append(f"baseline: llama-server, {'best of %d rounds each, alternating' % report['rounds']}"
-                 if llama["ok"] else f"baseline: llama-server {llama['why']}")
+    if llama["ok"]:
+        command = next(iter(llama["commands"].values()))
+        lines.append(f"baseline: llama-server (-np = sequences decoded together, -cb), best of {report['rounds']} "
+                     f"rounds each, alternating; options {' '.join(command[command.index('-t'):])}")
+        lines += [f"llama-server {note}" for note in llama["notes"]]
+    else:
+        lines.append(f"baseline: llama-server {llama['why']}")
     lines.append(f"{'measure':<44}{'attention':<28}{'dsa_runner tok/s':>17}{'llama-server tok/s':>20}{'ratio':>8}")
     for row in report["measures"].values():
         mine = row["dsa_runner"]["tok_s"]

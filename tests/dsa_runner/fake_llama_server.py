@@ -1,10 +1,13 @@
 """A stand-in for llama.cpp's llama-server, for tests: the same command line and the same /health and /completion
 API shape (503 while "loading", n_cmpl, return_tokens, timings), on 127.0.0.1. It records its argv and every
-request body as JSON lines in $FAKE_LLAMA_RECORD, and exits with status 3 on a request whose prompt is [666]
-(a crash). Run as `python fake_llama_server.py ARGS...`."""
+request body as JSON lines in $FAKE_LLAMA_RECORD, and exits with status 3 on a request whose prompt is [666].
+With $FAKE_LLAMA_CRASH_WITHOUT set to an option, it dies of SIGSEGV at start unless that option is given
+(as llama.cpp does in a VM that lists AMX without granting it, unless --no-repack).
+Run as `python fake_llama_server.py ARGS...`."""
 
 import json
 import os
+import signal
 import sys
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -58,7 +61,7 @@ class Handler(BaseHTTPRequestHandler):
                 "index": i, "content": "x" * n_predict, "tokens": tokens if body.get("return_tokens") else [],
                 "id_slot": i, "stop": True, "tokens_predicted": n_predict, "tokens_evaluated": len(prompt),
                 "stop_type": "limit", "tokens_cached": 0,
-                "timings": {"cache_n": 0, "prompt_n": len(prompt) if i == 0 else 0, "prompt_ms": 2.0,
+                "timings": {"cache_n": 0, "prompt_n": len(prompt), "prompt_ms": 2.0,
                             "prompt_per_token_ms": 0.1, "prompt_per_second": 500.0, "predicted_n": n_predict,
                             "predicted_ms": 4.0 * n_predict, "predicted_per_token_ms": 4.0,
                             "predicted_per_second": 250.0}})
@@ -69,6 +72,9 @@ class Handler(BaseHTTPRequestHandler):
 def main() -> None:
     argv = sys.argv[1:]
     record({"argv": argv})
+    needed = os.environ.get("FAKE_LLAMA_CRASH_WITHOUT")
+    if needed and needed not in argv:
+        os.kill(os.getpid(), signal.SIGSEGV)
     server = ThreadingHTTPServer((option(argv, "--host", "127.0.0.1"), int(option(argv, "--port", "8080"))), Handler)
     server.serve_forever()
 
