@@ -106,6 +106,11 @@ class LlamaServer:
         """The process ended by a signal (a crash such as SIGSEGV or SIGILL, not an error exit)."""
         return self.proc is not None and self.proc.returncode is not None and self.proc.returncode < 0
 
+    def cpu_seconds(self) -> float:
+        """User + system CPU time the server process has used so far (Linux: /proc/PID/stat)."""
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime: fields 14, 15
+
     def exited(self) -> str | None:
         """None while the process runs; else how it ended and the last lines of its log."""
         if self.proc is None or self.proc.poll() is None:

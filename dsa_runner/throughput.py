@@ -103,10 +103,14 @@ def _prompt_ids(tokenizer, prompt_tokens: int | None) -> list[int]:
     return ids
 
 
-def _figures(seconds: float, tokens: int, first_token_s: float, decode_tokens: int, decode_s: float) -> dict:
-    """Aggregate tokens/s over the whole wall time (prompts included), and, apart, the time to the first
-    token and the decode rate after it (what a long prompt's figure is about)."""
-    return {"seconds": seconds, "tokens": tokens, "tok_s": tokens / seconds, "first_token_s": first_token_s,
+def _figures(seconds: float, tokens: int, first_token_s: float, decode_tokens: int, decode_s: float,
+             cpu_s: float) -> dict:
+    """Aggregate tokens/s over the whole wall time (prompts included); tokens per CPU-second (user + system
+    time of the process that generated them: on a shared machine the wall time also measures the others'
+    load, the CPU time much less); and, apart, the time to the first token and the decode rate after it
+    (what a long prompt's figure is about)."""
+    return {"seconds": seconds, "tokens": tokens, "tok_s": tokens / seconds, "cpu_s": cpu_s,
+            "tok_per_cpu_s": tokens / cpu_s if cpu_s > 0 else None, "first_token_s": first_token_s,
             "decode_tok_s": decode_tokens / decode_s if decode_s > 0 else None}
 
 
@@ -126,7 +130,7 @@ def _run_requests(engine, prompt_ids, specs, max_tokens: int) -> dict:
                 results.append(ev)
                 done.release()
 
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     reqs = []
     for n, temperature, seed in specs:
         params = SamplingParams(max_tokens=max_tokens, temperature=temperature, seed=seed, ignore_eos=True)
@@ -135,14 +139,14 @@ def _run_requests(engine, prompt_ids, specs, max_tokens: int) -> dict:
         engine.submit(req)
     for _ in specs:
         done.acquire()
-    end = time.perf_counter()
+    end, cpu = time.perf_counter(), time.process_time() - cpu0
     failed = [r.message for r in results if isinstance(r, RequestFailed)]
     if failed:
         raise RuntimeError(f"generation failed: {failed[0]}")
     tokens = sum(r.completion_tokens for r in results)
     first = first_token_at[0] if first_token_at else end
     # after the first token, every sequence still has (its tokens - 1) to decode
-    return _figures(end - t0, tokens, first - t0, tokens - sum(n for n, _, _ in specs), end - first)
+    return _figures(end - t0, tokens, first - t0, tokens - sum(n for n, _, _ in specs), end - first, cpu)
 
 
 def _run_llama_requests(server, prompt_ids, specs, max_tokens: int) -> dict:
@@ -154,14 +158,14 @@ def _run_llama_requests(server, prompt_ids, specs, max_tokens: int) -> dict:
         return server.complete(prompt_ids, max_tokens, temperature=temperature, n=n,
                                seed=seed if n == 1 else None)
 
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), server.cpu_seconds()
     with ThreadPoolExecutor(max_workers=len(specs)) as pool:
         completions = [c for batch in pool.map(one, specs) for c in batch]
-    seconds = time.perf_counter() - t0
+    seconds, cpu = time.perf_counter() - t0, server.cpu_seconds() - cpu0
     tokens = sum(c.completion_tokens for c in completions)
     first_token_s = max(c.prompt_ms for c in completions) / 1000
     decode_s = max(c.predicted_ms for c in completions) / 1000
-    report = _figures(seconds, tokens, first_token_s, tokens - len(completions), decode_s)
+    report = _figures(seconds, tokens, first_token_s, tokens - len(completions), decode_s, cpu)
     report["prompt_tokens_evaluated"] = sum(c.prompt_tokens for c in completions)
     report["cached_tokens"] = sum(c.cached_tokens for c in completions)
     if len(completions) == 1:
@@ -334,6 +338,7 @@ def _measure_cpu_rounds(engine, measures: list[Measure], servers: dict, cfg: Ben
         for side, figs in row["rounds"].items():
             if figs:
                 row[side] = max(figs, key=lambda f: f["tok_s"])
+                row[f"{side}_tok_per_cpu_s"] = max(f["tok_per_cpu_s"] or 0.0 for f in figs)
     return rows
 
 
@@ -461,13 +466,15 @@ def format_report(report: dict, cfg: BenchConfig) -> str:
         lines += [f"llama-server {note}" for note in llama["notes"]]
     else:
         lines.append(f"baseline: llama-server {llama['why']}")
-    lines.append(f"{'measure':<44}{'attention':<28}{'dsa_runner tok/s':>17}{'llama-server tok/s':>20}{'ratio':>8}")
+    lines.append(f"{'measure':<44}{'attention':<28}{'tok/s: dsa_runner':>18}{'llama-server':>13}{'ratio':>8}"
+                 f"{'tok/CPU-s: dsa_runner':>23}{'llama-server':>13}{'ratio':>8}")
     for row in report["measures"].values():
-        mine = row["dsa_runner"]["tok_s"]
-        other = row.get("llama_server", {}).get("tok_s")
-        ratio = f"{mine / other:.2f}x" if other else "-"
-        lines.append(f"{row['label']:<44}{row['attention']:<28}{mine:>17.1f}"
-                     f"{(f'{other:.1f}' if other else 'n/a'):>20}{ratio:>8}")
+        line = f"{row['label']:<44}{row['attention']:<28}"
+        for width, mine, other in ((18, row["dsa_runner"]["tok_s"], row.get("llama_server", {}).get("tok_s")),
+                                   (23, row["dsa_runner_tok_per_cpu_s"], row.get("llama_server_tok_per_cpu_s"))):
+            ratio = f"{mine / other:.2f}x" if other else "-"
+            line += f"{mine:>{width}.1f}{(f'{other:.1f}' if other else 'n/a'):>13}{ratio:>8}"
+        lines.append(line)
     if "long" in report["measures"]:
         row = report["measures"]["long"]
         parts = []
