@@ -1,0 +1,411 @@
+/* DSA's sparse prefill on the CPU: index scores, top-k and attention over the selected keys, per query.
+ *
+ * For each query t (at key position pos = S - T + t, causal: it sees keys 0..pos):
+ *   I(t, s)  = sum_j w(t, j) * ReLU(q_I(t, j) . k_I(s))       s <= pos   (DeepSeek-V3.2, eq. 1)
+ *   sel(t)   = the top_k keys by I(t, .); ties at the boundary go to the most recent key; every key when
+ *              pos + 1 <= top_k                                            (kernels.select_top_k, stable)
+ *   out(t,h) = softmax(q(t,h) K[sel]^T * scaling) V[sel]                   (eq. 2; one selection for all heads)
+ *
+ * Why C: the torch path scores every causal pair with fp32 matmuls, sorts with topk, then gathers K/V rows
+ * per query and runs small batched matmuls; at 7.5K tokens it is several times slower than dense SDPA.
+ * Here each query row is one job: its scores go straight into the radix select, the selected rows are
+ * read once per KV head (bfloat16, shared by the head group), and nothing is materialised per layer but the
+ * output. Dot products use AVX512-BF16 (vdpbf16ps): the inputs are bfloat16 already, so the products are
+ * exact in float32 and only the order of the sums differs from the torch path. The probabilities are
+ * rounded to bfloat16 for P.V, as the torch gather path does.
+ *
+ * Rows are handed to the threads largest first from an atomic counter (a row's cost grows with pos).
+ * Without AVX512-BF16 (dsa_prefill_available() == 0) the runner keeps the torch path.
+ * Built by dsa_runner/native_prefill.py (-O3 -march=native -pthread).
+ */
+#define _GNU_SOURCE
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
+
+typedef uint16_t bf16;
+
+#if defined(__AVX512F__) && defined(__AVX512BF16__) && defined(__AVX512BW__)
+#define HAVE_KERNEL 1
+#else
+#define HAVE_KERNEL 0
+#endif
+
+#define MAX_INDEX_HEADS 64
+#define MAX_INDEX_DIM 256
+#define MAX_GROUP 16     /* query heads per KV head */
+#define MAX_HEAD_DIM 256
+
+int dsa_prefill_available(void) { return HAVE_KERNEL; }
+
+typedef struct {
+    /* index queries (T, H_I, d_I) bf16, w (T, H_I) float32 contiguous, index keys (S, d_I) bf16 */
+    const bf16 *q_idx; int64_t q_idx_t, q_idx_h;
+    const float *w;
+    const bf16 *k_idx; int64_t k_idx_s;
+    int index_heads, index_dim;
+    /* attention: query (H, T, d), key/value (H_kv, S, d), out (T, H, d), all bf16, last dim contiguous */
+    const bf16 *q; int64_t q_h, q_t;
+    const bf16 *k; int64_t k_h, k_s;
+    const bf16 *v; int64_t v_h, v_s;
+    bf16 *out;
+    int heads, kv_heads, head_dim;
+    float scaling;
+    int T, S, top_k;
+    int32_t *selected; /* optional (T, top_k): the selection, -1 past a row's count (for tests) */
+} Job;
+
+#if HAVE_KERNEL
+
+/* ------------------------------------------------------------------------------------------------ */
+/* small vector helpers */
+
+static inline __m512 exp512(__m512 x) { /* e^x, x <= 0 here; about 1 ulp over the range used */
+    x = _mm512_max_ps(x, _mm512_set1_ps(-87.0f));
+    __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+    __m512 p = _mm512_set1_ps(1.9875691500e-4f);
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+    p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
+    return _mm512_scalef_ps(p, n);
+}
+
+/* sixteen vectors -> one vector of their sixteen horizontal sums (lane i: sum of v[i]) */
+static inline __m512 hsum16(__m512 v[16]) {
+    __m512 a[8], b[4], c[2];
+    for (int i = 0; i < 8; i++) { /* lanes now hold pairs of partial sums */
+        __m512 x = v[2 * i], y = v[2 * i + 1];
+        a[i] = _mm512_add_ps(_mm512_unpacklo_ps(x, y), _mm512_unpackhi_ps(x, y));
+    }
+    for (int i = 0; i < 4; i++) {
+        __m512d x = _mm512_castps_pd(a[2 * i]), y = _mm512_castps_pd(a[2 * i + 1]);
+        b[i] = _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(x, y)), _mm512_castpd_ps(_mm512_unpackhi_pd(x, y)));
+    }
+    for (int i = 0; i < 2; i++) { /* 128-bit lanes: 0,2 of one and 0,2 of the other, then 1,3 */
+        __m512 x = b[2 * i], y = b[2 * i + 1];
+        c[i] = _mm512_add_ps(_mm512_shuffle_f32x4(x, y, 0x88), _mm512_shuffle_f32x4(x, y, 0xDD));
+    }
+    __m512 d = _mm512_add_ps(_mm512_shuffle_f32x4(c[0], c[1], 0x88), _mm512_shuffle_f32x4(c[0], c[1], 0xDD));
+    return d; /* lane 4 * lane128 + m holds the sum of v[4 * lane128 + m]: already in order */
+}
+
+static inline uint32_t ordered_bits(float f) { /* monotone in f; -0.0 and +0.0 equal */
+    f += 0.0f;
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+}
+
+/* ------------------------------------------------------------------------------------------------ */
+/* index keys, packed once per call: block of 16 keys, pair p -> 16 x uint32 (two bf16 dims of each key) */
+
+static uint32_t *pack_index_keys(const Job *J, int n_keys) {
+    int pairs = J->index_dim / 2, blocks = (n_keys + 15) / 16;
+    uint32_t *packed = aligned_alloc(64, (size_t)blocks * pairs * 16 * 4 + 64);
+    if (!packed) return NULL;
+    for (int b = 0; b < blocks; b++)
+        for (int i = 0; i < 16; i++) {
+            int s = b * 16 + i;
+            const uint32_t *row = (const uint32_t *)(J->k_idx + (int64_t)s * J->k_idx_s);
+            for (int p = 0; p < pairs; p++)
+                packed[((size_t)b * pairs + p) * 16 + i] = s < n_keys ? row[p] : 0u;
+        }
+    return packed;
+}
+
+/* I(t, s) for s in [0, n): scores[s] */
+static void index_scores_row(const Job *J, const uint32_t *packed, int t, int n, float *scores) {
+    const int H = J->index_heads, pairs = J->index_dim / 2;
+    const uint32_t *q = (const uint32_t *)(J->q_idx + (int64_t)t * J->q_idx_t);
+    const int64_t qh = J->q_idx_h / 2;
+    const float *w = J->w + (int64_t)t * H;
+    const int blocks = (n + 15) / 16;
+    int b = 0;
+    for (; b + 4 <= blocks; b += 4) { /* four key blocks at a time: four independent chains per head */
+        __m512 total[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
+        const uint32_t *kb = packed + (size_t)b * pairs * 16;
+        for (int j = 0; j < H; j++) {
+            __m512 acc[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
+            const uint32_t *qj = q + j * qh;
+            for (int p = 0; p < pairs; p++) {
+                __m512bh qp = (__m512bh)_mm512_set1_epi32((int)qj[p]);
+                for (int u = 0; u < 4; u++)
+                    acc[u] = _mm512_dpbf16_ps(acc[u], (__m512bh)_mm512_load_si512(kb + ((size_t)u * pairs + p) * 16), qp);
+            }
+            __m512 wj = _mm512_set1_ps(w[j]);
+            for (int u = 0; u < 4; u++)
+                total[u] = _mm512_fmadd_ps(wj, _mm512_max_ps(acc[u], _mm512_setzero_ps()), total[u]);
+        }
+        for (int u = 0; u < 4; u++) {
+            int s0 = (b + u) * 16;
+            if (s0 + 16 <= n) _mm512_storeu_ps(scores + s0, total[u]);
+            else _mm512_mask_storeu_ps(scores + s0, (__mmask16)((1u << (n - s0)) - 1), total[u]);
+        }
+    }
+    for (; b < blocks; b++) {
+        __m512 total = _mm512_setzero_ps();
+        const uint32_t *kb = packed + (size_t)b * pairs * 16;
+        for (int j = 0; j < H; j++) {
+            __m512 acc = _mm512_setzero_ps();
+            const uint32_t *qj = q + j * qh;
+            for (int p = 0; p < pairs; p++)
+                acc = _mm512_dpbf16_ps(acc, (__m512bh)_mm512_load_si512(kb + (size_t)p * 16),
+                                       (__m512bh)_mm512_set1_epi32((int)qj[p]));
+            total = _mm512_fmadd_ps(_mm512_set1_ps(w[j]), _mm512_max_ps(acc, _mm512_setzero_ps()), total);
+        }
+        int s0 = b * 16;
+        if (s0 + 16 <= n) _mm512_storeu_ps(scores + s0, total);
+        else _mm512_mask_storeu_ps(scores + s0, (__mmask16)((1u << (n - s0)) - 1), total);
+    }
+}
+
+/* ------------------------------------------------------------------------------------------------ */
+/* exact top-k by radix select on the ordered float bits (11 + 11 + 10 bits), ties to the latest keys */
+
+static int top_k_row(const float *scores, int n, int k, uint32_t *bits, uint32_t *cand, int32_t *out) {
+    if (n <= k) {
+        for (int s = 0; s < n; s++) out[s] = s;
+        return n;
+    }
+    static const int shift[3] = {21, 10, 0};
+    static const uint32_t width[3] = {2048, 2048, 1024};
+    uint32_t hist[2048];
+    for (int s = 0; s < n; s++) bits[s] = ordered_bits(scores[s]);
+    uint32_t prefix = 0, prefix_mask = 0; /* the bits of the k-th largest fixed so far */
+    int need = k;                          /* how many to take among keys matching prefix */
+    const uint32_t *src = bits;
+    int m = n;
+    for (int level = 0; level < 3; level++) {
+        memset(hist, 0, width[level] * 4);
+        const int sh = shift[level];
+        const uint32_t wmask = width[level] - 1;
+        for (int i = 0; i < m; i++) hist[(src[i] >> sh) & wmask]++;
+        int bin = (int)width[level] - 1;
+        uint32_t above = 0;
+        while (above + hist[bin] < (uint32_t)need) above += hist[bin--];
+        need -= (int)above;
+        prefix |= (uint32_t)bin << sh;
+        prefix_mask |= wmask << sh;
+        if (level < 2) { /* keep only the keys in the threshold's bin */
+            int c = 0;
+            for (int i = 0; i < m; i++)
+                if ((src[i] & prefix_mask) == prefix) cand[c++] = src[i];
+            src = cand;
+            m = c;
+        }
+    }
+    /* prefix: the k-th largest value; need: how many keys equal to it are taken (the latest ones) */
+    int count = 0;
+    for (int s = 0; s < n; s++)
+        if (bits[s] > prefix) out[count++] = s;
+    for (int s = n - 1; s >= 0 && need > 0; s--)
+        if (bits[s] == prefix) { out[count++] = s; need--; }
+    return count;
+}
+
+/* ------------------------------------------------------------------------------------------------ */
+/* attention of one query (all heads) over the selected keys */
+
+typedef struct {
+    float *scores;   /* (MAX_GROUP, cap) */
+    bf16 *probs;     /* (MAX_GROUP, cap + 2) */
+    int cap;
+} AttnScratch;
+
+static inline __attribute__((always_inline)) void attend_group(
+        const Job *J, int t, int g, const int32_t *sel, int count, AttnScratch *W, const int G, const int D) {
+    const int chunks = D / 32;
+    const bf16 *K = J->k + (int64_t)g * J->k_h;
+    const bf16 *V = J->v + (int64_t)g * J->v_h;
+    __m512bh qv[MAX_GROUP][MAX_HEAD_DIM / 32];
+    for (int h = 0; h < G; h++)
+        for (int c = 0; c < chunks; c++)
+            qv[h][c] = (__m512bh)_mm512_loadu_si512(J->q + (int64_t)(g * G + h) * J->q_h + (int64_t)t * J->q_t + 32 * c);
+    const int cap = W->cap;
+    /* scores = q . k * scaling, sixteen keys at a time */
+    const __m512 scale = _mm512_set1_ps(J->scaling);
+    for (int i0 = 0; i0 < count; i0 += 16) {
+        int m = count - i0 < 16 ? count - i0 : 16;
+        for (int h = 0; h < G; h++) {
+            __m512 acc[16];
+            for (int i = 0; i < 16; i++) {
+                acc[i] = _mm512_setzero_ps();
+                if (i < m) {
+                    const bf16 *kr = K + (int64_t)sel[i0 + i] * J->k_s;
+                    for (int c = 0; c < chunks; c++)
+                        acc[i] = _mm512_dpbf16_ps(acc[i], (__m512bh)_mm512_loadu_si512(kr + 32 * c), qv[h][c]);
+                }
+            }
+            _mm512_storeu_ps(W->scores + h * cap + i0, _mm512_mul_ps(hsum16(acc), scale));
+        }
+    }
+    /* softmax numerators, rounded to bfloat16 for P.V (an odd count gets a zero partner) */
+    float denom[MAX_GROUP];
+    for (int h = 0; h < G; h++) {
+        float *s = W->scores + h * cap;
+        bf16 *p = W->probs + h * (cap + 2);
+        __m512 mx = _mm512_set1_ps(-INFINITY);
+        int i = 0;
+        for (; i + 16 <= count; i += 16) mx = _mm512_max_ps(mx, _mm512_loadu_ps(s + i));
+        if (i < count) mx = _mm512_max_ps(mx, _mm512_mask_loadu_ps(_mm512_set1_ps(-INFINITY),
+                                                                    (__mmask16)((1u << (count - i)) - 1), s + i));
+        __m512 m = _mm512_set1_ps(_mm512_reduce_max_ps(mx));
+        __m512 sum = _mm512_setzero_ps();
+        for (i = 0; i < count; i += 16) {
+            __mmask16 live = count - i >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (count - i)) - 1);
+            __m512 e = _mm512_maskz_mov_ps(live, exp512(_mm512_sub_ps(_mm512_maskz_loadu_ps(live, s + i), m)));
+            sum = _mm512_add_ps(sum, e);
+            _mm256_storeu_si256((__m256i *)(p + i), (__m256i)_mm512_cvtneps_pbh(e));
+        }
+        denom[h] = _mm512_reduce_add_ps(sum);
+        p[count] = 0;
+        p[count + 1] = 0;
+    }
+    /* out = P V: two keys per vdpbf16ps, their V rows interleaved by unpack (dims come out permuted) */
+    __m512 lo[MAX_GROUP][MAX_HEAD_DIM / 32], hi[MAX_GROUP][MAX_HEAD_DIM / 32];
+    for (int h = 0; h < G; h++)
+        for (int c = 0; c < chunks; c++) lo[h][c] = hi[h][c] = _mm512_setzero_ps();
+    for (int i = 0; i < count; i += 2) {
+        const bf16 *va = V + (int64_t)sel[i] * J->v_s;
+        const bf16 *vb = V + (int64_t)sel[i + 1 < count ? i + 1 : i] * J->v_s;
+        for (int c = 0; c < chunks; c++) {
+            __m512i a = _mm512_loadu_si512(va + 32 * c), b = _mm512_loadu_si512(vb + 32 * c);
+            __m512bh l = (__m512bh)_mm512_unpacklo_epi16(a, b), u = (__m512bh)_mm512_unpackhi_epi16(a, b);
+            for (int h = 0; h < G; h++) {
+                uint32_t pair;
+                memcpy(&pair, W->probs + h * (cap + 2) + i, 4);
+                __m512bh pp = (__m512bh)_mm512_set1_epi32((int)pair);
+                lo[h][c] = _mm512_dpbf16_ps(lo[h][c], l, pp);
+                hi[h][c] = _mm512_dpbf16_ps(hi[h][c], u, pp);
+            }
+        }
+    }
+    for (int h = 0; h < G; h++) {
+        bf16 *o = J->out + ((int64_t)t * J->heads + g * G + h) * D;
+        __m512 inv = _mm512_set1_ps(1.0f / denom[h]);
+        /* lane 4L+m of lo: dim 8L+m of the chunk; of hi: dim 8L+4+m (L: the 128-bit lane) */
+        for (int c = 0; c < chunks; c++) {
+            __m512 x = _mm512_mul_ps(lo[h][c], inv), y = _mm512_mul_ps(hi[h][c], inv);
+            __m512 first = _mm512_permutex2var_ps(x, _mm512_set_epi32(23, 22, 21, 20, 7, 6, 5, 4, 19, 18, 17, 16, 3, 2, 1, 0), y);
+            __m512 second = _mm512_permutex2var_ps(x, _mm512_set_epi32(31, 30, 29, 28, 15, 14, 13, 12, 27, 26, 25, 24, 11, 10, 9, 8), y);
+            _mm256_storeu_si256((__m256i *)(o + 32 * c), (__m256i)_mm512_cvtneps_pbh(first));
+            _mm256_storeu_si256((__m256i *)(o + 32 * c + 16), (__m256i)_mm512_cvtneps_pbh(second));
+        }
+    }
+}
+
+static void attend_row(const Job *J, int t, const int32_t *sel, int count, AttnScratch *W) {
+    const int G = J->heads / J->kv_heads;
+    for (int g = 0; g < J->kv_heads; g++) {
+        if (G == 3 && J->head_dim == 64) attend_group(J, t, g, sel, count, W, 3, 64); /* SmolLM2-135M */
+        else if (G == 1 && J->head_dim == 64) attend_group(J, t, g, sel, count, W, 1, 64);
+        else if (G == 4 && J->head_dim == 64) attend_group(J, t, g, sel, count, W, 4, 64);
+        else if (G == 2 && J->head_dim == 128) attend_group(J, t, g, sel, count, W, 2, 128);
+        else attend_group(J, t, g, sel, count, W, G, J->head_dim);
+    }
+}
+
+/* ------------------------------------------------------------------------------------------------ */
+/* threads */
+
+#ifdef PROFILE
+#include <time.h>
+double dsa_prefill_profile[3];
+static inline double now_s(void) { struct timespec ts; clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts); return ts.tv_sec + 1e-9 * ts.tv_nsec; }
+#define PROF_T(x) double x = now_s()
+#define PROF_ADD(i, a, b) dsa_prefill_profile[i] += (b) - (a)
+#else
+#define PROF_T(x)
+#define PROF_ADD(i, a, b)
+#endif
+
+typedef struct {
+    const Job *J;
+    const uint32_t *packed;
+    atomic_int next; /* rows are taken from the last (the most keys) down */
+    atomic_int failed;
+} Shared;
+
+static void *worker(void *arg) {
+    Shared *sh = arg;
+    const Job *J = sh->J;
+    const int S = J->S, k = J->top_k;
+    const int cap = (k < S ? k : S) + 16;
+    float *scores = aligned_alloc(64, ((size_t)S + 64) * 4);
+    uint32_t *bits = malloc(((size_t)S + 16) * 4), *cand = malloc(((size_t)S + 16) * 4);
+    int32_t *sel = malloc(((size_t)S + 16) * 4);
+    AttnScratch W = {aligned_alloc(64, (size_t)MAX_GROUP * cap * 4 + 64),
+                     aligned_alloc(64, (size_t)MAX_GROUP * (cap + 2) * 2 + 64), cap};
+    if (!scores || !bits || !cand || !sel || !W.scores || !W.probs) {
+        atomic_store(&sh->failed, 1);
+    } else {
+        for (;;) {
+            int r = atomic_fetch_add(&sh->next, 1);
+            if (r >= J->T || atomic_load(&sh->failed)) break;
+            int t = J->T - 1 - r;
+            int n = S - J->T + t + 1; /* keys this query sees */
+            int count;
+            PROF_T(t0);
+            if (n <= k) {
+                for (int s = 0; s < n; s++) sel[s] = s;
+                count = n;
+            } else {
+                index_scores_row(J, sh->packed, t, n, scores);
+                PROF_T(t1); PROF_ADD(0, t0, t1);
+                count = top_k_row(scores, n, k, bits, cand, sel);
+                PROF_T(t2); PROF_ADD(1, t1, t2);
+            }
+            PROF_T(t3);
+            if (J->selected) {
+                int32_t *dst = J->selected + (int64_t)t * k;
+                for (int i = 0; i < k; i++) dst[i] = i < count ? sel[i] : -1;
+            }
+            attend_row(J, t, sel, count, &W);
+            PROF_T(t4); PROF_ADD(2, t3, t4);
+        }
+    }
+    free(scores); free(bits); free(cand); free(sel); free(W.scores); free(W.probs);
+    return NULL;
+}
+
+int dsa_prefill(const Job *J, int threads) {
+    if (J->index_heads > MAX_INDEX_HEADS || J->index_dim > MAX_INDEX_DIM || J->index_dim % 2) return -2;
+    if (J->heads % J->kv_heads || J->heads / J->kv_heads > MAX_GROUP) return -2;
+    if (J->head_dim % 32 || J->head_dim > MAX_HEAD_DIM || J->T > J->S || J->top_k < 1) return -2;
+    uint32_t *packed = NULL;
+    if (J->S > J->top_k) {
+        packed = pack_index_keys(J, J->S);
+        if (!packed) return -1;
+    }
+    Shared sh = {.J = J, .packed = packed};
+    atomic_init(&sh.next, 0);
+    atomic_init(&sh.failed, 0);
+    if (threads < 1) threads = 1;
+    if (threads > J->T) threads = J->T;
+    pthread_t tid[64];
+    int started = 0;
+    for (int i = 1; i < threads && i < 64; i++)
+        if (pthread_create(&tid[started], NULL, worker, &sh) == 0) started++;
+    worker(&sh);
+    for (int i = 0; i < started; i++) pthread_join(tid[i], NULL);
+    free(packed);
+    return atomic_load(&sh.failed) ? -1 : 0;
+}
+
+#else /* no AVX512-BF16: the runner keeps the torch path */
+
+int dsa_prefill(const Job *J, int threads) { (void)J; (void)threads; return -3; }
+
+#endif
