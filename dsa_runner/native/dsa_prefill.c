@@ -320,6 +320,224 @@ static void attend_row(const Job *J, int t, const int32_t *sel, int count, AttnS
 /* ------------------------------------------------------------------------------------------------ */
 /* threads */
 
+/* ------------------------------------------------------------------------------------------------ */
+/* AMX: attention of a block of 16 consecutive queries over the union of their selections.
+ *
+ * Neighbouring queries select many of the same keys (with the shipped indexers, 16 queries at 7.5K select
+ * some 3-4K distinct keys among them, top-k 2048 each), so the block's keys are gathered once and the
+ * products run as 16 x 16 tiles: S = Q K_U^T, then each query's softmax over its own selected keys only
+ * (a bit per query and key), then O = P V_U. Exact like the per-query path: a key a query did not select
+ * gets probability 0. Head dim 64 (SmolLM2's) only; other shapes use the per-query path. */
+
+#if defined(__AMX_TILE__) && defined(__AMX_BF16__)
+#include <sys/syscall.h>
+#include <unistd.h>
+#define HAVE_AMX 1
+
+typedef struct {
+    uint8_t palette, start_row, reserved[14];
+    uint16_t colsb[16];
+    uint8_t rows[16];
+} __attribute__((packed)) TileConfig;
+
+static int amx_permitted(void) { /* Linux asks each process to request the AMX state once */
+    static atomic_int state = 0;    /* 0 unknown, 1 yes, -1 no */
+    int s = atomic_load(&state);
+    if (s == 0) {
+        s = syscall(SYS_arch_prctl, 0x1023 /* ARCH_REQ_XCOMP_PERM */, 18 /* XFEATURE_XTILEDATA */) == 0 ? 1 : -1;
+        atomic_store(&state, s);
+    }
+    return s == 1;
+}
+
+static int amx_usable(const Job *J) {
+    const char *env = getenv("DSA_NATIVE_PREFILL_AMX");
+    if (env && env[0] == '0') return 0;
+    return J->head_dim == 64 && amx_permitted();
+}
+
+static void amx_configure(void) { /* every tile 16 rows x 64 bytes */
+    TileConfig cfg;
+    memset(&cfg, 0, sizeof cfg);
+    cfg.palette = 1;
+    for (int i = 0; i < 8; i++) { cfg.colsb[i] = 64; cfg.rows[i] = 16; }
+    _tile_loadconfig(&cfg);
+}
+#else
+#define HAVE_AMX 0
+static int amx_usable(const Job *J) { (void)J; return 0; }
+static void amx_configure(void) {}
+#define _tile_release() ((void)0)
+#endif
+
+typedef struct {
+    uint16_t *mark, *mark_u; /* per key: bit qi when query qi of the block selected it; the same per union slot */
+    int32_t *keys;           /* the union, ascending */
+    uint32_t *kt;            /* K_U^T as tiles: per 16 keys and 32 dims, 16 dim pairs x 16 keys */
+    uint32_t *vv;            /* V_U as key pairs: (V[2i][d], V[2i+1][d]) per pair i and dim d */
+    float *s;                /* scores, 16 x union */
+    bf16 *p;                 /* probabilities, 16 x union */
+    bf16 *q;                 /* the block's queries of one head, 16 x 64 */
+    float *o;                /* 16 x 64 */
+    bf16 *zero;              /* a row of zeros standing in for the padding keys */
+} BlockScratch;
+
+static int block_scratch_init(BlockScratch *B, int S) {
+    size_t n = (size_t)S + 64;
+    B->mark = calloc(n, 2);
+    B->mark_u = aligned_alloc(64, n * 2 + 64);
+    B->keys = malloc(n * 4);
+    B->kt = aligned_alloc(64, n * 32 * 4);
+    B->vv = aligned_alloc(64, n * 32 * 4);
+    B->s = aligned_alloc(64, 16 * n * 4);
+    B->p = aligned_alloc(64, 16 * n * 2 + 64);
+    B->q = aligned_alloc(64, 16 * 64 * 2);
+    B->o = aligned_alloc(64, 16 * 64 * 4);
+    B->zero = aligned_alloc(64, 64 * 2 + 64);
+    if (B->zero) memset(B->zero, 0, 64 * 2 + 64);
+    return B->mark && B->mark_u && B->keys && B->kt && B->vv && B->s && B->p && B->q && B->o && B->zero;
+}
+
+static void block_scratch_free(BlockScratch *B) {
+    free(B->mark); free(B->mark_u); free(B->keys); free(B->kt); free(B->vv); free(B->s); free(B->p);
+    free(B->q); free(B->o); free(B->zero);
+}
+
+#if HAVE_AMX
+/* rows[i][0..15] (uint32) -> dst[j * 16 + i] */
+static inline void transpose16(const uint32_t *const rows[16], uint32_t *dst) {
+    __m512i r[16], t[16], u[4][4];
+    for (int i = 0; i < 16; i++) r[i] = _mm512_loadu_si512(rows[i]);
+    for (int i = 0; i < 8; i++) {
+        t[2 * i] = _mm512_unpacklo_epi32(r[2 * i], r[2 * i + 1]);
+        t[2 * i + 1] = _mm512_unpackhi_epi32(r[2 * i], r[2 * i + 1]);
+    }
+    for (int R = 0; R < 4; R++) { /* u[R][m], 128-bit lane L: column 4L+m of rows 4R..4R+3 */
+        u[R][0] = _mm512_unpacklo_epi64(t[4 * R], t[4 * R + 2]);
+        u[R][1] = _mm512_unpackhi_epi64(t[4 * R], t[4 * R + 2]);
+        u[R][2] = _mm512_unpacklo_epi64(t[4 * R + 1], t[4 * R + 3]);
+        u[R][3] = _mm512_unpackhi_epi64(t[4 * R + 1], t[4 * R + 3]);
+    }
+    for (int m = 0; m < 4; m++) {
+        __m512i a = _mm512_shuffle_i32x4(u[0][m], u[1][m], 0x44), b = _mm512_shuffle_i32x4(u[0][m], u[1][m], 0xEE);
+        __m512i c = _mm512_shuffle_i32x4(u[2][m], u[3][m], 0x44), d = _mm512_shuffle_i32x4(u[2][m], u[3][m], 0xEE);
+        _mm512_storeu_si512(dst + 16 * m, _mm512_shuffle_i32x4(a, c, 0x88));
+        _mm512_storeu_si512(dst + 16 * (4 + m), _mm512_shuffle_i32x4(a, c, 0xDD));
+        _mm512_storeu_si512(dst + 16 * (8 + m), _mm512_shuffle_i32x4(b, d, 0x88));
+        _mm512_storeu_si512(dst + 16 * (12 + m), _mm512_shuffle_i32x4(b, d, 0xDD));
+    }
+}
+
+static void attend_block_amx(const Job *J, int t0, int nb, const int32_t *sel, int cap, const int *counts,
+                             BlockScratch *B) {
+    const int D = 64, G = J->heads / J->kv_heads;
+    const int n_max = J->S - J->T + t0 + nb;
+    for (int qi = 0; qi < nb; qi++)
+        for (int i = 0; i < counts[qi]; i++) B->mark[sel[(size_t)qi * cap + i]] |= (uint16_t)(1u << qi);
+    int U = 0;
+    for (int s = 0; s < n_max; s++)
+        if (B->mark[s]) {
+            B->keys[U] = s;
+            B->mark_u[U++] = B->mark[s];
+            B->mark[s] = 0;
+        }
+    const int Up = (U + 31) & ~31;
+    for (int u = U; u < Up; u++) { B->keys[u] = -1; B->mark_u[u] = 0; }
+    const int64_t ps = Up; /* row stride of s and p */
+    for (int qi = nb; qi < 16; qi++) memset(B->p + qi * ps, 0, (size_t)Up * 2);
+    const __m512i pair_lo = _mm512_set_epi16(47, 15, 46, 14, 45, 13, 44, 12, 43, 11, 42, 10, 41, 9, 40, 8,
+                                             39, 7, 38, 6, 37, 5, 36, 4, 35, 3, 34, 2, 33, 1, 32, 0);
+    const __m512i pair_hi = _mm512_add_epi16(pair_lo, _mm512_set1_epi16(16));
+    const __m512 scale = _mm512_set1_ps(J->scaling);
+    for (int g = 0; g < J->kv_heads; g++) {
+        const bf16 *K = J->k + (int64_t)g * J->k_h, *V = J->v + (int64_t)g * J->v_h;
+        for (int b = 0; b < Up / 16; b++)
+            for (int c = 0; c < 2; c++) {
+                const uint32_t *rows[16];
+                for (int i = 0; i < 16; i++) {
+                    int key = B->keys[b * 16 + i];
+                    rows[i] = (const uint32_t *)(key >= 0 ? K + (int64_t)key * J->k_s + 32 * c : B->zero);
+                }
+                transpose16(rows, B->kt + (size_t)(b * 2 + c) * 256);
+            }
+        for (int i = 0; i < Up / 2; i++) {
+            int ka = B->keys[2 * i], kb = B->keys[2 * i + 1];
+            const bf16 *va = ka >= 0 ? V + (int64_t)ka * J->v_s : B->zero, *vb = kb >= 0 ? V + (int64_t)kb * J->v_s : B->zero;
+            for (int c = 0; c < 2; c++) {
+                __m512i a = _mm512_loadu_si512(va + 32 * c), bb = _mm512_loadu_si512(vb + 32 * c);
+                _mm512_store_si512(B->vv + (size_t)i * D + 32 * c, _mm512_permutex2var_epi16(a, pair_lo, bb));
+                _mm512_store_si512(B->vv + (size_t)i * D + 32 * c + 16, _mm512_permutex2var_epi16(a, pair_hi, bb));
+            }
+        }
+        for (int h = g * G; h < (g + 1) * G; h++) {
+            for (int qi = 0; qi < 16; qi++) {
+                if (qi < nb) memcpy(B->q + qi * D, J->q + (int64_t)h * J->q_h + (int64_t)(t0 + qi) * J->q_t, D * 2);
+                else memset(B->q + qi * D, 0, D * 2);
+            }
+            for (int b = 0; b < Up / 16; b++) { /* S = Q K_U^T */
+                _tile_zero(2);
+                _tile_loadd(0, B->q, D * 2);
+                _tile_loadd(1, B->kt + (size_t)(b * 2) * 256, 64);
+                _tile_dpbf16ps(2, 0, 1);
+                _tile_loadd(0, B->q + 32, D * 2);
+                _tile_loadd(1, B->kt + (size_t)(b * 2 + 1) * 256, 64);
+                _tile_dpbf16ps(2, 0, 1);
+                _tile_stored(2, B->s + 16 * b, ps * 4);
+            }
+            float denom[16];
+            for (int qi = 0; qi < nb; qi++) { /* softmax over the keys this query selected */
+                const __m512i bit = _mm512_set1_epi32(1 << qi);
+                float *s = B->s + qi * ps;
+                __m512 mx = _mm512_set1_ps(-INFINITY);
+                for (int u = 0; u < Up; u += 16) {
+                    __mmask16 m = _mm512_test_epi32_mask(
+                        _mm512_cvtepu16_epi32(_mm256_load_si256((const __m256i *)(B->mark_u + u))), bit);
+                    mx = _mm512_mask_max_ps(mx, m, mx, _mm512_mul_ps(_mm512_load_ps(s + u), scale));
+                }
+                __m512 top = _mm512_set1_ps(_mm512_reduce_max_ps(mx));
+                __m512 sum = _mm512_setzero_ps();
+                for (int u = 0; u < Up; u += 16) {
+                    __mmask16 m = _mm512_test_epi32_mask(
+                        _mm512_cvtepu16_epi32(_mm256_load_si256((const __m256i *)(B->mark_u + u))), bit);
+                    __m512 e = _mm512_maskz_mov_ps(m, exp512(_mm512_sub_ps(_mm512_mul_ps(_mm512_load_ps(s + u), scale), top)));
+                    sum = _mm512_add_ps(sum, e);
+                    _mm256_storeu_si256((__m256i *)(B->p + qi * ps + u), (__m256i)_mm512_cvtneps_pbh(e));
+                }
+                denom[qi] = _mm512_reduce_add_ps(sum);
+            }
+            _tile_zero(4); _tile_zero(5); _tile_zero(6); _tile_zero(7);
+            for (int i0 = 0; i0 < Up / 2; i0 += 16) { /* O = P V_U, 32 keys at a time */
+                _tile_loadd(0, B->p + 2 * i0, ps * 2);
+                _tile_loadd(1, B->vv + (size_t)i0 * D + 0, D * 4);
+                _tile_dpbf16ps(4, 0, 1);
+                _tile_loadd(1, B->vv + (size_t)i0 * D + 16, D * 4);
+                _tile_dpbf16ps(5, 0, 1);
+                _tile_loadd(1, B->vv + (size_t)i0 * D + 32, D * 4);
+                _tile_dpbf16ps(6, 0, 1);
+                _tile_loadd(1, B->vv + (size_t)i0 * D + 48, D * 4);
+                _tile_dpbf16ps(7, 0, 1);
+            }
+            _tile_stored(4, B->o + 0, D * 4);
+            _tile_stored(5, B->o + 16, D * 4);
+            _tile_stored(6, B->o + 32, D * 4);
+            _tile_stored(7, B->o + 48, D * 4);
+            for (int qi = 0; qi < nb; qi++) {
+                bf16 *o = J->out + ((int64_t)(t0 + qi) * J->heads + h) * D;
+                __m512 inv = _mm512_set1_ps(1.0f / denom[qi]);
+                for (int c = 0; c < D; c += 16)
+                    _mm256_storeu_si256((__m256i *)(o + c),
+                                        (__m256i)_mm512_cvtneps_pbh(_mm512_mul_ps(_mm512_load_ps(B->o + qi * D + c), inv)));
+            }
+        }
+    }
+}
+#else
+static void attend_block_amx(const Job *J, int t0, int nb, const int32_t *sel, int cap, const int *counts,
+                             BlockScratch *B) {
+    (void)J; (void)t0; (void)nb; (void)sel; (void)cap; (void)counts; (void)B;
+}
+#endif
+
 #ifdef PROFILE
 #include <time.h>
 double dsa_prefill_profile[3];
@@ -338,45 +556,61 @@ typedef struct {
     atomic_int failed;
 } Shared;
 
+#define BLOCK 16 /* queries per job: one AMX tile of rows */
+
 static void *worker(void *arg) {
     Shared *sh = arg;
     const Job *J = sh->J;
     const int S = J->S, k = J->top_k;
     const int cap = (k < S ? k : S) + 16;
+    const int use_amx = amx_usable(J);
     float *scores = aligned_alloc(64, ((size_t)S + 64) * 4);
     uint32_t *bits = malloc(((size_t)S + 16) * 4), *cand = malloc(((size_t)S + 16) * 4);
-    int32_t *sel = malloc(((size_t)S + 16) * 4);
+    int32_t *sel = malloc(((size_t)BLOCK * cap + S + 16) * 4);
     AttnScratch W = {aligned_alloc(64, (size_t)MAX_GROUP * cap * 4 + 64),
                      aligned_alloc(64, (size_t)MAX_GROUP * (cap + 2) * 2 + 64), cap};
-    if (!scores || !bits || !cand || !sel || !W.scores || !W.probs) {
+    BlockScratch B = {0};
+    int ok = scores && bits && cand && sel && W.scores && W.probs && (!use_amx || block_scratch_init(&B, S));
+    if (!ok) {
         atomic_store(&sh->failed, 1);
     } else {
+        if (use_amx) amx_configure();
+        const int blocks = (J->T + BLOCK - 1) / BLOCK;
+        int counts[BLOCK];
         for (;;) {
             int r = atomic_fetch_add(&sh->next, 1);
-            if (r >= J->T || atomic_load(&sh->failed)) break;
-            int t = J->T - 1 - r;
-            int n = S - J->T + t + 1; /* keys this query sees */
-            int count;
-            PROF_T(t0);
-            if (n <= k) {
-                for (int s = 0; s < n; s++) sel[s] = s;
-                count = n;
-            } else {
-                index_scores_row(J, sh->packed, t, n, scores);
-                PROF_T(t1); PROF_ADD(0, t0, t1);
-                count = top_k_row(scores, n, k, bits, cand, sel);
-                PROF_T(t2); PROF_ADD(1, t1, t2);
+            if (r >= blocks || atomic_load(&sh->failed)) break;
+            int t0 = (blocks - 1 - r) * BLOCK; /* the last block (the most keys) first */
+            int nb = J->T - t0 < BLOCK ? J->T - t0 : BLOCK;
+            for (int qi = 0; qi < nb; qi++) {
+                int t = t0 + qi;
+                int n = S - J->T + t + 1; /* keys this query sees */
+                int32_t *row = sel + (size_t)qi * cap;
+                PROF_T(a0);
+                if (n <= k) {
+                    for (int s = 0; s < n; s++) row[s] = s;
+                    counts[qi] = n;
+                } else {
+                    index_scores_row(J, sh->packed, t, n, scores);
+                    PROF_T(a1); PROF_ADD(0, a0, a1);
+                    counts[qi] = top_k_row(scores, n, k, bits, cand, row);
+                    PROF_T(a2); PROF_ADD(1, a1, a2);
+                }
+                if (J->selected) {
+                    int32_t *dst = J->selected + (int64_t)t * k;
+                    for (int i = 0; i < k; i++) dst[i] = i < counts[qi] ? row[i] : -1;
+                }
             }
-            PROF_T(t3);
-            if (J->selected) {
-                int32_t *dst = J->selected + (int64_t)t * k;
-                for (int i = 0; i < k; i++) dst[i] = i < count ? sel[i] : -1;
-            }
-            attend_row(J, t, sel, count, &W);
-            PROF_T(t4); PROF_ADD(2, t3, t4);
+            PROF_T(b0);
+            if (use_amx) attend_block_amx(J, t0, nb, sel, cap, counts, &B);
+            else
+                for (int qi = 0; qi < nb; qi++) attend_row(J, t0 + qi, sel + (size_t)qi * cap, counts[qi], &W);
+            PROF_T(b1); PROF_ADD(2, b0, b1);
         }
+        if (use_amx) _tile_release();
     }
     free(scores); free(bits); free(cand); free(sel); free(W.scores); free(W.probs);
+    block_scratch_free(&B);
     return NULL;
 }
 
@@ -393,7 +627,8 @@ int dsa_prefill(const Job *J, int threads) {
     atomic_init(&sh.next, 0);
     atomic_init(&sh.failed, 0);
     if (threads < 1) threads = 1;
-    if (threads > J->T) threads = J->T;
+    int blocks = (J->T + BLOCK - 1) / BLOCK;
+    if (threads > blocks) threads = blocks;
     pthread_t tid[64];
     int started = 0;
     for (int i = 1; i < threads && i < 64; i++)

@@ -51,8 +51,12 @@ def _check_selection(q_I, w, k_I, top_k, selected):
     (64, 300, 128, (9, 3), 64, (4, 32)),    # a later chunk: queries at the end of the keys
     (40, 200, 50, (4, 2), 32, (8, 64)),     # another group size, head dim and indexer shape
     (1, 257, 64, (9, 3), 64, (4, 32)),      # one decode step
+    (37, 1000, 300, (9, 3), 64, (4, 32)),   # blocks of 16 queries and a partial one
 ])
-def test_same_selection_and_output_as_the_torch_path(T, S, top_k, heads, d, index):
+@pytest.mark.parametrize("amx", ["1", "0"])
+def test_same_selection_and_output_as_the_torch_path(T, S, top_k, heads, d, index, amx, monkeypatch):
+    """With AMX (blocks of 16 queries over the union of their selections, head dim 64) and without (per query)."""
+    monkeypatch.setenv("DSA_NATIVE_PREFILL_AMX", amx)
     H, H_kv = heads
     q, k, v, q_I, w, k_I = _inputs(T + S, T, S, H, H_kv, d, *index)
     out, selected = native_prefill.sparse_prefill(q, k, v, q_I, w, k_I, top_k, d ** -0.5, threads=2,
