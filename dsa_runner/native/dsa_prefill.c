@@ -182,16 +182,23 @@ static int top_k_row(const float *scores, int n, int k, uint32_t *bits, uint32_t
     static const int shift[3] = {21, 10, 0};
     static const uint32_t width[3] = {2048, 2048, 1024};
     uint32_t hist[2048];
-    for (int s = 0; s < n; s++) bits[s] = ordered_bits(scores[s]);
+    memset(hist, 0, sizeof hist);
+    for (int s = 0; s < n; s++) { /* the bits and the first level's histogram in one pass */
+        uint32_t b = ordered_bits(scores[s]);
+        bits[s] = b;
+        hist[b >> 21]++;
+    }
     uint32_t prefix = 0, prefix_mask = 0; /* the bits of the k-th largest fixed so far */
     int need = k;                          /* how many to take among keys matching prefix */
     const uint32_t *src = bits;
     int m = n;
     for (int level = 0; level < 3; level++) {
-        memset(hist, 0, width[level] * 4);
         const int sh = shift[level];
         const uint32_t wmask = width[level] - 1;
-        for (int i = 0; i < m; i++) hist[(src[i] >> sh) & wmask]++;
+        if (level > 0) {
+            memset(hist, 0, width[level] * 4);
+            for (int i = 0; i < m; i++) hist[(src[i] >> sh) & wmask]++;
+        }
         int bin = (int)width[level] - 1;
         uint32_t above = 0;
         while (above + hist[bin] < (uint32_t)need) above += hist[bin--];
@@ -538,6 +545,43 @@ static void attend_block_amx(const Job *J, int t0, int nb, const int32_t *sel, i
 }
 #endif
 
+
+#if HAVE_AMX
+/* index scores of a block of 16 queries (4 index heads, 32 or 64 dims) over keys [0, n): AMX tiles
+ * C_j = Q_I(j) K_I^T per head j, then sum_j w(t, j) ReLU(C_j). out row qi at out + qi * ld. */
+static void index_scores_block_amx(const Job *J, const uint32_t *packed, int t0, int nb, int n, float *out,
+                                   int64_t ld, bf16 *qbuf, float *cbuf) {
+    const int H = 4, dI = J->index_dim, pairs = dI / 2, chunks = dI / 32;
+    for (int j = 0; j < H; j++)
+        for (int qi = 0; qi < 16; qi++) {
+            bf16 *dst = qbuf + ((size_t)j * 16 + qi) * dI;
+            if (qi < nb) memcpy(dst, J->q_idx + (int64_t)(t0 + qi) * J->q_idx_t + (int64_t)j * J->q_idx_h, dI * 2);
+            else memset(dst, 0, dI * 2);
+        }
+    const int blocks = (n + 15) / 16;
+    for (int b = 0; b < blocks; b++) {
+        _tile_zero(4); _tile_zero(5); _tile_zero(6); _tile_zero(7);
+        for (int c = 0; c < chunks; c++) {
+            _tile_loadd(1, packed + ((size_t)b * pairs + 16 * c) * 16, 64);
+            _tile_loadd(0, qbuf + (0 * 16) * dI + 32 * c, dI * 2); _tile_dpbf16ps(4, 0, 1);
+            _tile_loadd(0, qbuf + (1 * 16) * dI + 32 * c, dI * 2); _tile_dpbf16ps(5, 0, 1);
+            _tile_loadd(0, qbuf + (2 * 16) * dI + 32 * c, dI * 2); _tile_dpbf16ps(6, 0, 1);
+            _tile_loadd(0, qbuf + (3 * 16) * dI + 32 * c, dI * 2); _tile_dpbf16ps(7, 0, 1);
+        }
+        _tile_stored(4, cbuf + 0, 64); _tile_stored(5, cbuf + 256, 64);
+        _tile_stored(6, cbuf + 512, 64); _tile_stored(7, cbuf + 768, 64);
+        for (int qi = 0; qi < nb; qi++) {
+            const float *w = J->w + (int64_t)(t0 + qi) * H;
+            __m512 total = _mm512_setzero_ps();
+            for (int j = 0; j < H; j++)
+                total = _mm512_fmadd_ps(_mm512_set1_ps(w[j]), _mm512_max_ps(_mm512_load_ps(cbuf + j * 256 + qi * 16),
+                                                                            _mm512_setzero_ps()), total);
+            _mm512_storeu_ps(out + qi * ld + 16 * b, total);
+        }
+    }
+}
+#endif
+
 #ifdef PROFILE
 #include <time.h>
 double dsa_prefill_profile[3];
@@ -570,7 +614,14 @@ static void *worker(void *arg) {
     AttnScratch W = {aligned_alloc(64, (size_t)MAX_GROUP * cap * 4 + 64),
                      aligned_alloc(64, (size_t)MAX_GROUP * (cap + 2) * 2 + 64), cap};
     BlockScratch B = {0};
-    int ok = scores && bits && cand && sel && W.scores && W.probs && (!use_amx || block_scratch_init(&B, S));
+    /* AMX index scores: the shipped indexers' 4 heads, 32 or 64 dims; a block's rows of scores at once */
+    const int amx_index = use_amx && J->index_heads == 4 && (J->index_dim == 32 || J->index_dim == 64);
+    const int64_t ld = (int64_t)S + 64;
+    float *block_scores = amx_index ? aligned_alloc(64, (size_t)BLOCK * ld * 4) : NULL;
+    bf16 *qbuf = amx_index ? aligned_alloc(64, (size_t)4 * 16 * 64 * 2) : NULL;
+    float *cbuf = amx_index ? aligned_alloc(64, (size_t)4 * 256 * 4) : NULL;
+    int ok = scores && bits && cand && sel && W.scores && W.probs && (!use_amx || block_scratch_init(&B, S))
+             && (!amx_index || (block_scores && qbuf && cbuf));
     if (!ok) {
         atomic_store(&sh->failed, 1);
     } else {
@@ -582,6 +633,14 @@ static void *worker(void *arg) {
             if (r >= blocks || atomic_load(&sh->failed)) break;
             int t0 = (blocks - 1 - r) * BLOCK; /* the last block (the most keys) first */
             int nb = J->T - t0 < BLOCK ? J->T - t0 : BLOCK;
+            const int n_max = S - J->T + t0 + nb;
+#if HAVE_AMX
+            if (amx_index && n_max > k) {
+                PROF_T(c0);
+                index_scores_block_amx(J, sh->packed, t0, nb, n_max, block_scores, ld, qbuf, cbuf);
+                PROF_T(c1); PROF_ADD(0, c0, c1);
+            }
+#endif
             for (int qi = 0; qi < nb; qi++) {
                 int t = t0 + qi;
                 int n = S - J->T + t + 1; /* keys this query sees */
@@ -591,9 +650,11 @@ static void *worker(void *arg) {
                     for (int s = 0; s < n; s++) row[s] = s;
                     counts[qi] = n;
                 } else {
-                    index_scores_row(J, sh->packed, t, n, scores);
+                    const float *row_scores = scores;
+                    if (amx_index) row_scores = block_scores + qi * ld;
+                    else index_scores_row(J, sh->packed, t, n, scores);
                     PROF_T(a1); PROF_ADD(0, a0, a1);
-                    counts[qi] = top_k_row(scores, n, k, bits, cand, row);
+                    counts[qi] = top_k_row(row_scores, n, k, bits, cand, row);
                     PROF_T(a2); PROF_ADD(1, a1, a2);
                 }
                 if (J->selected) {
@@ -610,6 +671,7 @@ static void *worker(void *arg) {
         if (use_amx) _tile_release();
     }
     free(scores); free(bits); free(cand); free(sel); free(W.scores); free(W.probs);
+    free(block_scores); free(qbuf); free(cbuf);
     block_scratch_free(&B);
     return NULL;
 }

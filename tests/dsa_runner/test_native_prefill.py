@@ -52,6 +52,7 @@ def _check_selection(q_I, w, k_I, top_k, selected):
     (40, 200, 50, (4, 2), 32, (8, 64)),     # another group size, head dim and indexer shape
     (1, 257, 64, (9, 3), 64, (4, 32)),      # one decode step
     (37, 1000, 300, (9, 3), 64, (4, 32)),   # blocks of 16 queries and a partial one
+    (20, 400, 100, (6, 2), 64, (4, 64)),    # index heads of 64 dims
 ])
 @pytest.mark.parametrize("amx", ["1", "0"])
 def test_same_selection_and_output_as_the_torch_path(T, S, top_k, heads, d, index, amx, monkeypatch):
