@@ -183,11 +183,14 @@ static int top_k_row(const float *scores, int n, int k, uint32_t *bits, uint32_t
     static const uint32_t width[3] = {2048, 2048, 1024};
     uint32_t hist[2048];
     memset(hist, 0, sizeof hist);
-    for (int s = 0; s < n; s++) { /* the bits and the first level's histogram in one pass */
-        uint32_t b = ordered_bits(scores[s]);
-        bits[s] = b;
-        hist[b >> 21]++;
+    const __m512i sign = _mm512_set1_epi32((int)0x80000000u);
+    for (int s = 0; s < n; s += 16) { /* ordered bits (-0.0 as +0.0), then the first level's histogram */
+        __mmask16 live = n - s >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (n - s)) - 1);
+        __m512i u = _mm512_castps_si512(_mm512_add_ps(_mm512_maskz_loadu_ps(live, scores + s), _mm512_setzero_ps()));
+        u = _mm512_xor_si512(u, _mm512_or_si512(_mm512_srai_epi32(u, 31), sign));
+        _mm512_mask_storeu_epi32(bits + s, live, u);
     }
+    for (int s = 0; s < n; s++) hist[bits[s] >> 21]++;
     uint32_t prefix = 0, prefix_mask = 0; /* the bits of the k-th largest fixed so far */
     int need = k;                          /* how many to take among keys matching prefix */
     const uint32_t *src = bits;
@@ -206,19 +209,35 @@ static int top_k_row(const float *scores, int n, int k, uint32_t *bits, uint32_t
         prefix |= (uint32_t)bin << sh;
         prefix_mask |= wmask << sh;
         if (level < 2) { /* keep only the keys in the threshold's bin */
+            const __m512i pm = _mm512_set1_epi32((int)prefix_mask), pv = _mm512_set1_epi32((int)prefix);
             int c = 0;
-            for (int i = 0; i < m; i++)
-                if ((src[i] & prefix_mask) == prefix) cand[c++] = src[i];
+            for (int i = 0; i < m; i += 16) {
+                __mmask16 live = m - i >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (m - i)) - 1);
+                __m512i v = _mm512_maskz_loadu_epi32(live, src + i);
+                __mmask16 keep = _mm512_mask_cmpeq_epi32_mask(live, _mm512_and_si512(v, pm), pv);
+                _mm512_mask_compressstoreu_epi32(cand + c, keep, v);
+                c += __builtin_popcount(keep);
+            }
             src = cand;
             m = c;
         }
     }
     /* prefix: the k-th largest value; need: how many keys equal to it are taken (the latest ones) */
-    int count = 0;
-    for (int s = 0; s < n; s++)
-        if (bits[s] > prefix) out[count++] = s;
-    for (int s = n - 1; s >= 0 && need > 0; s--)
-        if (bits[s] == prefix) { out[count++] = s; need--; }
+    const __m512i pv = _mm512_set1_epi32((int)prefix);
+    __m512i idx = _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
+    int count = 0, ties = 0;
+    uint32_t *tied = cand; /* free again */
+    for (int s = 0; s < n; s += 16) {
+        __mmask16 live = n - s >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (n - s)) - 1);
+        __m512i v = _mm512_maskz_loadu_epi32(live, bits + s);
+        __mmask16 gt = _mm512_mask_cmpgt_epu32_mask(live, v, pv), eq = _mm512_mask_cmpeq_epi32_mask(live, v, pv);
+        _mm512_mask_compressstoreu_epi32(out + count, gt, idx);
+        _mm512_mask_compressstoreu_epi32(tied + ties, eq, idx);
+        count += __builtin_popcount(gt);
+        ties += __builtin_popcount(eq);
+        idx = _mm512_add_epi32(idx, _mm512_set1_epi32(16));
+    }
+    for (int i = ties - need; i < ties; i++) out[count++] = (int32_t)tied[i];
     return count;
 }
 
