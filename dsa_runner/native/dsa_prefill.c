@@ -398,6 +398,7 @@ static void amx_configure(void) {}
 
 typedef struct {
     uint16_t *mark, *mark_u; /* per key: bit qi when query qi of the block selected it; the same per union slot */
+    __mmask16 *qmask;        /* per query of the block and 16 union slots: the ones it selected */
     int32_t *keys;           /* the union, ascending */
     uint32_t *kt;            /* K_U^T as tiles: per 16 keys and 32 dims, 16 dim pairs x 16 keys */
     uint32_t *vv;            /* V_U as key pairs: (V[2i][d], V[2i+1][d]) per pair i and dim d */
@@ -412,6 +413,7 @@ static int block_scratch_init(BlockScratch *B, int S) {
     size_t n = (size_t)S + 64;
     B->mark = calloc(n, 2);
     B->mark_u = aligned_alloc(64, n * 2 + 64);
+    B->qmask = malloc(16 * (n / 16 + 4) * sizeof(__mmask16));
     B->keys = malloc(n * 4);
     B->kt = aligned_alloc(64, n * 32 * 4);
     B->vv = aligned_alloc(64, n * 32 * 4);
@@ -421,11 +423,11 @@ static int block_scratch_init(BlockScratch *B, int S) {
     B->o = aligned_alloc(64, 16 * 64 * 4);
     B->zero = aligned_alloc(64, 64 * 2 + 64);
     if (B->zero) memset(B->zero, 0, 64 * 2 + 64);
-    return B->mark && B->mark_u && B->keys && B->kt && B->vv && B->s && B->p && B->q && B->o && B->zero;
+    return B->mark && B->mark_u && B->qmask && B->keys && B->kt && B->vv && B->s && B->p && B->q && B->o && B->zero;
 }
 
 static void block_scratch_free(BlockScratch *B) {
-    free(B->mark); free(B->mark_u); free(B->keys); free(B->kt); free(B->vv); free(B->s); free(B->p);
+    free(B->mark); free(B->mark_u); free(B->qmask); free(B->keys); free(B->kt); free(B->vv); free(B->s); free(B->p);
     free(B->q); free(B->o); free(B->zero);
 }
 
@@ -470,6 +472,12 @@ static void attend_block_amx(const Job *J, int t0, int nb, const int32_t *sel, i
     const int Up = (U + 31) & ~31;
     for (int u = U; u < Up; u++) { B->keys[u] = -1; B->mark_u[u] = 0; }
     const int64_t ps = Up; /* row stride of s and p */
+    for (int qi = 0; qi < nb; qi++) { /* each query's selection as masks of 16 union slots, for every head */
+        const __m512i bit = _mm512_set1_epi32(1 << qi);
+        for (int u = 0; u < Up; u += 16)
+            B->qmask[(size_t)qi * (Up / 16) + u / 16] = _mm512_test_epi32_mask(
+                _mm512_cvtepu16_epi32(_mm256_load_si256((const __m256i *)(B->mark_u + u))), bit);
+    }
     for (int qi = nb; qi < 16; qi++) memset(B->p + qi * ps, 0, (size_t)Up * 2);
     const __m512i pair_lo = _mm512_set_epi16(47, 15, 46, 14, 45, 13, 44, 12, 43, 11, 42, 10, 41, 9, 40, 8,
                                              39, 7, 38, 6, 37, 5, 36, 4, 35, 3, 34, 2, 33, 1, 32, 0);
@@ -512,22 +520,22 @@ static void attend_block_amx(const Job *J, int t0, int nb, const int32_t *sel, i
             }
             float denom[16];
             for (int qi = 0; qi < nb; qi++) { /* softmax over the keys this query selected */
-                const __m512i bit = _mm512_set1_epi32(1 << qi);
-                float *s = B->s + qi * ps;
+                const float *s = B->s + qi * ps;
+                const __mmask16 *sel16 = B->qmask + (size_t)qi * (Up / 16);
+                bf16 *p = B->p + qi * ps;
                 __m512 mx = _mm512_set1_ps(-INFINITY);
-                for (int u = 0; u < Up; u += 16) {
-                    __mmask16 m = _mm512_test_epi32_mask(
-                        _mm512_cvtepu16_epi32(_mm256_load_si256((const __m256i *)(B->mark_u + u))), bit);
-                    mx = _mm512_mask_max_ps(mx, m, mx, _mm512_mul_ps(_mm512_load_ps(s + u), scale));
-                }
-                __m512 top = _mm512_set1_ps(_mm512_reduce_max_ps(mx));
+                for (int u = 0; u < Up; u += 16) mx = _mm512_mask_max_ps(mx, sel16[u / 16], mx, _mm512_load_ps(s + u));
+                __m512 top = _mm512_set1_ps(_mm512_reduce_max_ps(mx) * J->scaling); /* scaling > 0 */
                 __m512 sum = _mm512_setzero_ps();
                 for (int u = 0; u < Up; u += 16) {
-                    __mmask16 m = _mm512_test_epi32_mask(
-                        _mm512_cvtepu16_epi32(_mm256_load_si256((const __m256i *)(B->mark_u + u))), bit);
-                    __m512 e = _mm512_maskz_mov_ps(m, exp512(_mm512_sub_ps(_mm512_mul_ps(_mm512_load_ps(s + u), scale), top)));
+                    __mmask16 m = sel16[u / 16];
+                    if (!m) {
+                        _mm256_store_si256((__m256i *)(p + u), _mm256_setzero_si256());
+                        continue;
+                    }
+                    __m512 e = _mm512_maskz_mov_ps(m, exp512(_mm512_fmsub_ps(_mm512_load_ps(s + u), scale, top)));
                     sum = _mm512_add_ps(sum, e);
-                    _mm256_storeu_si256((__m256i *)(B->p + qi * ps + u), (__m256i)_mm512_cvtneps_pbh(e));
+                    _mm256_store_si256((__m256i *)(p + u), (__m256i)_mm512_cvtneps_pbh(e));
                 }
                 denom[qi] = _mm512_reduce_add_ps(sum);
             }
