@@ -1,11 +1,14 @@
 """DSA's sparse attention above top-k on the CPU in C (``native/dsa_prefill.c``): index scores, exact top-k
-and attention over the selected keys, one job per query row.
+and attention over the selected keys, in blocks of 16 queries.
 
 The torch path (``kernels.index_top_k`` then ``kernels.sparse_attention``) scores every causal pair with
 float32 matmuls, selects with ``torch.topk`` and gathers K/V rows per query; at 7.5K tokens it was several
 times slower than dense SDPA (bench/RESULTS.md). ``sparse_prefill`` gives the same selection (the products
 are exact in both, only the order of the float32 sums differs; ties at the top-k boundary go to the most
 recent key, as ``kernels.select_top_k`` does on the CPU) and the same attention within bfloat16 rounding.
+With AMX (head dim 64; ``DSA_NATIVE_PREFILL_AMX=0`` turns it off) a block's index scores and its attention
+over the union of its queries' selections run as 16 x 16 tiles, a key a query did not select getting
+probability 0; otherwise each query runs alone with AVX512-BF16 dot products.
 
 Used by ``attention.dsa_attention_forward`` when ``applies`` says so: CPU, bfloat16 queries, keys and
 index tensors (no FP8), plain causal masking (no padding), a CPU with AVX512-BF16. ``DSA_NATIVE_PREFILL=0``

@@ -1,4 +1,4 @@
-/* DSA's sparse prefill on the CPU: index scores, top-k and attention over the selected keys, per query.
+/* DSA's sparse prefill on the CPU: index scores, top-k and attention over the selected keys.
  *
  * For each query t (at key position pos = S - T + t, causal: it sees keys 0..pos):
  *   I(t, s)  = sum_j w(t, j) * ReLU(q_I(t, j) . k_I(s))       s <= pos   (DeepSeek-V3.2, eq. 1)
@@ -8,13 +8,15 @@
  *
  * Why C: the torch path scores every causal pair with fp32 matmuls, sorts with topk, then gathers K/V rows
  * per query and runs small batched matmuls; at 7.5K tokens it is several times slower than dense SDPA.
- * Here each query row is one job: its scores go straight into the radix select, the selected rows are
- * read once per KV head (bfloat16, shared by the head group), and nothing is materialised per layer but the
- * output. Dot products use AVX512-BF16 (vdpbf16ps): the inputs are bfloat16 already, so the products are
- * exact in float32 and only the order of the sums differs from the torch path. The probabilities are
- * rounded to bfloat16 for P.V, as the torch gather path does.
+ * Here the work unit is a block of 16 consecutive queries: their index scores (AMX tiles, or AVX512-BF16
+ * per query), an exact radix select per query, then attention. With AMX the block's attention runs over
+ * the union of its queries' selections as tiles (a key a query did not select gets probability 0), since
+ * neighbouring queries select many of the same keys; without it (or for head dims other than 64) each
+ * query reads its selected rows alone. Inputs are bfloat16, so the products are exact in float32 and only
+ * the order of the sums differs from the torch path. Probabilities are rounded to bfloat16 for P.V, as
+ * the torch gather path does.
  *
- * Rows are handed to the threads largest first from an atomic counter (a row's cost grows with pos).
+ * Blocks are handed to the threads last first from an atomic counter (a block's cost grows with pos).
  * Without AVX512-BF16 (dsa_prefill_available() == 0) the runner keeps the torch path.
  * Built by dsa_runner/native_prefill.py (-O3 -march=native -pthread).
  */
