@@ -148,8 +148,8 @@ def load_engine(cfg: ServerConfig) -> tuple[Engine, object]:
     native = engine._native_decoder
     rows, kernels = (native.max_rows, native.kernels) if native is not None else (0, "")
     log.info("decode steps: %s", {
-        "native": f"native C step up to {rows} rows ({kernels} kernels, dsa_runner/native), the compact torch step above "
-                  "and for DSA's sparse steps",
+        "native": f"native C step up to {rows} rows ({kernels} kernels, dsa_runner/native), the compact torch "
+                  "step above and for DSA's sparse steps",
         "compact": "compact torch step (dsa_runner.fast_decode)",
         "hf": "transformers forward"}[engine.decode_impl])
     log.info("warm-up: %.1fs", engine.warmup())

@@ -244,16 +244,49 @@ int dsa_set_int8_activations(int on) {
     return was;
 }
 
+/* q = x * 127 / max|x| rounded to the nearest integer (ties to even, as the vector conversions do) */
+static inline void quantize_block(const float *x, int8_t *q, float *scale) {
+#if QW == 64
+    const __m512 a = _mm512_loadu_ps(x), b = _mm512_loadu_ps(x + 16);
+    const float amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(a), _mm512_abs_ps(b)));
+    const __m512 inv = _mm512_set1_ps(amax > 0.f ? 127.f / amax : 0.f);
+    _mm_storeu_si128((__m128i *)q, _mm512_cvtsepi32_epi8(_mm512_cvtps_epi32(_mm512_mul_ps(a, inv))));
+    _mm_storeu_si128((__m128i *)(q + 16), _mm512_cvtsepi32_epi8(_mm512_cvtps_epi32(_mm512_mul_ps(b, inv))));
+#elif QW == 32
+    const __m256 sign = _mm256_set1_ps(-0.f);
+    __m256 v[4], m = _mm256_setzero_ps();
+    for (int i = 0; i < 4; i++) {
+        v[i] = _mm256_loadu_ps(x + 8 * i);
+        m = _mm256_max_ps(m, _mm256_andnot_ps(sign, v[i]));
+    }
+    __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+    m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+    m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
+    const float amax = _mm_cvtss_f32(m4);
+    const __m256 inv = _mm256_set1_ps(amax > 0.f ? 127.f / amax : 0.f);
+    __m256i i32[4];
+    for (int i = 0; i < 4; i++) i32[i] = _mm256_cvtps_epi32(_mm256_mul_ps(v[i], inv));
+    /* the packs work within 128-bit halves: put the eight groups of four back in order */
+    const __m256i packed = _mm256_packs_epi16(_mm256_packs_epi32(i32[0], i32[1]), _mm256_packs_epi32(i32[2], i32[3]));
+    _mm256_storeu_si256((__m256i *)q, _mm256_permutevar8x32_epi32(packed, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7)));
+#else
+    float amax = 0.f;
+    for (int i = 0; i < QK; i++) amax = fmaxf(amax, fabsf(x[i]));
+    const float inv = amax > 0.f ? 127.f / amax : 0.f;
+    const float magic = 12582912.f; /* 1.5 * 2^23: adding it rounds |v| < 2^22 to an integer, ties to even */
+    for (int i = 0; i < QK; i++) {
+        volatile float r = x[i] * inv + magic; /* volatile: two roundings, not one folded expression */
+        q[i] = (int8_t)(int)(r - magic);
+    }
+#endif
+    *scale = amax / 127.f;
+}
+
 static void quantize_rows(const float *x, int B, int K, int8_t *q, float *d, float *lane) {
     for (int b = 0; b < B; b++) {
         for (int c = 0; c < K; c += QK) {
-            const float *xb = x + (size_t)b * K + c;
-            float amax = 0.f;
-            for (int i = 0; i < QK; i++) amax = fmaxf(amax, fabsf(xb[i]));
-            const float inv = amax > 0.f ? 127.f / amax : 0.f;
-            int8_t *qb = q + (size_t)b * K + c;
-            for (int i = 0; i < QK; i++) qb[i] = (int8_t)nearbyintf(xb[i] * inv);
-            const float scale = amax / 127.f;
+            float scale;
+            quantize_block(x + (size_t)b * K + c, q + (size_t)b * K + c, &scale);
             d[(size_t)b * (K / QK) + c / QK] = scale;
             for (int i = 0; i < QK / 4; i++) lane[((size_t)b * K + c) / 4 + i] = scale;
         }
