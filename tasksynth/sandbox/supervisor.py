@@ -225,9 +225,14 @@ def run_as_untrusted(work) -> int:
     return os.waitpid(pid, 0)[1]
 
 
-def kill_untrusted(reap: int | None = None) -> int:
+def wait_status(pid: int) -> int:
+    return os.waitpid(pid, 0)[1]
+
+
+def kill_untrusted(reap: int | None = None, wait=wait_status) -> int:
     """Kill every process of the untrusted user in this container, daemons and fork bombs included.
-    `reap`: a child of ours that is among them; it is reaped here, and its wait status returned."""
+    `reap`: a process among them to reap with `wait` (a child of the fork server is reaped by it); its wait
+    status is returned."""
     if reap is None and not untrusted_processes_left():
         return 0
 
@@ -252,7 +257,7 @@ def kill_untrusted(reap: int | None = None) -> int:
         except BaseException:  # noqa: BLE001
             pass
         os._exit(code)
-    status = os.waitpid(reap, 0)[1] if reap is not None else 0
+    status = wait(reap) if reap is not None else 0
     if os.waitpid(killer, 0)[1] != 0 and SUPERVISOR is not None:
         # Something of the run user would not die (a process stuck in the kernel): this container cannot
         # promise a clean next call; the host replaces it after this reply.
@@ -412,9 +417,10 @@ class CappedStreams:
         return self.data[name].decode("utf-8", errors="replace")
 
 
-def supervise(pid: int, streams: CappedStreams, timeout_s: float) -> tuple[int, str | None]:
-    """Wait for the child `pid` while reading its output; stop it on timeout or output over the cap.
-    Returns its wait status and why it was stopped (None: it ended by itself)."""
+def supervise(pid: int, streams: CappedStreams, timeout_s: float, wait=wait_status) -> tuple[int, str | None]:
+    """Wait for the process `pid` while reading its output; stop it on timeout or output over the cap.
+    Returns its wait status (`wait` reaps it) and why it was stopped (None: it ended by itself). A pidfd
+    tells when it ended: that works for a child of the fork server too, a zombie until it is reaped."""
     deadline = time.monotonic() + timeout_s
     pidfd = os.pidfd_open(pid)
     streams.poller.register(pidfd, select.POLLIN)
@@ -441,9 +447,9 @@ def supervise(pid: int, streams: CappedStreams, timeout_s: float) -> tuple[int, 
         os.close(pidfd)
     if stopped:
         # The child and everything it started go at once; the supervisor reaps the child meanwhile.
-        status = kill_untrusted(reap=pid)
+        status = kill_untrusted(reap=pid, wait=wait)
     else:
-        status = os.waitpid(pid, 0)[1]
+        status = wait(pid)
         # Whatever the child left behind (daemons, a fork bomb) goes too, which also closes the pipes.
         kill_untrusted()
     drain_deadline = time.monotonic() + 2
@@ -564,18 +570,23 @@ class Supervisor:
         # What the attempt loaded travels with the request (a module loaded after the reset as well).
         key = compiled_key(request, self.modules)
         ship = key not in COMPILED and (bool(request.get("module")) or self._seen_before(key))
-        request = {**request, "modules": self.modules, "state_name": self.state_name, "ship": ship}
-        if child is None:  # forked now, with its request in the memory it starts with
-            child = CallChild(request)
-        elif not child.send(request):  # the reset's child died while it waited (the OOM killer did)
-            child.discard()
-            child = CallChild(request)
+        request = {**request, "modules": self.modules, "state_name": self.state_name, "ship": ship,
+                   "code": self._kept_code_for(request)}
+        try:
+            if child is None:  # forked now, with its request in the memory it starts with
+                child = CallChild(request)
+            elif not child.send(request):  # the reset's child died while it waited (the OOM killer did)
+                child.discard()
+                child = CallChild(request)
+        except ForkServerGone as exc:
+            return {"ok": True, "outcome": "sandbox_crash", "reason": str(exc), "seconds": 0.0, "result": None,
+                    "exception": None, "stdout": "", "stderr": ""}
         cap = int(limits["output_cap"])
         # The result pipe carries the compiled code a child may ship (see _ship_compiled), then the result:
         # whether the result is over the cap is decided here, from what was read, never by the child.
         streams = CappedStreams({"stdout": child.out_r, "stderr": child.err_r, "result": child.res_r}, cap,
                                 {"result": 4 + shipped_code_max(limits) + cap})
-        status, stopped = supervise(child.pid, streams, float(limits["timeout_s"]))
+        status, stopped = supervise(child.pid, streams, float(limits["timeout_s"]), child.wait)
         seconds = time.monotonic() - started
         outcome, reason = classify(status, stopped, limits, events, streams)
         reply = {"ok": True, "outcome": outcome, "reason": reason, "seconds": seconds, "result": None,
@@ -612,6 +623,13 @@ class Supervisor:
             self.sources_seen.clear()
         self.sources_seen.add(digest)
         return False
+
+    def _kept_code_for(self, request: dict) -> dict[str, bytes]:
+        """The kept compiled code a call may use, by file name: its own source's and the attempt's modules'.
+        It goes with the request: the child is forked from the fork server, which holds none of it."""
+        keys = [compiled_key(request, self.modules)]
+        keys += [(f"<module {name}>", source) for name, source in self.modules.items()]
+        return {key[0]: COMPILED[key] for key in keys if key in COMPILED}
 
     @staticmethod
     def _keep_compiled(key: tuple[str, str], compiled: bytes) -> None:
@@ -913,6 +931,7 @@ class _LoadedModules:
 
 
 SUPERVISOR: Supervisor | None = None
+FORK_SERVER: "ForkServer | None" = None
 # Lets a call's code import the attempt's loaded modules. Installed once (prepare_for_calls) with no modules,
 # so that a child only fills it in; the supervisor itself imports nothing once it serves.
 LOADED_MODULES = _LoadedModules({})
@@ -932,37 +951,37 @@ _RESULT_PREFIX = [b"\0\0\0\0"]  # in a call's child: what goes before the result
 
 
 class CallChild:
-    """The forked process of one call, which becomes the untrusted user and runs it. Forked when the call's
-    request has arrived, it finds the request in the memory it starts with (nothing to send or parse), and
-    everything of the supervisor it could read belongs to this attempt. Without a request it is the child
-    of an attempt's reset: it waits on a socket, empties the work folders and copies the master it is
-    handed when told, and then waits for the attempt's first call. It is forked only when no untrusted
-    process is left (after the previous sweep), and holds nothing but its own pipes.
+    """The process of one call, forked by the fork server (see ForkServer) when the call's request has
+    arrived: it finds the request in the memory it starts with, becomes the untrusted user and runs it.
+    Without a request it is the child of an attempt's reset: it waits on a socket, empties the work folders
+    and copies the master it is handed when told, and then waits there for the attempt's first call. It is
+    forked only when no untrusted process is left (after the previous sweep), and holds nothing but its own
+    pipes, the memory the fork server started with, and its request.
 
     Forked in advance (after the previous reply, as it once was), a child is off a call's critical path
-    (about 0.4 ms), but it would carry whatever the supervisor held then into the next call, of the next
-    attempt too, and it costs more CPU: the supervisor's writes while it waits copy pages."""
+    (about 0.4 ms), but it costs more CPU (the supervisor's writes while it waits copy pages), and the reset's
+    child could not be the first call's too without carrying what was there before the reset."""
 
     def __init__(self, request: dict | None = None):
-        if request is None:
-            # A socket, not a pipe, for the request: a reset hands it the state master's file descriptor.
-            parent_end, child_end = _socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-            request_r, self.request = child_end.detach(), parent_end
-            self.request_w = parent_end.fileno()
-        else:
-            request_r, self.request_w = -1, -1
+        if FORK_SERVER is None:
+            raise ForkServerGone("the container's fork server is gone; the container is replaced")
         self.out_r, out_w = os.pipe()
         self.err_r, err_w = os.pipe()
         self.res_r, res_w = os.pipe()
-        # Objects that exist now are never collected in the child: its collector would otherwise write to
-        # every one of them and copy most of the supervisor's memory, page by page, on each call.
-        gc.freeze()
-        self.pid = fork()
-        if self.pid == 0:
-            _call_child(request_r, out_w, err_w, res_w, request)  # never returns
-        for fd in (request_r, out_w, err_w, res_w):
-            if fd >= 0:
+        ends = [out_w, err_w, res_w]
+        if request is None:
+            # A socket, not a pipe, for the requests: a reset hands it the state master's file descriptor.
+            parent_end, child_end = _socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+            self.request, self.request_w = parent_end, parent_end.fileno()
+            ends.append(child_end.detach())
+        else:
+            self.request_w = -1
+        try:
+            self.pid = FORK_SERVER.fork(marshal.dumps(request) if request is not None else b"", ends)
+        finally:
+            for fd in ends:
                 os.close(fd)
+        self.wait = FORK_SERVER.wait
 
     def send(self, request: dict, fds: list[int] | None = None, *, last: bool = True) -> bool:
         """Write a request to the child. `last` (a call): nothing follows, the request socket is closed.
@@ -1006,7 +1025,124 @@ class CallChild:
         self.close_request()
         for fd in (self.out_r, self.err_r, self.res_r):
             os.close(fd)
-        return os.waitpid(self.pid, 0)[1]
+        return self.wait(self.pid)
+
+
+class ForkServerGone(RuntimeError):
+    """The fork server died (nothing of the run user can kill it; the out-of-memory killer could)."""
+
+
+class ForkServer:
+    """The process every call's child is forked from: root, forked from the supervisor once at start, before
+    any request, and holding nothing of any attempt. A child of the supervisor itself would start with the
+    supervisor's memory, freed memory included, where the requests of earlier attempts lie (a verifier's
+    source with its expected answer, say) for the code under test to read (its own memory is readable to
+    it); a child of the fork server starts with the fork server's, which never held any of them, plus its
+    own request. It also spares the supervisor's own writes the page faults a fork leaves behind.
+
+    Protocol over a socket pair (one request at a time): `F`, a 4-byte length and that many bytes of a
+    call's request (marshal; none for a reset's child), with the child's pipe ends (and for a reset's child
+    its request socket) as SCM_RIGHTS -> the child's pid (4 bytes; -1 when the fork failed). `W` and a pid
+    -> that child reaped, its wait status (4 bytes). Should the fork server die, the container cannot
+    serve calls again and is replaced (`ForkServerGone`)."""
+
+    def __init__(self):
+        ours, theirs = _socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        gc.freeze()  # see CallChild: what exists now is never collected in a child
+        self.pid = fork()
+        if self.pid == 0:
+            ours.close()
+            _serve_forks(theirs)  # never returns
+        theirs.close()
+        self.socket = ours
+
+    def fork(self, request: bytes, ends: list[int]) -> int:
+        try:
+            self.socket.sendmsg([b"F" + len(request).to_bytes(4, "big"), request],
+                               [(socket.SOL_SOCKET, socket.SCM_RIGHTS, struct.pack(f"{len(ends)}i", *ends))])
+            pid = self._answer()
+        except OSError:
+            pid = None
+        if pid is None:
+            self.lost()
+        if pid is None or pid < 0:
+            raise ForkServerGone("the container's fork server could not fork a call's process")
+        return pid
+
+    def wait(self, pid: int) -> int:
+        """Reap a child of the fork server: its wait status (0 when the fork server is gone)."""
+        try:
+            self.socket.sendall(b"W" + pid.to_bytes(4, "big"))
+            status = self._answer()
+        except OSError:
+            status = None
+        if status is None:
+            self.lost()
+            return 0
+        return status
+
+    def _answer(self) -> int | None:
+        data = b""
+        while len(data) < 4:
+            chunk = self.socket.recv(4 - len(data))
+            if not chunk:
+                return None
+            data += chunk
+        return int.from_bytes(data, "big", signed=True)
+
+    def lost(self) -> None:
+        """It died: reap it and count it out of the container's baseline of tasks; the reply that finds this
+        out says the container is unusable, and the host replaces it."""
+        global FORK_SERVER, BASELINE_TASKS
+        if FORK_SERVER is self:
+            FORK_SERVER = None
+            self.socket.close()
+            os.waitpid(self.pid, 0)
+            if BASELINE_TASKS is not None:
+                BASELINE_TASKS -= 1
+            if SUPERVISOR is not None:
+                SUPERVISOR.unusable = "the container's fork server died"
+
+
+def _serve_forks(requests) -> None:
+    """The fork server's loop (see ForkServer). A request's bytes go into one buffer, zeroed again once the
+    child is forked: what this process holds after a fork is what it held at start."""
+    buffer = bytearray(1 << 16)
+    status = 0
+    try:
+        while True:
+            head, ancillary, _, _ = requests.recvmsg(5, FD_SPACE)
+            fds = received_fds(ancillary)
+            while head and len(head) < 5 and (more := requests.recv(5 - len(head))):
+                head += more
+            if len(head) < 5:
+                break  # the supervisor is gone
+            value = int.from_bytes(head[1:], "big")
+            if head[:1] == b"W":
+                requests.sendall(os.waitpid(value, 0)[1].to_bytes(4, "big", signed=True))
+                continue
+            if value > len(buffer):
+                buffer[:] = bytes(len(buffer))
+                buffer = bytearray(value)
+            view = memoryview(buffer)
+            got = 0
+            while got < value and (n := requests.recv_into(view[got:value])):
+                got += n
+            try:
+                pid = fork() if got == value and head[:1] == b"F" and len(fds) in (3, 4) else -1
+            except OSError:
+                pid = -1
+            if pid == 0:
+                request = marshal.loads(view[:value]) if value else None
+                _call_child(fds[3] if len(fds) == 4 else -1, fds[0], fds[1], fds[2], request)  # never returns
+            view[:value] = bytes(value)
+            view.release()
+            for fd in fds:
+                os.close(fd)
+            requests.sendall(pid.to_bytes(4, "big", signed=True))
+    except BaseException:  # noqa: BLE001 - a forked process must never return into the supervisor's loop
+        status = 1
+    os._exit(status)
 
 
 def _exec_untrusted(limits: dict, request: dict, path: str, argv: list[str], stdio: tuple[int, int, int | None],
@@ -1103,6 +1239,9 @@ def _call_child(request_r: int, out_w: int, err_w: int, res_w: int, request: dic
             os.write(REQUEST_FD, RESET_DONE)
         if requests is not None:
             requests.close()
+        for filename, data in (request.get("code") or {}).items():
+            COMPILED[(filename, request["source"] if filename == "<call>" else request["modules"][filename[8:-1]])] = data
+        os.environ["SANDBOX_STATE"] = os.path.join(WORK, request["state_name"])
         LOADED_MODULES.sources = request["modules"]
         limits = request["limits"]
         _set_call_limits(limits)
@@ -1285,12 +1424,13 @@ def prepare_for_calls() -> None:
 
 
 def serve(socket_path: str, accept_timeout_s: float = 120) -> None:
-    global SUPERVISOR, BASELINE_TASKS
+    global SUPERVISOR, BASELINE_TASKS, FORK_SERVER
     SUPERVISOR = Supervisor()
     prepare_for_calls()
-    BASELINE_TASKS = container_tasks()
     empty_own_bounding_set()
     signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+    FORK_SERVER = ForkServer()
+    BASELINE_TASKS = container_tasks()
     try:
         os.unlink(socket_path)
     except FileNotFoundError:

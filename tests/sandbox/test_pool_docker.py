@@ -119,6 +119,42 @@ def test_an_attempt_finds_nothing_of_earlier_attempts_in_its_processes(pool):
         assert (first.result, second.result) == ([], []), (first, second)
 
 
+MEMORY_SCAN = """
+import ctypes
+
+def f(reversed_markers):
+    # How often each marker (sent reversed, so that the request holds no copy of it) is in this process's
+    # writable memory: one copy is the one made here.
+    markers = [r[::-1].encode() for r in reversed_markers]
+    found = [0] * len(markers)
+    for line in open("/proc/self/maps").read().splitlines():
+        parts = line.split()
+        if not parts[1].startswith("rw") or len(parts) > 5 and parts[5].startswith("[v"):
+            continue
+        low, high = (int(x, 16) for x in parts[0].split("-"))
+        data = ctypes.string_at(low, high - low)
+        for i, marker in enumerate(markers):
+            found[i] += data.count(marker)
+    return found
+"""
+
+
+def test_an_attempt_cannot_read_earlier_attempts_in_its_memory(pool):
+    """Not even in freed memory: the verifier of one attempt (its expected answer) is never in the memory
+    the next attempt's processes start with (they are forked from the fork server, which never held it)."""
+    secret, control = (f"answer-{uuid.uuid4().hex}" for _ in range(2))
+    with pool.attempt() as attempt:
+        attempt.load("answers", f"EXPECTED = {secret!r}\n")
+        assert attempt.call(f"import answers\ndef verify():\n    return answers.EXPECTED == {secret!r}\n",
+                            "verify").result is True
+        container = attempt._member.container.name
+    with pool.attempt() as attempt:
+        for _ in range(2):
+            found = attempt.call(MEMORY_SCAN, "f", [[secret[::-1], control[::-1]]])
+            assert found.result == [1, 1], found  # the secret no more often than a string never sent
+        assert attempt._member.container.name == container
+
+
 def test_a_call_reports_result_output_and_exception(pool):
     printed = pool.call(fn("print('to stdout ✓'); import sys; print('to stderr é', file=sys.stderr); return {'a': 1}"), "f")
     assert (printed.result, printed.stdout, printed.stderr) == ({"a": 1}, "to stdout ✓\n", "to stderr é\n")
