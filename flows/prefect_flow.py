@@ -1,5 +1,5 @@
-"""The Prefect flow our pipelines are: Prefect's `Flow`, with two costs of every run taken off where they buy
-nothing.
+"""The Prefect flow our pipelines are: Prefect's `Flow`, with three costs of every command taken off where they
+buy nothing.
 
 Parameters: Prefect stores a run's parameters on the server (the UI shows them) in a JSON form it makes with
 FastAPI's `jsonable_encoder`, whose import pulls in all of FastAPI (about 0.3 s of every command). Our flows
@@ -11,8 +11,13 @@ Heartbeats: a flow run sends one at its start and then every `flows.heartbeat_fr
 that the run's end waits for (up to a second: it sleeps in one-second steps). A Prefect server does nothing
 with them unless an automation that the user wrote watches them. A run of ours against the home's own server
 (flows/prefect_server.py) sends none; one that was killed is marked Crashed on that server by the next flow of
-the home (`flows.runtime.flow_run`), as it is in the store. Against a server the user configured
-(PREFECT_API_URL), heartbeats are sent as Prefect sends them.
+the home (`flows.runtime.flow_run`), as it is in the store; nor does a run against Prefect's ephemeral server,
+which ends with its command. Against a server the user configured (PREFECT_API_URL), heartbeats are sent as
+Prefect sends them.
+
+Options: every command gives its flow the configured task runner with `with_options`, for which Prefect builds
+a new flow and, with it, the parameter schema of the same function again; only the task runner changing, the
+flow is copied instead.
 """
 
 from __future__ import annotations

@@ -7,17 +7,17 @@ mining itself is the `github_mining` flow (flows/github.py) over envbuilder/sour
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-from envbuilder.sources.github.client import GithubError
-from envbuilder.sources.github.miner import MiningReport, normalize_repo, read_repo_list
-from envbuilder.sources.github.waiting import CountdownSleeper
 from tasksynth.cli import lifecycle
 from tasksynth.config import Config, secret
+
+if TYPE_CHECKING:
+    from envbuilder.sources.github.miner import MiningReport
 
 GITHUB_HELP = "Mine merged pull requests that resolve issues in this GitHub repository (OWNER/NAME)."
 GITHUB_LIST_HELP = "Mine every repository listed in FILE (one OWNER/NAME or URL per line; # starts a comment)."
@@ -28,6 +28,10 @@ LIMIT_HELP = "GitHub: examine at most N new pull requests per repository this ru
 def mine_github(config: Config, repos: list[str], *, since: str | None = None, limit: int | None = None,
                 console: Console | None = None) -> dict[str, Any]:
     """Run the mining flow with a progress bar per repository; print the funnel; return the flow summary."""
+    # GitHub's client and miner (and httpx): loaded by the command that mines GitHub, not by every command
+    from envbuilder.sources.github.client import GithubError
+    from envbuilder.sources.github.miner import normalize_repo
+    from envbuilder.sources.github.waiting import CountdownSleeper
     from flows.runtime import prepare_prefect
 
     console_given = console is not None
@@ -81,6 +85,8 @@ def exit_on_error(summary: dict[str, Any]) -> None:
 def mine_github_command(config: Config, github: list[str] | None, github_list: str | Path | None, *,
                         since: str | None, limit: int | None) -> dict[str, Any]:
     """What `tasksynth code mine --github/--github-list` does; exits 1 when no repository could be mined."""
+    from envbuilder.sources.github.miner import read_repo_list
+
     repos = list(github or [])
     if github_list:
         repos += read_repo_list(github_list)
