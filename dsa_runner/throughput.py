@@ -491,6 +491,6 @@ def format_report(report: dict, cfg: BenchConfig) -> str:
                      f"{acc['top1_agreement']:.1%}, mean KL {acc['mean_kl']:.4f}, max KL {acc['max_kl']:.4f}")
     if "greedy_agreement_tokens" in report:
         lines.append(f"greedy outputs agree for the first {report['greedy_agreement_tokens']} tokens "
-                     f"(dsa_runner vs llama-server, same GGUF; llama.cpp's Q4_1 x Q8 kernels and our int8 "
-                     f"decode step part after a few tokens)")
+                     f"(dsa_runner vs llama-server, same GGUF; llama.cpp's Q4_1 x Q8 kernels and our decode "
+                     f"step round differently)")
     return "\n".join(lines)
