@@ -392,6 +392,8 @@ def _gpu_figures(engine, cfg: BenchConfig, log=print) -> dict:
 
 
 def _cpu_figures(engine, info, cfg: BenchConfig, log=print) -> dict:
+    from dsa_runner.errors import LlamaServerError
+
     measures = cpu_measures(cfg, engine.tokenizer, info.attention, info.indexers)
     longest = max(len(m.prompt_ids) for m in measures) + cfg.max_tokens
     if longest > engine.max_context:
@@ -407,8 +409,6 @@ def _cpu_figures(engine, info, cfg: BenchConfig, log=print) -> dict:
     elif not info.model_path.endswith(".gguf"):
         out["llama_server"] = {"ok": False, "why": "not a GGUF model: llama.cpp not run"}
     else:
-        from dsa_runner.errors import LlamaServerError
-
         try:
             servers, notes = _start_llama_servers(binary, info.model_path, measures, cfg, log)
             out["llama_server"] = {"ok": True, "binary": binary, "notes": notes,
@@ -418,12 +418,10 @@ def _cpu_figures(engine, info, cfg: BenchConfig, log=print) -> dict:
     _run_requests(engine, measures[0].prompt_ids, [(1, 0.0, 0)], 8)  # first-request costs out of the figures
     try:
         out["measures"] = _measure_cpu_rounds(engine, measures, servers, cfg, log)
-    except Exception as exc:  # a crash of the baseline is recorded, not hidden; our own failures propagate
-        from dsa_runner.errors import LlamaServerError
-
-        if not isinstance(exc, LlamaServerError):
-            raise
+    except LlamaServerError as exc:  # a crash of the baseline is recorded, not hidden: ours measured without it
         out["llama_server"] = {"ok": False, "why": f"failed while measuring: {exc}"}
+        for server in servers.values():
+            server.stop()
         servers = {}
         out["measures"] = _measure_cpu_rounds(engine, measures, servers, cfg, log)
     finally:
