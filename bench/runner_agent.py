@@ -13,7 +13,8 @@ tokens, so both modes see identical prompts whatever the model answered. Reporte
 total, prompt and cached tokens (from ``usage``), the ratio, the CPU's instruction set and the load
 average. Target: the conversation >= 3x faster with reuse.
 
-``--prefill 512,2048,4096,7680`` adds part (1): prefill tokens/s per prompt length, dense and DSA.
+``--prefill 512,2048,4096,7680`` adds part (1): prefill tokens/s per prompt length, dense and DSA, and the
+attention (plus index scores and top-k) time per layer.
 
 llama.cpp, the baseline, is not a dependency: build it from the sources vendored in the `llama-cpp-python`
 sdist (`pip download --no-binary :all: --no-deps llama-cpp-python`, then in its vendor/llama.cpp
@@ -168,12 +169,45 @@ def llama_bench_prefill(binary: Path, lengths: list[int], threads: int | None) -
     return {int(row["n_prompt"]): float(row["avg_ts"]) for row in json.loads(result.stdout)}
 
 
+class AttentionTimer:
+    """Seconds spent in the "dsa" attention function (dense attention in dense mode; index scores, top-k and
+    sparse attention in DSA mode) while active: registered in place of it, then restored."""
+
+    def __init__(self):
+        self.seconds = 0.0
+
+    def __enter__(self):
+        from transformers import AttentionInterface
+
+        from dsa_runner.attention import ATTN_NAME, dsa_attention_forward
+
+        def timed(*args, **kwargs):
+            t0 = time.perf_counter()
+            try:
+                return dsa_attention_forward(*args, **kwargs)
+            finally:
+                self.seconds += time.perf_counter() - t0
+
+        AttentionInterface.register(ATTN_NAME, timed)
+        return self
+
+    def __exit__(self, *exc):
+        from transformers import AttentionInterface
+
+        from dsa_runner.attention import ATTN_NAME, dsa_attention_forward
+
+        AttentionInterface.register(ATTN_NAME, dsa_attention_forward)
+
+
 def measure_prefill(lengths: list[int], threads: int | None, top_k: int, llama_bench: Path | None = None) -> None:
     """Part (1): prefill tokens/s of one prompt per length, dense and DSA, on the server's engine (bfloat16,
-    int8 where the server uses it) with untrained indexers (their selection quality does not change the
-    time), prefix reuse off. DSA equals dense below top-k, so only lengths above it differ."""
+    int8 where the server uses it) with the indexers the server finds (the shipped trained ones for the default
+    model), prefix reuse off; and the time per layer in the attention function (dense attention, or index
+    scores + top-k + sparse attention; the indexer's small projections are not in it). DSA equals dense below
+    top-k, so only lengths above it differ."""
     import torch
 
+    from dsa_runner import native_prefill
     from dsa_runner.engine import GenerationRequest, SamplingParams
     from dsa_runner.server import ServerConfig, load_engine
 
@@ -182,25 +216,31 @@ def measure_prefill(lengths: list[int], threads: int | None, top_k: int, llama_b
     torch.set_num_threads(engine.threads)
     settings = engine.model.dsa_settings
     vocab = engine.vocab_size
+    layers = engine.model.config.num_hidden_layers
     print(f"\nprefill ({info.model_name}, {info.dtype}, {engine.threads} threads, top-k {top_k}, "
-          f"chunks of {engine.prefill_chunk}):")
+          f"chunks of {engine.prefill_chunk}, indexers {info.indexers} {info.index_heads} heads, DSA path above "
+          f"top-k: {'C (native_prefill)' if native_prefill.enabled() else 'torch'}):")
     llama = llama_bench_prefill(llama_bench, lengths, engine.threads) if llama_bench else {}
     with torch.inference_mode():
         for length in lengths:
             ids = [(i * 7919 + 13) % (vocab - 1) + 1 for i in range(length)]
-            row = []
+            row, attention = [], []
             for mode in ("dense", "sparse"):
                 settings.mode = mode
                 req = GenerationRequest(ids, 1, SamplingParams(max_tokens=1), lambda evs: None)
-                t0 = time.perf_counter()
-                engine._prefill(req)
-                row.append(time.perf_counter() - t0)
+                with AttentionTimer() as timer:
+                    t0 = time.perf_counter()
+                    engine._prefill(req)
+                    row.append(time.perf_counter() - t0)
+                attention.append(timer.seconds / layers)
             baseline = ""
             if length in llama:
                 baseline = (f"; llama.cpp {llama[length]:7.1f} tok/s: dense {length / row[0] / llama[length]:.2f}x, "
                             f"DSA {length / row[1] / llama[length]:.2f}x of it (target >= 1.0x)")
             print(f"  {length:5d} tokens: dense {length / row[0]:7.1f} tok/s ({row[0]:6.1f}s), DSA {length / row[1]:7.1f} "
-                  f"tok/s ({row[1]:6.1f}s), DSA/dense {row[0] / row[1]:.2f}x{baseline}  (load {load_average()})",
+                  f"tok/s ({row[1]:6.1f}s), DSA/dense {row[0] / row[1]:.2f}x{baseline}  (load {load_average()})\n"
+                  f"         attention per layer: dense {attention[0] * 1e3:7.1f} ms, DSA (+ index scores, top-k) "
+                  f"{attention[1] * 1e3:7.1f} ms, dense/DSA {attention[0] / attention[1]:.2f}x (target >= 1.5x at 7.5K)",
                   flush=True)
 
 

@@ -28,7 +28,7 @@ from typing import Callable
 
 import torch
 
-from dsa_runner import kernels, triton_kernels
+from dsa_runner import kernels, native_prefill, triton_kernels
 from dsa_runner.indexer import LightningIndexer, rope_tables
 
 ATTN_NAME = "dsa"
@@ -89,10 +89,22 @@ class _ForwardShared:
     built once per forward). Keyed on the identity of those tensors; layer 0 always recomputes, so a
     tensor changed in place between two forwards is never served stale."""
 
-    __slots__ = ("positions", "tables", "mask_src", "mask_key", "mask")
+    __slots__ = ("positions", "tables", "mask_src", "mask_key", "mask", "causal_src", "causal_key", "causal")
 
     def __init__(self):
         self.positions = self.tables = self.mask_src = self.mask_key = self.mask = None
+        self.causal_src = self.causal_key = self.causal = None
+
+    def plain_causal(self, layer: DSALayer, attention_mask, allowed: torch.Tensor) -> bool:
+        """``allowed`` (B, T, S) equals causality aligned to the end of the keys (no left padding)."""
+        if attention_mask is None:
+            return True
+        key = tuple(allowed.shape)
+        if layer.layer_idx == 0 or self.causal_src is not attention_mask or self.causal_key != key:
+            B, T, S = key
+            self.causal = bool(torch.equal(allowed, kernels.causal_allowed(B, T, S, allowed.device)))
+            self.causal_src, self.causal_key = attention_mask, key
+        return self.causal
 
     def rope(self, layer: DSALayer, positions_src: torch.Tensor | None, positions: torch.Tensor):
         cfg = layer.indexer.cfg
@@ -224,6 +236,11 @@ def dsa_attention_forward(module, query, key, value, attention_mask, scaling=Non
             top_k = kernels.select_top_k(I.detach(), settings.top_k)
         settings.recorder(LayerRecord(layer.layer_idx, query.detach(), key.detach(), allowed, scaling, I, top_k))
     elif S > settings.top_k and settings.mode == "sparse":
+        if (not use_kernel and native_prefill.applies(query, key, value, step.q_I, step.k_I, step.k_scale)
+                and _plain_causal(layer, attention_mask, allowed)):
+            # CPU: scores, top-k and attention per query row in C (same selection as below)
+            return native_prefill.sparse_prefill(query, key, value, step.q_I, step.w, step.k_I, settings.top_k,
+                                                 scaling), None
         kv_start = _kv_start(allowed) if use_kernel else None
         with torch.no_grad():
             top_k = kernels.index_top_k(step.q_I, step.w, step.k_I, None if use_kernel else allowed,
@@ -233,6 +250,12 @@ def dsa_attention_forward(module, query, key, value, attention_mask, scaling=Non
     else:
         out = kernels.sparse_attention(query, key, value, top_k, scaling, impl=settings.sparse_impl)
     return out, None
+
+
+def _plain_causal(layer: DSALayer, attention_mask, allowed: torch.Tensor) -> bool:
+    """Whether ``allowed`` is plain causality (no padding), what the C path assumes; once per forward."""
+    shared = layer.shared if layer.shared is not None else _ForwardShared()
+    return shared.plain_causal(layer, attention_mask, allowed)
 
 
 def _dense(layer: DSALayer | None, query, key, value, attention_mask, scaling: float) -> torch.Tensor:
