@@ -273,8 +273,8 @@ def _start_llama_servers(binary: str, model_path: str, measures: list[Measure], 
     """One llama-server per number of sequences decoded together (its slots), each slot's context fitting the
     longest prompt it serves, warmed up with one short request; and what happened on the way. A server killed
     by a signal (a crash, not a refusal) is started again once with ``--no-repack``: without it llama.cpp
-    moves weights to its AMX or repacked layouts, and on machines that list AMX without granting it (seen in
-    a VM: SIGILL in the AMX kernel at the first forward) that is where it crashes."""
+    moves weights to its AMX or repacked layouts, and that is where it has crashed (SIGILL at an AMX tile
+    instruction of its Q4_1 kernel at the first forward, on a Xeon VM where PyTorch's AMX kernels run)."""
     from dsa_runner.errors import LlamaServerError
     from dsa_runner.llama_server import LlamaServer
 

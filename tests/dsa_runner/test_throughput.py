@@ -212,8 +212,7 @@ def test_cpu_benchmark_batches_the_baseline_as_it_batches_ours(fake_binary, monk
 def test_real_llama_server_batches_samples_of_one_prompt():
     from dsa_runner.loading import default_model_path
 
-    # --no-repack: the API is what is tested, not llama.cpp's AMX kernels (which crash where AMX is listed but
-    # not granted, as in some VMs)
+    # --no-repack: the API is what is tested, not llama.cpp's AMX kernels (which have crashed on a Xeon VM)
     with LlamaServer(REAL_LLAMA_SERVER, default_model_path(), threads=2, slots=3, context_per_slot=256,
                      extra_args=["--no-repack"]) as server:
         prompt = [1, 504, 3245, 314, 253, 1345]
