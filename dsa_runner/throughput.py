@@ -273,8 +273,8 @@ def _start_llama_servers(binary: str, model_path: str, measures: list[Measure], 
     """One llama-server per number of sequences decoded together (its slots), each slot's context fitting the
     longest prompt it serves, warmed up with one short request; and what happened on the way. A server killed
     by a signal (a crash, not a refusal) is started again once with ``--no-repack``: without it llama.cpp
-    moves weights to its AMX or repacked layouts, and on machines that list AMX without granting it (seen in
-    a VM: SIGILL in the AMX kernel at the first forward) that is where it crashes."""
+    moves weights to its AMX or repacked layouts, and that is where it has crashed (SIGILL at an AMX tile
+    instruction of its Q4_1 kernel at the first forward, on a Xeon VM where PyTorch's AMX kernels run)."""
     from dsa_runner.errors import LlamaServerError
     from dsa_runner.llama_server import LlamaServer
 
@@ -392,6 +392,8 @@ def _gpu_figures(engine, cfg: BenchConfig, log=print) -> dict:
 
 
 def _cpu_figures(engine, info, cfg: BenchConfig, log=print) -> dict:
+    from dsa_runner.errors import LlamaServerError
+
     measures = cpu_measures(cfg, engine.tokenizer, info.attention, info.indexers)
     longest = max(len(m.prompt_ids) for m in measures) + cfg.max_tokens
     if longest > engine.max_context:
@@ -407,8 +409,6 @@ def _cpu_figures(engine, info, cfg: BenchConfig, log=print) -> dict:
     elif not info.model_path.endswith(".gguf"):
         out["llama_server"] = {"ok": False, "why": "not a GGUF model: llama.cpp not run"}
     else:
-        from dsa_runner.errors import LlamaServerError
-
         try:
             servers, notes = _start_llama_servers(binary, info.model_path, measures, cfg, log)
             out["llama_server"] = {"ok": True, "binary": binary, "notes": notes,
@@ -418,12 +418,10 @@ def _cpu_figures(engine, info, cfg: BenchConfig, log=print) -> dict:
     _run_requests(engine, measures[0].prompt_ids, [(1, 0.0, 0)], 8)  # first-request costs out of the figures
     try:
         out["measures"] = _measure_cpu_rounds(engine, measures, servers, cfg, log)
-    except Exception as exc:  # a crash of the baseline is recorded, not hidden; our own failures propagate
-        from dsa_runner.errors import LlamaServerError
-
-        if not isinstance(exc, LlamaServerError):
-            raise
+    except LlamaServerError as exc:  # a crash of the baseline is recorded, not hidden: ours measured without it
         out["llama_server"] = {"ok": False, "why": f"failed while measuring: {exc}"}
+        for server in servers.values():
+            server.stop()
         servers = {}
         out["measures"] = _measure_cpu_rounds(engine, measures, servers, cfg, log)
     finally:
@@ -491,6 +489,6 @@ def format_report(report: dict, cfg: BenchConfig) -> str:
                      f"{acc['top1_agreement']:.1%}, mean KL {acc['mean_kl']:.4f}, max KL {acc['max_kl']:.4f}")
     if "greedy_agreement_tokens" in report:
         lines.append(f"greedy outputs agree for the first {report['greedy_agreement_tokens']} tokens "
-                     f"(dsa_runner vs llama-server, same GGUF; llama.cpp's Q4_1 x Q8 kernels and our int8 "
-                     f"decode step part after a few tokens)")
+                     f"(dsa_runner vs llama-server, same GGUF; llama.cpp's Q4_1 x Q8 kernels and our decode "
+                     f"step round differently)")
     return "\n".join(lines)

@@ -2,7 +2,7 @@
 API shape (503 while "loading", n_cmpl, return_tokens, timings), on 127.0.0.1. It records its argv and every
 request body as JSON lines in $FAKE_LLAMA_RECORD, and exits with status 3 on a request whose prompt is [666].
 With $FAKE_LLAMA_CRASH_WITHOUT set to an option, it dies of SIGSEGV at start unless that option is given
-(as llama.cpp does in a VM that lists AMX without granting it, unless --no-repack).
+(as llama.cpp's AMX kernel has on a Xeon VM, unless --no-repack).
 Run as `python fake_llama_server.py ARGS...`."""
 
 import json
