@@ -37,6 +37,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # this checkout's dsa_runner, as the servers it starts use
+from dsa_runner.llama_server import LlamaServer  # noqa: E402
+from dsa_runner.machine import cpu_description, load_average  # noqa: E402
+
 MODEL = "smollm2-135m-dsa"
 TOOLS = [{"type": "function", "function": {
     "name": "run_shell", "description": "Run a shell command in the repository and return its output",
@@ -44,26 +47,6 @@ TOOLS = [{"type": "function", "function": {
 COMMANDS = ["ls -R src", "cat src/config.py", "grep -rn parse_ src", "pytest -q tests/test_parse.py",
             "cat src/parse.py", "git log --oneline -20", "python -m src.cli --help", "cat tests/test_cli.py",
             "git diff", "pytest -q"]
-
-
-def cpu_description() -> str:
-    """The CPU's model name and the instruction-set flags that matter to the kernels (avx2, avx512*, amx*)."""
-    model, flags = "unknown CPU", set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name") and model == "unknown CPU":
-                model = line.split(":", 1)[1].strip()
-            elif line.startswith("flags") and not flags:
-                flags = set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    wanted = sorted(f for f in flags if f in ("avx2", "fma", "f16c", "avx_vnni") or f.startswith(("avx512", "amx")))
-    return f"{model}; {os.cpu_count()} logical CPUs; flags: {' '.join(wanted) or 'none of avx2/avx512/amx'}"
-
-
-def load_average() -> str:
-    one, five, fifteen = os.getloadavg()
-    return f"{one:.2f} {five:.2f} {fifteen:.2f}"
 
 
 def tool_output(turn: int, tokens: int) -> str:
@@ -172,16 +155,10 @@ def default_gguf() -> Path:
     return default_model_path()
 
 
-class LlamaServer(Server):
-    """llama.cpp's own server on the same GGUF: one slot, the same threads and context."""
-
-    def __init__(self, binary: Path, threads: int | None, log_path: Path):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = open(log_path, "w")
-        command = [str(binary), "-m", str(default_gguf()), "--host", "127.0.0.1", "--port", str(self.port),
-                   "-c", "8192", "-np", "1", "--jinja", "--no-webui", "-t", str(threads or os.cpu_count())]
-        self.proc = subprocess.Popen(command, stdout=self.log, stderr=subprocess.STDOUT)
+def llama_server(binary: Path, threads: int | None, log_path: Path) -> LlamaServer:
+    """llama.cpp's own server on the same GGUF: one slot, the same threads and context (started)."""
+    return LlamaServer(binary, default_gguf(), threads=threads or os.cpu_count(), slots=1, context_per_slot=8192,
+                       extra_args=["--jinja"], log_path=log_path).start()
 
 
 def llama_bench_prefill(binary: Path, lengths: list[int], threads: int | None) -> dict[int, float]:
@@ -307,8 +284,8 @@ def main(argv: list[str] | None = None) -> int:
             servers[mode].wait_ready()  # one at a time: loading is CPU-bound
         if args.llama_server:
             print("llama-server: starting ...", flush=True)
-            servers["llama-server"] = LlamaServer(args.llama_server, args.threads,
-                                                  args.log_dir / "runner_agent_llama_server.log")
+            servers["llama-server"] = llama_server(args.llama_server, args.threads,
+                                                   args.log_dir / "runner_agent_llama_server.log")
             servers["llama-server"].wait_ready()
         results = run_conversations(servers, args.turns, args.tool_tokens, args.max_tokens, args.rounds)
     finally:

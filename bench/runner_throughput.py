@@ -1,6 +1,8 @@
-"""Runner throughput vs llama.cpp on the same GGUF (see dsa_runner/throughput.py for what is measured).
+"""Runner throughput vs llama.cpp's llama-server on the same GGUF (see dsa_runner/throughput.py for what is
+measured).
 
-    python bench/runner_throughput.py                  # CPU: 1 greedy stream, n=16, 8 concurrent, + llama.cpp
+    python bench/runner_throughput.py --llama-server PATH   # CPU: 1 greedy stream, n=16, 8 concurrent,
+                                                            # 1 stream above top-k; llama-server batching the same
     python bench/runner_throughput.py --device cuda    # GPU: n=100, 128-token prompt, 256 new tokens
     python bench/runner_throughput.py --help
 

@@ -4,9 +4,9 @@ Prints:
   - the round trip of a trivial call (`def echo(x): return x`) from the host client, p50 and p99, through
     the call pool (warm container, one socket round trip, one fork in the container), `docker exec` into a
     warm container of the same image, and `docker run` per call: target p50 <= 5 ms and >= 20x faster than
-    `docker exec` at p50. The pool is timed twice: calls back to back (each call also pays for forking the
-    next one's child), and with --gap-ms idle before each call, as between an agent's turns (the next
-    call's child was forked meanwhile);
+    `docker exec` at p50. The pool is timed twice: calls back to back, and with --gap-ms idle before each
+    call, as between an agent's turns (each call's child is forked when its request arrives: the idle
+    time only leaves caches colder);
   - attempts per second of a realistic attempt: a fresh copy of a 1 MiB SQLite master (3 tables, 10k rows),
     a loaded toolkit module, 5 indexed read/write tool calls and one verifier call; as many attempts at once
     as the pool has containers (one per core by default): target >= 100 attempts/s on 2 cores. The same
@@ -15,7 +15,13 @@ Prints:
     that allows if two cores were ours alone: the figure that does not move with other work on the machine;
   - the load average before and after: on a shared machine the absolute times move with it.
 
+With --compare-supervisor PATH (a supervisor.py of an earlier version, e.g. from `git show`), it measures only
+the CPU per realistic attempt of that supervisor (started as it was then: as the main script) against the
+current one, in blocks of attempts alternating between one container of each: on a loaded machine the only
+comparison that holds.
+
 Run: python bench/sandbox.py [--calls 300] [--seconds 10] [--containers N] [--exec-calls 20] [--run-calls 3]
+     python bench/sandbox.py --compare-supervisor /tmp/old_supervisor.py [--blocks 16] [--per-block 5]
 """
 
 from __future__ import annotations
@@ -37,6 +43,7 @@ sys.path.insert(0, str(ROOT))
 
 from tasksynth.config import load_config  # noqa: E402
 from tasksynth.docker.ownership import owner_labels  # noqa: E402
+import tasksynth.sandbox.container as sandbox_container  # noqa: E402
 from tasksynth.sandbox import CallPool, Limits, isolated_run_args  # noqa: E402
 from tasksynth.sandbox.pool import default_image  # noqa: E402
 
@@ -171,6 +178,9 @@ def main() -> None:
     parser.add_argument("--exec-calls", type=int, default=20)
     parser.add_argument("--run-calls", type=int, default=3)
     parser.add_argument("--gap-ms", type=float, default=5.0, help="idle time before each call, second series")
+    parser.add_argument("--compare-supervisor", type=Path, help="an earlier supervisor.py to compare CPU with")
+    parser.add_argument("--blocks", type=int, default=16, help="with --compare-supervisor: blocks per version")
+    parser.add_argument("--per-block", type=int, default=5, help="with --compare-supervisor: attempts per block")
     options = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="bench-sandbox-"))
@@ -181,6 +191,11 @@ def main() -> None:
     image = default_image(config)
     print(f"cores usable {cores} of {os.cpu_count()}, load average before: {loadavg()}; image {image}; "
           f"master {master.stat().st_size / 2**20:.2f} MiB")
+    if options.compare_supervisor:
+        compare_supervisors(config, image, master, options)
+        print(f"\nload average after: {loadavg()}")
+        shutil.rmtree(work, ignore_errors=True)
+        return
     exec_times, exec_attempt_times, run_times = engine_baselines(config, image, master, options)
     pool_times, gap_times, attempts, failures, elapsed, call_cpu, attempt_cpu = pool_figures(config, image, master,
                                                                                           options)
@@ -191,7 +206,7 @@ def main() -> None:
     print(f"  call pool     p50 {ms(p50_pool)}  p99 {ms(percentile(pool_times, 0.99))}  (n={len(pool_times)}, "
           "back to back; target p50 <= 5 ms)")
     print(f"  call pool     p50 {ms(statistics.median(gap_times))}  p99 {ms(percentile(gap_times, 0.99))}  "
-          f"(n={len(gap_times)}, {options.gap_ms:g} ms idle before each: the next call's child is ready)")
+          f"(n={len(gap_times)}, {options.gap_ms:g} ms idle before each)")
     p50_exec, p50_run = statistics.median(exec_times), statistics.median(run_times)
     print(f"  docker exec   p50 {ms(p50_exec)}  p99 {ms(percentile(exec_times, 0.99))}  (n={len(exec_times)})")
     print(f"  docker run    p50 {ms(p50_run)}  (n={len(run_times)})")
@@ -214,6 +229,50 @@ def main() -> None:
               f"(CPU-bound estimate, not a measurement)")
     print(f"\nload average after: {loadavg()}")
     shutil.rmtree(work, ignore_errors=True)
+
+
+def compare_supervisors(config, image: str, master: Path, options) -> None:
+    """CPU per realistic attempt (host client + container) of an earlier supervisor and of the current one,
+    one container each, blocks of attempts alternating (the order flipped every block)."""
+    current_source, start_container = sandbox_container.SUPERVISOR_SOURCE, sandbox_container.docker
+
+    def as_main_script(*args, **kwargs):
+        # How supervisors before the import start were run: `python3 -I -S /opt/.../supervisor.py SOCKET`.
+        args = list(args)
+        if "-c" in args:
+            at = args.index("-c")
+            args[at:at + 2] = [sandbox_container.SUPERVISOR_IN_CONTAINER]
+        return start_container(*args, **kwargs)
+
+    pools = {}
+    try:
+        for label, source in (("earlier", options.compare_supervisor.resolve()), ("current", current_source)):
+            sandbox_container.SUPERVISOR_SOURCE = source
+            sandbox_container.docker = as_main_script if label == "earlier" else start_container
+            pool = CallPool(config, image, size=1, slot_dir=str(master.parent / f"slots-{label}"))
+            pools[label] = pool
+            assert one_attempt(pool, master, 0), f"the {label} supervisor failed the attempt's verification"
+    finally:
+        sandbox_container.SUPERVISOR_SOURCE, sandbox_container.docker = current_source, start_container
+    per_attempt: dict[str, list[float]] = {label: [] for label in pools}
+    n = 0
+    try:
+        for block in range(options.blocks):
+            for label in (list(pools) if block % 2 == 0 else list(pools)[::-1]):
+                with CpuMeter(pools[label].container_names()) as cpu:
+                    for _ in range(options.per_block):
+                        n += 1
+                        one_attempt(pools[label], master, n)
+                per_attempt[label].append((cpu.host_s + (cpu.container_s or 0.0)) / options.per_block)
+    finally:
+        for pool in pools.values():
+            pool.close()
+    earlier, current = (statistics.median(per_attempt[label]) for label in ("earlier", "current"))
+    print(f"\nCPU per realistic attempt (host client + container), median of {options.blocks} blocks of "
+          f"{options.per_block}, alternating:")
+    print(f"  earlier supervisor {earlier * 1000:.2f} ms  ({options.compare_supervisor})")
+    print(f"  current supervisor {current * 1000:.2f} ms  ({current / earlier - 1:+.1%}); with 2 cores to "
+          f"ourselves about {2 / current:.0f} attempts/s against {2 / earlier:.0f} (CPU-bound estimates)")
 
 
 def engine_baselines(config, image: str, master: Path, options) -> tuple[list[float], list[float], list[float]]:

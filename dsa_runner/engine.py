@@ -291,7 +291,8 @@ class Engine:
                 if kv is not None:  # room for the rest of the prompt, so the chunks append in place
                     layer._store(kv[0][:, :, :start], kv[1][:, :, :start], extra=p - start)
         ids = torch.tensor([req.prompt_ids], dtype=torch.long, device=self.device)
-        logits = None
+        # the same prompt again: its own logits, so a seeded request repeats exactly (prefix_cache)
+        logits = entry.last_logits.clone() if start == p else None
         for lo in range(start, p, self.prefill_chunk):
             if req.cancelled:
                 raise PrefillCancelled
@@ -304,7 +305,8 @@ class Engine:
             self.stats.prefill_tokens += hi - lo
         req.cached_tokens = start
         self.stats.cached_prompt_tokens += start
-        self.prefix_cache.store(req.prompt_ids, cache.layers)
+        if start < p:
+            self.prefix_cache.store(req.prompt_ids, cache.layers, logits)
         req.prefill = (cache.layers, logits)
         if req.seed is None:
             req.seed = req.params.seed if req.params.seed is not None else int.from_bytes(os.urandom(8), "little") >> 1

@@ -15,3 +15,7 @@ class IndexerWeightsMismatch(DSARunnerError):
 
 class CorpusEmpty(DSARunnerError):
     """The warm-up / evaluation corpus yielded no text."""
+
+
+class LlamaServerError(DSARunnerError):
+    """llama.cpp's llama-server (a benchmark baseline) did not start, refused a request or exited."""

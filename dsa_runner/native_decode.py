@@ -11,10 +11,17 @@ It covers int8 weights (``weights.Int8Linear``), bfloat16 activations and caches
 still within DSA's top-k, where the selection is every key). Anything else returns None and the engine
 runs the compact step.
 
-The library is compiled on first use with the machine's C compiler (``$CC``, else ``cc``/``gcc``;
-``-O3 -march=native -pthread``) into ``$XDG_CACHE_HOME/tasksynth/native`` (default ``~/.cache``), named by
-a hash of the source, the flags and the CPU, so a change to any of them builds a new one. Without a
-compiler the runner logs why and keeps the torch path.
+The matrix products quantise their input rows to int8 (blocks of 32 columns, one float scale each) and
+run integer dot products: AVX-512 VNNI's ``vpdpbusd`` or AVX2's ``vpmaddubsw`` + ``vpmaddwd``.
+
+The library is compiled on first use with the machine's C compiler (``$CC``, else ``cc``/``gcc``), one per
+instruction set (``ISAS``): ``avx512`` (``-march=native``, on a CPU with AVX-512 F/BW/VL), ``avx2``
+(``-mavx2 -mfma -mf16c``: what an AVX2-only CPU runs, also on a newer one) and ``generic`` (plain C,
+any CPU). The best one this CPU has is used unless ``TASKSYNTH_NATIVE_ISA`` names another (an unknown
+name, or one this CPU lacks, is an error, not a silent fallback). Libraries go to
+``$XDG_CACHE_HOME/tasksynth/native`` (default ``~/.cache``), named by a hash of the source, the flags and
+the CPU, so a change to any of them builds a new one. Without a compiler the runner logs why and keeps
+the torch path.
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ import subprocess
 import tempfile
 import threading
 import weakref
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -38,16 +46,41 @@ from dsa_runner.indexer import rope_tables
 log = logging.getLogger("dsa_runner")
 
 SOURCE = Path(__file__).with_name("native") / "decode_step.c"
-FLAGS = ["-O3", "-march=native", "-pthread", "-shared", "-fPIC", "-std=gnu11"]
+FLAGS = ["-O3", "-pthread", "-shared", "-fPIC", "-std=gnu11"]
 MAX_HEAD_DIM = 512  # the C step keeps one query head on the stack
+ISA_ENV = "TASKSYNTH_NATIVE_ISA"
+
+
+@dataclass(frozen=True)
+class Isa:
+    """An instruction set the C step is built for: what the CPU must have (``/proc/cpuinfo`` flags),
+    the compiler flags, and what the built library reports (``dsa_isa()``)."""
+
+    name: str
+    cpu_flags: frozenset[str]
+    cc_flags: tuple[str, ...]
+    reports: tuple[str, ...]
+
+
+# best last; "generic" is the portable fallback (plain C, no x86 vector path)
+ISAS: dict[str, Isa] = {isa.name: isa for isa in (
+    Isa("generic", frozenset(), (), ("generic",)),
+    Isa("avx2", frozenset({"avx2", "fma", "f16c"}), ("-mavx2", "-mfma", "-mf16c"), ("avx2",)),
+    Isa("avx512", frozenset({"avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl"}), ("-march=native",),
+        ("avx512", "avx512-vnni")),
+)}
 
 _build_lock = threading.Lock()
-_library: ctypes.CDLL | None = None
-_library_error: str | None = None
+_libraries: dict[str, ctypes.CDLL] = {}
+_library_errors: dict[str, str] = {}
 
 
 class NativeUnavailable(RuntimeError):
     """The C step cannot be built or cannot run this model."""
+
+
+class UnknownIsa(ValueError):
+    """An instruction set that is not one of ISAS, or that this CPU does not have."""
 
 
 # ------------------------------------------------------------------------------------------------
@@ -76,27 +109,62 @@ def _cpu_signature() -> str:
         return platform.processor() or platform.machine()
 
 
-def library_path() -> Path:
+def _cpu_flags() -> set[str]:
+    for line in _cpu_signature().splitlines():
+        if line.startswith("flags"):
+            return set(line.partition(":")[2].split())
+    return set()
+
+
+def available_isas() -> list[str]:
+    """The instruction sets of ISAS this CPU runs, best last."""
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return ["generic"]
+    flags = _cpu_flags()
+    return [name for name, isa in ISAS.items() if isa.cpu_flags <= flags]
+
+
+def selected_isa(isa: str | None = None) -> str:
+    """``isa``, else ``$TASKSYNTH_NATIVE_ISA``, else the best this CPU has; UnknownIsa when the name is
+    not one of ISAS or the CPU lacks it (running it would stop the process on an illegal instruction)."""
+    name = isa or os.environ.get(ISA_ENV) or available_isas()[-1]
+    source = "" if isa else f" (from ${ISA_ENV})" if os.environ.get(ISA_ENV) else ""
+    if name not in ISAS:
+        raise UnknownIsa(f"native decode ISA {name!r}{source} is not one of: {', '.join(ISAS)}")
+    if name not in available_isas():
+        missing = sorted(ISAS[name].cpu_flags - _cpu_flags())
+        raise UnknownIsa(f"native decode ISA {name!r}{source}: this CPU lacks {' '.join(missing) or name} "
+                         f"(it runs: {', '.join(available_isas())})")
+    return name
+
+
+def _cc_flags(isa: str) -> list[str]:
+    return [*FLAGS, *ISAS[isa].cc_flags]
+
+
+def library_path(isa: str | None = None) -> Path:
+    isa = selected_isa(isa)
     cc = _compiler()
     version = subprocess.run([cc, "--version"], capture_output=True, text=True).stdout.splitlines()[:1]
     digest = hashlib.sha256()
-    for part in (SOURCE.read_bytes(), " ".join(FLAGS).encode(), cc.encode(), "".join(version).encode(),
+    for part in (SOURCE.read_bytes(), " ".join(_cc_flags(isa)).encode(), cc.encode(), "".join(version).encode(),
                  _cpu_signature().encode(), platform.machine().encode()):
         digest.update(part)
         digest.update(b"\0")
-    return cache_dir() / f"decode_step-{digest.hexdigest()[:16]}.so"
+    return cache_dir() / f"decode_step-{isa}-{digest.hexdigest()[:16]}.so"
 
 
-def build() -> Path:
-    """Compiles the library unless the cache has it; returns its path. Safe across processes: each
-    compiles to its own temporary file and renames it into place."""
-    path = library_path()
+def build(isa: str | None = None) -> Path:
+    """Compiles the library for ``isa`` (see selected_isa) unless the cache has it; returns its path.
+    Safe across processes: each compiles to its own temporary file and renames it into place."""
+    isa = selected_isa(isa)
+    path = library_path(isa)
     if path.exists():
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".build-", suffix=".so")
     os.close(fd)
-    cmd = [_compiler(), *FLAGS, "-o", tmp, str(SOURCE), "-lm"]
+    cmd = [_compiler(), *_cc_flags(isa), "-o", tmp, str(SOURCE), "-lm"]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
         if proc.returncode != 0:
@@ -105,7 +173,7 @@ def build() -> Path:
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
-    log.info("native decode step compiled: %s", path)
+    log.info("native decode step compiled for %s: %s", isa, path)
     return path
 
 
@@ -133,13 +201,14 @@ class _CacheView(ctypes.Structure):
                 ("v_head", ctypes.c_int64), ("v_pos", ctypes.c_int64)]
 
 
-def load_library() -> ctypes.CDLL:
-    """The compiled library (built on first call); raises NativeUnavailable with the reason."""
-    global _library, _library_error
+def load_library(isa: str | None = None) -> ctypes.CDLL:
+    """The compiled library for ``isa`` (see selected_isa; built on first call); raises UnknownIsa for
+    an ISA that cannot run here, NativeUnavailable with the reason when it cannot be built."""
+    isa = selected_isa(isa)
     with _build_lock:
-        if _library is None and _library_error is None:
+        if isa not in _libraries and isa not in _library_errors:
             try:
-                lib = ctypes.CDLL(str(build()))
+                lib = ctypes.CDLL(str(build(isa)))
                 fn = lib.dsa_decode_step
                 fn.restype = ctypes.c_int
                 fn.argtypes = [ctypes.POINTER(_Model), ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p,
@@ -147,12 +216,19 @@ def load_library() -> ctypes.CDLL:
                                ctypes.POINTER(_CacheView), ctypes.c_void_p, ctypes.c_int]
                 lib.dsa_max_rows.restype = ctypes.c_int
                 lib.dsa_max_rows.argtypes = []
-                _library = lib
+                lib.dsa_isa.restype = ctypes.c_char_p
+                lib.dsa_isa.argtypes = []
+                lib.dsa_set_int8_activations.restype = ctypes.c_int
+                lib.dsa_set_int8_activations.argtypes = [ctypes.c_int]
+                built = lib.dsa_isa().decode()
+                if built not in ISAS[isa].reports:  # the flags did not give the vector path asked for
+                    raise NativeUnavailable(f"the library built for {isa} runs {built}")
+                _libraries[isa] = lib
             except (NativeUnavailable, OSError, subprocess.SubprocessError) as exc:
-                _library_error = str(exc)
-        if _library is None:
-            raise NativeUnavailable(_library_error)
-        return _library
+                _library_errors[isa] = str(exc)
+        if isa not in _libraries:
+            raise NativeUnavailable(_library_errors[isa])
+        return _libraries[isa]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -188,11 +264,13 @@ class NativeDecoder:
     """The C decode step over the weights of a ``CompactDecoder`` (shared, not copied, but the small
     norm weights and the rotary tables, kept in float32)."""
 
-    def __init__(self, compact, threads: int):
+    def __init__(self, compact, threads: int, isa: str | None = None):
         reason = unsupported_reason(compact)
         if reason is not None:
             raise NativeUnavailable(reason)
-        self.lib = load_library()
+        self.isa = selected_isa(isa)
+        self.lib = load_library(self.isa)
+        self.kernels = self.lib.dsa_isa().decode()  # e.g. avx512-vnni
         self.max_rows = self.lib.dsa_max_rows()
         self.compact = compact
         self.threads = threads
@@ -250,6 +328,12 @@ class NativeDecoder:
         self._seen: list = [None] * (2 * c.num_layers)
         self._cache_layers = 2 * c.num_layers if index_dim else c.num_layers  # K/V, then index keys
         self._lock = threading.Lock()
+
+    def set_int8_activations(self, on: bool) -> bool:
+        """Integer products on int8 activations (the default) or float32 ones, for A/B measurements and
+        tests; it applies to every decoder of this ISA in the process. Returns the previous setting."""
+        with self._lock:
+            return bool(self.lib.dsa_set_int8_activations(int(on)))
 
     def covers(self, batch: int, seq_len: int) -> bool:
         c = self.compact

@@ -8,8 +8,10 @@ columns.
 
 Why this is exact: with causal attention the K/V (and DSA index keys) of position i depend only on tokens
 0..i, so the first m columns of any cached prompt are the columns a cold prefill of another prompt with
-the same first m tokens would compute. At least the last prompt token is always recomputed, because its
-logits are needed to draw the first completion token.
+the same first m tokens would compute. The last prompt token's logits are needed to draw the first
+completion token: an entry keeps the logits of its own last position, so the very same prompt again (n
+samples sent as separate requests, a retry, pass@k) reuses them and is bit-identical to its first run;
+a prompt that only extends or shares a prefix with an entry recomputes at least its last token.
 
 Bounded by bytes (``budget_bytes``), least recently used entries evicted first; an entry whose key is a
 prefix of a newer one's is dropped on insert (the newer one covers it). A budget of 0 turns reuse off.
@@ -26,11 +28,13 @@ import torch
 
 @dataclass
 class CachedPrefix:
-    """The layers' (keys, values) of one prompt, each (1, H, S, d), and their size in bytes."""
+    """The layers' (keys, values) of one prompt, each (1, H, S, d), the logits at its last position, and
+    their size in bytes."""
 
     ids: tuple[int, ...]
     tensors: list[tuple[torch.Tensor, torch.Tensor] | None]  # None: a layer the cache never filled
     nbytes: int
+    last_logits: torch.Tensor | None = None
 
 
 def common_prefix_length(a: tuple[int, ...], b: list[int]) -> int:
@@ -67,8 +71,9 @@ class PrefixCache:
         return len(self._entries)
 
     def lookup(self, ids: list[int]) -> tuple[CachedPrefix | None, int]:
-        """The entry sharing the longest prefix with ``ids`` and how many of its columns to reuse (at most
-        ``len(ids) - 1``: the last token is always run, for its logits); (None, 0) when none helps."""
+        """The entry sharing the longest prefix with ``ids`` and how many of its columns to reuse; (None, 0)
+        when none helps. All ``len(ids)`` only for an entry of exactly these ids that kept its last logits;
+        otherwise at most ``len(ids) - 1``: the last token is run, for its logits."""
         if not self.enabled or len(ids) < 2:
             return None, 0
         with self._lock:
@@ -77,16 +82,19 @@ class PrefixCache:
                 m = common_prefix_length(entry.ids, ids)
                 if m > best_len:
                     best, best_len = entry, m
-            best_len = min(best_len, len(ids) - 1)
+            whole = best is not None and best_len == len(ids) == len(best.ids) and best.last_logits is not None
+            if not whole:
+                best_len = min(best_len, len(ids) - 1)
             if best is None or best_len == 0:
                 return None, 0
             self._entries.move_to_end(best.ids)
             self.hits += 1
             return best, best_len
 
-    def store(self, ids: list[int], layers) -> None:
+    def store(self, ids: list[int], layers, last_logits: torch.Tensor | None = None) -> None:
         """Keeps a copy of the prompt's cache ``layers`` (transformers cache layers, batch 1, exactly
-        ``len(ids)`` columns), evicting least recently used entries to stay within the budget."""
+        ``len(ids)`` columns) and of its ``last_logits`` (1, vocab), evicting least recently used entries to
+        stay within the budget."""
         if not self.enabled:
             return
         tensors, nbytes = [], 0
@@ -97,13 +105,16 @@ class PrefixCache:
             k, v = layer.keys.contiguous().clone(), layer.values.contiguous().clone()
             tensors.append((k, v))
             nbytes += k.nbytes + v.nbytes
+        if last_logits is not None:
+            last_logits = last_logits.detach().clone()
+            nbytes += last_logits.nbytes
         if nbytes > self.budget_bytes:
             return  # larger than the whole budget: keeping it would evict everything for one entry
         key = tuple(ids)
         with self._lock:
             for other in [k for k in self._entries if len(k) <= len(key) and key[:len(k)] == k]:
                 self.bytes_used -= self._entries.pop(other).nbytes
-            self._entries[key] = CachedPrefix(key, tensors, nbytes)
+            self._entries[key] = CachedPrefix(key, tensors, nbytes, last_logits)
             self.bytes_used += nbytes
             while self.bytes_used > self.budget_bytes:
                 _, old = self._entries.popitem(last=False)

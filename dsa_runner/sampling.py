@@ -11,9 +11,10 @@ or whether its sibling samples already finished. What can still differ between a
 in a batch is the logits themselves: a batched matrix product may sum in another order than a
 single-row one (and the CPU's int8 weight-only path switches to bfloat16 above ``weights.SMALL_BATCH``
 rows), so logits may differ in their last bits, or by the int8 rounding across that switch. A sampled
-token changes only where two candidates' p/E are within that difference, which is rare over a few tokens
-(the test draws 8 tokens at temperature 1 with at most 3 rows, on the int8 path throughout); greedy
-decoding is exposed the same way at near ties.
+token changes only where two candidates' p/E are within that difference, which is rare over a few tokens;
+greedy decoding is exposed the same way at near ties. The prompt's own logits are not exposed: the same
+prompt sent again takes the logits its first run left in the prefix cache, so a seeded request repeated
+on an idle server draws exactly the same tokens (the server test sends one twice: 4 samples, 10 tokens).
 """
 
 from __future__ import annotations

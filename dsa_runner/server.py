@@ -145,10 +145,11 @@ def load_engine(cfg: ServerConfig) -> tuple[Engine, object]:
                  info.device, info.dtype, info.top_k, info.index_heads, info.indexers, info.indexer_weights)
     else:
         log.info("device %s, dtype %s, attention dense", info.device, info.dtype)
-    rows = engine._native_decoder.max_rows if engine._native_decoder is not None else 0
+    native = engine._native_decoder
+    rows, kernels = (native.max_rows, native.kernels) if native is not None else (0, "")
     log.info("decode steps: %s", {
-        "native": f"native C step up to {rows} rows (dsa_runner/native), the compact torch step above "
-                  "and for DSA's sparse steps",
+        "native": f"native C step up to {rows} rows ({kernels} kernels, dsa_runner/native), the compact torch "
+                  "step above and for DSA's sparse steps",
         "compact": "compact torch step (dsa_runner.fast_decode)",
         "hf": "transformers forward"}[engine.decode_impl])
     log.info("warm-up: %.1fs", engine.warmup())

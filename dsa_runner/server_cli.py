@@ -65,11 +65,21 @@ def bench(
     quantize: str = typer.Option("auto", help="auto, int8 or none."),
     dtype: str = typer.Option("auto", help="auto, float32 or bfloat16."),
     model: Optional[str] = typer.Option(None, help="GGUF file (default: the SmolLM2 GGUF)."),
-    llama: bool = typer.Option(True, help="Also run llama-cpp-python on the same GGUF (CPU)."),
+    llama: bool = typer.Option(True, help="Also measure llama.cpp's llama-server on the same GGUF (CPU)."),
+    llama_server: Optional[Path] = typer.Option(None, help="llama.cpp's llama-server binary (default: one on "
+                                                           "PATH); built from the sources vendored in the "
+                                                           "llama-cpp-python sdist (docs/runner.md)."),
+    llama_server_arg: Optional[list[str]] = typer.Option(None, help="Extra option for llama-server (repeatable), "
+                                                                     "e.g. --llama-server-arg=--no-repack."),
+    long_prompt_tokens: int = typer.Option(2560, help="Prompt of the figure above DSA's top-k, where sparse "
+                                                      "steps run (CPU); 0 leaves it out."),
+    rounds: int = typer.Option(2, min=1, help="Rounds of every CPU measure, both sides alternating; the best "
+                                              "of each side counts."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the figures to this JSON file."),
 ) -> None:
-    """Tokens/s of the runner: one greedy stream, n samples of one request and concurrent requests,
-    side by side with llama.cpp (its crashes are recorded, not hidden), with ratios."""
+    """Tokens/s of the runner: one greedy stream, n samples of one request, concurrent requests and one
+    stream above top-k, side by side with llama-server batching the same work (parallel slots, continuous
+    batching; its crashes are recorded, not hidden), with ratios and each figure's attention (dense/sparse)."""
     from dsa_runner.server import configure_logging
     from dsa_runner.throughput import BenchConfig, format_report, run_benchmark
 
@@ -77,7 +87,9 @@ def bench(
     gpu = device.startswith("cuda")
     cfg = BenchConfig(device=device, max_tokens=max_tokens or (256 if gpu else 128), n=n or (100 if gpu else 16),
                       concurrent=concurrent, threads=threads, quantize=quantize, dtype=dtype, model=model,
-                      llama=llama)
+                      llama=llama, llama_server=str(llama_server) if llama_server else None,
+                      llama_server_args=list(llama_server_arg or []),
+                      long_prompt_tokens=long_prompt_tokens, rounds=rounds)
     report = run_benchmark(cfg, log=typer.echo)
     typer.echo(format_report(report, cfg))
     if json_out is not None:

@@ -1,64 +1,34 @@
-"""Throughput of the runner, side by side with llama.cpp on the same GGUF (`tasksynth runner bench`,
+"""Throughput of the runner, side by side with llama.cpp's own server on the same GGUF (`tasksynth runner bench`,
 `bench/runner_throughput.py`).
 
-CPU (default): tokens/s for one greedy stream, aggregate tokens/s for one request with n=16 samples
-and for 8 concurrent requests, measured on the engine in-process (what the server runs, without HTTP),
-then the same three with llama-cpp-python's Python API on the same GGUF, same prompt token ids, same
-number of new tokens (end-of-sequence suppressed on both sides so each run generates exactly
-``max_tokens``). llama.cpp's Python API decodes one sequence at a time, so its n=16 and its 8 requests
-run one after the other, as its OpenAI server would serve them. llama.cpp runs in a subprocess: a crash
-(segmentation fault) is caught, reported with the phase it happened in, and retried with ``n_batch=1``.
-Greedy outputs of both are compared token by token (same weights: the agreement is a sanity check of
-DSA + int8 against llama.cpp's Q4_1 kernels).
+CPU (default): tokens/s of one greedy stream, aggregate tokens/s of one request with n=16 samples and of 8
+concurrent requests, and one greedy stream after a prompt longer than DSA's top-k (where the sparse steps run),
+measured on the engine in-process (what the server runs, without HTTP). The baseline is `llama-server`
+(`dsa_runner.llama_server`) batching the same work its own way: as many parallel slots as sequences, continuous
+batching, the n samples as one ``n_cmpl`` request (one prompt evaluation shared by the samples, as ours), the
+concurrent requests at once; same GGUF, prompt token ids, number of new tokens (end of sequence ignored on
+both sides), sampling from the whole distribution, thread count, prompts evaluated afresh by every request
+(prompt caches off on both sides). Each measure runs ``rounds`` times, the two sides alternating, and the best
+of each side counts (a shared machine's load comes and goes).
+
+Every CPU figure is labelled by the attention that ran: *dense* when the context never exceeds top-k (DSA then
+selects every key: no sparse step runs), *sparse* when every decode step attends to top-k of more keys.
+Greedy outputs of both are compared token by token (same weights: the agreement is a sanity check of the
+int8 decode step against llama.cpp's Q4_1 kernels).
 
 CUDA (``--device cuda``): aggregate tokens/s for n=100 samples of a 128-token prompt, 256 new tokens.
 """
 
 from __future__ import annotations
 
-import json
 import os
-import signal
-import subprocess
-import sys
+import shutil
 import threading
 import time
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 
 PROMPT = "Write a short story about a robot who learns to paint, in about two hundred words."
-
-LLAMA_SCRIPT = r"""
-import json, sys, time
-cfg = json.loads(sys.argv[1])
-from llama_cpp import Llama
-def phase(name):
-    print("PHASE " + name, file=sys.stderr, flush=True)
-phase("load")
-llm = Llama(model_path=cfg["model"], n_ctx=cfg["n_ctx"], n_batch=cfg["n_batch"], n_threads=cfg["threads"],
-            n_threads_batch=cfg["threads"], seed=0, verbose=False, logits_all=False)
-bias = {t: -1e9 for t in cfg["stop_ids"]}
-def gen(temperature, seed):
-    llm.set_seed(seed)
-    t = time.perf_counter()
-    out = llm.create_completion(cfg["prompt_ids"], max_tokens=cfg["max_tokens"], temperature=temperature,
-                                top_p=1.0, top_k=0, logit_bias=bias, seed=seed)
-    return time.perf_counter() - t, out["usage"]["completion_tokens"], out["choices"][0]["text"]
-result = {}
-phase("warmup")
-gen(0.0, 0)
-phase("single")
-dt, n, text = gen(0.0, 0)
-toks = llm.tokenize(text.encode(), add_bos=False, special=False)
-result["single"] = {"seconds": dt, "tokens": n, "tok_s": n / dt, "greedy_ids": toks}
-for name, count in (("n16", cfg["n"]), ("concurrent8", cfg["concurrent"])):
-    phase(name)
-    t = time.perf_counter(); total = 0
-    for i in range(count):
-        total += gen(0.8, i + 1)[1]
-    dt = time.perf_counter() - t
-    result[name] = {"seconds": dt, "tokens": total, "tok_s": total / dt}
-print("RESULT " + json.dumps(result), flush=True)
-"""
 
 
 @dataclass
@@ -72,9 +42,50 @@ class BenchConfig:
     dtype: str = "auto"
     top_k: int = 2048
     model: str | None = None
-    llama: bool = True
-    llama_timeout_s: float = 900
+    llama: bool = True  # measure the llama-server baseline (CPU)
+    llama_server: str | None = None  # its binary; None: `llama-server` on PATH
+    llama_server_args: list[str] = field(default_factory=list)  # added to its command line
+    long_prompt_tokens: int = 2560  # prompt of the figure above top-k; 0 leaves it out
+    rounds: int = 2
+    llama_timeout_s: float = 900  # per request
     prompt_tokens: int | None = None  # pad/cut the prompt to this many tokens (CUDA default: 128)
+
+
+@dataclass
+class Measure:
+    """One row of the CPU table: the same requests [(n, temperature, seed)] on both sides, sent at once."""
+
+    key: str
+    label: str
+    prompt_ids: list[int]
+    requests: list[tuple[int, float, int]]
+    attention: str = "dense"  # what ran on our side: see attention_label
+
+    @property
+    def sequences(self) -> int:
+        return sum(n for n, _, _ in self.requests)
+
+
+def sparse_decode_steps(prompt_tokens: int, max_tokens: int, top_k: int) -> int:
+    """Decode steps whose query attends to more than top-k keys (the only ones where DSA's selection drops
+    keys): the step that feeds back the t-th new token attends to prompt + t keys, t = 1 .. max_tokens - 1."""
+    return sum(1 for t in range(1, max_tokens) if prompt_tokens + t > top_k)
+
+
+def attention_label(attention: str, indexers: str, prompt_tokens: int, max_tokens: int, top_k: int) -> str:
+    """"dense" when no sparse step runs (dense attention, or DSA within top-k); "sparse" when every decode step
+    is sparse; "partly sparse" otherwise; with the indexers' kind where DSA selects."""
+    steps = max_tokens - 1
+    sparse = sparse_decode_steps(prompt_tokens, max_tokens, top_k) if attention == "dsa" else 0
+    if sparse == 0:
+        return "dense"
+    kind = "sparse" if sparse == steps else f"partly sparse ({sparse} of {steps} steps)"
+    return f"{kind}, {indexers} indexers"
+
+
+def find_llama_server(path: str | None) -> str | None:
+    """The llama-server binary: the given path, else one on PATH."""
+    return path or shutil.which("llama-server")
 
 
 def _prompt_ids(tokenizer, prompt_tokens: int | None) -> list[int]:
@@ -92,20 +103,34 @@ def _prompt_ids(tokenizer, prompt_tokens: int | None) -> list[int]:
     return ids
 
 
+def _figures(seconds: float, tokens: int, first_token_s: float, decode_tokens: int, decode_s: float,
+             cpu_s: float) -> dict:
+    """Aggregate tokens/s over the whole wall time (prompts included); tokens per CPU-second (user + system
+    time of the process that generated them: on a shared machine the wall time also measures the others'
+    load, the CPU time much less); and, apart, the time to the first token and the decode rate after it
+    (what a long prompt's figure is about)."""
+    return {"seconds": seconds, "tokens": tokens, "tok_s": tokens / seconds, "cpu_s": cpu_s,
+            "tok_per_cpu_s": tokens / cpu_s if cpu_s > 0 else None, "first_token_s": first_token_s,
+            "decode_tok_s": decode_tokens / decode_s if decode_s > 0 else None}
+
+
 def _run_requests(engine, prompt_ids, specs, max_tokens: int) -> dict:
     """Submits requests [(n, temperature, seed)] at once; waits for all; aggregate figures."""
-    from dsa_runner.engine import GenerationRequest, RequestDone, RequestFailed, SamplingParams
+    from dsa_runner.engine import GenerationRequest, RequestDone, RequestFailed, SamplingParams, TextDelta
 
     done = threading.Semaphore(0)
     results: list = []
+    first_token_at: list[float] = []
 
     def callback(events):
         for ev in events:
+            if isinstance(ev, TextDelta) and not first_token_at:
+                first_token_at.append(time.perf_counter())
             if isinstance(ev, (RequestDone, RequestFailed)):
                 results.append(ev)
                 done.release()
 
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     reqs = []
     for n, temperature, seed in specs:
         params = SamplingParams(max_tokens=max_tokens, temperature=temperature, seed=seed, ignore_eos=True)
@@ -114,12 +139,38 @@ def _run_requests(engine, prompt_ids, specs, max_tokens: int) -> dict:
         engine.submit(req)
     for _ in specs:
         done.acquire()
-    dt = time.perf_counter() - t0
+    end, cpu = time.perf_counter(), time.process_time() - cpu0
     failed = [r.message for r in results if isinstance(r, RequestFailed)]
     if failed:
         raise RuntimeError(f"generation failed: {failed[0]}")
     tokens = sum(r.completion_tokens for r in results)
-    return {"seconds": dt, "tokens": tokens, "tok_s": tokens / dt}
+    first = first_token_at[0] if first_token_at else end
+    # after the first token, every sequence still has (its tokens - 1) to decode
+    return _figures(end - t0, tokens, first - t0, tokens - sum(n for n, _, _ in specs), end - first, cpu)
+
+
+def _run_llama_requests(server, prompt_ids, specs, max_tokens: int) -> dict:
+    """The same requests sent to llama-server at once (one HTTP request each, n samples as n_cmpl); the
+    prompt and decode split comes from the server's own timings."""
+    def one(spec):
+        n, temperature, seed = spec
+        # samples of one n_cmpl request share its parameters: a seed would make them all the same sequence
+        return server.complete(prompt_ids, max_tokens, temperature=temperature, n=n,
+                               seed=seed if n == 1 else None)
+
+    t0, cpu0 = time.perf_counter(), server.cpu_seconds()
+    with ThreadPoolExecutor(max_workers=len(specs)) as pool:
+        completions = [c for batch in pool.map(one, specs) for c in batch]
+    seconds, cpu = time.perf_counter() - t0, server.cpu_seconds() - cpu0
+    tokens = sum(c.completion_tokens for c in completions)
+    first_token_s = max(c.prompt_ms for c in completions) / 1000
+    decode_s = max(c.predicted_ms for c in completions) / 1000
+    report = _figures(seconds, tokens, first_token_s, tokens - len(completions), decode_s, cpu)
+    report["prompt_tokens_evaluated"] = sum(c.prompt_tokens for c in completions)
+    report["cached_tokens"] = sum(c.cached_tokens for c in completions)
+    if len(completions) == 1:
+        report["token_ids"] = completions[0].tokens
+    return report
 
 
 def _greedy_ids(engine, prompt_ids, max_tokens) -> list[int]:
@@ -200,40 +251,101 @@ def accuracy_vs_float32(engine, cfg: BenchConfig, prompt_ids: list[int], continu
             "mean_kl": float(kl.mean()), "max_kl": float(kl.max())}
 
 
-def run_llama(model_path: str, prompt_ids: list[int], stop_ids: list[int], cfg: BenchConfig, n_batch: int,
-              log=print) -> dict:
-    """llama-cpp-python in a subprocess; {"ok": True, ...figures} or {"ok": False, "crash": ...}."""
-    import torch
 
-    threads = cfg.threads or torch.get_num_threads()
-    payload = {"model": model_path, "n_ctx": 2048, "n_batch": n_batch, "threads": threads,
-               "prompt_ids": prompt_ids, "stop_ids": stop_ids, "max_tokens": cfg.max_tokens, "n": cfg.n,
-               "concurrent": cfg.concurrent}
+def cpu_measures(cfg: BenchConfig, tokenizer, attention: str, indexers: str) -> list[Measure]:
+    """The CPU table's rows: one greedy stream, n samples of one request, concurrent requests (short prompt),
+    and one greedy stream after a prompt above top-k."""
+    short = _prompt_ids(tokenizer, cfg.prompt_tokens)
+    measures = [Measure("single", "one greedy stream", short, [(1, 0.0, 0)]),
+                Measure(f"n{cfg.n}", f"n={cfg.n}, one request (aggregate)", short, [(cfg.n, 0.8, 1)]),
+                Measure(f"concurrent{cfg.concurrent}", f"{cfg.concurrent} concurrent requests (aggregate)", short,
+                        [(1, 0.8, i + 1) for i in range(cfg.concurrent)])]
+    if cfg.long_prompt_tokens:
+        long_ids = _prompt_ids(tokenizer, cfg.long_prompt_tokens)
+        measures.append(Measure("long", f"one greedy stream, {len(long_ids)}-token prompt", long_ids, [(1, 0.0, 0)]))
+    for m in measures:
+        m.attention = attention_label(attention, indexers, len(m.prompt_ids), cfg.max_tokens, cfg.top_k)
+    return measures
+
+
+def _start_llama_servers(binary: str, model_path: str, measures: list[Measure], cfg: BenchConfig,
+                         log=print) -> tuple[dict[int, object], list[str]]:
+    """One llama-server per number of sequences decoded together (its slots), each slot's context fitting the
+    longest prompt it serves, warmed up with one short request; and what happened on the way. A server killed
+    by a signal (a crash, not a refusal) is started again once with ``--no-repack``: without it llama.cpp
+    moves weights to its AMX or repacked layouts, and on machines that list AMX without granting it (seen in
+    a VM: SIGILL in the AMX kernel at the first forward) that is where it crashes."""
+    from dsa_runner.errors import LlamaServerError
+    from dsa_runner.llama_server import LlamaServer
+
+    contexts: dict[int, int] = {}
+    for m in measures:
+        need = len(m.prompt_ids) + cfg.max_tokens
+        contexts[m.sequences] = max(contexts.get(m.sequences, 0), -(-need // 256) * 256)
+    # its host-RAM prompt cache off: every request evaluates its prompt, as ours with the prefix cache off
+    extra = ["--cache-ram", "0", *cfg.llama_server_args]
+    servers: dict[int, LlamaServer] = {}
+    notes: list[str] = []
     try:
-        proc = subprocess.run([sys.executable, "-c", LLAMA_SCRIPT, json.dumps(payload)], capture_output=True,
-                              text=True, timeout=cfg.llama_timeout_s)
-    except subprocess.TimeoutExpired:
-        return {"ok": False, "n_batch": n_batch, "crash": f"timed out after {cfg.llama_timeout_s:.0f}s"}
-    phases = [line[6:] for line in proc.stderr.splitlines() if line.startswith("PHASE ")]
-    for line in proc.stdout.splitlines():
-        if line.startswith("RESULT "):
-            return {"ok": True, "n_batch": n_batch, "threads": threads, **json.loads(line[7:])}
-    if proc.returncode < 0:
-        try:
-            sig = signal.Signals(-proc.returncode).name
-        except ValueError:
-            sig = f"signal {-proc.returncode}"
-        what = f"killed by {sig}"
-    else:
-        what = f"exit status {proc.returncode}"
-    tail = [line for line in proc.stderr.splitlines() if not line.startswith("PHASE ")][-5:]
-    return {"ok": False, "n_batch": n_batch, "crash": f"{what} during phase {phases[-1] if phases else '?'}",
-            "stderr_tail": tail}
+        for slots, context in sorted(contexts.items()):
+            while True:
+                server = LlamaServer(binary, model_path, threads=cfg.threads, slots=slots, context_per_slot=context,
+                                     extra_args=extra, request_timeout_s=cfg.llama_timeout_s)
+                log(f"llama-server: {slots} slot(s) of {context} tokens, continuous batching, {cfg.threads} threads"
+                    f" ({' '.join(extra)})")
+                try:
+                    server.start()
+                    server.wait_ready()
+                    server.complete(measures[0].prompt_ids, 8)
+                    break
+                except LlamaServerError as exc:
+                    server.stop()
+                    if not server.killed_by_signal or "--no-repack" in extra:
+                        raise
+                    notes.append(f"crashed with its default weight layouts ({str(exc).split(';')[0]}); "
+                                 "started again with --no-repack")
+                    log(f"  {notes[-1]}")
+                    extra = [*extra, "--no-repack"]
+            servers[slots] = server
+    except BaseException:
+        for server in servers.values():
+            server.stop()
+        raise
+    return servers, notes
+
+
+def _measure_cpu_rounds(engine, measures: list[Measure], servers: dict, cfg: BenchConfig, log=print) -> dict:
+    """Every measure ``cfg.rounds`` times, our engine and llama-server alternating (which goes first changes
+    each round); each side's best round counts, and every round is kept."""
+    from dsa_runner.machine import load_average
+
+    rows = {m.key: {"label": m.label, "attention": m.attention, "prompt_tokens": len(m.prompt_ids),
+                    "sequences": m.sequences, "rounds": {"dsa_runner": [], "llama_server": []}} for m in measures}
+    for rnd in range(cfg.rounds):
+        for m in measures:
+            sides = ["dsa_runner", "llama_server"] if servers else ["dsa_runner"]
+            if rnd % 2:
+                sides.reverse()
+            for side in sides:
+                if side == "dsa_runner":
+                    fig = _run_requests(engine, m.prompt_ids, m.requests, cfg.max_tokens)
+                else:
+                    fig = _run_llama_requests(servers[m.sequences], m.prompt_ids, m.requests, cfg.max_tokens)
+                rows[m.key]["rounds"][side].append(fig)
+                log(f"  round {rnd + 1} {m.label} [{m.attention}] {side}: {fig['tok_s']:.1f} tok/s "
+                    f"(load {load_average()})")
+    for row in rows.values():
+        for side, figs in row["rounds"].items():
+            if figs:
+                row[side] = max(figs, key=lambda f: f["tok_s"])
+                row[f"{side}_tok_per_cpu_s"] = max(f["tok_per_cpu_s"] or 0.0 for f in figs)
+    return rows
 
 
 def run_benchmark(cfg: BenchConfig, log=print) -> dict:
     import torch
 
+    from dsa_runner.machine import cpu_description, load_average
     from dsa_runner.server import ServerConfig, load_engine
 
     if cfg.device.startswith("cuda") and not torch.cuda.is_available():
@@ -245,96 +357,133 @@ def run_benchmark(cfg: BenchConfig, log=print) -> dict:
     scfg = ServerConfig(model=cfg.model, device=cfg.device, dtype=cfg.dtype, quantize=cfg.quantize,
                         threads=cfg.threads, top_k=cfg.top_k, max_batch=max(cfg.n, cfg.concurrent, 1),
                         max_queue=max(cfg.concurrent, 8),
-                        prefix_cache_mb=0)  # each request prefills, as in the figures measured before reuse
+                        prefix_cache_mb=0)  # every request evaluates its prompt, on both sides
     engine, info = load_engine(scfg)
     cfg.threads = engine.threads  # llama.cpp gets the same number of threads as the engine's step thread
     engine.start()
-    prompt_ids = _prompt_ids(engine.tokenizer, cfg.prompt_tokens)
-    load = os.getloadavg() if hasattr(os, "getloadavg") else None
     report: dict = {"device": str(engine.device), "torch": torch.__version__, "threads": engine.threads,
-                    "model": info.model_name, "dtype": info.dtype, "attention": info.attention, "top_k": info.top_k,
-                    "quantize": engine.quantize, "prompt_tokens": len(prompt_ids), "max_tokens": cfg.max_tokens,
-                    "load_average_before": load}
+                    "cpu": cpu_description(), "model": info.model_name, "dtype": info.dtype,
+                    "attention": info.attention, "indexers": info.indexers, "top_k": info.top_k,
+                    "quantize": engine.quantize, "max_tokens": cfg.max_tokens, "rounds": cfg.rounds,
+                    "load_average_before": load_average()}
     if gpu:
         report["gpu"] = torch.cuda.get_device_name(0)
     try:
-        log(f"dsa_runner: single greedy stream ({cfg.max_tokens} tokens, prompt {len(prompt_ids)} tokens)")
-        _run_requests(engine, prompt_ids, [(1, 0.0, 0)], 8)  # first-request costs out of the figures
-        ours = {"single": _run_requests(engine, prompt_ids, [(1, 0.0, 0)], cfg.max_tokens)}
-        log(f"  {ours['single']['tok_s']:.1f} tok/s")
-        log(f"dsa_runner: one request, n={cfg.n}")
-        ours[f"n{cfg.n}"] = _run_requests(engine, prompt_ids, [(cfg.n, 0.8, 1)], cfg.max_tokens)
-        log(f"  {ours[f'n{cfg.n}']['tok_s']:.1f} tok/s aggregate")
-        if not gpu:
-            log(f"dsa_runner: {cfg.concurrent} concurrent requests")
-            ours[f"concurrent{cfg.concurrent}"] = _run_requests(engine, prompt_ids,
-                                                                [(1, 0.8, i + 1) for i in range(cfg.concurrent)],
-                                                                cfg.max_tokens)
-            log(f"  {ours[f'concurrent{cfg.concurrent}']['tok_s']:.1f} tok/s aggregate")
-        greedy = _greedy_ids(engine, prompt_ids, cfg.max_tokens) if not gpu else None
-        if greedy and (engine.quantize != "none" or info.dtype != "float32"):
-            log("accuracy: teacher-forced comparison with the float32 model")
-            report["accuracy_vs_float32"] = accuracy_vs_float32(engine, cfg, prompt_ids, greedy or [])
+        if gpu:
+            report.update(_gpu_figures(engine, cfg, log))
+        else:
+            report.update(_cpu_figures(engine, info, cfg, log))
     finally:
         engine.shutdown()
-    report["dsa_runner"] = ours
-    if cfg.llama and not gpu:
-        from dsa_runner.engine import stop_token_ids
-
-        model_path = info.model_path
-        if not model_path.endswith(".gguf"):
-            report["llama_cpp"] = {"ok": False, "crash": "not a GGUF model: llama.cpp not run"}
-        else:
-            stops = stop_token_ids(engine.tokenizer)
-            attempts = []
-            for n_batch in (512, 1):
-                log(f"llama.cpp (llama-cpp-python, subprocess), n_batch={n_batch}")
-                res = run_llama(model_path, prompt_ids, stops, cfg, n_batch, log)
-                attempts.append(res)
-                if res["ok"]:
-                    break
-                log(f"  crashed: {res['crash']}")
-            report["llama_cpp_attempts"] = [{k: v for k, v in a.items() if k not in ("single", "n16")}
-                                            if not a["ok"] else {"ok": True, "n_batch": a["n_batch"]}
-                                            for a in attempts]
-            good = attempts[-1] if attempts[-1]["ok"] else None
-            report["llama_cpp"] = good or {"ok": False}
-            if good is not None:
-                theirs = good["single"].pop("greedy_ids")
-                agree = 0
-                for a, b in zip(greedy or [], theirs):
-                    if a != b:
-                        break
-                    agree += 1
-                report["greedy_agreement_tokens"] = agree
-    report["load_average_after"] = os.getloadavg() if hasattr(os, "getloadavg") else None
+    report["load_average_after"] = load_average()
     return report
 
 
+def _gpu_figures(engine, cfg: BenchConfig, log=print) -> dict:
+    prompt_ids = _prompt_ids(engine.tokenizer, cfg.prompt_tokens)
+    log(f"dsa_runner: single greedy stream ({cfg.max_tokens} tokens, prompt {len(prompt_ids)} tokens)")
+    _run_requests(engine, prompt_ids, [(1, 0.0, 0)], 8)  # first-request costs out of the figures
+    ours = {"single": _run_requests(engine, prompt_ids, [(1, 0.0, 0)], cfg.max_tokens)}
+    log(f"  {ours['single']['tok_s']:.1f} tok/s")
+    log(f"dsa_runner: one request, n={cfg.n}")
+    ours[f"n{cfg.n}"] = _run_requests(engine, prompt_ids, [(cfg.n, 0.8, 1)], cfg.max_tokens)
+    log(f"  {ours[f'n{cfg.n}']['tok_s']:.1f} tok/s aggregate")
+    return {"prompt_tokens": len(prompt_ids), "dsa_runner": ours}
+
+
+def _cpu_figures(engine, info, cfg: BenchConfig, log=print) -> dict:
+    measures = cpu_measures(cfg, engine.tokenizer, info.attention, info.indexers)
+    longest = max(len(m.prompt_ids) for m in measures) + cfg.max_tokens
+    if longest > engine.max_context:
+        raise SystemExit(f"--long-prompt-tokens: {longest} tokens exceed the engine's context "
+                         f"({engine.max_context})")
+    out: dict = {"prompt_tokens": len(measures[0].prompt_ids)}
+    binary = find_llama_server(cfg.llama_server) if cfg.llama else None
+    servers: dict = {}
+    if not cfg.llama:
+        out["llama_server"] = {"ok": False, "why": "not run (--no-llama)"}
+    elif binary is None:
+        out["llama_server"] = {"ok": False, "why": "no llama-server binary (--llama-server PATH, or one on PATH)"}
+    elif not info.model_path.endswith(".gguf"):
+        out["llama_server"] = {"ok": False, "why": "not a GGUF model: llama.cpp not run"}
+    else:
+        from dsa_runner.errors import LlamaServerError
+
+        try:
+            servers, notes = _start_llama_servers(binary, info.model_path, measures, cfg, log)
+            out["llama_server"] = {"ok": True, "binary": binary, "notes": notes,
+                                   "commands": {slots: s.command() for slots, s in servers.items()}}
+        except LlamaServerError as exc:
+            out["llama_server"] = {"ok": False, "why": f"did not start: {exc}"}
+    _run_requests(engine, measures[0].prompt_ids, [(1, 0.0, 0)], 8)  # first-request costs out of the figures
+    try:
+        out["measures"] = _measure_cpu_rounds(engine, measures, servers, cfg, log)
+    except Exception as exc:  # a crash of the baseline is recorded, not hidden; our own failures propagate
+        from dsa_runner.errors import LlamaServerError
+
+        if not isinstance(exc, LlamaServerError):
+            raise
+        out["llama_server"] = {"ok": False, "why": f"failed while measuring: {exc}"}
+        servers = {}
+        out["measures"] = _measure_cpu_rounds(engine, measures, servers, cfg, log)
+    finally:
+        for server in servers.values():
+            server.stop()
+    prompt_ids = measures[0].prompt_ids
+    greedy = _greedy_ids(engine, prompt_ids, cfg.max_tokens)
+    theirs = out["measures"]["single"]["rounds"]["llama_server"]
+    if theirs:
+        agree = 0
+        for a, b in zip(greedy, theirs[0]["token_ids"]):
+            if a != b:
+                break
+            agree += 1
+        out["greedy_agreement_tokens"] = agree
+    for row in out["measures"].values():
+        for fig in (f for figs in row["rounds"].values() for f in figs):
+            fig.pop("token_ids", None)
+    if engine.quantize != "none" or info.dtype != "float32":
+        log("accuracy: teacher-forced comparison with the float32 model")
+        out["accuracy_vs_float32"] = accuracy_vs_float32(engine, cfg, prompt_ids, greedy)
+    return out
+
+
 def format_report(report: dict, cfg: BenchConfig) -> str:
-    lines = [f"device {report['device']} ({report.get('gpu', 'cpu')}), torch {report['torch']}, "
-             f"{report['threads']} threads, model {report['model']}, {report['attention']} top-k {report['top_k']}, "
-             f"dtype {report['dtype']}, weights {report['quantize']}",
+    lines = [f"device {report['device']} ({report.get('gpu', report['cpu'])}), torch {report['torch']}, "
+             f"{report['threads']} threads, model {report['model']}, {report['attention']} top-k {report['top_k']} "
+             f"({report['indexers']} indexers), dtype {report['dtype']}, weights {report['quantize']}",
              f"prompt {report['prompt_tokens']} tokens, {report['max_tokens']} new tokens per sequence; "
              f"load average before {report['load_average_before']}, after {report['load_average_after']}"]
-    ours = report["dsa_runner"]
-    theirs = report.get("llama_cpp") or {}
-    lines.append(f"{'measure':<34}{'dsa_runner tok/s':>18}{'llama.cpp tok/s':>18}{'ratio':>9}")
-    names = [("single", "one greedy stream"), (f"n{cfg.n}", f"n={cfg.n}, one request (aggregate)"),
-             (f"concurrent{cfg.concurrent}", f"{cfg.concurrent} concurrent requests (aggregate)")]
-    llama_keys = {"single": "single", f"n{cfg.n}": "n16", f"concurrent{cfg.concurrent}": "concurrent8"}
-    for key, label in names:
-        if key not in ours:
-            continue
-        mine = ours[key]["tok_s"]
-        other = theirs.get(llama_keys[key], {}).get("tok_s") if theirs.get("ok") else None
-        ratio = f"{mine / other:.2f}x" if other else "-"
-        lines.append(f"{label:<34}{mine:>18.1f}{(f'{other:.1f}' if other else 'n/a'):>18}{ratio:>9}")
-    for attempt in report.get("llama_cpp_attempts", []):
-        if not attempt["ok"]:
-            lines.append(f"llama.cpp n_batch={attempt['n_batch']}: CRASHED ({attempt['crash']})")
-        else:
-            lines.append(f"llama.cpp n_batch={attempt['n_batch']}: ran")
+    if "measures" not in report:  # CUDA
+        for key, fig in report["dsa_runner"].items():
+            lines.append(f"{key:<12}{fig['tok_s']:>10.1f} tok/s")
+        return "\n".join(lines)
+    llama = report["llama_server"]
+    if llama["ok"]:
+        command = next(iter(llama["commands"].values()))
+        lines.append(f"baseline: llama-server (-np = sequences decoded together, -cb), best of {report['rounds']} "
+                     f"rounds each, alternating; options {' '.join(command[command.index('-t'):])}")
+        lines += [f"llama-server {note}" for note in llama["notes"]]
+    else:
+        lines.append(f"baseline: llama-server {llama['why']}")
+    lines.append(f"{'measure':<44}{'attention':<28}{'tok/s: dsa_runner':>18}{'llama-server':>13}{'ratio':>8}"
+                 f"{'tok/CPU-s: dsa_runner':>23}{'llama-server':>13}{'ratio':>8}")
+    for row in report["measures"].values():
+        line = f"{row['label']:<44}{row['attention']:<28}"
+        for width, mine, other in ((18, row["dsa_runner"]["tok_s"], row.get("llama_server", {}).get("tok_s")),
+                                   (23, row["dsa_runner_tok_per_cpu_s"], row.get("llama_server_tok_per_cpu_s"))):
+            ratio = f"{mine / other:.2f}x" if other else "-"
+            line += f"{mine:>{width}.1f}{(f'{other:.1f}' if other else 'n/a'):>13}{ratio:>8}"
+        lines.append(line)
+    if "long" in report["measures"]:
+        row = report["measures"]["long"]
+        parts = []
+        for side in ("dsa_runner", "llama_server"):
+            if side in row:
+                fig = row[side]
+                decode = f"{fig['decode_tok_s']:.1f}" if fig["decode_tok_s"] else "n/a"
+                parts.append(f"{side} prompt {fig['first_token_s']:.2f}s, then {decode} tok/s")
+        lines.append(f"  {row['prompt_tokens']}-token prompt, split: " + "; ".join(parts))
     if "accuracy_vs_float32" in report:
         acc = report["accuracy_vs_float32"]
         lines.append(f"accuracy vs float32 (teacher-forced through the {acc.get('decode_impl', '?')} decode step, "
@@ -342,6 +491,6 @@ def format_report(report: dict, cfg: BenchConfig) -> str:
                      f"{acc['top1_agreement']:.1%}, mean KL {acc['mean_kl']:.4f}, max KL {acc['max_kl']:.4f}")
     if "greedy_agreement_tokens" in report:
         lines.append(f"greedy outputs agree for the first {report['greedy_agreement_tokens']} tokens "
-                     f"(dsa_runner vs llama.cpp, same GGUF; llama.cpp's Q4_1 x Q8 kernels and our float32 "
-                     f"reference also part after a few tokens)")
+                     f"(dsa_runner vs llama-server, same GGUF; llama.cpp's Q4_1 x Q8 kernels and our int8 "
+                     f"decode step part after a few tokens)")
     return "\n".join(lines)

@@ -9,12 +9,14 @@ Logs and JUnit reports go to compressed blobs.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from envbuilder.build import BuildOutcome
-from envbuilder.sources.git_history import MineResult
-from envbuilder.validation import ValidationOutcome
 from tasksynth.hashing import content_hash
+
+if TYPE_CHECKING:  # annotations only: recording a mine does not load the build and validation code
+    from envbuilder.build import BuildOutcome
+    from envbuilder.sources.git_history import MineResult
+    from envbuilder.validation import ValidationOutcome
 
 CANDIDATE_COLUMNS = ("candidate_id, source, source_ref, instance_id, repo, repo_url, language, base_commit, "
                      "head_commit, patch, test_patch, problem_statement, hints, version, environment_setup_commit, "

@@ -16,16 +16,13 @@ import uuid
 from collections import Counter
 from typing import Any
 
-from prefect import flow
-
-from envbuilder.build import build_candidate
 from envbuilder.errors import SourceError
 from envbuilder.records import candidates as stored_candidates
 from envbuilder.records import instances as stored_instances
 from envbuilder.records import record_build, record_mined, record_validation
 from envbuilder.sources.mining import SourceRequest, mine, request_key
-from envbuilder.validation import validate_instance, validation_id
 from flows.funnels import publish_kind
+from flows.prefect_flow import flow
 from flows.runtime import flow_run, run_steps
 from tasksynth.config import Config, load_config
 from tasksynth.docker.engine import image_exists, require_engine
@@ -95,6 +92,8 @@ def _mine(store, config: Config, requests: list[SourceRequest], run_id: str) -> 
     return {**report.as_dict(), "new_candidates": added["candidates"], "new_discards": added["discards"]}
 
 def _build(store, config: Config, chosen: list[dict[str, Any]], run_id: str) -> dict[str, Any]:
+    from envbuilder.build import build_candidate  # the build stage's code (and its agent) only when it runs
+
     statuses = Counter()
 
     def record(candidate: dict[str, Any], outcome) -> None:
@@ -108,6 +107,9 @@ def _build(store, config: Config, chosen: list[dict[str, Any]], run_id: str) -> 
 
 def _validate(store, config: Config, chosen: list[dict[str, Any]], repeat: int, round_: str,
               run_id: str) -> dict[str, Any]:
+    from envbuilder.build import build_candidate
+    from envbuilder.validation import validate_instance, validation_id
+
     built = stored_instances(store)
     items = [(c, built[c["instance_id"]]) for c in chosen if c["instance_id"] in built]
     changed: list[dict[str, str]] = []

@@ -15,12 +15,11 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-from prefect import flow
-
 from envbuilder.statements import ROLE as STATEMENT_ROLE
 from flows.code import code_pipeline, sample_paths
 from flows.general import general_pipeline
 from flows.notebook import kernel_image_in_background, notebook_demo
+from flows.prefect_flow import flow
 from flows.search import search_pipeline
 from flows.runner_process import local_runner, say_on_stderr
 from tasksynth.config import Config, RoleConfig, load_config

@@ -15,8 +15,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from prefect import flow
-
+from flows.prefect_flow import flow
 from flows.runtime import flow_run, run_steps
 from general_env.attempts import attempt_batch
 from general_env.environment_building import build_environment, environment_id

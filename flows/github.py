@@ -13,12 +13,12 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from prefect import flow
 from prefect.futures import as_completed
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from envbuilder.sources.github.client import GithubClient, GithubError
 from envbuilder.sources.github.miner import RepositoryMiner, normalize_repo, read_repo_list
+from flows.prefect_flow import flow
 from flows.runtime import flow_run, step_task
 from tasksynth.config import Config, load_config
 from tasksynth.store import open_store

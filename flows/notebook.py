@@ -23,10 +23,9 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
-from prefect import flow
-
 from agent import BufferedRecorder
 from flows.funnels import publish_kind
+from flows.prefect_flow import flow
 from flows.runtime import flow_run, run_steps
 from notebook_env.datasets import DEFAULT_DATASETS, data_root, materialise
 from notebook_env.funnel import notebook_funnel

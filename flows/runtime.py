@@ -175,9 +175,12 @@ def flow_run(store, flow: str, params: dict[str, Any]) -> Iterator[dict[str, Any
     earlier, killed process left `running` are marked crashed first."""
     from tasksynth.docker.ownership import process_start_time
 
-    run_id = current_flow_run_id() or str(uuid.uuid4())
+    prefect_run_id = current_flow_run_id()
+    run_id = prefect_run_id or str(uuid.uuid4())
     summary: dict[str, Any] = {"run_id": run_id}
-    mark_crashed_runs(store)
+    crashed = mark_crashed_runs(store)
+    if crashed and prefect_run_id:
+        mark_crashed_in_prefect(crashed)
     store.insert("flow_runs", [{"run_id": run_id, "flow": flow, "params": params, "status": "running",
                                 "pid": os.getpid(), "process_started": process_start_time(os.getpid())}],
                  on_conflict="replace")
@@ -204,6 +207,39 @@ def mark_crashed_runs(store) -> list[str]:
         store.execute("UPDATE flow_runs SET status = 'crashed', finished_at = current_timestamp "
                       f"WHERE run_id IN ({', '.join('?' for _ in gone)})", gone)
     return gone
+
+
+def mark_crashed_in_prefect(run_ids: list[str]) -> list[str]:
+    """Mark Crashed, on the Prefect server this flow runs against, the runs among `run_ids` (crashed runs of
+    the store, whose ids are their Prefect flow run ids) that it still shows unfinished; returns their ids.
+
+    A run that a SIGKILL ended could not report its end, and our runs send no heartbeats to the home's server
+    (flows/prefect_flow.py): without this, the UI would show it running for ever. Runs the server does not
+    know (made against another server) are left alone; a server that does not answer costs a warning, not
+    the flow."""
+    import logging
+
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+    from prefect.states import Crashed
+
+    marked = []
+    try:
+        with get_client(sync_client=True) as client:
+            for run_id in run_ids:
+                try:
+                    run = client.read_flow_run(uuid.UUID(run_id))
+                except (ValueError, ObjectNotFound):  # not a Prefect run id, or another server's run
+                    continue
+                if run.state is not None and run.state.is_final():
+                    continue
+                client.set_flow_run_state(run.id, Crashed(message="its process ended without reporting "
+                                                                  "(killed); found by the next flow of its home"),
+                                          force=True)
+                marked.append(run_id)
+    except Exception as exc:  # noqa: BLE001 - the store already records the crash; the UI is a view of it
+        logging.getLogger(__name__).warning("could not mark crashed runs on the Prefect server: %s", exc)
+    return marked
 
 
 def _json(value: Any) -> str:

@@ -20,8 +20,7 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-from prefect import flow
-
+from flows.prefect_flow import flow
 from flows.runtime import flow_run, run_steps
 from search_synth.answer_agents import answer_question, candidate_key, check_answerers
 from search_synth.entities import long_tail_entities

@@ -39,10 +39,10 @@ from tasksynth.dataset_card import dataset_card
 from tasksynth.docker.portable import (ImageOptions, awaits_push, base_image_reference, environment_with_digest,
                                        push_images, stage_images, with_digests)
 from tasksynth.errors import ExportError
+from tasksynth.funnels import KINDS
 from tasksynth.hashing import sha256_bytes
 from tasksynth.store import Store
 
-KINDS = ("code", "search", "general", "code_interpreter")
 MANIFEST_FORMAT = "tasksynth-export/1"
 ROW_GROUP_ROWS = 1024  # prompts carry whole patches; small groups keep readers' memory flat
 

@@ -11,6 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+# Every kind of task, in the order the report and the export list them.
+KINDS = ("code", "search", "general", "code_interpreter")
+
 
 @dataclass
 class KindSection:

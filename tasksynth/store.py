@@ -27,20 +27,25 @@ import threading
 from collections.abc import Iterable, Iterator, Sequence
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import duckdb
-import pyarrow as pa
 import zstandard
 
+from tasksynth import sql_literals
 from tasksynth.errors import StoreError, StoreLocked
 from tasksynth.hashing import sha256_bytes
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 MIGRATION_NAME = re.compile(r"^(\d{3})_([a-z0-9_]+)\.sql$")
 _LOCK_PID = re.compile(r"PID (\d+)")
 # Extensions a query may need (the search pipeline's BM25 indexes); loaded, when installed, before a sandboxed
 # store locks its configuration.
 QUERY_EXTENSIONS = ("fts",)
+# At most this many rows go into one insert as literals (see Store.insert); more go in as an Arrow table.
+LITERAL_INSERT_ROWS = 64
 # Tests only: the migration version after whose commit the process kills itself, to test recovery.
 _KILL_AFTER_MIGRATION = "TASKSYNTH_TEST_KILL_AFTER_MIGRATION"
 
@@ -120,8 +125,8 @@ class Store:
                 for version, name, sql in pending:
                     with self.transaction():
                         self._conn.execute(sql)
-                        self._conn.execute("INSERT INTO schema_migrations (version, name) VALUES (?, ?)",
-                                           [version, name])
+                        self._conn.execute(*_statement("INSERT INTO schema_migrations (version, name) "
+                                                       "VALUES (?, ?)", [version, name]))
                     if os.environ.get(_KILL_AFTER_MIGRATION) == str(version):
                         os.kill(os.getpid(), signal.SIGKILL)
             finally:
@@ -159,12 +164,12 @@ class Store:
 
     def execute(self, sql: str, params: Sequence[Any] | dict[str, Any] | None = None) -> None:
         with self._lock:
-            self._conn.execute(sql, params)
+            self._conn.execute(*_statement(sql, params))
 
     def query(self, sql: str, params: Sequence[Any] | dict[str, Any] | None = None) -> list[dict[str, Any]]:
         """Rows as dicts; DuckDB lists stay Python lists and JSON columns are decoded."""
         with self._lock:
-            cursor = self._conn.execute(sql, params)
+            cursor = self._conn.execute(*_statement(sql, params))
             columns = [d[0] for d in cursor.description or []]
             json_columns = {d[0] for d in cursor.description or [] if str(d[1]).upper() == "JSON"}
             rows = cursor.fetchall()
@@ -172,14 +177,16 @@ class Store:
 
     def query_arrow(self, sql: str, params: Sequence[Any] | None = None):
         with self._lock:
-            return self._conn.execute(sql, params).fetch_arrow_table()
+            return self._conn.execute(*_statement(sql, params)).fetch_arrow_table()
 
     def insert(self, table: str, rows: Iterable[dict[str, Any]], *, on_conflict: str = "ignore") -> int:
         """Insert rows; with `ignore` a row whose key exists is skipped (a rerun writes nothing twice),
         with `replace` it is overwritten. Returns how many rows were new or replaced.
 
         The rows go in as one Arrow table and one `INSERT ... SELECT`, and the count is the one DuckDB reports
-        for that statement: no per-row statements, no count of the table. With `ignore`, rows whose primary
+        for that statement: no per-row statements, no count of the table. A few rows of plain values go in as
+        literals instead (`VALUES ...`, the same statement otherwise): handing DuckDB an Arrow table costs a
+        pandas import in a process that has not paid it yet (tasksynth/sql_literals.py). With `ignore`, rows whose primary
         key is already stored are left out by an anti-join first: DuckDB's own conflict check is slow when
         most rows conflict on a table with several unique constraints (a rerun of a large mine)."""
         rows = list(rows)
@@ -192,14 +199,21 @@ class Store:
         if on_conflict == "replace" and key:
             # One statement cannot replace a row twice: the last row per key wins, as one after the other.
             rows = list({tuple(_encode(row.get(k)) for k in key): row for row in rows}.values())
-        batch = pa.table({c: _arrow_column([_encode(row.get(c)) for row in rows]) for c in columns})
         view = f"_insert_{threading.get_ident()}"
         names = ", ".join(_ident(c) for c in columns)
-        sql = f"{verb} INTO {_ident(table)} ({names}) SELECT {names} FROM {view}"
+        literal_rows = _literal_rows(rows, columns)
+        source = f"({literal_rows}) AS {view}({names})" if literal_rows else view
+        sql = f"{verb} INTO {_ident(table)} ({names}) SELECT {names} FROM {source}"
         if on_conflict == "ignore" and key:
             sql += (f" WHERE NOT EXISTS (SELECT 1 FROM {_ident(table)} stored WHERE "
                     + " AND ".join(f"stored.{_ident(k)} = {view}.{_ident(k)}" for k in key) + ")")
         with self._lock:
+            if literal_rows:
+                with self.transaction():
+                    return self._conn.execute(sql).fetchone()[0]
+            import pyarrow as pa  # only here: a short command that never gets here does not load it (~0.2 s)
+
+            batch = pa.table({c: _arrow_column([_encode(row.get(c)) for row in rows]) for c in columns})
             self._conn.register(view, batch)
             try:
                 with self.transaction():
@@ -211,17 +225,17 @@ class Store:
     def _primary_key(self, table: str) -> list[str]:
         if table not in self._primary_keys:
             with self._lock:
-                found = self._conn.execute(
+                found = self._conn.execute(*_statement(
                     "SELECT constraint_column_names FROM duckdb_constraints() WHERE schema_name = 'main' "
-                    "AND table_name = ? AND constraint_type = 'PRIMARY KEY'", [table]).fetchone()
+                    "AND table_name = ? AND constraint_type = 'PRIMARY KEY'", [table])).fetchone()
             self._primary_keys[table] = list(found[0]) if found else []
         return self._primary_keys[table]
 
     def exists(self, table: str, **where: Any) -> bool:
         clause = " AND ".join(f"{_ident(k)} = ?" for k in where)
         with self._lock:
-            row = self._conn.execute(f"SELECT 1 FROM {_ident(table)} WHERE {clause} LIMIT 1",
-                                     list(where.values())).fetchone()
+            row = self._conn.execute(*_statement(f"SELECT 1 FROM {_ident(table)} WHERE {clause} LIMIT 1",
+                                                 list(where.values()))).fetchone()
         return row is not None
 
     def load_extension(self, name: str) -> None:
@@ -294,6 +308,29 @@ def _locked_or_error(path: Path, exc: Exception) -> Exception:
     return StoreError(f"cannot open the store {path}: {text}")
 
 
+def _statement(sql: str, params: Sequence[Any] | dict[str, Any] | None) -> tuple[str, Any]:
+    """(sql, params) for DuckDB: the parameters written in as literals where that is exact (no conversion of
+    Python objects, so no pandas import: tasksynth/sql_literals.py), else bound."""
+    if params:
+        inlined = sql_literals.inline(sql, params)
+        if inlined is not None:
+            return inlined, None
+    return sql, params
+
+
+def _literal_rows(rows: list[dict[str, Any]], columns: list[str]) -> str | None:
+    """`VALUES (...), ...` of a few rows of plain values, or None (too many rows, or a value with no literal)."""
+    if len(rows) > LITERAL_INSERT_ROWS:
+        return None
+    values = []
+    for row in rows:
+        literals = [sql_literals.literal(_encode(row.get(c))) for c in columns]
+        if None in literals:
+            return None
+        values.append(f"({', '.join(literals)})")
+    return "VALUES " + ", ".join(values)
+
+
 def _ident(name: str) -> str:
     if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
         raise StoreError(f"not a valid identifier: {name!r}")
@@ -311,6 +348,8 @@ def _encode(value: Any) -> Any:
 def _arrow_column(values: list[Any]) -> pa.Array:
     """One column of an insert. Values Arrow cannot type as one column (an int beside a string) go in as text,
     which DuckDB casts to the column's type as it would a parameter."""
+    import pyarrow as pa
+
     try:
         return pa.array(values)
     except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):

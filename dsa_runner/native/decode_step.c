@@ -185,6 +185,250 @@ static void gemv(const int8_t *W, const bf16 *scale, int K, const float *x, int 
 }
 
 /* ---------------------------------------------------------------------------------------------- */
+/* The same products as integer dot products on quantised activations (llama.cpp's q8_0 scheme):
+ * each input row is quantised to int8 in blocks of QK columns, one float scale d = max|x| / 127 per
+ * block, and  y[b, r] = scale[r] * sum over blocks of d * <q, W[r, block]>  with the inner sums in
+ * int32. The float path above converts every weight to float and spends one FMA per weight and input
+ * row; here one instruction multiplies and adds 64 (VNNI) or 32 (AVX2) byte pairs.
+ * The instructions multiply unsigned by signed bytes: the weights' absolute values go in as the
+ * unsigned operand and their signs move onto the activations (q is in [-127, 127]: negating is exact;
+ * |w| <= 128 and two products per int16 stay below 32767 on AVX2's pairwise path).
+ * A thread quantises the whole input itself (a few thousand values against its share of a matrix):
+ * no barrier, and the same bits on any number of threads.                                           */
+
+#define QK 32
+
+typedef struct {
+    const int8_t *q;   /* (B, K) */
+    const float *d;    /* (B, K / QK): the block scales */
+    const float *lane; /* (B, K / 4): the scale of each group of 4 columns, in the vector lanes' layout */
+} QRows;
+
+#if defined(__AVX512F__) && defined(__AVX512BW__)
+#define QW 64 /* columns per vector step */
+typedef __m512 qf;
+static inline qf qzero(void) { return _mm512_setzero_ps(); }
+static inline float qhsum(qf v) { return _mm512_reduce_add_ps(v); }
+#elif defined(__AVX2__) && defined(__FMA__)
+#define QW 32
+typedef __m256 qf;
+static inline qf qzero(void) { return _mm256_setzero_ps(); }
+static inline float qhsum(qf v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+#else
+#define QW 0 /* no vector path: integer dot products in plain C */
+#endif
+
+/* What this build runs, for the Python side to check against the ISA it asked for. */
+const char *dsa_isa(void) {
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VNNI__)
+    return "avx512-vnni";
+#elif defined(__AVX512F__) && defined(__AVX512BW__)
+    return "avx512";
+#elif QW
+    return "avx2";
+#else
+    return "generic";
+#endif
+}
+
+static int int8_activations = 1; /* 0: every product on the float path (for A/B measurements) */
+
+int dsa_set_int8_activations(int on) {
+    const int was = int8_activations;
+    int8_activations = on != 0;
+    return was;
+}
+
+/* q = x * 127 / max|x| rounded to the nearest integer (ties to even, as the vector conversions do) */
+static inline void quantize_block(const float *x, int8_t *q, float *scale) {
+#if QW == 64
+    const __m512 a = _mm512_loadu_ps(x), b = _mm512_loadu_ps(x + 16);
+    const float amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(a), _mm512_abs_ps(b)));
+    const __m512 inv = _mm512_set1_ps(amax > 0.f ? 127.f / amax : 0.f);
+    _mm_storeu_si128((__m128i *)q, _mm512_cvtsepi32_epi8(_mm512_cvtps_epi32(_mm512_mul_ps(a, inv))));
+    _mm_storeu_si128((__m128i *)(q + 16), _mm512_cvtsepi32_epi8(_mm512_cvtps_epi32(_mm512_mul_ps(b, inv))));
+#elif QW == 32
+    const __m256 sign = _mm256_set1_ps(-0.f);
+    __m256 v[4], m = _mm256_setzero_ps();
+    for (int i = 0; i < 4; i++) {
+        v[i] = _mm256_loadu_ps(x + 8 * i);
+        m = _mm256_max_ps(m, _mm256_andnot_ps(sign, v[i]));
+    }
+    __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+    m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+    m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
+    const float amax = _mm_cvtss_f32(m4);
+    const __m256 inv = _mm256_set1_ps(amax > 0.f ? 127.f / amax : 0.f);
+    __m256i i32[4];
+    for (int i = 0; i < 4; i++) i32[i] = _mm256_cvtps_epi32(_mm256_mul_ps(v[i], inv));
+    /* the packs work within 128-bit halves: put the eight groups of four back in order */
+    const __m256i packed = _mm256_packs_epi16(_mm256_packs_epi32(i32[0], i32[1]), _mm256_packs_epi32(i32[2], i32[3]));
+    _mm256_storeu_si256((__m256i *)q, _mm256_permutevar8x32_epi32(packed, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7)));
+#else
+    float amax = 0.f;
+    for (int i = 0; i < QK; i++) amax = fmaxf(amax, fabsf(x[i]));
+    const float inv = amax > 0.f ? 127.f / amax : 0.f;
+    const float magic = 12582912.f; /* 1.5 * 2^23: adding it rounds |v| < 2^22 to an integer, ties to even */
+    for (int i = 0; i < QK; i++) {
+        volatile float r = x[i] * inv + magic; /* volatile: two roundings, not one folded expression */
+        q[i] = (int8_t)(int)(r - magic);
+    }
+#endif
+    *scale = amax / 127.f;
+}
+
+static void quantize_rows(const float *x, int B, int K, int8_t *q, float *d, float *lane) {
+    for (int b = 0; b < B; b++) {
+        for (int c = 0; c < K; c += QK) {
+            float scale;
+            quantize_block(x + (size_t)b * K + c, q + (size_t)b * K + c, &scale);
+            d[(size_t)b * (K / QK) + c / QK] = scale;
+            for (int i = 0; i < QK / 4; i++) lane[((size_t)b * K + c) / 4 + i] = scale;
+        }
+    }
+}
+
+/* the calling thread's quantised copy of x; NULL when K is not whole blocks or memory runs out */
+static const QRows *quantize_for_thread(const float *x, int B, int K) {
+    static __thread struct { int8_t *q; float *d, *lane; size_t cap; QRows rows; } buf;
+    if (!int8_activations || K % QK) return NULL;
+    const size_t n = (size_t)B * K;
+    if (n > buf.cap) {
+        free(buf.q); free(buf.d); free(buf.lane);
+        buf.q = malloc(n);
+        buf.d = malloc(sizeof(float) * (n / QK));
+        buf.lane = malloc(sizeof(float) * (n / 4));
+        buf.cap = buf.q && buf.d && buf.lane ? n : 0;
+        if (!buf.cap) return NULL;
+    }
+    quantize_rows(x, B, K, buf.q, buf.d, buf.lane);
+    buf.rows.q = buf.q; buf.rows.d = buf.d; buf.rows.lane = buf.lane;
+    return &buf.rows;
+}
+
+/* dots[b][j] = sum over the blocks of the first KV columns of d * <q[b], row j of the block at w0> */
+static inline __attribute__((always_inline)) void
+block_qdots(const int8_t *w0, int K, int KV, const QRows *x, int b0, const int nb, const int8_t *ahead,
+            float dots[GROUP][4]) {
+#if QW
+    qf acc[GROUP][4];
+    for (int b = 0; b < nb; b++)
+        for (int j = 0; j < 4; j++) acc[b][j] = qzero();
+    for (int c = 0; c < KV; c += QW) {
+        if (ahead) /* one cache line a row ahead, as in block_dots */
+            for (int p = 0; p < QW; p += 64) __builtin_prefetch(ahead + 4 * (c + p), 0, 3);
+#if QW == 64
+        const __m512i zero = _mm512_setzero_si512();
+        __m512i aw[4];
+        __mmask64 neg[4];
+        for (int j = 0; j < 4; j++) {
+            const __m512i w = _mm512_loadu_si512((const void *)(w0 + (size_t)j * K + c));
+            aw[j] = _mm512_abs_epi8(w);
+            neg[j] = _mm512_movepi8_mask(w);
+        }
+        for (int b = 0; b < nb; b++) {
+            const __m512i xq = _mm512_loadu_si512((const void *)(x->q + (size_t)(b0 + b) * K + c));
+            const __m512 d = _mm512_loadu_ps(x->lane + ((size_t)(b0 + b) * K + c) / 4);
+            for (int j = 0; j < 4; j++) {
+                const __m512i sx = _mm512_mask_sub_epi8(xq, neg[j], zero, xq);
+#if defined(__AVX512VNNI__)
+                const __m512i p = _mm512_dpbusd_epi32(zero, aw[j], sx);
+#else
+                const __m512i p = _mm512_madd_epi16(_mm512_maddubs_epi16(aw[j], sx), _mm512_set1_epi16(1));
+#endif
+                acc[b][j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), d, acc[b][j]);
+            }
+        }
+#else
+        const __m256i ones = _mm256_set1_epi16(1);
+        __m256i w[4], aw[4];
+        for (int j = 0; j < 4; j++) {
+            w[j] = _mm256_loadu_si256((const __m256i *)(w0 + (size_t)j * K + c));
+            aw[j] = _mm256_abs_epi8(w[j]);
+        }
+        for (int b = 0; b < nb; b++) {
+            const __m256i xq = _mm256_loadu_si256((const __m256i *)(x->q + (size_t)(b0 + b) * K + c));
+            const __m256 d = _mm256_loadu_ps(x->lane + ((size_t)(b0 + b) * K + c) / 4);
+            for (int j = 0; j < 4; j++) {
+                const __m256i sx = _mm256_sign_epi8(xq, w[j]);
+                const __m256i p = _mm256_madd_epi16(_mm256_maddubs_epi16(aw[j], sx), ones);
+                acc[b][j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), d, acc[b][j]);
+            }
+        }
+#endif
+    }
+    for (int b = 0; b < nb; b++)
+        for (int j = 0; j < 4; j++) dots[b][j] = qhsum(acc[b][j]);
+#else
+    (void)w0; (void)K; (void)KV; (void)x; (void)b0; (void)ahead;
+    for (int b = 0; b < nb; b++)
+        for (int j = 0; j < 4; j++) dots[b][j] = 0.f;
+#endif
+}
+
+/* the blocks of columns [c0, K) of one weight row against input row b, in plain C */
+static inline float tail_qdot(const int8_t *w, int K, int c0, const QRows *x, int b) {
+    float dot = 0.f;
+    const int8_t *q = x->q + (size_t)b * K;
+    for (int c = c0; c < K; c += QK) {
+        int32_t s = 0;
+        for (int i = c; i < c + QK; i++) s += (int32_t)q[i] * w[i];
+        dot += x->d[(size_t)b * (K / QK) + c / QK] * (float)s;
+    }
+    return dot;
+}
+
+/* as gemv, on the quantised rows x */
+static void gemv_q(const int8_t *W, const bf16 *scale, int K, const QRows *x, int B, int r0, int r1,
+                   float *y, int ldy, int y_first, int accumulate) {
+    const int KV = QW ? K - K % QW : 0;
+    int r = r0;
+    for (; r + 4 <= r1; r += 4) {
+        const int8_t *w0 = W + (size_t)r * K;
+        for (int b0 = 0; b0 < B; b0 += GROUP) {
+            float dots[GROUP][4];
+            const int nb = B - b0 < GROUP ? B - b0 : GROUP;
+            const int8_t *ahead = b0 == 0 ? w0 + (size_t)PREFETCH_BLOCKS * 4 * K : NULL;
+            switch (nb) {
+            case 1: block_qdots(w0, K, KV, x, b0, 1, ahead, dots); break;
+            case 2: block_qdots(w0, K, KV, x, b0, 2, ahead, dots); break;
+            case 3: block_qdots(w0, K, KV, x, b0, 3, ahead, dots); break;
+            default: block_qdots(w0, K, KV, x, b0, 4, ahead, dots); break;
+            }
+            for (int b = 0; b < nb; b++) {
+                for (int j = 0; j < 4; j++) {
+                    float dot = dots[b][j];
+                    if (KV < K) dot += tail_qdot(w0 + (size_t)j * K, K, KV, x, b0 + b);
+                    const float v = bf16_to_f32(scale[r + j]) * dot;
+                    float *out = y + (size_t)(b0 + b) * ldy + (r + j - y_first);
+                    *out = accumulate ? *out + v : v;
+                }
+            }
+        }
+    }
+    for (; r < r1; r++) {
+        for (int b = 0; b < B; b++) {
+            const float v = bf16_to_f32(scale[r]) * tail_qdot(W + (size_t)r * K, K, 0, x, b);
+            float *out = y + (size_t)b * ldy + (r - y_first);
+            *out = accumulate ? *out + v : v;
+        }
+    }
+}
+
+/* y (+)= x W^T over weight rows [r0, r1): on qx (x quantised by quantize_for_thread) when given, else
+   on the float rows x */
+static inline void matvec(const int8_t *W, const bf16 *scale, int K, const float *x, const QRows *qx, int B,
+                          int r0, int r1, float *y, int ldy, int y_first, int accumulate) {
+    if (qx) gemv_q(W, scale, K, qx, B, r0, r1, y, ldy, y_first, accumulate);
+    else gemv(W, scale, K, x, B, r0, r1, y, ldy, y_first, accumulate);
+}
+
+/* ---------------------------------------------------------------------------------------------- */
 /* Threads. Not OpenMP: libgomp counts the threads of every team in the process (torch's included)
  * and, with more of them than cores, makes its barriers sleep after ~1000 spins; from the runner's
  * scheduler thread that made each step of ~180 barriers twice as slow on 2 threads as on one
@@ -443,7 +687,7 @@ static void step_body(Step *st, int tid, int nt) {
         norm_rows(st, tid, L->ln1, L->eps1);
         SYNC();
         share(proj_n, tid, nt, &r0, &r1);
-        gemv(L->qkv, L->qkv_scale, Hd, x, B, r0, r1, st->proj, proj_n, 0, 0);
+        matvec(L->qkv, L->qkv_scale, Hd, x, quantize_for_thread(x, B, Hd), B, r0, r1, st->proj, proj_n, 0, 0);
         SYNC();
         items(B * (Hkv + 1), tid, nt, &i0, &i1);
         for (int i = i0; i < i1; i++) store_new_keys(st, L, l, i / (Hkv + 1), i % (Hkv + 1));
@@ -452,29 +696,30 @@ static void step_body(Step *st, int tid, int nt) {
         for (int i = i0; i < i1; i++) attend(st, l, i / H, i % H);
         SYNC();
         share(Hd, tid, nt, &r0, &r1);
-        gemv(L->o, L->o_scale, qn, st->attn, B, r0, r1, h, Hd, 0, 1); /* h += o W_o */
+        matvec(L->o, L->o_scale, qn, st->attn, quantize_for_thread(st->attn, B, qn), B, r0, r1, h, Hd, 0, 1);
         SYNC();
         norm_rows(st, tid, L->ln2, L->eps2);
         SYNC();
         /* gate and up rows i and I + i on the same thread: silu(g) * u without a barrier */
         share(I, tid, nt, &r0, &r1);
+        const QRows *qx = quantize_for_thread(x, B, Hd);
         for (int i = r0; i < r1; i += 4) {
             const int e = i + 4 < r1 ? i + 4 : r1;
             float gate[MAX_ROWS * 4], up[MAX_ROWS * 4];
-            gemv(L->gu, L->gu_scale, Hd, x, B, i, e, gate, 4, i, 0);
-            gemv(L->gu + (size_t)I * Hd, L->gu_scale + I, Hd, x, B, i, e, up, 4, i, 0);
+            matvec(L->gu, L->gu_scale, Hd, x, qx, B, i, e, gate, 4, i, 0);
+            matvec(L->gu + (size_t)I * Hd, L->gu_scale + I, Hd, x, qx, B, i, e, up, 4, i, 0);
             for (int b = 0; b < B; b++)
                 for (int j = i; j < e; j++) st->act[(size_t)b * I + j] = silu(gate[b * 4 + j - i]) * up[b * 4 + j - i];
         }
         SYNC();
         share(Hd, tid, nt, &r0, &r1);
-        gemv(L->down, L->down_scale, I, st->act, B, r0, r1, h, Hd, 0, 1); /* h += act W_down */
+        matvec(L->down, L->down_scale, I, st->act, quantize_for_thread(st->act, B, I), B, r0, r1, h, Hd, 0, 1);
         SYNC();
     }
     norm_rows(st, tid, m->final_norm, m->final_eps);
     SYNC();
     share(m->vocab, tid, nt, &r0, &r1);
-    gemv(m->head, m->head_scale, Hd, x, B, r0, r1, st->logits, m->vocab, 0, 0);
+    matvec(m->head, m->head_scale, Hd, x, quantize_for_thread(x, B, Hd), B, r0, r1, st->logits, m->vocab, 0, 0);
 #undef SYNC
 }
 

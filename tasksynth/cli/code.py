@@ -16,7 +16,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from tasksynth.cli import app_state
+from tasksynth.cli import app_state, lifecycle
 from tasksynth.cli import github_mining as gh_cli
 from tasksynth.cli.code_environments import recipes_app
 from tasksynth.cli.code_environments import report as environments_report
@@ -43,8 +43,9 @@ def _run_pipeline(**params: Any) -> dict[str, Any]:
 
     config = params.pop("config", None) or app_state.config()
     config.home_path.mkdir(parents=True, exist_ok=True)
-    prepare_prefect(config)
-    from flows.code import code_pipeline
+    with lifecycle.importing():
+        prepare_prefect(config)
+        from flows.code import code_pipeline
 
     if params.get("build") or params.get("validate"):
         from tasksynth.docker.engine import require_engine

@@ -19,7 +19,7 @@ from rich.table import Table
 from tasksynth.cli import app_state
 from tasksynth.errors import StoreError, TasksynthError
 from tasksynth.docker.portable import ImageOptions
-from tasksynth.export import KINDS, export_tasks
+from tasksynth.funnels import KINDS
 from tasksynth.store import open_store
 
 
@@ -117,6 +117,8 @@ def export_command(
 
     Each code task's `environment` holds its recipe and base image reference; with --images, also how to load
     or pull its image (`load`, `image_id`, `registry`)."""
+    from tasksynth.export import export_tasks  # Arrow and Parquet: loaded by the command that writes them
+
     config = app_state.config()
     image_options = ImageOptions.parse(images)
     with open_store(config, read_only=config.store_path.exists()) as store:

@@ -12,7 +12,7 @@ from typing import Any
 
 import typer
 
-from tasksynth.cli import app_state
+from tasksynth.cli import app_state, lifecycle
 from tasksynth.errors import TasksynthError
 from tasksynth.store import open_store
 
@@ -46,8 +46,9 @@ def synth(
     config = app_state.config()
     config.home_path.mkdir(parents=True, exist_ok=True)
     require_engine()
-    prepare_prefect(config)
-    from flows.general import general_pipeline
+    with lifecycle.importing():
+        prepare_prefect(config)
+        from flows.general import general_pipeline
 
     with step_progress():
         summary = general_pipeline.with_options(task_runner=task_runner(config))(

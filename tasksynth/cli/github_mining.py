@@ -16,6 +16,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn
 from envbuilder.sources.github.client import GithubError
 from envbuilder.sources.github.miner import MiningReport, normalize_repo, read_repo_list
 from envbuilder.sources.github.waiting import CountdownSleeper
+from tasksynth.cli import lifecycle
 from tasksynth.config import Config, secret
 
 GITHUB_HELP = "Mine merged pull requests that resolve issues in this GitHub repository (OWNER/NAME)."
@@ -37,8 +38,9 @@ def mine_github(config: Config, repos: list[str], *, since: str | None = None, l
     if secret(config.github.token_env) is None:
         console.print(f"[yellow]no token in ${config.github.token_env}: mining through the REST API at GitHub's "
                       "anonymous rate (60 requests/hour); set the variable for GraphQL and 5,000/hour[/]")
-    prepare_prefect(config)
-    from flows.github import github_mining  # after prepare_prefect: Prefect reads its settings at import
+    with lifecycle.importing():
+        prepare_prefect(config)
+        from flows.github import github_mining  # after prepare_prefect: Prefect reads its settings at import
 
     # The rate-limit countdown is one more line of this display (CountdownSleeper adds it as a task).
     with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from tasksynth.cli import lifecycle
+
+lifecycle.start()  # before any import registers an exit callback or allocates much: see lifecycle
+
 import sys
 from pathlib import Path
 
@@ -20,6 +24,8 @@ from tasksynth.cli.report import report_command
 from tasksynth.cli.runner import app as runner_app
 from tasksynth.cli.search import app as search_app
 from tasksynth.errors import TasksynthError
+
+lifecycle.imports_done()
 
 app = typer.Typer(
     name="tasksynth",
@@ -57,6 +63,14 @@ app.command("report")(report_command)
 
 
 def main() -> None:
+    try:
+        _dispatch()
+    except SystemExit as exc:
+        lifecycle.arm_exit(exc.code)
+        raise
+
+
+def _dispatch() -> None:
     try:
         code = app(standalone_mode=False)
         sys.exit(code if isinstance(code, int) else 0)

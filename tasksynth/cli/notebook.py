@@ -10,7 +10,7 @@ from pathlib import Path
 
 import typer
 
-from tasksynth.cli import app_state
+from tasksynth.cli import app_state, lifecycle
 from tasksynth.errors import TasksynthError
 from tasksynth.store import open_store
 
@@ -47,8 +47,9 @@ def synth(
     config = app_state.config()
     config.home_path.mkdir(parents=True, exist_ok=True)
     require_engine()
-    prepare_prefect(config)
-    from flows.notebook import notebook_pipeline
+    with lifecycle.importing():
+        prepare_prefect(config)
+        from flows.notebook import notebook_pipeline
 
     with step_progress():
         summary = notebook_pipeline.with_options(task_runner=task_runner(config))(

@@ -35,6 +35,12 @@ from tasksynth.sandbox.results import SandboxInfraError, SupervisorGone
 
 SUPERVISOR_SOURCE = Path(__file__).with_name("supervisor.py")
 SUPERVISOR_IN_CONTAINER = "/opt/tasksynth-sandbox/supervisor.py"
+# Imported, not run as the main script: Python keeps a main script's syntax tree in memory until the script
+# ends (2.2 MB for the supervisor, which never ends), and every fork of the supervisor copies, and every
+# child's exit unmaps, the page table entries of what it holds. Appended to the path: nothing of the
+# standard library can be shadowed from that folder (the one file in it is ours, read-only).
+SUPERVISOR_START = ("import sys; sys.path.append('/opt/tasksynth-sandbox'); import supervisor; "
+                    "supervisor.serve(sys.argv[1], float(sys.argv[2]))")
 SOCKET_FOLDER_IN_CONTAINER = "/run/tasksynth-sandbox"
 SOCKET_NAME = "supervisor.sock"
 WORK = "/work"  # the untrusted user's tmpfs work folder (the state file lives here)
@@ -71,7 +77,7 @@ class SupervisedContainer:
                   Mount(str(self.folder), SOCKET_FOLDER_IN_CONTAINER, read_only=False), *self.mounts]
         args = isolated_run_args(self.limits, name=self.name, labels=owner_labels(self.config.home_path, self.role),
                                  mounts=mounts, tmpfs=self.tmpfs, supervisor=True, workdir=WORK)
-        command = [PYTHON_IN_IMAGE, "-I", "-S", SUPERVISOR_IN_CONTAINER,
+        command = [PYTHON_IN_IMAGE, "-I", "-S", "-c", SUPERVISOR_START,
                    f"{SOCKET_FOLDER_IN_CONTAINER}/{SOCKET_NAME}", str(int(START_TIMEOUT_S))]
         try:
             result = docker("run", "-d", "--rm", *args, self.image, *command, check=False, timeout=START_TIMEOUT_S)

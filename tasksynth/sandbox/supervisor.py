@@ -1,7 +1,7 @@
 """The supervisor inside a sandbox container: takes requests from the host over a unix socket and runs each
 one in a forked child that has become the untrusted user. Standard library only; it is mounted read-only
-into the container and started as `/usr/bin/python3 -I -S supervisor.py SOCKET` (isolated mode, no site:
-nothing the image or the code under test installed is imported into a root process).
+into the container, imported by `/usr/bin/python3 -I -S -c ...` (isolated mode, no site: nothing the image or
+the code under test installed is imported into a root process) and serves with `serve(SOCKET)`.
 
 Who may talk to it: the socket sits in a host folder mounted into the container, and the supervisor serves
 exactly one connection whose peer is outside the container's pid namespace (SO_PEERCRED reports pid 0 for
@@ -50,6 +50,7 @@ import select
 import selectors
 import signal
 import socket
+import _socket  # socket's C layer: a reset child's socket pair without the Python wrappers
 import stat
 import struct
 import sys
@@ -84,42 +85,63 @@ PR_CAPBSET_DROP = 24
 PR_SET_NO_NEW_PRIVS = 38
 RESULT_FD = 3
 REQUEST_FD = 4
-EXIT_RESULT_TOO_BIG = 97
+FD_SPACE = socket.CMSG_SPACE(4 * 4)  # room for the file descriptors a request may carry
 EXIT_TRUNCATED = 98
+RESET_DONE = b"R"  # a reset child's confirmation that it reset the work folders
 _libc = ctypes.CDLL(None, use_errno=True)
+DEV_NULL = os.open(os.devnull, os.O_RDONLY)  # a call's stdin: opened once, for every child
 
 
 # ------------------------------------------------------------------------------------------------ wire
 
 
+# The JSON of the host connection goes straight through the json module's C encoder and scanner, made once:
+# after each fork, every page the supervisor writes costs it a fault, and each Python layer writes some.
+_encode_reply = (json.encoder.c_make_encoder(None, None, json.encoder.encode_basestring_ascii, None, ":", ",",
+                                             False, False, True) if json.encoder.c_make_encoder else None)
+_scan_request = json.scanner.c_make_scanner(json.decoder.JSONDecoder()) if json.scanner.c_make_scanner else None
+
+
 def send_message(conn: socket.socket, message: dict) -> None:
-    data = json.dumps(message, separators=(",", ":")).encode()
-    conn.sendall(struct.pack(">I", len(data)) + data)
+    """Our replies hold only what JSON can hold (the results came to us as JSON), and no cycles."""
+    text = "".join(_encode_reply(message, 0)) if _encode_reply else json.dumps(message, separators=(",", ":"))
+    data = text.encode()
+    conn.sendall(len(data).to_bytes(4, "big") + data)
 
 
 def receive_message(conn: socket.socket) -> tuple[dict | None, list[int]]:
-    header, fds = _receive_exactly(conn, 4, with_fds=True)
-    if header is None:
-        return None, fds
-    body, _ = _receive_exactly(conn, struct.unpack(">I", header)[0])
-    if body is None:
-        return None, fds
-    return json.loads(body), fds
-
-
-def _receive_exactly(conn: socket.socket, size: int, with_fds: bool = False) -> tuple[bytes | None, list[int]]:
-    chunks, got, fds = [], 0, []
-    while got < size:
-        if with_fds and not fds:
-            data, new_fds, _, _ = socket.recv_fds(conn, size - got, 4)
-            fds += new_fds
-        else:
-            data = conn.recv(size - got)
-        if not data:
+    """A request of the host and the file descriptors that came with its first bytes."""
+    data, ancillary, _, _ = conn.recvmsg(65536, FD_SPACE)
+    fds = received_fds(ancillary)
+    if len(data) < 4:
+        while 0 < len(data) < 4 and (more := conn.recv(4 - len(data))):
+            data += more
+        if len(data) < 4:
             return None, fds
-        chunks.append(data)
-        got += len(data)
-    return b"".join(chunks), fds
+    size = 4 + int.from_bytes(data[:4], "big")
+    while len(data) < size:
+        chunk = conn.recv(min(size - len(data), 1 << 20))
+        if not chunk:
+            return None, fds
+        data += chunk
+    text = data[4:size].decode()
+    if _scan_request is None:
+        return json.loads(text), fds
+    try:
+        message, end = _scan_request(text, 0)
+    except StopIteration:  # what the scanner raises where no JSON value starts
+        raise ValueError("the request is not JSON") from None
+    if end != len(text):
+        raise ValueError("trailing data after the request")
+    return message, fds
+
+
+def received_fds(ancillary: list) -> list[int]:
+    fds: list[int] = []
+    for level, kind, payload in ancillary:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            fds += struct.unpack(f"{len(payload) // 4}i", payload[:len(payload) - len(payload) % 4])
+    return fds
 
 
 # ------------------------------------------------------------------------------------------- privileges
@@ -203,9 +225,14 @@ def run_as_untrusted(work) -> int:
     return os.waitpid(pid, 0)[1]
 
 
-def kill_untrusted(reap: int | None = None) -> int:
+def wait_status(pid: int) -> int:
+    return os.waitpid(pid, 0)[1]
+
+
+def kill_untrusted(reap: int | None = None, wait=wait_status) -> int:
     """Kill every process of the untrusted user in this container, daemons and fork bombs included.
-    `reap`: a child of ours that is among them; it is reaped here, and its wait status returned."""
+    `reap`: a process among them to reap with `wait` (a child of the fork server is reaped by it); its wait
+    status is returned."""
     if reap is None and not untrusted_processes_left():
         return 0
 
@@ -230,7 +257,7 @@ def kill_untrusted(reap: int | None = None) -> int:
         except BaseException:  # noqa: BLE001
             pass
         os._exit(code)
-    status = os.waitpid(reap, 0)[1] if reap is not None else 0
+    status = wait(reap) if reap is not None else 0
     if os.waitpid(killer, 0)[1] != 0 and SUPERVISOR is not None:
         # Something of the run user would not die (a process stuck in the kernel): this container cannot
         # promise a clean next call; the host replaces it after this reply.
@@ -297,20 +324,44 @@ def untrusted_pids(exclude: int = 0, living_only: bool = False) -> list[int]:
 
 
 def _counter(paths: tuple[str, ...], key: str) -> int:
-    for line in (_read_first(paths) or b"").decode().splitlines():
+    return _parse_counter(_read_first(paths), key)
+
+
+def _parse_counter(data: bytes | None, key: str) -> int:
+    for line in (data or b"").decode().splitlines():
         name, _, value = line.partition(" ")
         if name == key:
             return int(value)
     return 0
 
 
+PIDS_EVENTS = ("/sys/fs/cgroup/pids.events", "/sys/fs/cgroup/pids/pids.events")
+MEMORY_EVENTS = ("/sys/fs/cgroup/memory.events", "/sys/fs/cgroup/memory/memory.oom_control")
+
+
 def pids_limit_hits() -> int:
     """How often a fork was refused by the container's pids limit (cgroup v2 or v1)."""
-    return _counter(("/sys/fs/cgroup/pids.events", "/sys/fs/cgroup/pids/pids.events"), "max")
+    return _counter(PIDS_EVENTS, "max")
 
 
 def oom_kills() -> int:
-    return _counter(("/sys/fs/cgroup/memory.events", "/sys/fs/cgroup/memory/memory.oom_control"), "oom_kill")
+    return _counter(MEMORY_EVENTS, "oom_kill")
+
+
+class LimitEvents:
+    """The container's pids and memory event counters when a run started, to tell afterwards whether it hit
+    either limit. Kept as read; parsed only if they changed (almost never: a call must not pay for it)."""
+
+    def __init__(self):
+        self.pids, self.memory = _read_first(PIDS_EVENTS), _read_first(MEMORY_EVENTS)
+
+    def pids_hit(self) -> bool:
+        now = _read_first(PIDS_EVENTS)
+        return now != self.pids and _parse_counter(now, "max") > _parse_counter(self.pids, "max")
+
+    def oom_killed(self) -> bool:
+        now = _read_first(MEMORY_EVENTS)
+        return now != self.memory and _parse_counter(now, "oom_kill") > _parse_counter(self.memory, "oom_kill")
 
 
 # ---------------------------------------------------------------------------------------- running a child
@@ -322,8 +373,9 @@ class CappedStreams:
     not a selector: no descriptor of its own and no per-call set-up, for the call path's sake. A pipe is read
     only when poll says it is readable, so a read never blocks (only we hold the reading ends)."""
 
-    def __init__(self, fds: dict[str, int], cap: int):
+    def __init__(self, fds: dict[str, int], cap: int, caps: dict[str, int] | None = None):
         self.cap = cap
+        self.caps = {name: (caps or {}).get(name, cap) for name in fds}  # per stream: `cap` unless given
         self.data = {name: bytearray() for name in fds}
         self.names = {fd: name for name, fd in fds.items()}  # the streams still open
         self.over: str | None = None
@@ -350,7 +402,7 @@ class CappedStreams:
             os.close(fd)
             return
         buffer = self.data[name]
-        room = self.cap - len(buffer)
+        room = self.caps[name] - len(buffer)
         buffer += chunk[:max(room, 0)]
         if len(chunk) > room and self.over is None:
             self.over = name
@@ -365,9 +417,10 @@ class CappedStreams:
         return self.data[name].decode("utf-8", errors="replace")
 
 
-def supervise(pid: int, streams: CappedStreams, timeout_s: float) -> tuple[int, str | None]:
-    """Wait for the child `pid` while reading its output; stop it on timeout or output over the cap.
-    Returns its wait status and why it was stopped (None: it ended by itself)."""
+def supervise(pid: int, streams: CappedStreams, timeout_s: float, wait=wait_status) -> tuple[int, str | None]:
+    """Wait for the process `pid` while reading its output; stop it on timeout or output over the cap.
+    Returns its wait status (`wait` reaps it) and why it was stopped (None: it ended by itself). A pidfd
+    tells when it ended: that works for a child of the fork server too, a zombie until it is reaped."""
     deadline = time.monotonic() + timeout_s
     pidfd = os.pidfd_open(pid)
     streams.poller.register(pidfd, select.POLLIN)
@@ -394,9 +447,9 @@ def supervise(pid: int, streams: CappedStreams, timeout_s: float) -> tuple[int, 
         os.close(pidfd)
     if stopped:
         # The child and everything it started go at once; the supervisor reaps the child meanwhile.
-        status = kill_untrusted(reap=pid)
+        status = kill_untrusted(reap=pid, wait=wait)
     else:
-        status = os.waitpid(pid, 0)[1]
+        status = wait(pid)
         # Whatever the child left behind (daemons, a fork bomb) goes too, which also closes the pipes.
         kill_untrusted()
     drain_deadline = time.monotonic() + 2
@@ -406,16 +459,18 @@ def supervise(pid: int, streams: CappedStreams, timeout_s: float) -> tuple[int, 
     return status, stopped
 
 
-def classify(status: int, stopped: str | None, limits: dict, pids_before: int, ooms_before: int,
+def classify(status: int, stopped: str | None, limits: dict, events: LimitEvents,
              streams: CappedStreams) -> tuple[str, str]:
     """The outcome caused by the code and a one-line reason (ok has an empty reason)."""
-    if pids_limit_hits() > pids_before:
+    if events.pids_hit():
         return "pids", f"the process limit was reached ({limits.get('processes', '?')} processes per call)"
     if stopped == "timeout":
         return "timeout", f"still running after {limits['timeout_s']:g} s (wall clock); killed"
     if stopped == "output_capped":
+        if streams.over == "result":
+            return "output_capped", f"the result is larger than {streams.cap} bytes; stopped"
         return "output_capped", f"wrote more than {streams.cap} bytes on {streams.over}; stopped"
-    if oom_kills() > ooms_before:
+    if events.oom_killed():
         return "oom", "killed by the container's out-of-memory killer"
     if os.WIFSIGNALED(status):
         sig = os.WTERMSIG(status)
@@ -435,20 +490,14 @@ class Supervisor:
         # Sources, compiled only in the untrusted child: the root supervisor never parses code.
         self.modules: dict[str, str] = {}
         self.state_name = "state.sqlite"
-        self.ready: ReadyChild | None = None  # the next call's process, forked while the host was busy
-        self.calls_seen = False
+        self.ready: CallChild | None = None  # the child that did the attempt's reset, waiting for the first call
         self.unusable = ""  # why this container must not serve another request, once that is so
         self.service: Service | None = None  # a long-lived process of the untrusted user (a kernel's driver)
         self.sources_seen: set[int] = set()  # hashes of the sources this attempt's calls ran (see _seen_before)
 
-    def prepare_next_call(self) -> None:
-        """After a reply went out: fork the next call's child now, off the call's critical path. Only once
-        calls were seen (a session's container never gets one) and never while another exists."""
-        if self.calls_seen and self.ready is None:
-            self.ready = ReadyChild()
-
     def forget_ready_child(self) -> None:
-        """Before anything that kills the run user's processes or runs something else as that user."""
+        """The reset's child, unused: before anything that kills the run user's processes or runs something
+        else as that user."""
         if self.ready is not None:
             self.ready.discard()
             self.ready = None
@@ -456,8 +505,7 @@ class Supervisor:
     def handle(self, request: dict, fds: list[int]) -> dict:
         op = request.get("op")
         try:
-            if op in ("run", "read_file", "write_file") or (op == "reset" and self.service is not None):
-                # (A reset without a service uses the ready child: see `reset`.)
+            if op in ("reset", "run", "read_file", "write_file", "service_start"):
                 self.forget_ready_child()
             if op in ("reset", "run", "service_start", "service_stop"):
                 # A command's or a reset's sweep kills every process of the run user: the service first,
@@ -488,23 +536,24 @@ class Supervisor:
     # ---- state
 
     def reset(self, request: dict, fds: list[int]) -> dict:
-        ready, self.ready = self.ready, None
-        if ready is not None and not only_one_untrusted_process():
-            ready.discard()
-            ready = None
+        self.forget_ready_child()
         self.modules.clear()
         COMPILED.clear()
         self.sources_seen.clear()
         master = fds[0] if fds else None
         name = self.state_name = os.path.basename(request.get("state_name") or "state.sqlite")
-        # The next call's child, when it is the only process of the run user and has run nothing, does the
-        # reset itself (one process fewer per attempt) and exits.
-        status = ready.reset(name, master) if ready is not None else None
-        if status is None:
+        # A child forked now, when nothing of the previous attempt is left in our memory but freed bytes,
+        # does the reset and then waits for the attempt's first call: a reset has no process of its own. One
+        # that does not confirm (it died) is replaced once.
+        for _ in range(2):
             kill_untrusted()
-            status = run_as_untrusted(lambda: reset_work(master, name))
-        if status != 0:
+            ready = CallChild()
+            if ready.reset(name, master):
+                break
+            ready.discard()
+        else:
             return {"ok": False, "error": "could not reset the work folder"}
+        self.ready = ready
         self.modules.update(request.get("modules") or {})  # the attempt's modules, without a round trip each
         os.environ["SANDBOX_STATE"] = os.path.join(WORK, name)  # inherited by the calls' children
         return {"ok": True}
@@ -515,30 +564,38 @@ class Supervisor:
         limits = request["limits"]
         if request.get("module") and request["module"] not in self.modules:
             return {"ok": False, "error": f"no module {request['module']!r} is loaded"}
-        self.calls_seen = True
-        child, self.ready = self.ready or ReadyChild(), None
-        pids_before, ooms_before = pids_limit_hits(), oom_kills()
+        child, self.ready = self.ready, None
+        events = LimitEvents()
         started = time.monotonic()
-        # What the attempt loaded travels with the request: loading a module does not waste the ready child.
+        # What the attempt loaded travels with the request (a module loaded after the reset as well).
         key = compiled_key(request, self.modules)
         ship = key not in COMPILED and (bool(request.get("module")) or self._seen_before(key))
-        request = {**request, "modules": self.modules, "state_name": self.state_name, "ship": ship}
-        if not child.send(request):  # it died while it waited (only the OOM killer does that): a fresh one
-            child.discard()
-            child = ReadyChild()
-            child.send(request)
-        streams = CappedStreams({"stdout": child.out_r, "stderr": child.err_r, "result": child.res_r},
-                                int(limits["output_cap"]))
-        status, stopped = supervise(child.pid, streams, float(limits["timeout_s"]))
+        request = {**request, "modules": self.modules, "state_name": self.state_name, "ship": ship,
+                   "code": self._kept_code_for(request)}
+        try:
+            if child is None:  # forked now, with its request in the memory it starts with
+                child = CallChild(request)
+            elif not child.send(request):  # the reset's child died while it waited (the OOM killer did)
+                child.discard()
+                child = CallChild(request)
+        except ForkServerGone as exc:
+            return {"ok": True, "outcome": "sandbox_crash", "reason": str(exc), "seconds": 0.0, "result": None,
+                    "exception": None, "stdout": "", "stderr": ""}
+        cap = int(limits["output_cap"])
+        # The result pipe carries the compiled code a child may ship (see _ship_compiled), then the result:
+        # whether the result is over the cap is decided here, from what was read, never by the child.
+        streams = CappedStreams({"stdout": child.out_r, "stderr": child.err_r, "result": child.res_r}, cap,
+                                {"result": 4 + shipped_code_max(limits) + cap})
+        status, stopped = supervise(child.pid, streams, float(limits["timeout_s"]), child.wait)
         seconds = time.monotonic() - started
-        outcome, reason = classify(status, stopped, limits, pids_before, ooms_before, streams)
+        outcome, reason = classify(status, stopped, limits, events, streams)
         reply = {"ok": True, "outcome": outcome, "reason": reason, "seconds": seconds, "result": None,
                  "exception": None, "stdout": streams.text("stdout"), "stderr": streams.text("stderr")}
         if outcome == "ok":
-            if os.WIFEXITED(status) and os.WEXITSTATUS(status) == EXIT_RESULT_TOO_BIG:
-                reply.update(outcome="output_capped", reason=f"the result is larger than {streams.cap} bytes")
-                return reply
             compiled, raw = split_compiled(bytes(streams.data["result"]))
+            if len(raw) > cap:
+                reply.update(outcome="output_capped", reason=f"the result is larger than {cap} bytes")
+                return reply
             if ship and compiled is not None:
                 self._keep_compiled(key, compiled)
             try:
@@ -567,6 +624,13 @@ class Supervisor:
         self.sources_seen.add(digest)
         return False
 
+    def _kept_code_for(self, request: dict) -> dict[str, bytes]:
+        """The kept compiled code a call may use, by file name: its own source's and the attempt's modules'.
+        It goes with the request: the child is forked from the fork server, which holds none of it."""
+        keys = [compiled_key(request, self.modules)]
+        keys += [(f"<module {name}>", source) for name, source in self.modules.items()]
+        return {key[0]: COMPILED[key] for key in keys if key in COMPILED}
+
     @staticmethod
     def _keep_compiled(key: tuple[str, str], compiled: bytes) -> None:
         size = sum(len(data) for data in COMPILED.values())
@@ -582,7 +646,7 @@ class Supervisor:
         out_r, out_w = os.pipe()
         err_r, err_w = os.pipe()
         in_r, in_w = os.pipe()
-        pids_before, ooms_before = pids_limit_hits(), oom_kills()
+        events = LimitEvents()
         started = time.monotonic()
         pid = fork()
         if pid == 0:
@@ -593,7 +657,7 @@ class Supervisor:
         _feed_stdin(in_w, stdin)
         streams = CappedStreams({"stdout": out_r, "stderr": err_r}, int(limits["output_cap"]))
         status, stopped = supervise(pid, streams, float(limits["timeout_s"]))
-        outcome, reason = classify(status, stopped, limits, pids_before, ooms_before, streams)
+        outcome, reason = classify(status, stopped, limits, events, streams)
         exit_code = os.WEXITSTATUS(status) if os.WIFEXITED(status) else -os.WTERMSIG(status)
         return {"ok": True, "outcome": outcome, "reason": reason, "exit_code": exit_code,
                 "seconds": time.monotonic() - started, "stdout": streams.text("stdout"),
@@ -789,12 +853,15 @@ def _remove_sysv_ipc() -> None:
     for kind, remove in (("shm", lambda i: _libc.shmctl(i, 0, None)), ("msg", lambda i: _libc.msgctl(i, 0, None)),
                          ("sem", lambda i: _libc.semctl(i, 0, 0))):  # 0: IPC_RMID
         try:
-            with open(f"/proc/sysvipc/{kind}") as handle:
-                rows = [line.split() for line in handle.readlines()[1:]]
+            fd = os.open(f"/proc/sysvipc/{kind}", os.O_RDONLY)
         except OSError:
             continue
-        for row in rows:
-            remove(int(row[1]))
+        try:
+            table = b"".join(iter(lambda: os.read(fd, 65536), b""))
+        finally:
+            os.close(fd)
+        for row in table.splitlines()[1:]:
+            remove(int(row.split()[1]))
 
 
 def reset_work(master: int | None, name: str) -> int:
@@ -806,12 +873,6 @@ def reset_work(master: int | None, name: str) -> int:
     if master is not None:
         copy_file(master, os.path.join(WORK, name))
     return 0
-
-
-def only_one_untrusted_process() -> bool:
-    """Whether the container holds one task beyond its baseline (pid 1 and us): the ready child, then."""
-    tasks = container_tasks()
-    return tasks is not None and BASELINE_TASKS is not None and tasks <= BASELINE_TASKS + 1
 
 
 def copy_file(source_fd: int, path: str) -> None:
@@ -857,7 +918,7 @@ class _LoadedModules:
     meta path finder and loader by their methods (importlib only calls these)."""
 
     def __init__(self, sources: dict[str, str]):
-        self.sources = sources
+        self.sources = sources  # a call's child sets the modules of its attempt
 
     def find_spec(self, name, path=None, target=None):
         return importlib.util.spec_from_loader(name, self) if name in self.sources else None
@@ -870,6 +931,10 @@ class _LoadedModules:
 
 
 SUPERVISOR: Supervisor | None = None
+FORK_SERVER: "ForkServer | None" = None
+# Lets a call's code import the attempt's loaded modules. Installed once (prepare_for_calls) with no modules,
+# so that a child only fills it in; the supervisor itself imports nothing once it serves.
+LOADED_MODULES = _LoadedModules({})
 
 # Compiled code of the sources an attempt's calls run again and again (its modules, a harness called for each
 # tool call), marshalled, keyed by (file name, source): a call's child finds it in its copy of the
@@ -881,40 +946,52 @@ COMPILED: dict[tuple[str, str], bytes] = {}
 COMPILED_MAX_BYTES = 4 * 1024 * 1024  # every fork copies what is kept
 COMPILED_MAX_ENTRIES = 256
 _CHILD_CODE: dict[tuple[str, str], object] = {}  # in a call's child: code objects of this call
-_SHIPPED = [0]  # in a call's child: bytes of compiled code sent ahead of the result
+_SOURCES: dict[str, str] = {}  # in a call's child: the sources it compiled, by file name (for tracebacks)
 _RESULT_PREFIX = [b"\0\0\0\0"]  # in a call's child: what goes before the result (no code: a zero length)
 
 
-class ReadyChild:
-    """A forked child that has already become the untrusted user and waits, blocked on a socket, for the call
-    it will run, or for the next attempt's reset (then it empties the work folders and copies the master it
-    is handed, and nothing else). Forking and dropping privileges cost about a millisecond; done after the
-    previous reply went out, they are off the next call's critical path. It is forked only when no untrusted
-    process is left (after the previous call's sweep), and holds nothing but its own pipes."""
+class CallChild:
+    """The process of one call, forked by the fork server (see ForkServer) when the call's request has
+    arrived: it finds the request in the memory it starts with, becomes the untrusted user and runs it.
+    Without a request it is the child of an attempt's reset: it waits on a socket, empties the work folders
+    and copies the master it is handed when told, and then waits there for the attempt's first call. It is
+    forked only when no untrusted process is left (after the previous sweep), and holds nothing but its own
+    pipes, the memory the fork server started with, and its request.
 
-    def __init__(self):
-        # A socket, not a pipe, for the request: a reset hands it the state master's file descriptor.
-        parent_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        request_r, self.request = child_end.detach(), parent_end
-        self.request_w = parent_end.fileno()
+    Forked in advance (after the previous reply, as it once was), a child is off a call's critical path
+    (about 0.4 ms), but it costs more CPU (the supervisor's writes while it waits copy pages), and the reset's
+    child could not be the first call's too without carrying what was there before the reset."""
+
+    def __init__(self, request: dict | None = None):
+        if FORK_SERVER is None:
+            raise ForkServerGone("the container's fork server is gone; the container is replaced")
         self.out_r, out_w = os.pipe()
         self.err_r, err_w = os.pipe()
         self.res_r, res_w = os.pipe()
-        # Objects that exist now are never collected in the child: its collector would otherwise write to
-        # every one of them and copy most of the supervisor's memory, page by page, on each call.
-        gc.freeze()
-        self.pid = fork()
-        if self.pid == 0:
-            _call_child(request_r, out_w, err_w, res_w)  # never returns
-        for fd in (request_r, out_w, err_w, res_w):
-            os.close(fd)
+        ends = [out_w, err_w, res_w]
+        if request is None:
+            # A socket, not a pipe, for the requests: a reset hands it the state master's file descriptor.
+            parent_end, child_end = _socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+            self.request, self.request_w = parent_end, parent_end.fileno()
+            ends.append(child_end.detach())
+        else:
+            self.request_w = -1
+        try:
+            self.pid = FORK_SERVER.fork(marshal.dumps(request) if request is not None else b"", ends)
+        finally:
+            for fd in ends:
+                os.close(fd)
+        self.wait = FORK_SERVER.wait
 
-    def send(self, request: dict, fds: list[int] | None = None) -> bool:
-        data = json.dumps(request, separators=(",", ":")).encode()
+    def send(self, request: dict, fds: list[int] | None = None, *, last: bool = True) -> bool:
+        """Write a request to the child. `last` (a call): nothing follows, the request socket is closed.
+        In marshal: the child reads it with one C call (the host's JSON was parsed by us)."""
+        data = marshal.dumps(request)
         try:
             frame = struct.pack(">I", len(data)) + data
             if fds:
-                sent = socket.send_fds(self.request, [frame], fds)
+                sent = self.request.sendmsg([frame], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
+                                                        struct.pack(f"{len(fds)}i", *fds))])
             else:
                 sent = os.write(self.request_w, frame)
             view = memoryview(frame)[sent:]
@@ -924,24 +1001,148 @@ class ReadyChild:
         except (BrokenPipeError, ConnectionResetError):
             return False
         finally:
-            self.request.close()
-            self.request_w = -1
+            if last:
+                self.close_request()
 
-    def reset(self, state_name: str, master: int | None) -> int | None:
-        """Have it reset the work folders for the next attempt (see `reset_work`); its wait status, or None
-        when it could not be asked (it died while it waited)."""
-        sent = self.send({"op": "reset", "state_name": state_name}, [master] if master is not None else None)
-        status = self.discard()
-        return status if sent else None
-
-    def discard(self) -> int:
-        """Unused: closing its request socket makes it exit by itself. Its wait status."""
+    def close_request(self) -> None:
         if self.request_w >= 0:
             self.request.close()
             self.request_w = -1
+
+    def reset(self, state_name: str, master: int | None) -> bool:
+        """Have it reset the work folders for the next attempt (see `reset_work`); it then waits for the
+        attempt's first call. False when it did not confirm (it died, or the reset failed): discard it."""
+        if not self.send({"op": "reset", "state_name": state_name}, [master] if master is not None else None,
+                         last=False):
+            return False
+        try:
+            return os.read(self.request_w, 1) == RESET_DONE
+        except OSError:
+            return False
+
+    def discard(self) -> int:
+        """Unused: closing its request socket makes it exit by itself. Its wait status."""
+        self.close_request()
         for fd in (self.out_r, self.err_r, self.res_r):
             os.close(fd)
-        return os.waitpid(self.pid, 0)[1]
+        return self.wait(self.pid)
+
+
+class ForkServerGone(RuntimeError):
+    """The fork server died (nothing of the run user can kill it; the out-of-memory killer could)."""
+
+
+class ForkServer:
+    """The process every call's child is forked from: root, forked from the supervisor once at start, before
+    any request, and holding nothing of any attempt. A child of the supervisor itself would start with the
+    supervisor's memory, freed memory included, where the requests of earlier attempts lie (a verifier's
+    source with its expected answer, say) for the code under test to read (its own memory is readable to
+    it); a child of the fork server starts with the fork server's, which never held any of them, plus its
+    own request. It also spares the supervisor's own writes the page faults a fork leaves behind.
+
+    Protocol over a socket pair (one request at a time): `F`, a 4-byte length and that many bytes of a
+    call's request (marshal; none for a reset's child), with the child's pipe ends (and for a reset's child
+    its request socket) as SCM_RIGHTS -> the child's pid (4 bytes; -1 when the fork failed). `W` and a pid
+    -> that child reaped, its wait status (4 bytes). Should the fork server die, the container cannot
+    serve calls again and is replaced (`ForkServerGone`)."""
+
+    def __init__(self):
+        ours, theirs = _socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        gc.freeze()  # see CallChild: what exists now is never collected in a child
+        self.pid = fork()
+        if self.pid == 0:
+            ours.close()
+            _serve_forks(theirs)  # never returns
+        theirs.close()
+        self.socket = ours
+
+    def fork(self, request: bytes, ends: list[int]) -> int:
+        try:
+            self.socket.sendmsg([b"F" + len(request).to_bytes(4, "big"), request],
+                               [(socket.SOL_SOCKET, socket.SCM_RIGHTS, struct.pack(f"{len(ends)}i", *ends))])
+            pid = self._answer()
+        except OSError:
+            pid = None
+        if pid is None:
+            self.lost()
+        if pid is None or pid < 0:
+            raise ForkServerGone("the container's fork server could not fork a call's process")
+        return pid
+
+    def wait(self, pid: int) -> int:
+        """Reap a child of the fork server: its wait status (0 when the fork server is gone)."""
+        try:
+            self.socket.sendall(b"W" + pid.to_bytes(4, "big"))
+            status = self._answer()
+        except OSError:
+            status = None
+        if status is None:
+            self.lost()
+            return 0
+        return status
+
+    def _answer(self) -> int | None:
+        data = b""
+        while len(data) < 4:
+            chunk = self.socket.recv(4 - len(data))
+            if not chunk:
+                return None
+            data += chunk
+        return int.from_bytes(data, "big", signed=True)
+
+    def lost(self) -> None:
+        """It died: reap it and count it out of the container's baseline of tasks; the reply that finds this
+        out says the container is unusable, and the host replaces it."""
+        global FORK_SERVER, BASELINE_TASKS
+        if FORK_SERVER is self:
+            FORK_SERVER = None
+            self.socket.close()
+            os.waitpid(self.pid, 0)
+            if BASELINE_TASKS is not None:
+                BASELINE_TASKS -= 1
+            if SUPERVISOR is not None:
+                SUPERVISOR.unusable = "the container's fork server died"
+
+
+def _serve_forks(requests) -> None:
+    """The fork server's loop (see ForkServer). A request's bytes go into one buffer, zeroed again once the
+    child is forked: what this process holds after a fork is what it held at start."""
+    buffer = bytearray(1 << 16)
+    status = 0
+    try:
+        while True:
+            head, ancillary, _, _ = requests.recvmsg(5, FD_SPACE)
+            fds = received_fds(ancillary)
+            while head and len(head) < 5 and (more := requests.recv(5 - len(head))):
+                head += more
+            if len(head) < 5:
+                break  # the supervisor is gone
+            value = int.from_bytes(head[1:], "big")
+            if head[:1] == b"W":
+                requests.sendall(os.waitpid(value, 0)[1].to_bytes(4, "big", signed=True))
+                continue
+            if value > len(buffer):
+                buffer[:] = bytes(len(buffer))
+                buffer = bytearray(value)
+            view = memoryview(buffer)
+            got = 0
+            while got < value and (n := requests.recv_into(view[got:value])):
+                got += n
+            try:
+                pid = fork() if got == value and head[:1] == b"F" and len(fds) in (3, 4) else -1
+            except OSError:
+                pid = -1
+            if pid == 0:
+                request = marshal.loads(view[:value]) if value else None
+                _call_child(fds[3] if len(fds) == 4 else -1, fds[0], fds[1], fds[2], request)  # never returns
+            view[:value] = bytes(value)
+            view.release()
+            for fd in fds:
+                os.close(fd)
+            requests.sendall(pid.to_bytes(4, "big", signed=True))
+    except BaseException:  # noqa: BLE001 - a forked process must never return into the supervisor's loop
+        status = 1
+    os._exit(status)
 
 
 def _exec_untrusted(limits: dict, request: dict, path: str, argv: list[str], stdio: tuple[int, int, int | None],
@@ -968,88 +1169,96 @@ def _exec_untrusted(limits: dict, request: dict, path: str, argv: list[str], std
     os._exit(127)
 
 
-def _read_request(fd: int) -> tuple[dict | None, list[int]]:
-    """The request on the socket `fd` and the file descriptors that came with it (a reset's master)."""
-    def exactly(size: int, fds: list[int] | None = None) -> bytes | None:
-        chunks, got = [], 0
-        while got < size:
-            if fds is not None and not fds:  # descriptors ride on the first bytes: read them with those
-                sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM, 0, fd)
-                try:
-                    chunk, new_fds, _, _ = socket.recv_fds(sock, size - got, 1)
-                finally:
-                    sock.detach()
-                fds += new_fds
-            else:
-                chunk = os.read(fd, size - got)
-            if not chunk:
-                return None
-            chunks.append(chunk)
-            got += len(chunk)
-        return b"".join(chunks)
-
-    fds: list[int] = []
-    header = exactly(4, fds)
-    body = exactly(struct.unpack(">I", header)[0]) if header else None
-    return (json.loads(body) if body else None), fds
+def _read_request(sock: socket.socket) -> tuple[dict | None, list[int]]:
+    """In a reset's child: the next request from the supervisor (a 4-byte length, then marshal: only the
+    supervisor writes here) and the file descriptors that came with its first bytes (a reset's master).
+    Straight on the socket's C methods: every line of Python a child runs costs it pages to copy."""
+    data, ancillary, _, _ = sock.recvmsg(65536, FD_SPACE)
+    fds = received_fds(ancillary)
+    if len(data) < 4:
+        return None, fds
+    size = 4 + int.from_bytes(data[:4], "big")
+    while len(data) < size:
+        chunk = sock.recv(size - len(data))
+        if not chunk:
+            return None, fds
+        data += chunk
+    return marshal.loads(data[4:size]), fds
 
 
 def _set_call_limits(limits: dict) -> None:
-    """As the untrusted user: limits can only be lowered, never above the container's (a hard limit)."""
-    for name, value in call_rlimits(limits).items():
-        which = getattr(resource, name)
-        _, hard = resource.getrlimit(which)
-        cap = (lambda v: v if hard == resource.RLIM_INFINITY else min(v, hard))
+    """As the untrusted user: limits can only be lowered, never above the container's (its hard limits, read
+    once by the supervisor: HARD_LIMITS)."""
+    setrlimit = resource.setrlimit
+    for (which, hard), value in zip(HARD_LIMITS, (int(limits["cpu_s"]), int(limits["memory_bytes"]),
+                                                  int(limits["processes"]), int(limits["file_size_bytes"]))):
         # CPU: SIGXCPU at the soft limit (a clear reason), SIGKILL a second later if it is caught.
-        resource.setrlimit(which, (cap(value), cap(value + 1 if name == "RLIMIT_CPU" else value)))
+        top = value + 1 if which == resource.RLIMIT_CPU else value
+        setrlimit(which, (value, top) if hard < 0 else (min(value, hard), min(top, hard)))
 
 
-def _call_child(request_r: int, out_w: int, err_w: int, res_w: int) -> None:
+# The calls' limits and the container's hard limit of each (-1: none): RLIMIT_CPU, _AS, _NPROC, _FSIZE.
+HARD_LIMITS = [(which, resource.getrlimit(which)[1]) for which in
+               (resource.RLIMIT_CPU, resource.RLIMIT_AS, resource.RLIMIT_NPROC, resource.RLIMIT_FSIZE)]
+
+
+def _call_child(request_r: int, out_w: int, err_w: int, res_w: int, request: dict | None = None) -> None:
     """The forked child of a call: becomes untrusted, waits for its request, sets its limits, runs the
     function and writes its JSON result to fd 3."""
     status = 1
     call_pid = os.getpid()
     try:
         # Move every pipe out of the way first: a source may sit where another one is to go (3 or 4).
-        high = {target: fcntl.fcntl(fd, fcntl.F_DUPFD, 64)
-                for target, fd in ((1, out_w), (2, err_w), (RESULT_FD, res_w), (REQUEST_FD, request_r))}
-        for target, fd in high.items():
-            os.dup2(fd, target)
-        null = os.open("/dev/null", os.O_RDONLY)
-        os.dup2(null, 0)
+        dup_high, dup2 = fcntl.fcntl, os.dup2
+        out_w, err_w, res_w = (dup_high(out_w, fcntl.F_DUPFD, 64), dup_high(err_w, fcntl.F_DUPFD, 64),
+                               dup_high(res_w, fcntl.F_DUPFD, 64))
+        if request is None:
+            dup2(dup_high(request_r, fcntl.F_DUPFD, 64), REQUEST_FD)
+        dup2(out_w, 1)
+        dup2(err_w, 2)
+        dup2(res_w, RESULT_FD)
+        dup2(DEV_NULL, 0)
         os.closerange(REQUEST_FD + 1, 1 << 16)  # the host connection and every other supervisor fd
         become_untrusted()
         os.chdir(WORK)
         # The environment (CALL_ENVIRONMENT) and sys.std* (line-buffered, on fds 0-2, which now are /dev/null
         # and our pipes) were set up once in the supervisor: done here they cost more than a small call.
-        request, fds = _read_request(REQUEST_FD)
-        if request is None:
-            os._exit(0)  # not needed after all
-        os.close(REQUEST_FD)
-        if request.get("op") == "reset":
-            os._exit(reset_work(fds[0] if fds else None, request["state_name"]))
-        state = os.path.join(WORK, request["state_name"])
-        if os.environ.get("SANDBOX_STATE") != state:
-            os.environ["SANDBOX_STATE"] = state
-        sys.meta_path.insert(0, _LoadedModules(request["modules"]))
+        requests = _socket.socket(socket.AF_UNIX, socket.SOCK_STREAM, 0, REQUEST_FD) if request is None else None
+        while requests is not None:
+            request, fds = _read_request(requests)
+            if request is None:
+                os._exit(0)  # not needed after all
+            if request.get("op") != "reset":
+                break
+            # The attempt's reset, done here and confirmed by one byte on the request socket; then this
+            # process waits for the attempt's first call.
+            reset_work(fds[0] if fds else None, request["state_name"])
+            os.environ["SANDBOX_STATE"] = os.path.join(WORK, request["state_name"])
+            for fd in fds:
+                os.close(fd)
+            os.write(REQUEST_FD, RESET_DONE)
+        if requests is not None:
+            requests.close()
+        for filename, data in (request.get("code") or {}).items():
+            COMPILED[(filename, request["source"] if filename == "<call>" else request["modules"][filename[8:-1]])] = data
+        os.environ["SANDBOX_STATE"] = os.path.join(WORK, request["state_name"])
+        LOADED_MODULES.sources = request["modules"]
         limits = request["limits"]
         _set_call_limits(limits)
         payload = _invoke(request)
         if os.getpid() != call_pid:
             os._exit(0)  # a process the function forked returned through here: only the call answers
         try:
-            data = json.dumps(payload, default=_not_json).encode()
-        except (TypeError, ValueError) as exc:
+            data = RESULT_ENCODER.encode(payload).encode()
+        except (TypeError, ValueError, RecursionError) as exc:
             data = json.dumps(_exception_payload(exc)).encode()
         for stream in (sys.stdout, sys.stderr):
             stream.flush()
-        if len(data) + _SHIPPED[0] > int(limits["output_cap"]):
-            status = EXIT_RESULT_TOO_BIG
-        else:
-            view = memoryview(_RESULT_PREFIX[0] + data)
-            while view:
-                view = view[os.write(RESULT_FD, view):]
-            status = 0
+        # Whatever its size: the supervisor reads it under its cap and stops a result too large to hold.
+        view = memoryview(_RESULT_PREFIX[0] + data)
+        while view:
+            view = view[os.write(RESULT_FD, view):]
+        status = 0
     except BaseException:  # noqa: BLE001 - nothing may escape a forked child
         try:
             traceback.print_exc()
@@ -1084,10 +1293,12 @@ def _import_loaded(name: str):
     yet (the usual case: a fresh child) is made and run directly, as the import system would: spec, module,
     sys.modules, its code; without the import system's search and locks, which each call would otherwise
     go through again (and copy the pages of)."""
-    finder = sys.meta_path[0]
-    if "." in name or name in sys.modules or not isinstance(finder, _LoadedModules):
+    finder = LOADED_MODULES
+    if "." in name or name in sys.modules or sys.meta_path[0] is not finder:
         return importlib.import_module(name)
-    module = importlib.util.module_from_spec(importlib.util.spec_from_loader(name, finder))
+    module = type(sys)(name)
+    module.__loader__, module.__package__ = finder, ""
+    module.__spec__ = type(sys.__spec__)(name, finder)  # a ModuleSpec, as spec_from_loader makes it
     sys.modules[name] = module
     try:
         finder.exec_module(module)
@@ -1099,8 +1310,8 @@ def _import_loaded(name: str):
 
 def compile_source(source: str, filename: str):
     """The code of `source`, in a call's child: compiled code the supervisor keeps for it (COMPILED) is
-    unmarshalled, anything else compiled here. The source is registered so that tracebacks show its lines."""
-    linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
+    unmarshalled, anything else compiled here. The source is noted so that a traceback shows its lines."""
+    _SOURCES[filename] = source
     key = (filename, source)
     code = _CHILD_CODE.get(key)
     if code is None:
@@ -1129,14 +1340,19 @@ def _ship_compiled(filename: str, source: str, ship: bool, limits: dict) -> None
         code = compile_source(source, filename)
         if ship:
             data = marshal.dumps(code)
-            if len(data) > min(int(limits["output_cap"]) // 4, COMPILED_MAX_BYTES // 8):
+            if len(data) > shipped_code_max(limits):
                 data = b""
     finally:
         if ship:
             view = memoryview(struct.pack(">I", len(data)) + data)
-            _SHIPPED[0], _RESULT_PREFIX[0] = len(view), b""
+            _RESULT_PREFIX[0] = b""
             while view:
                 view = view[os.write(RESULT_FD, view):]
+
+
+def shipped_code_max(limits: dict) -> int:
+    """The most bytes of compiled code a call's child ships ahead of its result."""
+    return min(int(limits["output_cap"]) // 4, COMPILED_MAX_BYTES // 8)
 
 
 def split_compiled(raw: bytes) -> tuple[bytes | None, bytes]:
@@ -1151,6 +1367,8 @@ def split_compiled(raw: bytes) -> tuple[bytes | None, bytes]:
 
 
 def _exception_payload(exc: BaseException) -> dict:
+    for filename, source in _SOURCES.items():  # registered only now: most calls write no traceback
+        linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
     tb = exc.__traceback__
     while tb is not None and tb.tb_frame.f_code.co_filename == __file__:
         tb = tb.tb_next  # the supervisor's own frames say nothing about the code
@@ -1161,6 +1379,9 @@ def _exception_payload(exc: BaseException) -> dict:
 
 def _not_json(value):
     raise TypeError(f"the result holds a {type(value).__name__}, which is not JSON")
+
+
+RESULT_ENCODER = json.JSONEncoder(default=_not_json)  # made once: each call's child only uses it
 
 
 # ------------------------------------------------------------------------------------------------ main
@@ -1193,7 +1414,8 @@ def prepare_for_calls() -> None:
                 os.unlink(leftover)
             except OSError:
                 pass
-    json.loads(json.dumps({"warm": [1, 2.5, "up", None, True]}))
+    json.loads(RESULT_ENCODER.encode({"warm": [1, 2.5, "up", None, True]}))
+    sys.meta_path.insert(0, LOADED_MODULES)
     marshal.loads(marshal.dumps(compile("def warm(up):\n    return up\n", "<warm-up>", "exec")))
     # What start-up and imports left freed goes back to the kernel: every fork copies, and every exit
     # unmaps, each page we hold (about 1 MB fewer).
@@ -1202,12 +1424,13 @@ def prepare_for_calls() -> None:
 
 
 def serve(socket_path: str, accept_timeout_s: float = 120) -> None:
-    global SUPERVISOR, BASELINE_TASKS
+    global SUPERVISOR, BASELINE_TASKS, FORK_SERVER
     SUPERVISOR = Supervisor()
     prepare_for_calls()
-    BASELINE_TASKS = container_tasks()
     empty_own_bounding_set()
     signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+    FORK_SERVER = ForkServer()
+    BASELINE_TASKS = container_tasks()
     try:
         os.unlink(socket_path)
     except FileNotFoundError:
@@ -1250,7 +1473,6 @@ def serve(socket_path: str, accept_timeout_s: float = 120) -> None:
             return
         if SUPERVISOR.unusable:
             return  # the container ends with us; the host has been told why
-        SUPERVISOR.prepare_next_call()
 
 
 if __name__ == "__main__":

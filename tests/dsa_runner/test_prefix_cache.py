@@ -83,6 +83,32 @@ def test_cache_evicts_least_recently_used_within_its_budget():
     assert PrefixCache(0).lookup(a) == (None, 0)  # budget 0: reuse off
 
 
+def test_an_exact_repeat_reuses_the_kept_logits_and_nothing_shorter_does():
+    cache = PrefixCache(budget_bytes=1 << 20)
+    a = list(range(10))
+    cache.store(a, [_Layer(10)], last_logits=torch.arange(5.0)[None])
+    entry, reused = cache.lookup(a)
+    assert reused == 10 and torch.equal(entry.last_logits, torch.arange(5.0)[None])
+    assert cache.lookup(a[:6])[1] == 5  # a prefix of an entry: its own last position is not the entry's
+    assert cache.lookup(a + [3])[1] == 10
+
+
+@pytest.mark.model
+def test_the_same_prompt_again_is_bit_identical_and_prefills_nothing(dsa):
+    """A seeded request sent twice must draw the same tokens: the repeat takes the first run's logits
+    instead of recomputing the last position alone (which rounds differently from the whole prompt)."""
+    model, tokenizer, _ = dsa
+    ids = tokenizer(STORY)["input_ids"]
+    with torch.inference_mode():
+        engine = Engine(model, tokenizer, max_batch=2, decode_impl="hf")
+        first_logits, first_done, first_text = _greedy(engine, ids)
+        prefilled = engine.stats.prefill_tokens
+        again_logits, again_done, again_text = _greedy(engine, ids)
+    assert first_done.cached_tokens == 0 and again_done.cached_tokens == len(ids)
+    assert engine.stats.prefill_tokens == prefilled  # nothing of the prompt ran again
+    assert torch.equal(first_logits, again_logits) and first_text == again_text
+
+
 @pytest.mark.model
 def test_engine_evicts_under_a_small_budget(dsa):
     model, tokenizer, _ = dsa

@@ -1,10 +1,13 @@
-"""Real Prefect flow runs (ephemeral mode), a SIGKILL in the middle, and a rerun that resumes."""
+"""Real Prefect flow runs (on the session's home Prefect server), a SIGKILL in the middle, and a rerun that resumes
+and marks the killed run crashed, in the store and on the Prefect server."""
 
+import json
 import os
 import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -49,8 +52,10 @@ def test_sigkill_then_rerun_resumes_without_redoing_or_duplicating(home, tmp_pat
     child.wait()
     with Store(home / "tasksynth.duckdb", read_only=True) as store:
         finished_before = {int(r["n"]) for r in store.query("select n from squares")}
-        assert store.query("select status from flow_runs")[0]["status"] == "running"  # it never finished
+        killed = store.query("select run_id, status from flow_runs")[0]
+    assert killed["status"] == "running"  # it never finished
     assert 4 <= len(finished_before) < 12
+    assert _prefect_state(killed["run_id"]) == "RUNNING"  # the server cannot know (no heartbeats are sent)
 
     rerun = _run(home, log, 12, env_extra={"STEP_DELAY": "0"})
     output, _ = rerun.communicate(timeout=300)
@@ -61,10 +66,20 @@ def test_sigkill_then_rerun_resumes_without_redoing_or_duplicating(home, tmp_pat
         summary = store.query("select summary from flow_runs where status = 'completed'")[0]["summary"]
         statuses = sorted(r["status"] for r in store.query("select status from flow_runs"))
     assert statuses == ["completed", "crashed"]  # the killed run is not left `running` forever
+    assert _prefect_state(killed["run_id"]) == "CRASHED"  # nor in the Prefect UI
     assert summary["already_done"] == len(finished_before)
     executions = [int(x) for x in log.read_text().split()]
     rerun_executions = executions[len(executions) - summary["ran"]:]
     assert not set(rerun_executions) & finished_before  # finished work was not redone
+
+
+def _prefect_state(run_id: str) -> str:
+    """The state type the session's home Prefect server shows for this flow run."""
+    from flows.prefect_server import read_record
+
+    url = read_record(Path(os.environ["PREFECT_HOME"]).resolve()).url
+    with urllib.request.urlopen(f"{url}/flow_runs/{run_id}", timeout=30) as response:
+        return json.loads(response.read())["state_type"]
 
 
 def test_dask_task_runner_on_a_local_cluster(home, tmp_path):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import sqlite3
 import subprocess
 import textwrap
+import uuid
 
 import pytest
 
@@ -87,6 +88,73 @@ def test_nothing_passes_from_one_attempt_to_the_next(pool):
         assert seen.result == [[], 0]
 
 
+LEFTOVER_PROBE = """
+import sys
+
+def f(secret):
+    # What of earlier attempts the supervisor's memory, as this process has it, still refers to.
+    supervisor = sys.modules.get("supervisor") or sys.modules["__main__"]
+    found = []
+    if secret in repr(getattr(supervisor.SUPERVISOR, "modules", {})):
+        found.append("loaded modules")
+    if any(secret in source for _, source in getattr(supervisor, "COMPILED", {})):
+        found.append("kept compiled code")
+    return found
+"""
+
+
+def test_an_attempt_finds_nothing_of_earlier_attempts_in_its_processes(pool):
+    secret = f"expected-{uuid.uuid4().hex}"
+    with pool.attempt() as attempt:
+        attempt.load("answers", f"EXPECTED = {secret!r}\ndef check(x):\n    return x == EXPECTED\n")
+        for _ in range(3):  # a module called into, and a source run twice: both kept compiled
+            attempt.call_module("answers", "check", ["guess"])
+        for _ in range(2):
+            attempt.call(f"def verify():\n    return {secret!r} != ''\n", "verify")
+        container = attempt._member.container.name
+    with pool.attempt() as attempt:
+        first = attempt.call(LEFTOVER_PROBE, "f", [secret])  # the first call: in the process that did the reset
+        second = attempt.call(LEFTOVER_PROBE, "f", [secret])
+        assert attempt._member.container.name == container
+        assert (first.result, second.result) == ([], []), (first, second)
+
+
+MEMORY_SCAN = """
+import ctypes
+
+def f(reversed_markers):
+    # How often each marker (sent reversed, so that the request holds no copy of it) is in this process's
+    # writable memory: one copy is the one made here.
+    markers = [r[::-1].encode() for r in reversed_markers]
+    found = [0] * len(markers)
+    for line in open("/proc/self/maps").read().splitlines():
+        parts = line.split()
+        if not parts[1].startswith("rw") or len(parts) > 5 and parts[5].startswith("[v"):
+            continue
+        low, high = (int(x, 16) for x in parts[0].split("-"))
+        data = ctypes.string_at(low, high - low)
+        for i, marker in enumerate(markers):
+            found[i] += data.count(marker)
+    return found
+"""
+
+
+def test_an_attempt_cannot_read_earlier_attempts_in_its_memory(pool):
+    """Not even in freed memory: the verifier of one attempt (its expected answer) is never in the memory
+    the next attempt's processes start with (they are forked from the fork server, which never held it)."""
+    secret, control = (f"answer-{uuid.uuid4().hex}" for _ in range(2))
+    with pool.attempt() as attempt:
+        attempt.load("answers", f"EXPECTED = {secret!r}\n")
+        assert attempt.call(f"import answers\ndef verify():\n    return answers.EXPECTED == {secret!r}\n",
+                            "verify").result is True
+        container = attempt._member.container.name
+    with pool.attempt() as attempt:
+        for _ in range(2):
+            found = attempt.call(MEMORY_SCAN, "f", [[secret[::-1], control[::-1]]])
+            assert found.result == [1, 1], found  # the secret no more often than a string never sent
+        assert attempt._member.container.name == container
+
+
 def test_a_call_reports_result_output_and_exception(pool):
     printed = pool.call(fn("print('to stdout ✓'); import sys; print('to stderr é', file=sys.stderr); return {'a': 1}"), "f")
     assert (printed.result, printed.stdout, printed.stderr) == ({"a": 1}, "to stdout ✓\n", "to stderr é\n")
@@ -125,6 +193,34 @@ def test_code_run_again_is_served_from_kept_code_that_calls_cannot_forge(pool):
             for verdict in verdicts:  # kept code keeps its file name and lines for the traceback
                 assert verdict.exception["type"] == "ZeroDivisionError"
                 assert "return 1 / 0" in verdict.exception["traceback"]
+
+
+MODULE_WITH_CLASSES = textwrap.dedent("""
+    import dataclasses, sys
+
+    @dataclasses.dataclass
+    class Order:  # dataclasses looks its module up in sys.modules
+        item: str
+        quantity: int = 1
+
+    def describe():
+        me = sys.modules[__name__]
+        return [__name__, __spec__.name, __loader__ is __spec__.loader, me.Order("tea", 2).quantity]
+
+    def fail(x):
+        return {"a": 1}[x]
+""")
+
+
+def test_a_loaded_module_is_a_proper_module_and_its_lines_show_in_tracebacks(pool):
+    with pool.attempt() as attempt:
+        attempt.load("shop", MODULE_WITH_CLASSES)
+        assert attempt.call_module("shop", "describe").result == ["shop", "shop", True, 2]
+        imported = attempt.call("import shop\ndef f():\n    return shop.describe()\n", "f")
+        assert imported.result == ["shop", "shop", True, 2]
+        failed = attempt.call_module("shop", "fail", ["b"])
+        assert failed.outcome == "exception" and failed.exception["type"] == "KeyError"
+        assert 'return {"a": 1}[x]' in failed.exception["traceback"]
 
 
 def test_calls_run_as_the_untrusted_user_with_no_capabilities(pool):
@@ -300,6 +396,47 @@ def test_a_container_that_dies_is_replaced(pool, master, sandbox_config):
         assert attempt.call_module("tools", "balances").result == {"ada": 100, "bob": 50}
         assert attempt._member.container.name != name
     assert_pool_serves(pool)
+
+
+KILL_RUN_USER = ("import os; me = os.getpid(); "
+                 "print(len([p for p in os.listdir('/proc') if p.isdigit() and int(p) != me "
+                 "and 'Uid:\\t1000' in open(f'/proc/{p}/status').read()])); os.kill(-1, 9)")
+
+
+def kill_waiting_child(container: str) -> int:
+    """Kill, from outside the supervisor, every process of the run user: after an attempt's reset that is the
+    child that did it, waiting for the attempt's first call. How many there were."""
+    done = subprocess.run(["docker", "exec", "-u", "1000", container, "python3", "-c", KILL_RUN_USER],
+                          capture_output=True, text=True, timeout=60)
+    return int(done.stdout.strip() or 0)
+
+
+def test_the_resets_child_that_died_is_replaced_without_the_attempt_noticing(pool, master):
+    with pool.attempt(state_master=master) as attempt:
+        attempt.load("tools", TOOLS)
+        assert attempt.call_module("tools", "transfer", {"src": 1, "dst": 2, "amount": 10}).ok
+        name = attempt._member.container.name
+        assert kill_waiting_child(name) == 0  # between calls nothing of the run user is left
+    with pool.attempt(state_master=master) as attempt:
+        attempt.load("tools", TOOLS)
+        attempt._ready_member()  # the reset, done by the child that is to run the first call
+        assert attempt._member.container.name == name
+        assert kill_waiting_child(name) == 1  # that child, waiting, and nothing else
+        fresh = attempt.call_module("tools", "balances")
+        assert fresh.outcome == "ok" and fresh.result == {"ada": 100, "bob": 50}, fresh
+        assert attempt.call_module("tools", "transfer", {"src": 1, "dst": 2, "amount": 5}).result == \
+            {"ada": 95, "bob": 55}
+        assert attempt.crashes == 0
+
+
+def test_an_exit_status_cannot_fake_a_reason(pool):
+    for status in (97, 98):  # once the child's own ways of saying "result too big" and "truncated"
+        faked = pool.call(fn(f"import os; os._exit({status})"), "f")
+        assert faked.outcome == "killed" and f"status {status << 8}" in faked.reason, faked
+    big = pool.call(fn("return 'y' * 5000"), "f", output_cap=4096)  # the supervisor measures the result
+    assert big.outcome == "output_capped" and "result" in big.reason and big.result is None
+    fits = pool.call(fn("return 'y' * 4000"), "f", output_cap=4096)
+    assert fits.outcome == "ok" and fits.result == "y" * 4000
 
 
 def test_engine_failures_are_infra_errors_not_the_codes(sandbox_config):

@@ -15,6 +15,15 @@ def test_code_pipeline_and_cli_load_without_the_model_client():
     assert result.stdout.strip() == "[]"
 
 
+def test_a_code_command_loads_neither_arrow_nor_the_build_stage_until_it_needs_them():
+    probe = ("import sys\n"
+             "import tasksynth.cli.main, flows.code\n"
+             "print(sorted(m for m in ('pyarrow', 'numpy', 'pandas', 'fastapi', 'envbuilder.build',\n"
+             "                         'envbuilder.validation', 'tasksynth.export') if m in sys.modules))\n")
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"
+
+
 def test_the_endpoint_still_builds_its_client_on_first_use():
     probe = ("import sys\n"
              "from agent.endpoint import describe_error, retryable\n"
