@@ -43,6 +43,7 @@ typedef uint16_t bf16;
 #define MAX_INDEX_DIM 256
 #define MAX_GROUP 16     /* query heads per KV head */
 #define MAX_HEAD_DIM 256
+#define BLOCK 32 /* queries per job: two AMX tiles of rows share the gathered keys */
 
 int dsa_prefill_available(void) { return HAVE_KERNEL; }
 
@@ -399,7 +400,7 @@ static void amx_configure(void) {}
 #endif
 
 typedef struct {
-    uint16_t *mark, *mark_u; /* per key: bit qi when query qi of the block selected it; the same per union slot */
+    uint32_t *mark, *mark_u; /* per key: bit qi when query qi of the block selected it; the same per union slot */
     __mmask16 *qmask;        /* per query of the block and 16 union slots: the ones it selected */
     int32_t *keys;           /* the union, ascending */
     uint32_t *kt;            /* K_U^T as tiles: per 16 keys and 32 dims, 16 dim pairs x 16 keys */
@@ -413,9 +414,9 @@ typedef struct {
 
 static int block_scratch_init(BlockScratch *B, int S) {
     size_t n = (size_t)S + 64;
-    B->mark = calloc(n, 2);
-    B->mark_u = aligned_alloc(64, n * 2 + 64);
-    B->qmask = malloc(16 * (n / 16 + 4) * sizeof(__mmask16));
+    B->mark = calloc(n, 4);
+    B->mark_u = aligned_alloc(64, n * 4 + 64);
+    B->qmask = malloc(BLOCK * (n / 16 + 4) * sizeof(__mmask16));
     B->keys = malloc(n * 4);
     B->kt = aligned_alloc(64, n * 32 * 4);
     B->vv = aligned_alloc(64, n * 32 * 4);
@@ -463,7 +464,7 @@ static void attend_block_amx(const Job *J, int t0, int nb, const int32_t *sel, i
     const int D = 64, G = J->heads / J->kv_heads;
     const int n_max = J->S - J->T + t0 + nb;
     for (int qi = 0; qi < nb; qi++)
-        for (int i = 0; i < counts[qi]; i++) B->mark[sel[(size_t)qi * cap + i]] |= (uint16_t)(1u << qi);
+        for (int i = 0; i < counts[qi]; i++) B->mark[sel[(size_t)qi * cap + i]] |= 1u << qi;
     int U = 0;
     for (int s = 0; s < n_max; s++)
         if (B->mark[s]) {
@@ -475,12 +476,10 @@ static void attend_block_amx(const Job *J, int t0, int nb, const int32_t *sel, i
     for (int u = U; u < Up; u++) { B->keys[u] = -1; B->mark_u[u] = 0; }
     const int64_t ps = Up; /* row stride of s and p */
     for (int qi = 0; qi < nb; qi++) { /* each query's selection as masks of 16 union slots, for every head */
-        const __m512i bit = _mm512_set1_epi32(1 << qi);
+        const __m512i bit = _mm512_set1_epi32((int)(1u << qi));
         for (int u = 0; u < Up; u += 16)
-            B->qmask[(size_t)qi * (Up / 16) + u / 16] = _mm512_test_epi32_mask(
-                _mm512_cvtepu16_epi32(_mm256_load_si256((const __m256i *)(B->mark_u + u))), bit);
+            B->qmask[(size_t)qi * (Up / 16) + u / 16] = _mm512_test_epi32_mask(_mm512_load_si512(B->mark_u + u), bit);
     }
-    for (int qi = nb; qi < 16; qi++) memset(B->p + qi * ps, 0, (size_t)Up * 2);
     const __m512i pair_lo = _mm512_set_epi16(47, 15, 46, 14, 45, 13, 44, 12, 43, 11, 42, 10, 41, 9, 40, 8,
                                              39, 7, 38, 6, 37, 5, 36, 4, 35, 3, 34, 2, 33, 1, 32, 0);
     const __m512i pair_hi = _mm512_add_epi16(pair_lo, _mm512_set1_epi16(16));
@@ -505,11 +504,14 @@ static void attend_block_amx(const Job *J, int t0, int nb, const int32_t *sel, i
                 _mm512_store_si512(B->vv + (size_t)i * D + 32 * c + 16, _mm512_permutex2var_epi16(a, pair_hi, bb));
             }
         }
-        for (int h = g * G; h < (g + 1) * G; h++) {
+        for (int h = g * G; h < (g + 1) * G; h++)
+        for (int r0 = 0; r0 < nb; r0 += 16) { /* 16 queries (one tile of rows) at a time */
+            const int nh = nb - r0 < 16 ? nb - r0 : 16;
             for (int qi = 0; qi < 16; qi++) {
-                if (qi < nb) memcpy(B->q + qi * D, J->q + (int64_t)h * J->q_h + (int64_t)(t0 + qi) * J->q_t, D * 2);
+                if (qi < nh) memcpy(B->q + qi * D, J->q + (int64_t)h * J->q_h + (int64_t)(t0 + r0 + qi) * J->q_t, D * 2);
                 else memset(B->q + qi * D, 0, D * 2);
             }
+            for (int qi = nh; qi < 16; qi++) memset(B->p + qi * ps, 0, (size_t)Up * 2);
             for (int b = 0; b < Up / 16; b++) { /* S = Q K_U^T */
                 _tile_zero(2);
                 _tile_loadd(0, B->q, D * 2);
@@ -521,9 +523,9 @@ static void attend_block_amx(const Job *J, int t0, int nb, const int32_t *sel, i
                 _tile_stored(2, B->s + 16 * b, ps * 4);
             }
             float denom[16];
-            for (int qi = 0; qi < nb; qi++) { /* softmax over the keys this query selected */
+            for (int qi = 0; qi < nh; qi++) { /* softmax over the keys this query selected */
                 const float *s = B->s + qi * ps;
-                const __mmask16 *sel16 = B->qmask + (size_t)qi * (Up / 16);
+                const __mmask16 *sel16 = B->qmask + (size_t)(r0 + qi) * (Up / 16);
                 bf16 *p = B->p + qi * ps;
                 __m512 mx = _mm512_set1_ps(-INFINITY);
                 for (int u = 0; u < Up; u += 16) mx = _mm512_mask_max_ps(mx, sel16[u / 16], mx, _mm512_load_ps(s + u));
@@ -557,8 +559,8 @@ static void attend_block_amx(const Job *J, int t0, int nb, const int32_t *sel, i
             _tile_stored(5, B->o + 16, D * 4);
             _tile_stored(6, B->o + 32, D * 4);
             _tile_stored(7, B->o + 48, D * 4);
-            for (int qi = 0; qi < nb; qi++) {
-                bf16 *o = J->out + ((int64_t)(t0 + qi) * J->heads + h) * D;
+            for (int qi = 0; qi < nh; qi++) {
+                bf16 *o = J->out + ((int64_t)(t0 + r0 + qi) * J->heads + h) * D;
                 __m512 inv = _mm512_set1_ps(1.0f / denom[qi]);
                 for (int c = 0; c < D; c += 16)
                     _mm256_storeu_si256((__m256i *)(o + c),
@@ -629,7 +631,6 @@ typedef struct {
     atomic_int failed;
 } Shared;
 
-#define BLOCK 16 /* queries per job: one AMX tile of rows */
 
 static void *worker(void *arg) {
     Shared *sh = arg;
@@ -666,7 +667,11 @@ static void *worker(void *arg) {
 #if HAVE_AMX
             if (amx_index && n_max > k) {
                 PROF_T(c0);
-                index_scores_block_amx(J, sh->packed, t0, nb, n_max, block_scores, ld, qbuf, cbuf);
+                for (int r0 = 0; r0 < nb; r0 += 16) {
+                    int nh = nb - r0 < 16 ? nb - r0 : 16;
+                    index_scores_block_amx(J, sh->packed, t0 + r0, nh, S - J->T + t0 + r0 + nh, block_scores + r0 * ld,
+                                           ld, qbuf, cbuf);
+                }
                 PROF_T(c1); PROF_ADD(0, c0, c1);
             }
 #endif
