@@ -320,8 +320,8 @@ block_qdots(const int8_t *w0, int K, int KV, const QRows *x, int b0, const int n
     for (int b = 0; b < nb; b++)
         for (int j = 0; j < 4; j++) acc[b][j] = qzero();
     for (int c = 0; c < KV; c += QW) {
-        if (ahead) /* one cache line a row ahead, as in block_dots */
-            for (int p = 0; p < QW; p += 64) __builtin_prefetch(ahead + 4 * (c + p), 0, 3);
+        if (ahead) /* as in block_dots: the next blocks' bytes at the pace this loop reads (4 rows x QW) */
+            for (int p = 0; p < 4 * QW; p += 64) __builtin_prefetch(ahead + 4 * c + p, 0, 3);
 #if QW == 64
         const __m512i zero = _mm512_setzero_si512();
         __m512i aw[4];
