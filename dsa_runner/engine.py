@@ -286,9 +286,16 @@ class Engine:
         p = len(req.prompt_ids)
         entry, start = self.prefix_cache.lookup(req.prompt_ids)
         cache = fresh_cache(self.num_cache_layers)
+        for layer in cache.layers:  # room for the whole prompt and the next turn's: chunks append in place
+            layer.reserve = p + self.prefill_chunk
         if entry is not None:
-            for layer, kv in zip(cache.layers, entry.tensors):
-                if kv is not None:  # room for the rest of the prompt, so the chunks append in place
+            in_place = self._can_continue(entry, start, p)
+            for i, (layer, kv) in enumerate(zip(cache.layers, entry.tensors)):
+                if kv is None:
+                    continue
+                if in_place:  # the entry's own buffer, appended past its prompt: no copy
+                    layer.adopt(*entry.buffers[i], start)
+                else:
                     layer._store(kv[0][:, :, :start], kv[1][:, :, :start], extra=p - start)
         ids = torch.tensor([req.prompt_ids], dtype=torch.long, device=self.device)
         # the same prompt again: its own logits, so a seeded request repeats exactly (prefix_cache)
@@ -305,24 +312,43 @@ class Engine:
             self.stats.prefill_tokens += hi - lo
         req.cached_tokens = start
         self.stats.cached_prompt_tokens += start
-        if start < p:
-            self.prefix_cache.store(req.prompt_ids, cache.layers, logits)
+        if start < p:  # (the same prompt again: its entry is already there, whole)
+            self.prefix_cache.store(req.prompt_ids, cache.layers, logits, share=True)
         req.prefill = (cache.layers, logits)
         if req.seed is None:
             req.seed = req.params.seed if req.params.seed is not None else int.from_bytes(os.urandom(8), "little") >> 1
+
+    def _can_continue(self, entry, start: int, p: int) -> bool:
+        """Whether a prefill may append to the prefix cache entry's buffers in place: it reuses the whole
+        entry (columns past it are nobody's), they have room for the prompt and a few decode steps, and no
+        running row decodes into them (a row of the entry's own request may still run)."""
+        if entry.buffers is None or start != len(entry.ids):
+            return False
+
+        def storages(pairs):  # (empty ones, such as DSA's (B, 1, S, 0) values, have no memory to share)
+            return {t.untyped_storage().data_ptr() for pair in pairs if pair is not None for t in pair
+                    if t.untyped_storage().nbytes()}
+
+        running = [(layer._k, layer._v) for layer in self._cache.layers
+                   if getattr(layer, "_k", None) is not None] if self._cache is not None else []
+        room = all(b is None or b[0].shape[2] >= p + 16 for b in entry.buffers)
+        return room and not storages(entry.buffers) & storages(running)
 
     def _join(self, req: GenerationRequest, k: int) -> None:
         """Adds k samples of a prefilled request to the running batch and draws their first token."""
         layers, logits = req.prefill
         p = len(req.prompt_ids)
         cls = slack_layer_class()
-        new_layers = []
-        for layer in layers:
-            fresh = cls()
-            if layer.is_initialized:
-                fresh._store(layer.keys.repeat_interleave(k, 0) if k > 1 else layer.keys,
-                             layer.values.repeat_interleave(k, 0) if k > 1 else layer.values)
-            new_layers.append(fresh)
+        if k == req.n == 1:
+            new_layers = layers  # the prefill's own cache, decoded into past the prompt: no copy
+        else:  # rows of their own (the prefill's layers may serve later samples)
+            new_layers = []
+            for layer in layers:
+                fresh = cls()
+                if layer.is_initialized:
+                    fresh._store(layer.keys.repeat_interleave(k, 0) if k > 1 else layer.keys,
+                                 layer.values.repeat_interleave(k, 0) if k > 1 else layer.values)
+                new_layers.append(fresh)
         sampled = req.params.temperature != 0
         rows = [Row(req, i, self.tokenizer, row_generator(req.seed, i, self.device) if sampled else None)
                 for i in range(req.admitted, req.admitted + k)]

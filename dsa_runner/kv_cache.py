@@ -1,7 +1,9 @@
 """The running batch's KV cache: transformers ``Cache`` layers with room to grow.
 
 * ``SlackLayer``: each layer keeps spare columns at its end, so a decode step writes one column in place
-  instead of concatenating (copying) the whole cache as ``DynamicLayer`` does.
+  instead of concatenating (copying) the whole cache as ``DynamicLayer`` does. ``reserve`` sizes the
+  first buffer for a whole prompt and what may follow it (a chunked prefill then appends in place), and
+  ``adopt`` continues a buffer already holding a prefix (the prefix cache's, without copying it).
 * The batch is left-padded: ``merge_left_padded`` stacks caches of different lengths right-aligned,
   ``SlackLayer.drop_front`` forgets leading columns only padding still uses.
 * DSA's index keys live in the same ``Cache`` as extra layers (see ``attention``), so every operation
@@ -27,16 +29,26 @@ def _make_slack_layer_class():
         holds, DSA index keys (B, 1, S, d_I) with their (B, 1, S, 0) companions included."""
 
         slack = 64
+        reserve = 0  # columns the next buffer holds at least (before the slack)
 
         def _store(self, keys: torch.Tensor, values: torch.Tensor, extra: int = 0) -> None:
             B, H, S, d = keys.shape
-            cap = S + extra + self.slack
-            self._k = keys.new_zeros(B, H, cap, d)
-            self._v = values.new_zeros(B, values.shape[1], cap, values.shape[-1])
+            cap = max(S + extra, self.reserve) + self.slack
+            # not zeroed: columns past _len are written before anything reads them
+            self._k = keys.new_empty(B, H, cap, d)
+            self._v = values.new_empty(B, values.shape[1], cap, values.shape[-1])
             self._k[:, :, :S] = keys
             self._v[:, :, :S] = values
             self._len = S
             self.dtype, self.device = keys.dtype, keys.device
+            self.is_initialized = True
+            self._views()
+
+        def adopt(self, k_buffer: torch.Tensor, v_buffer: torch.Tensor, length: int) -> None:
+            """Continues after the first ``length`` columns of these buffers (no copy): the caller owns
+            the columns past them."""
+            self._k, self._v, self._len = k_buffer, v_buffer, length
+            self.dtype, self.device = k_buffer.dtype, k_buffer.device
             self.is_initialized = True
             self._views()
 

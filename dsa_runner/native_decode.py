@@ -7,8 +7,10 @@ same step as one C call: all layers as one job for a few threads of its own, act
 int8 weights and caches of the compact decoder read in place.
 
 It covers int8 weights (``weights.Int8Linear``), bfloat16 activations and caches, batches of up to
-``max_rows`` (32; faster than torch at every size up to it), and dense attention (no DSA, or a context
-still within DSA's top-k, where the selection is every key). Anything else returns None and the engine
+``max_rows`` (32; faster than torch at every size up to it), dense attention (no DSA, or a context still
+within DSA's top-k, where the selection is every key) and DSA's sparse steps above top-k: the indexer's
+scores of the new token over the cached index keys, an exact top-k (ties to the most recent key, as
+``kernels.select_top_k``) and attention over the selected keys. Anything else returns None and the engine
 runs the compact step.
 
 The matrix products quantise their input rows to int8 (blocks of 32 columns, one float scale each) and
@@ -69,6 +71,8 @@ ISAS: dict[str, Isa] = {isa.name: isa for isa in (
     Isa("avx512", frozenset({"avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl"}), ("-march=native",),
         ("avx512", "avx512-vnni")),
 )}
+
+MAX_GROUP = 16  # query heads per key/value head the C attention reads a key block for
 
 _build_lock = threading.Lock()
 _libraries: dict[str, ctypes.CDLL] = {}
@@ -182,7 +186,8 @@ class _Layer(ctypes.Structure):
                 ("eps2", ctypes.c_float), ("qkv", ctypes.c_void_p), ("qkv_scale", ctypes.c_void_p),
                 ("o", ctypes.c_void_p), ("o_scale", ctypes.c_void_p), ("gu", ctypes.c_void_p),
                 ("gu_scale", ctypes.c_void_p), ("down", ctypes.c_void_p), ("down_scale", ctypes.c_void_p),
-                ("knorm_w", ctypes.c_void_p), ("knorm_b", ctypes.c_void_p), ("knorm_eps", ctypes.c_float)]
+                ("knorm_w", ctypes.c_void_p), ("knorm_b", ctypes.c_void_p), ("knorm_eps", ctypes.c_float),
+                ("iqw", ctypes.c_void_p), ("iqw_scale", ctypes.c_void_p)]
 
 
 class _Model(ctypes.Structure):
@@ -192,7 +197,8 @@ class _Model(ctypes.Structure):
                 ("max_pos", ctypes.c_int), ("scaling", ctypes.c_float), ("embed", ctypes.c_void_p),
                 ("final_norm", ctypes.c_void_p), ("final_eps", ctypes.c_float), ("head", ctypes.c_void_p),
                 ("head_scale", ctypes.c_void_p), ("cos", ctypes.c_void_p), ("sin", ctypes.c_void_p),
-                ("icos", ctypes.c_void_p), ("isin", ctypes.c_void_p), ("layers", ctypes.POINTER(_Layer))]
+                ("icos", ctypes.c_void_p), ("isin", ctypes.c_void_p), ("layers", ctypes.POINTER(_Layer)),
+                ("index_heads", ctypes.c_int), ("index_w_scale", ctypes.c_float)]
 
 
 class _CacheView(ctypes.Structure):
@@ -213,7 +219,10 @@ def load_library(isa: str | None = None) -> ctypes.CDLL:
                 fn.restype = ctypes.c_int
                 fn.argtypes = [ctypes.POINTER(_Model), ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p,
                                ctypes.c_void_p, ctypes.c_int, ctypes.POINTER(_CacheView),
-                               ctypes.POINTER(_CacheView), ctypes.c_void_p, ctypes.c_int]
+                               ctypes.POINTER(_CacheView), ctypes.c_void_p, ctypes.c_int, ctypes.c_int]
+                lib.dsa_select_top_k.restype = ctypes.c_int
+                lib.dsa_select_top_k.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_int, ctypes.c_void_p,
+                                                 ctypes.c_void_p]
                 lib.dsa_max_rows.restype = ctypes.c_int
                 lib.dsa_max_rows.argtypes = []
                 lib.dsa_isa.restype = ctypes.c_char_p
@@ -245,6 +254,8 @@ def unsupported_reason(compact) -> str | None:
         return f"head dim {compact.head_dim}"
     if compact.n_heads % compact.n_kv:
         return "query heads not a multiple of key/value heads"
+    if compact.n_heads // compact.n_kv > MAX_GROUP:
+        return f"{compact.n_heads // compact.n_kv} query heads per key/value head"
     if compact.dsa and not all(layer["key_fused"] for layer in compact.layers):
         return "index keys not fused into the qkv projection"
     # Int8Linear and fast_decode._Fused both carry w_int8 (None for a _Fused of other linears)
@@ -254,6 +265,27 @@ def unsupported_reason(compact) -> str | None:
     if any(w.scale.dtype != torch.bfloat16 for w in weights):
         return "int8 scales not in bfloat16"
     return None
+
+
+def select_top_k(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """The C step's selection on one row of float32 scores (S,): the positions (int32, unordered) of the
+    min(k, finite) highest, ties at the boundary to the most recent position; -inf never selected."""
+    scores = scores.detach().to(torch.float32).contiguous()
+    S = scores.shape[0]
+    out = torch.empty(max(1, min(k, S)), dtype=torch.int32)
+    scratch = torch.empty(2 * S + 1, dtype=torch.int32)
+    n = load_library().dsa_select_top_k(scores.data_ptr(), S, k, out.data_ptr(), scratch.data_ptr())
+    return out[:n]
+
+
+def _sparse_weights(indexer) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The index-query and index-weight projections of one layer as one int8 matrix with its scales (rows:
+    H_I * d_I queries, then H_I weights), or None when they are not both int8 with bfloat16 scales."""
+    wq, wp = indexer.wq, indexer.weights_proj
+    if any(getattr(w, "w_int8", None) is None or w.scale.dtype != torch.bfloat16 or getattr(w, "bias", None) is not None
+           for w in (wq, wp)):
+        return None
+    return torch.cat([wq.w_int8, wp.w_int8]).contiguous(), torch.cat([wq.scale, wp.scale]).contiguous()
 
 
 def _f32(t: torch.Tensor) -> torch.Tensor:
@@ -287,6 +319,9 @@ class NativeDecoder:
         q_rows = c.n_heads * c.head_dim + 2 * c.n_kv * c.head_dim
         index_dim = first["qkv"].w_int8.shape[0] - q_rows if c.dsa else 0
         self.layers = (_Layer * c.num_layers)()
+        # DSA's sparse steps need every layer's index queries and weights in int8 (else: the torch step)
+        sparse = [_sparse_weights(L["indexer"]) for L in c.layers] if index_dim else []
+        self.sparse = bool(sparse) and all(w is not None for w in sparse)
         for i, L in enumerate(c.layers):
             spec = self.layers[i]
             spec.ln1, spec.eps1 = ptr(_f32(L["ln1"][0])), L["ln1"][1]
@@ -298,6 +333,8 @@ class NativeDecoder:
             if index_dim:
                 norm = L["indexer"].k_norm
                 spec.knorm_w, spec.knorm_b, spec.knorm_eps = ptr(_f32(norm.weight)), ptr(_f32(norm.bias)), norm.eps
+                if self.sparse:
+                    spec.iqw, spec.iqw_scale = ptr(sparse[i][0]), ptr(sparse[i][1])
         model = _Model()
         model.n_layers, model.hidden = c.num_layers, c.embed.weight.shape[1]
         model.n_heads, model.n_kv, model.head_dim = c.n_heads, c.n_kv, c.head_dim
@@ -314,6 +351,9 @@ class NativeDecoder:
         if index_dim:
             icfg = c.indexers.cfg
             model.index_rope_dim = icfg.rope_dim
+            if self.sparse:
+                model.index_heads = icfg.index_heads
+                model.index_w_scale = c.layers[0]["indexer"].w_scale
             if icfg.rope_dim:
                 positions = torch.arange(model.max_pos)[None]
                 icos, isin = rope_tables(positions, icfg.rope_dim, icfg.rope_theta)
@@ -339,7 +379,11 @@ class NativeDecoder:
         c = self.compact
         if batch > self.max_rows or not c.covers():
             return False
-        return not (c.dsa and seq_len > c.settings.top_k)  # sparse attention: the torch step
+        return self.sparse or not self._sparse_step(seq_len)
+
+    def _sparse_step(self, seq_len: int) -> bool:
+        c = self.compact
+        return c.dsa and seq_len > c.settings.top_k
 
     def _views(self, cache, S: int) -> bool:
         """Fills the C cache views; makes room for one column. False when the cache is not as expected."""
@@ -380,8 +424,9 @@ class NativeDecoder:
         positions = positions.to(torch.int64).contiguous()
         mask = mask.to(torch.int64).contiguous()
         logits = torch.empty(B, self.vocab, dtype=torch.float32)
+        top_k = self.compact.settings.top_k if self._sparse_step(S) else 0
         rc = self.lib.dsa_decode_step(ctypes.byref(self.model), B, tokens.data_ptr(), positions.data_ptr(),
-                                      mask.data_ptr(), S, self._kv, self._ik, logits.data_ptr(), self.threads)
+                                      mask.data_ptr(), S, self._kv, self._ik, logits.data_ptr(), self.threads, top_k)
         if rc != 0:
             return None  # a position past the rotary table, or no memory: nothing was written
         for layer in cache.layers[:self._cache_layers]:

@@ -15,6 +15,12 @@ a prompt that only extends or shares a prefix with an entry recomputes at least 
 
 Bounded by bytes (``budget_bytes``), least recently used entries evicted first; an entry whose key is a
 prefix of a newer one's is dropped on insert (the newer one covers it). A budget of 0 turns reuse off.
+
+Without copies: ``store(..., share=True)`` keeps views of the prompt's own cache buffers (the engine's
+SlackLayer buffers, which have room past the prompt), and the engine appends the next turn's tokens to
+such a buffer in place (``CachedPrefix.buffers``). That is safe because nothing ever rewrites the columns
+an entry covers: caches only append past their length, and the engine continues a buffer in place only
+when no running row still writes to it (else it copies the prefix).
 """
 
 from __future__ import annotations
@@ -29,12 +35,14 @@ import torch
 @dataclass
 class CachedPrefix:
     """The layers' (keys, values) of one prompt, each (1, H, S, d), the logits at its last position, and
-    their size in bytes."""
+    the bytes they hold."""
 
     ids: tuple[int, ...]
     tensors: list[tuple[torch.Tensor, torch.Tensor] | None]  # None: a layer the cache never filled
     nbytes: int
     last_logits: torch.Tensor | None = None
+    # per layer the whole (keys, values) buffers the views above start, when shared (store(share=True))
+    buffers: list[tuple[torch.Tensor, torch.Tensor] | None] | None = None
 
 
 def common_prefix_length(a: tuple[int, ...], b: list[int]) -> int:
@@ -91,20 +99,29 @@ class PrefixCache:
             self.hits += 1
             return best, best_len
 
-    def store(self, ids: list[int], layers, last_logits: torch.Tensor | None = None) -> None:
-        """Keeps a copy of the prompt's cache ``layers`` (transformers cache layers, batch 1, exactly
-        ``len(ids)`` columns) and of its ``last_logits`` (1, vocab), evicting least recently used entries to
-        stay within the budget."""
+    def store(self, ids: list[int], layers, last_logits: torch.Tensor | None = None, *, share: bool = False) -> None:
+        """Keeps the prompt's cache ``layers`` (transformers cache layers, batch 1, exactly ``len(ids)``
+        columns) and a copy of its ``last_logits`` (1, vocab): the layers copied, or with ``share`` views of
+        the layers' own buffers (``SlackLayer``), which the caller then never rewrites below ``len(ids)``;
+        evicts least recently used entries to stay within the budget (a shared buffer counts whole, spare
+        columns included)."""
         if not self.enabled:
             return
-        tensors, nbytes = [], 0
+        tensors, buffers, nbytes = [], [], 0
         for layer in layers:
             if not getattr(layer, "is_initialized", False):
                 tensors.append(None)
+                buffers.append(None)
                 continue
-            k, v = layer.keys.contiguous().clone(), layer.values.contiguous().clone()
+            if share and getattr(layer, "_k", None) is not None:
+                k, v = layer.keys, layer.values
+                buffers.append((layer._k, layer._v))
+                nbytes += layer._k.untyped_storage().nbytes() + layer._v.untyped_storage().nbytes()
+            else:
+                k, v = layer.keys.contiguous().clone(), layer.values.contiguous().clone()
+                buffers.append(None)
+                nbytes += k.nbytes + v.nbytes
             tensors.append((k, v))
-            nbytes += k.nbytes + v.nbytes
         if last_logits is not None:
             last_logits = last_logits.detach().clone()
             nbytes += last_logits.nbytes
@@ -114,7 +131,7 @@ class PrefixCache:
         with self._lock:
             for other in [k for k in self._entries if len(k) <= len(key) and key[:len(k)] == k]:
                 self.bytes_used -= self._entries.pop(other).nbytes
-            self._entries[key] = CachedPrefix(key, tensors, nbytes, last_logits)
+            self._entries[key] = CachedPrefix(key, tensors, nbytes, last_logits, buffers if share else None)
             self.bytes_used += nbytes
             while self.bytes_used > self.budget_bytes:
                 _, old = self._entries.popitem(last=False)

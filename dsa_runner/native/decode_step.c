@@ -1,4 +1,4 @@
-/* One decode step of a Llama-family model for a few rows (batch <= 4), int8 weight-only, on the CPU.
+/* One decode step of a Llama-family model for a few rows (batch <= 32), int8 weight-only, on the CPU.
  *
  * Why C: at batch 1 a 135M model is bound by reading its int8 weights once per token (~135 MB). The
  * torch path spends about half of each step in the dispatcher and in small ops between the matmuls, and
@@ -6,11 +6,15 @@
  * layers, the LM head) is one job for a few threads: the matrix-vector products split their output rows
  * over the threads, everything else runs between barriers, and activations stay in float32.
  *
- * The maths is the one of dsa_runner/fast_decode.py (dense attention, S <= top_k, or no DSA):
+ * The maths is the one of dsa_runner/fast_decode.py:
  *   h = embed[token]
  *   per layer: x = rms(h) * ln1;  [q | k | v | k_I] = x W_qkv;  rotary(q, k);  k, v -> cache
  *              k_I -> LayerNorm -> rotary on its first rope dims -> index-key cache      (DSA only)
- *              o = softmax(q K^T * scaling, masked) V;   h += o W_o
+ *              dense (no DSA, or S <= top_k): o = softmax(q K^T * scaling, masked) V
+ *              sparse (DSA, S > top_k):  [q_I | w] = x W_iq;  rotary(q_I);  w *= w_scale
+ *                  I(s) = sum_j w_j ReLU(q_I,j . k_I(s));  sel = top_k(I) (ties to the latest key)
+ *                  o = softmax(q K[sel]^T * scaling) V[sel]
+ *              h += o W_o
  *              x = rms(h) * ln2;  h += (silu(x W_gate) * (x W_up)) W_down
  *   logits = rms(h) * norm  W_head
  * Weights: int8, one bfloat16 scale per output row. Norm weights float32. Embedding, caches bfloat16.
@@ -22,6 +26,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdatomic.h>
 #include <time.h>
 #if defined(__x86_64__) || defined(__i386__)
@@ -59,6 +64,7 @@ typedef struct {
     const int8_t *down; const bf16 *down_scale; /* (hidden, inter) */
     const float *knorm_w, *knorm_b;           /* index-key LayerNorm (DSA only) */
     float knorm_eps;
+    const int8_t *iqw; const bf16 *iqw_scale; /* (H_I * dI + H_I, hidden): index queries, then weights (DSA) */
 } Layer;
 
 typedef struct {
@@ -71,6 +77,8 @@ typedef struct {
     const float *cos, *sin;            /* (max_pos, head_dim): the model's rotary table */
     const float *icos, *isin;          /* (max_pos, index_rope_dim / 2): the indexer's */
     const Layer *layers;
+    int index_heads;                   /* H_I; 0: no sparse steps */
+    float index_w_scale;               /* H_I^-1/2 * dI^-1/2 */
 } Model;
 
 typedef struct {       /* one cache layer: element offsets of batch row, head, position */
@@ -432,11 +440,15 @@ static inline void matvec(const int8_t *W, const bf16 *scale, int K, const float
 /* Threads. Not OpenMP: libgomp counts the threads of every team in the process (torch's included)
  * and, with more of them than cores, makes its barriers sleep after ~1000 spins; from the runner's
  * scheduler thread that made each step of ~180 barriers twice as slow on 2 threads as on one
- * (measured). A step here is one job for a small pool of our own: workers spin between steps for a
- * while, then sleep on a condition variable; the barriers inside a step only spin.                   */
+ * (measured). A step here is one job for a small pool of our own: workers wait for the next step for a
+ * while, then sleep on a condition variable. Every wait spins briefly, then yields the core
+ * (sched_yield): the machine's cores are shared (other processes, the server's own threads), and a
+ * thread that spins while the one it waits for is descheduled on the same core stalls the whole step
+ * for a scheduler tick.                                                                              */
 
 #define MAX_THREADS 64
-#define IDLE_SPIN_NS 2000000L /* how long a worker spins for the next step before it sleeps */
+#define IDLE_SPIN_NS 2000000L /* how long a worker waits (yielding) for the next step before it sleeps */
+#define SPINS 64              /* pauses before a wait starts yielding */
 
 typedef struct {
     _Atomic int count;
@@ -464,6 +476,12 @@ static inline void cpu_relax(void) {
 #endif
 }
 
+/* one round of a wait: pause for the first SPINS rounds, then give the core to whoever needs it */
+static inline void wait_round(int round) {
+    if (round < SPINS) cpu_relax();
+    else sched_yield();
+}
+
 static long now_ns(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
@@ -478,7 +496,7 @@ static void *worker_main(void *arg) {
         unsigned long g;
         long deadline = 0;
         for (int spins = 0; (g = atomic_load(&pool.generation)) == seen; spins++) {
-            if ((spins & 1023) == 1023) {
+            if (spins >= SPINS && (spins & 15) == 15) {
                 long t = now_ns();
                 if (!deadline) deadline = t + IDLE_SPIN_NS;
                 else if (t > deadline) {
@@ -492,7 +510,7 @@ static void *worker_main(void *arg) {
                     break;
                 }
             }
-            cpu_relax();
+            wait_round(spins);
         }
         seen = g;
         if (tid < pool.nt) step_body(pool.job, tid, pool.nt);
@@ -537,7 +555,7 @@ static void run_pooled(Step *st, int nt) {
         pthread_mutex_unlock(&pool.mu);
     }
     step_body(st, 0, nt);
-    while (atomic_load(&pool.done) < pool.workers) cpu_relax();
+    for (int i = 0; atomic_load(&pool.done) < pool.workers; i++) wait_round(i);
 }
 
 static void barrier_wait(Barrier *b, int nt, int *sense) {
@@ -548,7 +566,7 @@ static void barrier_wait(Barrier *b, int nt, int *sense) {
         atomic_store(&b->count, 0);
         atomic_store(&b->sense, s);
     } else {
-        while (atomic_load(&b->sense) != s) cpu_relax();
+        for (int i = 0; atomic_load(&b->sense) != s; i++) wait_round(i);
     }
 }
 
@@ -586,26 +604,341 @@ static void rope(float *x, int half, const float *cos, const float *sin) {
 
 static inline float silu(float g) { return g / (1.0f + expf(-g)); }
 
+/* ---------------------------------------------------------------------------------------------- */
+/* Attention and the DSA selection. The caches are bfloat16 rows of head_dim values; a block of keys is
+ * read once for all the query heads of its key/value head (GQA), in chunks that the threads share, with
+ * an online softmax per chunk (each chunk's max, sum and weighted values; the last chunk of a head
+ * group to finish merges them). Dense attention walks positions 0..S-1 under the mask; sparse attention
+ * walks the positions the indexer selected.                                                          */
+
+#define MAX_GROUP 16   /* query heads per key/value head (native_decode checks) */
+#define ATT_BLOCK 64   /* keys scored at once per chunk: the scores stay in L1 */
+#define MIN_CHUNK 64   /* keys per work item at least */
+
+#if defined(__AVX512F__)
+typedef __m512 av;
+#define AW 16
+static inline av av_zero(void) { return _mm512_setzero_ps(); }
+static inline av av_set1(float x) { return _mm512_set1_ps(x); }
+static inline av av_load(const float *p) { return _mm512_loadu_ps(p); }
+static inline void av_store(float *p, av v) { _mm512_storeu_ps(p, v); }
+static inline av av_bf16(const bf16 *p) {
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)p)), 16));
+}
+static inline av av_add(av a, av b) { return _mm512_add_ps(a, b); }
+static inline av av_sub(av a, av b) { return _mm512_sub_ps(a, b); }
+static inline av av_mul(av a, av b) { return _mm512_mul_ps(a, b); }
+static inline av av_max(av a, av b) { return _mm512_max_ps(a, b); }
+static inline av av_fma(av a, av b, av c) { return _mm512_fmadd_ps(a, b, c); }
+static inline float av_sum(av v) { return _mm512_reduce_add_ps(v); }
+static inline float av_hmax(av v) { return _mm512_reduce_max_ps(v); }
+static inline av av_round(av v) { return _mm512_roundscale_ps(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
+static inline av av_pow2i(av n) { /* 2^n for integral n in [-126, 127] */
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127)), 23));
+}
+static inline av av_zero_below(av y, av x, float lo) { /* y where x >= lo, else 0 */
+    return _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(x, _mm512_set1_ps(lo), _CMP_GE_OQ), y);
+}
+#elif defined(__AVX2__) && defined(__FMA__)
+typedef __m256 av;
+#define AW 8
+static inline av av_zero(void) { return _mm256_setzero_ps(); }
+static inline av av_set1(float x) { return _mm256_set1_ps(x); }
+static inline av av_load(const float *p) { return _mm256_loadu_ps(p); }
+static inline void av_store(float *p, av v) { _mm256_storeu_ps(p, v); }
+static inline av av_bf16(const bf16 *p) {
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)p)), 16));
+}
+static inline av av_add(av a, av b) { return _mm256_add_ps(a, b); }
+static inline av av_sub(av a, av b) { return _mm256_sub_ps(a, b); }
+static inline av av_mul(av a, av b) { return _mm256_mul_ps(a, b); }
+static inline av av_max(av a, av b) { return _mm256_max_ps(a, b); }
+static inline av av_fma(av a, av b, av c) { return _mm256_fmadd_ps(a, b, c); }
+static inline float av_sum(av v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+static inline float av_hmax(av v) {
+    __m128 s = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_max_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_max_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+static inline av av_round(av v) { return _mm256_round_ps(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
+static inline av av_pow2i(av n) {
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23));
+}
+static inline av av_zero_below(av y, av x, float lo) {
+    return _mm256_and_ps(y, _mm256_cmp_ps(x, _mm256_set1_ps(lo), _CMP_GE_OQ));
+}
+#else
+#define AW 0
+#endif
+
+#if AW
+/* e^x for x <= 0 (arguments are score - running max), relative error ~2e-7; exactly 0 below -87
+   (masked keys, -inf, included). Cody-Waite reduction and a degree-6 polynomial, as in Cephes' expf. */
+static inline av av_exp(av x) {
+    const av xc = av_max(x, av_set1(-87.0f));
+    const av n = av_round(av_mul(xc, av_set1(1.44269504088896341f)));
+    av r = av_fma(n, av_set1(-0.693359375f), xc);
+    r = av_fma(n, av_set1(2.12194440e-4f), r);
+    av p = av_set1(1.9875691500e-4f);
+    p = av_fma(p, r, av_set1(1.3981999507e-3f));
+    p = av_fma(p, r, av_set1(8.3334519073e-3f));
+    p = av_fma(p, r, av_set1(4.1665795894e-2f));
+    p = av_fma(p, r, av_set1(1.6666665459e-1f));
+    p = av_fma(p, r, av_set1(5.0000001201e-1f));
+    const av y = av_add(av_fma(av_mul(p, r), r, r), av_set1(1.0f));
+    return av_zero_below(av_mul(y, av_pow2i(n)), x, -87.0f);
+}
+#endif
+
+static inline float dot_f32_bf16(const float *q, const bf16 *k, int D) {
+    int d = 0;
+    float s = 0.f;
+#if AW
+    av acc0 = av_zero(), acc1 = av_zero();
+    for (; d + 2 * AW <= D; d += 2 * AW) {
+        acc0 = av_fma(av_load(q + d), av_bf16(k + d), acc0);
+        acc1 = av_fma(av_load(q + d + AW), av_bf16(k + d + AW), acc1);
+    }
+    for (; d + AW <= D; d += AW) acc0 = av_fma(av_load(q + d), av_bf16(k + d), acc0);
+    s = av_sum(av_add(acc0, acc1));
+#endif
+    for (; d < D; d++) s += q[d] * bf16_to_f32(k[d]);
+    return s;
+}
+
+/* sc[i] = exp(sc[i] - mx) for i < n; returns their sum */
+static inline float exp_shift_sum(float *sc, int n, float mx) {
+    int i = 0;
+    float sum = 0.f;
+#if AW
+    av acc = av_zero();
+    const av m = av_set1(mx);
+    for (; i + AW <= n; i += AW) {
+        const av e = av_exp(av_sub(av_load(sc + i), m));
+        av_store(sc + i, e);
+        acc = av_add(acc, e);
+    }
+    sum = av_sum(acc);
+#endif
+    for (; i < n; i++) {
+        sc[i] = sc[i] == -INFINITY ? 0.f : expf(sc[i] - mx);
+        sum += sc[i];
+    }
+    return sum;
+}
+
+/* o[h] = o[h] * scale[h] + sum_j p[h][j] * V[pos_j] for the G heads of a group */
+static void accumulate_values(float *o, const float *scale, const float *p, int G, int n, const bf16 *const *vrows,
+                              int D) {
+    for (int h = 0; h < G; h++)
+        if (scale[h] != 1.f)
+            for (int d = 0; d < D; d++) o[h * D + d] *= scale[h];
+#if AW
+    if (D % AW == 0 && D <= 8 * AW && G <= 4) { /* the usual shapes (D 64 or 128, G <= 4): o in registers */
+        av acc[4][8];
+        const int nv = D / AW;
+        for (int h = 0; h < G; h++)
+            for (int c = 0; c < nv; c++) acc[h][c] = av_load(o + h * D + c * AW);
+        for (int j = 0; j < n; j++) {
+            const bf16 *v = vrows[j];
+            for (int c = 0; c < nv; c++) {
+                const av vv = av_bf16(v + c * AW);
+                for (int h = 0; h < G; h++) acc[h][c] = av_fma(av_set1(p[h * ATT_BLOCK + j]), vv, acc[h][c]);
+            }
+        }
+        for (int h = 0; h < G; h++)
+            for (int c = 0; c < nv; c++) av_store(o + h * D + c * AW, acc[h][c]);
+        return;
+    }
+#endif
+    float vrow[512];
+    for (int j = 0; j < n; j++) {
+        for (int d = 0; d < D; d++) vrow[d] = bf16_to_f32(vrows[j][d]);
+        for (int h = 0; h < G; h++) {
+            const float w = p[h * ATT_BLOCK + j];
+            if (w != 0.f)
+                for (int d = 0; d < D; d++) o[h * D + d] += w * vrow[d];
+        }
+    }
+}
+
+/* One chunk of attention for the G query heads q (G x D, already rotated) over keys at cache positions
+   list[i0..i1) (list NULL: positions i0..i1 under mask mk): writes the chunk's running max m[G], sum l[G]
+   and unnormalised output o[G][D]. */
+static void attend_chunk(const float *q, int G, int D, float scaling, const bf16 *K, int64_t k_pos, const bf16 *V,
+                         int64_t v_pos, const int32_t *list, const int64_t *mk, int i0, int i1,
+                         float *m, float *l, float *o) {
+    float sc[MAX_GROUP * ATT_BLOCK];
+    const bf16 *krows[ATT_BLOCK], *vrows[ATT_BLOCK];
+    float scale[MAX_GROUP];
+    for (int h = 0; h < G; h++) {
+        m[h] = -INFINITY;
+        l[h] = 0.f;
+    }
+    memset(o, 0, sizeof(float) * G * D);
+    for (int b0 = i0; b0 < i1; b0 += ATT_BLOCK) {
+        const int n = i1 - b0 < ATT_BLOCK ? i1 - b0 : ATT_BLOCK;
+        int visible = 0;
+        for (int j = 0; j < n; j++) {
+            const int64_t pos = list ? list[b0 + j] : b0 + j;
+            krows[j] = K + pos * k_pos;
+            vrows[j] = V + pos * v_pos;
+            const int ok = list || mk[pos];
+            visible += ok;
+            for (int h = 0; h < G; h++) sc[h * ATT_BLOCK + j] = ok ? 0.f : -INFINITY;
+        }
+        if (!visible) continue;
+        for (int j = 0; j < n; j++) {
+            if (!list && !mk[b0 + j]) continue; /* stays -inf: weight 0 */
+            if (j + 2 < n) __builtin_prefetch(krows[j + 2], 0, 3);
+            for (int h = 0; h < G; h++) sc[h * ATT_BLOCK + j] = dot_f32_bf16(q + h * D, krows[j], D) * scaling;
+        }
+        for (int h = 0; h < G; h++) {
+            float *s = sc + h * ATT_BLOCK;
+            float bm = -INFINITY;
+            for (int j = 0; j < n; j++) bm = s[j] > bm ? s[j] : bm;
+            const float nm = bm > m[h] ? bm : m[h];
+            if (nm == -INFINITY) { /* nothing visible for this head yet */
+                scale[h] = 1.f;
+                for (int j = 0; j < n; j++) s[j] = 0.f;
+                continue;
+            }
+            scale[h] = m[h] == -INFINITY || nm == m[h] ? 1.f : expf(m[h] - nm); /* o, l still 0 at -inf */
+            m[h] = nm;
+            l[h] = l[h] * scale[h] + exp_shift_sum(s, n, nm);
+        }
+        accumulate_values(o, scale, sc, G, n, vrows, D);
+    }
+}
+
+/* Merges the chunks' (m, l, o) of one head group into the normalised output out[G][D] */
+static void merge_chunks(const float *part, int nchunks, int G, int D, float *out, int64_t out_head_stride) {
+    const int per = G * (D + 2);
+    for (int h = 0; h < G; h++) {
+        float M = -INFINITY;
+        for (int c = 0; c < nchunks; c++) {
+            const float mc = part[c * per + h];
+            M = mc > M ? mc : M;
+        }
+        float L = 0.f;
+        float *dst = out + h * out_head_stride;
+        for (int d = 0; d < D; d++) dst[d] = 0.f;
+        for (int c = 0; c < nchunks; c++) {
+            const float *pc = part + c * per;
+            if (pc[h] == -INFINITY || pc[G + h] == 0.f) continue;
+            const float w = expf(pc[h] - M);
+            L += pc[G + h] * w;
+            const float *oc = pc + 2 * G + h * D;
+            for (int d = 0; d < D; d++) dst[d] += w * oc[d];
+        }
+        const float inv = L > 0.f ? 1.0f / L : 0.f;
+        for (int d = 0; d < D; d++) dst[d] *= inv;
+    }
+}
+
+/* Index scores of one query (H_I heads of dI dims, weights w) against the cached index keys at positions
+   [s0, s1): I(s) = sum_j w_j * ReLU(q_j . k_s), -inf where the mask hides the key. */
+static void index_scores_range(const float *qI, const float *w, int HI, int dI, const bf16 *KI, int64_t k_pos,
+                               const int64_t *mk, int s0, int s1, float *out) {
+    for (int s = s0; s < s1; s++) {
+        if (!mk[s]) {
+            out[s] = -INFINITY;
+            continue;
+        }
+        const bf16 *k = KI + (int64_t)s * k_pos;
+        if (s + 4 < s1) __builtin_prefetch(KI + (int64_t)(s + 4) * k_pos, 0, 3);
+        float score = 0.f;
+        for (int j = 0; j < HI; j++) {
+            const float dot = dot_f32_bf16(qI + j * dI, k, dI);
+            score += w[j] * (dot > 0.f ? dot : 0.f);
+        }
+        out[s] = score;
+    }
+}
+
+/* A float's bits as an unsigned integer of the same order (-0.0 as +0.0) */
+static inline uint32_t order_key(float f) {
+    uint32_t u;
+    f += 0.0f;
+    memcpy(&u, &f, 4);
+    return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+}
+
+/* The positions of the k highest scores among scores[0..S) that are not -inf, ties at the boundary going to
+   the most recent positions (kernels.select_top_k's stable rule); returns how many (min(k, finite ones)).
+   Radix selection on the ordered bits, 11 + 11 + 10 bits: each pass keeps the bucket of the k-th key.
+   tmp: 2 * S ints of scratch. */
+int dsa_select_top_k(const float *scores, int S, int k, int32_t *out, int32_t *tmp) {
+    int n = 0, found = 0;
+    int32_t *cand = tmp, *next = tmp + S;
+    for (int s = 0; s < S; s++)
+        if (scores[s] != -INFINITY) cand[n++] = s;
+    if (n <= k) {
+        memcpy(out, cand, sizeof(int32_t) * n);
+        return n;
+    }
+    int need = k;
+    const int shifts[3] = {21, 10, 0}, widths[3] = {11, 11, 10};
+    for (int pass = 0; pass < 3 && need > 0; pass++) {
+        int hist[2048];
+        const int bins = 1 << widths[pass], sh = shifts[pass];
+        const uint32_t mask = (uint32_t)bins - 1;
+        memset(hist, 0, sizeof(int) * bins);
+        for (int i = 0; i < n; i++) hist[(order_key(scores[cand[i]]) >> sh) & mask]++;
+        int t = bins - 1, above = 0;
+        while (above + hist[t] < need) above += hist[t--];
+        /* bins above t are selected; bin t holds the k-th key and goes on to the next pass */
+        int m = 0;
+        for (int i = 0; i < n; i++) {
+            const int bin = (int)((order_key(scores[cand[i]]) >> sh) & mask);
+            if (bin > t) out[found++] = cand[i];
+            else if (bin == t) next[m++] = cand[i];
+        }
+        need -= above;
+        int32_t *swap = cand;
+        cand = next;
+        next = swap;
+        n = m;
+        if (n == need) break;
+    }
+    /* every candidate left has the same score (or exactly need remain): the most recent ones */
+    for (int i = n - need; i < n; i++) out[found++] = cand[i];
+    return found;
+}
+
 struct Step {
     const Model *m;
-    int B, S;
-    int proj_n; /* columns of the fused projection: q, k, v, index key */
+    int B, S, top_k; /* top_k 0: dense attention */
+    int proj_n;      /* columns of the fused projection: q, k, v, index key */
+    int iq_n;        /* columns of the index-query projection: H_I * dI queries, H_I weights (sparse steps) */
+    int nchunks, chunk; /* attention work items per (row, key/value head), keys per item */
     const int64_t *tokens, *positions, *mask;
     const CacheView *kv, *ik;
     float *logits;
-    float *h, *x, *proj, *attn, *act, *scores;
+    float *h, *x, *proj, *iproj, *attn, *act, *part, *iscores;
+    int32_t *sel, *nsel, *sel_tmp; /* sparse: selected positions (B x top_k), how many, scratch */
+    _Atomic int *merged;           /* chunks done per (layer, row, kv head): the last one merges */
     Barrier barrier;
 };
 
-/* the new token's key, value (kv head g < Hkv) or index key (g == Hkv) of row b -> the caches */
+/* Rotates the query heads of kv head g (g < Hkv) and stores its new key and value in the caches; g == Hkv:
+   the new index key (LayerNorm, rotary) and, in a sparse step, the rotated index queries and scaled weights */
 static void store_new_keys(Step *st, const Layer *L, int l, int b, int g) {
     const Model *m = st->m;
     const int D = m->head_dim, qn = m->n_heads * D, kvn = m->n_kv * D, dI = m->index_dim;
+    const int G = m->n_heads / m->n_kv;
     const int pos_w = st->S - 1;
     float *p = st->proj + (size_t)b * st->proj_n;
     const int64_t pos = st->positions[b];
     if (g < m->n_kv) {
         const CacheView *c = &st->kv[l];
+        for (int hh = g * G; hh < (g + 1) * G; hh++) rope(p + hh * D, D / 2, m->cos + pos * D, m->sin + pos * D);
         float *k = p + qn + g * D, *v = p + qn + kvn + g * D;
         rope(k, D / 2, m->cos + pos * D, m->sin + pos * D);
         bf16 *kd = c->k + b * c->k_row + g * c->k_head + (int64_t)pos_w * c->k_pos;
@@ -627,45 +960,34 @@ static void store_new_keys(Step *st, const Layer *L, int l, int b, int g) {
         const CacheView *c = &st->ik[l];
         bf16 *kd = c->k + b * c->k_row + (int64_t)pos_w * c->k_pos;
         for (int d = 0; d < dI; d++) kd[d] = f32_to_bf16(ki[d]);
+        if (st->top_k > 0) {
+            float *iq = st->iproj + (size_t)b * st->iq_n;
+            for (int j = 0; j < m->index_heads; j++)
+                if (half > 0) rope(iq + j * dI, half, m->icos + pos * half, m->isin + pos * half);
+            for (int j = 0; j < m->index_heads; j++) iq[m->index_heads * dI + j] *= m->index_w_scale;
+        }
     }
 }
 
-/* softmax(q K^T * scaling, masked) V for query head hh of row b */
-static void attend(Step *st, int l, int b, int hh) {
+/* Work item i of the attention: chunk c of kv head g of row b; the last chunk of (b, g) to finish merges */
+static void attend_item(Step *st, int l, int i) {
     const Model *m = st->m;
-    const int D = m->head_dim, H = m->n_heads, qn = H * D, S = st->S;
-    const CacheView *c = &st->kv[l];
-    const int64_t pos = st->positions[b];
-    float q[512];
-    memcpy(q, st->proj + (size_t)b * st->proj_n + hh * D, sizeof(float) * D);
-    rope(q, D / 2, m->cos + pos * D, m->sin + pos * D);
-    const int g = hh / (H / m->n_kv);
-    const bf16 *K = c->k + b * c->k_row + g * c->k_head;
-    const bf16 *V = c->v + b * c->v_row + g * c->v_head;
-    const int64_t *mk = st->mask + (size_t)b * S;
-    float *sc = st->scores + ((size_t)b * H + hh) * S;
-    float mx = -INFINITY;
-    for (int s = 0; s < S; s++) {
-        if (!mk[s]) continue;
-        const bf16 *kr = K + (int64_t)s * c->k_pos;
-        float dot = 0.f;
-        for (int d = 0; d < D; d++) dot += q[d] * bf16_to_f32(kr[d]);
-        sc[s] = dot * m->scaling;
-        if (sc[s] > mx) mx = sc[s];
-    }
-    float sum = 0.f;
-    for (int s = 0; s < S; s++) {
-        sc[s] = mk[s] ? expf(sc[s] - mx) : 0.f;
-        sum += sc[s];
-    }
-    float *o = st->attn + (size_t)b * qn + hh * D;
-    for (int d = 0; d < D; d++) o[d] = 0.f;
-    for (int s = 0; s < S; s++) {
-        if (sc[s] == 0.f) continue;
-        const float w = sc[s] / sum;
-        const bf16 *vr = V + (int64_t)s * c->v_pos;
-        for (int d = 0; d < D; d++) o[d] += w * bf16_to_f32(vr[d]);
-    }
+    const int D = m->head_dim, H = m->n_heads, Hkv = m->n_kv, G = H / Hkv, qn = H * D;
+    const int c = i % st->nchunks, bg = i / st->nchunks, b = bg / Hkv, g = bg % Hkv;
+    const CacheView *cv = &st->kv[l];
+    const int32_t *list = st->top_k > 0 ? st->sel + (size_t)b * st->top_k : NULL;
+    const int n = list ? st->nsel[b] : st->S;
+    const int i0 = c * st->chunk < n ? c * st->chunk : n;
+    const int i1 = i0 + st->chunk < n ? i0 + st->chunk : n;
+    const int per = G * (D + 2);
+    float *part = st->part + (size_t)i * per;
+    attend_chunk(st->proj + (size_t)b * st->proj_n + g * G * D, G, D, m->scaling,
+                 cv->k + b * cv->k_row + g * cv->k_head, cv->k_pos, cv->v + b * cv->v_row + g * cv->v_head, cv->v_pos,
+                 list, st->mask + (size_t)b * st->S, i0, i1, part, part + G, part + 2 * G);
+    _Atomic int *done = &st->merged[((size_t)l * st->B + b) * Hkv + g];
+    if (atomic_fetch_add(done, 1) == st->nchunks - 1) /* acq_rel: the other chunks' writes are visible */
+        merge_chunks(st->part + (size_t)bg * st->nchunks * per, st->nchunks, G, D,
+                     st->attn + (size_t)b * qn + g * G * D, D);
 }
 
 /* x = rms(h) * w for every row of the batch (thread 0; the caller's barrier publishes x) */
@@ -678,7 +1000,8 @@ static void norm_rows(Step *st, int tid, const float *w, float eps) {
 static void step_body(Step *st, int tid, int nt) {
     const Model *m = st->m;
     const int B = st->B, Hd = m->hidden, H = m->n_heads, Hkv = m->n_kv, D = m->head_dim, I = m->inter;
-    const int qn = H * D, proj_n = st->proj_n;
+    const int qn = H * D, proj_n = st->proj_n, S = st->S, sparse = st->top_k > 0;
+    const int dI = m->index_dim, HI = m->index_heads;
     float *h = st->h, *x = st->x;
     int sense = 0, r0, r1, i0, i1;
 #define SYNC() barrier_wait(&st->barrier, nt, &sense)
@@ -686,14 +1009,41 @@ static void step_body(Step *st, int tid, int nt) {
         const Layer *L = &m->layers[l];
         norm_rows(st, tid, L->ln1, L->eps1);
         SYNC();
-        share(proj_n, tid, nt, &r0, &r1);
-        matvec(L->qkv, L->qkv_scale, Hd, x, quantize_for_thread(x, B, Hd), B, r0, r1, st->proj, proj_n, 0, 0);
+        /* the fused projection and, in a sparse step, the index queries: one share of their rows together,
+           on one quantised copy of x */
+        share(proj_n + (sparse ? st->iq_n : 0), tid, nt, &r0, &r1);
+        const QRows *qx_proj = quantize_for_thread(x, B, Hd);
+        if (r0 < proj_n)
+            matvec(L->qkv, L->qkv_scale, Hd, x, qx_proj, B, r0, r1 < proj_n ? r1 : proj_n, st->proj, proj_n, 0, 0);
+        if (sparse && r1 > proj_n) {
+            const int a = (r0 > proj_n ? r0 : proj_n) - proj_n, e = r1 - proj_n;
+            matvec(L->iqw, L->iqw_scale, Hd, x, qx_proj, B, a, e, st->iproj, st->iq_n, 0, 0);
+        }
         SYNC();
         items(B * (Hkv + 1), tid, nt, &i0, &i1);
         for (int i = i0; i < i1; i++) store_new_keys(st, L, l, i / (Hkv + 1), i % (Hkv + 1));
         SYNC();
-        items(B * H, tid, nt, &i0, &i1);
-        for (int i = i0; i < i1; i++) attend(st, l, i / H, i % H);
+        if (sparse) {
+            /* index scores over every cached index key, in chunks the threads share; then each row's top-k */
+            const int per_row = (S + MIN_CHUNK * 4 - 1) / (MIN_CHUNK * 4);
+            items(B * per_row, tid, nt, &i0, &i1);
+            for (int i = i0; i < i1; i++) {
+                const int b = i / per_row, c = i % per_row, step = (S + per_row - 1) / per_row;
+                const int s0 = c * step < S ? c * step : S, s1 = s0 + step < S ? s0 + step : S;
+                const CacheView *ik = &st->ik[l];
+                const float *iq = st->iproj + (size_t)b * st->iq_n;
+                index_scores_range(iq, iq + HI * dI, HI, dI, ik->k + b * ik->k_row, ik->k_pos,
+                                   st->mask + (size_t)b * S, s0, s1, st->iscores + (size_t)b * S);
+            }
+            SYNC();
+            items(B, tid, nt, &i0, &i1);
+            for (int b = i0; b < i1; b++)
+                st->nsel[b] = dsa_select_top_k(st->iscores + (size_t)b * S, S, st->top_k,
+                                               st->sel + (size_t)b * st->top_k, st->sel_tmp + (size_t)b * 2 * S);
+            SYNC();
+        }
+        items(B * Hkv * st->nchunks, tid, nt, &i0, &i1);
+        for (int i = i0; i < i1; i++) attend_item(st, l, i);
         SYNC();
         share(Hd, tid, nt, &r0, &r1);
         matvec(L->o, L->o_scale, qn, st->attn, quantize_for_thread(st->attn, B, qn), B, r0, r1, h, Hd, 0, 1);
@@ -726,32 +1076,54 @@ static void step_body(Step *st, int tid, int nt) {
 int dsa_max_rows(void) { return MAX_ROWS; }
 
 /* Returns 0; -1 when a position is past the rotary tables, -2 for a bad batch, -3 out of memory (the
-   caller falls back; nothing was written). */
+   caller falls back; nothing was written). top_k > 0: a sparse DSA step (each row attends to the top_k
+   keys of its index scores), 0: dense attention. */
 int dsa_decode_step(const Model *m, int B, const int64_t *tokens, const int64_t *positions,
                     const int64_t *mask, int S, const CacheView *kv, const CacheView *ik,
-                    float *logits, int nthreads) {
+                    float *logits, int nthreads, int top_k) {
     if (B < 1 || B > MAX_ROWS) return -2;
+    if (m->n_heads / m->n_kv > MAX_GROUP || m->head_dim > 512) return -2;
+    if (top_k > 0 && (m->index_dim <= 0 || !m->index_heads || top_k >= S)) top_k = 0; /* selection = all keys */
     for (int b = 0; b < B; b++)
         if (positions[b] < 0 || positions[b] >= m->max_pos) return -1;
-    const int Hd = m->hidden, I = m->inter, qn = m->n_heads * m->head_dim;
-    const int proj_n = qn + 2 * m->n_kv * m->head_dim + m->index_dim;
-    Step st = {m, B, S, proj_n, tokens, positions, mask, kv, ik, logits,
-               NULL, NULL, NULL, NULL, NULL, NULL, {0, 0}};
+    if (nthreads > MAX_THREADS) nthreads = MAX_THREADS;
+    if (nthreads < 1) nthreads = 1;
+    const int Hd = m->hidden, I = m->inter, qn = m->n_heads * m->head_dim, Hkv = m->n_kv;
+    const int G = m->n_heads / Hkv, D = m->head_dim;
+    const int proj_n = qn + 2 * Hkv * D + m->index_dim;
+    const int iq_n = top_k > 0 ? m->index_heads * (m->index_dim + 1) : 0;
+    /* attention items: enough per (row, kv head) for every thread to have ~4, of MIN_CHUNK keys at least */
+    const int keys = top_k > 0 ? top_k : S;
+    const int want = (4 * nthreads + B * Hkv - 1) / (B * Hkv), most = (keys + MIN_CHUNK - 1) / MIN_CHUNK;
+    const int nchunks = want < most ? want : (most > 0 ? most : 1);
+    Step st;
+    memset(&st, 0, sizeof st);
+    st.m = m; st.B = B; st.S = S; st.top_k = top_k; st.proj_n = proj_n; st.iq_n = iq_n;
+    st.nchunks = nchunks; st.chunk = (keys + nchunks - 1) / nchunks;
+    st.tokens = tokens; st.positions = positions; st.mask = mask; st.kv = kv; st.ik = ik; st.logits = logits;
     st.h = malloc(sizeof(float) * B * Hd);
     st.x = malloc(sizeof(float) * B * Hd);
     st.proj = malloc(sizeof(float) * B * proj_n);
+    st.iproj = malloc(sizeof(float) * (B * iq_n + 1));
     st.attn = malloc(sizeof(float) * B * qn);
     st.act = malloc(sizeof(float) * B * I);
-    st.scores = malloc(sizeof(float) * (size_t)B * m->n_heads * S);
+    st.part = malloc(sizeof(float) * (size_t)B * Hkv * nchunks * G * (D + 2));
+    st.merged = calloc((size_t)m->n_layers * B * Hkv, sizeof(_Atomic int));
+    const size_t sparse_n = top_k > 0 ? (size_t)B : 0;
+    st.iscores = malloc(sizeof(float) * (sparse_n * S + 1));
+    st.sel = malloc(sizeof(int32_t) * (sparse_n * top_k + 1));
+    st.nsel = malloc(sizeof(int32_t) * (sparse_n + 1));
+    st.sel_tmp = malloc(sizeof(int32_t) * (sparse_n * 2 * S + 1));
     int rc = -3;
-    if (st.h && st.x && st.proj && st.attn && st.act && st.scores) {
+    if (st.h && st.x && st.proj && st.iproj && st.attn && st.act && st.part && st.merged && st.iscores && st.sel &&
+        st.nsel && st.sel_tmp) {
         for (int b = 0; b < B; b++) {
             const bf16 *e = m->embed + (size_t)tokens[b] * Hd;
             for (int i = 0; i < Hd; i++) st.h[b * Hd + i] = bf16_to_f32(e[i]);
         }
-        if (nthreads > MAX_THREADS) nthreads = MAX_THREADS;
-        rc = run_step(&st, nthreads < 1 ? 1 : nthreads);
+        rc = run_step(&st, nthreads);
     }
-    free(st.h); free(st.x); free(st.proj); free(st.attn); free(st.act); free(st.scores);
+    free(st.h); free(st.x); free(st.proj); free(st.iproj); free(st.attn); free(st.act); free(st.part);
+    free((void *)st.merged); free(st.iscores); free(st.sel); free(st.nsel); free(st.sel_tmp);
     return rc;
 }

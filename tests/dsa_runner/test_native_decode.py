@@ -1,15 +1,19 @@
 """The C decode step (dsa_runner.native_decode) on a bfloat16 + int8 model, against the float32 model
 both decode steps approximate and against the compact torch step: as close to float32 as the torch
 step, the same caches, the same bits on one thread and on two, greedy text through the engine that
-float32 agrees with; and what it leaves to the torch step (DSA's sparse steps, larger batches, no
+float32 agrees with; DSA's sparse steps against the same maths in float32 torch (kernels' index scores,
+top-k and attention over the selection); and what it leaves to the torch step (larger batches, no
 compiler)."""
 
 import pytest
 import torch
 
-from dsa_runner import native_decode
+import torch.nn.functional as F
+
+from dsa_runner import kernels, native_decode
 from dsa_runner.engine import Engine, GenerationRequest, SamplingParams, cache_layer_count, fresh_cache
 from dsa_runner.fast_decode import CompactDecoder
+from dsa_runner.indexer import rope_tables
 from dsa_runner.native_decode import NativeDecoder, NativeUnavailable
 
 pytestmark = pytest.mark.model
@@ -164,7 +168,7 @@ def test_two_threads_stepping_at_once_get_their_own_results(model, decoders):
         assert len(together[i]) == 20 and all(torch.equal(out, alone[i]) for out in together[i])
 
 
-def test_native_leaves_large_batches_and_sparse_steps_to_torch(model, decoders):
+def test_native_leaves_large_batches_to_torch(model, decoders):
     m, _ = model
     compact, native = decoders
     prompts = [PROMPTS[i % 3] for i in range(native.max_rows + 1)]
@@ -173,13 +177,148 @@ def test_native_leaves_large_batches_and_sparse_steps_to_torch(model, decoders):
         mask = torch.cat([mask, mask.new_ones(len(prompts), 1)], dim=1)
         assert native.step(logits.argmax(-1), pos, mask, cache) is None
         assert all(layer._len == mask.shape[1] - 1 for layer in cache.layers)  # nothing appended
-    sparse_model, _ = _load(top_k=8)
-    sparse = NativeDecoder(CompactDecoder(sparse_model), threads=2)
+
+
+# -- DSA's sparse steps: the C step against the same maths in float32 torch ----------------------------
+
+SPARSE_TOP_K = 96  # below the prompts' lengths, above the C attention's chunk of 64 keys
+
+
+@pytest.fixture(scope="module")
+def sparse_model():
+    m, tok = _load(top_k=SPARSE_TOP_K)
+    compact = CompactDecoder(m)
+    return m, tok, compact, NativeDecoder(compact, threads=2)
+
+
+def _dequantized(linear) -> torch.Tensor:
+    return linear.w_int8.float() * linear.scale.float()[:, None]
+
+
+def _rms(h, weight, eps):
+    return h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps) * weight.float()
+
+
+def _rope(x, cos, sin):
+    half = x.shape[-1] // 2
+    return x * torch.cat([cos, cos], -1) + torch.cat([-x[..., half:], x[..., :half]], -1) * torch.cat([sin, sin], -1)
+
+
+def _float32_step(compact, tokens, positions, mask, cache, written):
+    """The decode step the C code computes, written with torch in float32 from the same int8 weights and
+    bfloat16 caches: DSA above top-k through kernels.index_scores_reference, kernels.select_top_k and
+    kernels.dsa_attention_reference. Appends to ``cache`` the new column the C step appended to ``written``
+    (its own, checked to agree to bfloat16 rounding: float32 sums in another order round differently now
+    and then, and the logits would then differ by that rounding, not by the maths compared here)."""
+
+    def theirs(mine, written_layer):
+        column = written_layer[:, :, -1:]
+        assert torch.allclose(mine.float(), column.float(), rtol=2e-2, atol=1e-3)
+        return column
+    c = compact
+    B, S = mask.shape
+    H, Hkv, D = c.n_heads, c.n_kv, c.head_dim
+    qn, kvn = H * D, Hkv * D
+    icfg = c.indexers.cfg
+    HI, dI, half_i = icfg.index_heads, icfg.index_head_dim, icfg.rope_dim // 2
+    cos, sin = c.cos.float()[positions][:, None, :D // 2], c.sin.float()[positions][:, None, :D // 2]
+    icos, isin = rope_tables(positions[:, None], icfg.rope_dim, icfg.rope_theta)  # (B, 1, rope_dim / 2)
+    allowed = mask.bool()[:, None, :]  # (B, 1, S)
+    sparse = S > c.settings.top_k
+    h = c.embed.weight[tokens].float()
+    for i, L in enumerate(c.layers):
+        x = _rms(h, *L["ln1"])
+        proj = x @ _dequantized(L["qkv"]).T
+        q = _rope(proj[:, :qn].view(B, H, D), cos, sin)
+        k = _rope(proj[:, qn:qn + kvn].view(B, Hkv, D), cos, sin)
+        v = proj[:, qn + kvn:qn + 2 * kvn].view(B, Hkv, D)
+        keys, values = cache.layers[i].update(theirs(k[:, :, None], written.layers[i].keys),
+                                              theirs(v[:, :, None], written.layers[i].values))
+        idx = L["indexer"]
+        k_I = F.layer_norm(proj[:, qn + 2 * kvn:], (dI,), idx.k_norm.weight.float(), idx.k_norm.bias.float(),
+                           idx.k_norm.eps)
+        k_I = torch.cat([_rope(k_I[:, None, :2 * half_i], icos, isin)[:, 0], k_I[:, 2 * half_i:]], -1)
+        k_I = theirs(k_I[:, None, None], written.layers[c.num_layers + i].keys)
+        all_k_I, _ = cache.layers[c.num_layers + i].update(k_I, k_I.new_empty(B, 1, 1, 0))
+        if sparse:
+            q_I = (x @ _dequantized(idx.wq).T).view(B, HI, dI)
+            q_I = torch.cat([_rope(q_I[..., :2 * half_i], icos, isin), q_I[..., 2 * half_i:]], -1)
+            w = (x @ _dequantized(idx.weights_proj).T) * idx.w_scale
+            scores = kernels.index_scores_reference(q_I[:, None], w[:, None], all_k_I[:, 0].float(), allowed)
+            selected = kernels.select_top_k(scores, c.settings.top_k)
+            o = kernels.dsa_attention_reference(q[:, :, None], keys.float(), values.float(), selected, c.scaling)
+        else:
+            o = kernels.dense_attention_masked(q[:, :, None], keys.float(), values.float(), allowed[:, None],
+                                               c.scaling)
+        h = h + o.reshape(B, qn) @ _dequantized(L["o"]).T
+        x = _rms(h, *L["ln2"])
+        gu = x @ _dequantized(L["gate_up"]).T
+        inter = gu.shape[-1] // 2
+        h = h + (F.silu(gu[:, :inter]) * gu[:, inter:]) @ _dequantized(L["down"]).T
+    return _rms(h, *c.final_norm) @ _dequantized(c.lm_head).T
+
+
+def _long_prompts(tok, lengths):
+    text = ("The river Danube flows through ten countries, more than any other river in the world. "
+            "It rises in the Black Forest and ends in the Black Sea. ") * 20
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    return [ids[i:i + n] for i, n in enumerate(lengths)]
+
+
+def _steps_against_float32(m, compact, native, prompts, steps):
+    """Greedy steps of the C decoder; before each, the float32 torch step from a copy of the same cache.
+    Returns the largest logit difference; asserts the same greedy tokens."""
+    import copy
+
+    worst = 0.0
     with torch.inference_mode():
-        cache, mask, logits, pos = _prefill(sparse_model, PROMPTS[2:])  # 14 tokens > top-k 8
-        mask = torch.cat([mask, mask.new_ones(1, 1)], dim=1)
-        assert not sparse.covers(1, mask.shape[1])
-        assert sparse.step(logits.argmax(-1), pos, mask, cache) is None
+        cache, mask, logits, pos = _prefill(m, prompts)
+        tokens = logits.argmax(-1)
+        for _ in range(steps):
+            mask = torch.cat([mask, mask.new_ones(len(prompts), 1)], dim=1)
+            before = copy.deepcopy(cache)
+            out_c = native.step(tokens, pos, mask, cache)
+            assert out_c is not None  # the step ran in C
+            out_t = _float32_step(compact, tokens, pos, mask, before, written=cache)
+            worst = max(worst, (out_c - out_t).abs().max().item())
+            tokens = out_c.argmax(-1)
+            assert torch.equal(tokens, out_t.argmax(-1))
+            pos = pos + 1
+    return worst
+
+
+def test_native_sparse_step_is_the_float32_sparse_step(sparse_model):
+    """Above top-k the C step's logits are the float32 torch step's (same int8 weights, same bfloat16
+    caches, kernels' index scores, top-k and attention) within 1e-3, step after step, for rows of different
+    lengths (left padding), with the same greedy tokens; the steps run in C (never None)."""
+    m, tok, compact, native = sparse_model
+    prompts = _long_prompts(tok, [150, 123])
+    assert native.covers(2, 151)
+    assert _steps_against_float32(m, compact, native, prompts, steps=8) < 1e-3
+
+
+def test_native_dense_step_is_the_float32_dense_step(model, decoders):
+    """Below top-k (the whole context in view), 200 keys split into chunks merged by the online softmax:
+    the same logits as the float32 torch step within 1e-3."""
+    m, tok = model
+    compact, native = decoders
+    assert _steps_against_float32(m, compact, native, _long_prompts(tok, [200]), steps=2) < 1e-3
+
+
+def test_native_top_k_is_kernels_top_k_with_ties():
+    """The C selection picks the set kernels.select_top_k picks: the k highest scores, ties at the
+    boundary (ReLU makes many scores exactly 0) to the most recent keys, -inf never, all finite ones when
+    there are fewer than k."""
+    generator = torch.Generator().manual_seed(0)
+    for S, k, levels in ((500, 64, 7), (2049, 2048, 3), (3000, 2048, 0), (300, 2048, 5), (4096, 100, 1)):
+        scores = torch.randn(S, generator=generator) if levels == 0 else \
+            torch.randint(-2, levels, (S,), generator=generator).float().clamp(min=0)
+        scores[torch.rand(S, generator=generator) < 0.1] = float("-inf")
+        scores[::17] = -0.0
+        expected = kernels.select_top_k(scores[None, None], k)[0, 0]
+        expected = set(expected[expected >= 0].tolist())
+        got = native_decode.select_top_k(scores, k).tolist()
+        assert len(got) == len(set(got)) and set(got) == expected, (S, k, levels)
 
 
 def test_engine_decodes_with_the_native_step(model, reference):

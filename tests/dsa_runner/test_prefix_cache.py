@@ -52,6 +52,48 @@ def test_reused_prefix_gives_the_cold_logits_and_greedy_tokens(dsa):
     assert warm_text == cold_text and warm_text
 
 
+def _storage(entry) -> int:
+    return entry.buffers[0][0].untyped_storage().data_ptr()
+
+
+def _text(events) -> str:
+    return "".join(getattr(e, "text", "") for e in events if type(e).__name__ == "Finished")
+
+
+@pytest.mark.model
+def test_next_turn_appends_in_place_unless_a_running_row_decodes_there(dsa):
+    """Turn after turn, the next prompt's cache continues the previous prompt's buffer (no copy); while
+    the previous request's row still decodes into that buffer, the next prompt gets a copy instead, and
+    both requests produce a cold run's greedy text."""
+    model, tokenizer, _ = dsa
+    first = tokenizer(STORY)["input_ids"]
+    second = first + tokenizer("At noon the baker opened the door and looked at the")["input_ids"]
+    params = SamplingParams(max_tokens=6, temperature=0, ignore_eos=True)
+    with torch.inference_mode():
+        cold = Engine(model, tokenizer, max_batch=2, decode_impl="compact", prefix_cache_bytes=0)
+        cold_first, cold_second = _greedy(cold, first)[2], _greedy(cold, second)[2]
+
+        warm = Engine(model, tokenizer, max_batch=2, decode_impl="compact")
+        _greedy(warm, first)
+        before = _storage(warm.prefix_cache.lookup(first + [1])[0])
+        _, done, text = _greedy(warm, second)
+        assert done.cached_tokens == len(first) and text == cold_second
+        assert _storage(warm.prefix_cache.lookup(second + [1])[0]) == before  # appended in place
+
+        busy = Engine(model, tokenizer, max_batch=2, decode_impl="compact")
+        events_a, events_b = [], []
+        busy._waiting.append(GenerationRequest(first, 1, params, events_a.extend))
+        busy._admit()
+        for _ in range(3):  # the first request's row writes its tokens past its prompt
+            busy._step()
+        running = _storage(busy.prefix_cache.lookup(first + [1])[0])
+        busy._waiting.append(GenerationRequest(second, 1, params, events_b.extend))
+        busy.run_until_idle()
+        assert _storage(busy.prefix_cache.lookup(second + [1])[0]) != running  # copied
+        assert _text(events_a) == cold_first and _text(events_b) == cold_second
+        assert next(e for e in events_b if isinstance(e, RequestDone)).cached_tokens == len(first)
+
+
 def test_common_prefix_length():
     assert common_prefix_length((1, 2, 3), [1, 2, 3, 4]) == 3
     assert common_prefix_length((1, 2, 3, 4), [1, 2, 9, 4]) == 2
