@@ -42,7 +42,9 @@ class _Fused:
     def __init__(self, linears: list[nn.Module]):
         self.splits = [lin.out_features if hasattr(lin, "out_features") else lin.weight.shape[0] for lin in linears]
         int8 = all(isinstance(lin, Int8Linear) for lin in linears)
-        with torch.no_grad():
+        # ordinary tensors even when the engine is built under inference_mode: the model's own linears end up
+        # reading them, and an inference tensor there would stop the model from ever training again (warm-up)
+        with torch.inference_mode(False), torch.no_grad():
             self.weight = torch.cat([lin.weight for lin in linears]).contiguous()
             self.w_int8 = torch.cat([lin.w_int8 for lin in linears]).contiguous() if int8 else None
             self.scale = torch.cat([lin.scale for lin in linears]).contiguous() if int8 else None
