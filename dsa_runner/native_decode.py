@@ -33,7 +33,6 @@ import hashlib
 import logging
 import os
 import platform
-import shutil
 import subprocess
 import tempfile
 import threading
@@ -44,6 +43,7 @@ from pathlib import Path
 import torch
 
 from dsa_runner.indexer import rope_tables
+from dsa_runner.native_build import NativeUnavailable, cache_dir, compiler, cpu_signature
 
 log = logging.getLogger("dsa_runner")
 
@@ -79,10 +79,6 @@ _libraries: dict[str, ctypes.CDLL] = {}
 _library_errors: dict[str, str] = {}
 
 
-class NativeUnavailable(RuntimeError):
-    """The C step cannot be built or cannot run this model."""
-
-
 class UnknownIsa(ValueError):
     """An instruction set that is not one of ISAS, or that this CPU does not have."""
 
@@ -91,30 +87,8 @@ class UnknownIsa(ValueError):
 # building
 
 
-def cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "tasksynth" / "native"
-
-
-def _compiler() -> str:
-    for name in (os.environ.get("CC"), "cc", "gcc", "clang"):
-        if name and shutil.which(name):
-            return name
-    raise NativeUnavailable("no C compiler (set CC, or install gcc)")
-
-
-def _cpu_signature() -> str:
-    """What -march=native depends on: the CPU's model and feature flags."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-        lines = [line for line in text.splitlines() if line.startswith(("model name", "flags"))][:2]
-        return "\n".join(lines)
-    except OSError:
-        return platform.processor() or platform.machine()
-
-
 def _cpu_flags() -> set[str]:
-    for line in _cpu_signature().splitlines():
+    for line in cpu_signature().splitlines():
         if line.startswith("flags"):
             return set(line.partition(":")[2].split())
     return set()
@@ -148,11 +122,11 @@ def _cc_flags(isa: str) -> list[str]:
 
 def library_path(isa: str | None = None) -> Path:
     isa = selected_isa(isa)
-    cc = _compiler()
+    cc = compiler()
     version = subprocess.run([cc, "--version"], capture_output=True, text=True).stdout.splitlines()[:1]
     digest = hashlib.sha256()
     for part in (SOURCE.read_bytes(), " ".join(_cc_flags(isa)).encode(), cc.encode(), "".join(version).encode(),
-                 _cpu_signature().encode(), platform.machine().encode()):
+                 cpu_signature().encode(), platform.machine().encode()):
         digest.update(part)
         digest.update(b"\0")
     return cache_dir() / f"decode_step-{isa}-{digest.hexdigest()[:16]}.so"
@@ -168,7 +142,7 @@ def build(isa: str | None = None) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".build-", suffix=".so")
     os.close(fd)
-    cmd = [_compiler(), *_cc_flags(isa), "-o", tmp, str(SOURCE), "-lm"]
+    cmd = [compiler(), *_cc_flags(isa), "-o", tmp, str(SOURCE), "-lm"]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
         if proc.returncode != 0:
