@@ -20,7 +20,8 @@ Prints:
 With --compare-supervisor PATH (a supervisor.py of an earlier version, e.g. from `git show`), it measures only
 the CPU per realistic attempt of that supervisor (started as it was then: as the main script) against the
 current one, in blocks of attempts alternating between one container of each: on a loaded machine the only
-comparison that holds.
+comparison that holds. --earlier-imported starts the earlier one as the current one is started (imported),
+for versions that are started that way.
 
 Run: python bench/sandbox.py [--calls 300] [--seconds 10] [--containers N] [--exec-calls 20] [--run-calls 3]
      python bench/sandbox.py --compare-supervisor /tmp/old_supervisor.py [--blocks 16] [--per-block 5]
@@ -119,19 +120,34 @@ def one_attempt(pool: CallPool, master: Path, n: int) -> bool:
         return verdict.ok and verdict.result is True
 
 
-def container_cpu_seconds(names: list[str]) -> float | None:
-    """CPU used so far by these containers, from their cgroups (v1 cpuacct or v2 cpu.stat); None if unreadable."""
-    total = 0.0
+def container_cpu_files(names: list[str]) -> list[Path] | None:
+    """The cgroup file (v1 cpuacct.usage or v2 cpu.stat) of each container; None if one cannot be found.
+    Found once, before timing: a `docker inspect` per container takes tens of milliseconds."""
+    files = []
     for name in names:
         cid = subprocess.run(["docker", "inspect", "-f", "{{.Id}}", name], capture_output=True, text=True).stdout.strip()
         v1 = Path(f"/sys/fs/cgroup/cpuacct/docker/{cid}/cpuacct.usage")
         v2 = Path(f"/sys/fs/cgroup/system.slice/docker-{cid}.scope/cpu.stat")
         if v1.exists():
-            total += int(v1.read_text()) / 1e9
+            files.append(v1)
         elif v2.exists():
-            total += int(v2.read_text().split("usage_usec")[1].split()[0]) / 1e6
+            files.append(v2)
         else:
             return None
+    return files
+
+
+def container_cpu_seconds(files: list[Path] | None) -> float | None:
+    """CPU used so far by the containers of these cgroup files; None if unreadable."""
+    if files is None:
+        return None
+    total = 0.0
+    try:
+        for path in files:
+            text = path.read_text()
+            total += int(text) / 1e9 if path.name == "cpuacct.usage" else int(text.split("usage_usec")[1].split()[0]) / 1e6
+    except (OSError, ValueError, IndexError):
+        return None
     return total
 
 
@@ -139,14 +155,14 @@ class CpuMeter:
     """CPU of this process (all threads) plus the given containers, between start() and stop()."""
 
     def __init__(self, names: list[str]):
-        self.names = names
+        self.files = container_cpu_files(names)
 
     def __enter__(self) -> "CpuMeter":
-        self.host, self.containers = time.process_time(), container_cpu_seconds(self.names)
+        self.host, self.containers = time.process_time(), container_cpu_seconds(self.files)
         return self
 
     def __exit__(self, *_: object) -> None:
-        after = container_cpu_seconds(self.names)
+        after = container_cpu_seconds(self.files)
         self.host_s = time.process_time() - self.host
         self.container_s = None if after is None or self.containers is None else after - self.containers
 
@@ -182,6 +198,9 @@ def main() -> None:
     parser.add_argument("--run-calls", type=int, default=3)
     parser.add_argument("--gap-ms", type=float, default=5.0, help="idle time before each call, second series")
     parser.add_argument("--compare-supervisor", type=Path, help="an earlier supervisor.py to compare CPU with")
+    parser.add_argument("--earlier-imported", action="store_true",
+                        help="with --compare-supervisor: start the earlier one imported, as the current one is "
+                             "(for versions since the import start), not as the main script")
     parser.add_argument("--blocks", type=int, default=16, help="with --compare-supervisor: blocks per version")
     parser.add_argument("--per-block", type=int, default=5, help="with --compare-supervisor: attempts per block")
     options = parser.parse_args()
@@ -252,18 +271,20 @@ def compare_supervisors(config, image: str, master: Path, options) -> None:
     try:
         for label, source in (("earlier", options.compare_supervisor.resolve()), ("current", current_source)):
             sandbox_container.SUPERVISOR_SOURCE = source
-            sandbox_container.docker = as_main_script if label == "earlier" else start_container
+            as_script = label == "earlier" and not options.earlier_imported
+            sandbox_container.docker = as_main_script if as_script else start_container
             pool = CallPool(config, image, size=1, slot_dir=str(master.parent / f"slots-{label}"))
             pools[label] = pool
             assert one_attempt(pool, master, 0), f"the {label} supervisor failed the attempt's verification"
     finally:
         sandbox_container.SUPERVISOR_SOURCE, sandbox_container.docker = current_source, start_container
     per_attempt: dict[str, list[float]] = {label: [] for label in pools}
+    meters = {label: CpuMeter(pool.container_names()) for label, pool in pools.items()}
     n = 0
     try:
         for block in range(options.blocks):
             for label in (list(pools) if block % 2 == 0 else list(pools)[::-1]):
-                with CpuMeter(pools[label].container_names()) as cpu:
+                with meters[label] as cpu:
                     for _ in range(options.per_block):
                         n += 1
                         one_attempt(pools[label], master, n)
@@ -323,22 +344,26 @@ def pool_figures(config, image: str, master: Path, options) -> tuple:
         [t.start() for t in threads]
         [t.join() for t in threads]
         counts, failures = [0] * options.containers, [0] * options.containers
-        stop = time.monotonic() + options.seconds
+        meter = CpuMeter(pool.container_names())
+        go = threading.Event()
 
         def worker(index: int) -> None:
             n = index
+            go.wait()
             while time.monotonic() < stop:
                 ok = one_attempt(pool, master, n)
                 counts[index] += 1
                 failures[index] += 0 if ok else 1
                 n += options.containers
 
-        started = time.monotonic()
-        with CpuMeter(pool.container_names()) as attempt_cpu:
-            threads = [threading.Thread(target=worker, args=(i,)) for i in range(options.containers)]
-            [t.start() for t in threads]
+        threads = [threading.Thread(target=worker, args=(i,)) for i in range(options.containers)]
+        [t.start() for t in threads]
+        with meter as attempt_cpu:
+            started = time.monotonic()
+            stop = started + options.seconds
+            go.set()
             [t.join() for t in threads]
-        elapsed = time.monotonic() - started
+            elapsed = time.monotonic() - started
     return pool_times, gap_times, sum(counts), sum(failures), elapsed, call_cpu, attempt_cpu
 
 
