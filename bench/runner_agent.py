@@ -266,6 +266,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--llama-bench", type=Path, default=None, metavar="PATH",
                         help="llama.cpp's llama-bench binary: its prompt tokens/s beside --prefill's")
     args = parser.parse_args(argv)
+    args.log_dir.mkdir(parents=True, exist_ok=True)
 
     print(f"CPU: {cpu_description()}")
     print(f"load average at start: {load_average()}")
