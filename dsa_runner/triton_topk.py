@@ -80,7 +80,7 @@ if triton_kernels.HAVE_TRITON:
         prefix = tl.full([], 0, tl.uint32)
         at = need
         for lvl in tl.static_range(LEVELS):
-            shift: tl.constexpr = 28 - 4 * lvl
+            shift = 28 - 4 * lvl
             digit = ((keys >> shift) & 15).to(tl.int32)
             if lvl == 0:
                 m = valid
@@ -104,26 +104,22 @@ if triton_kernels.HAVE_TRITON:
         return base + tl.sum(take, 0), eq_seen + tl.sum(eq, 0)
 
     @triton.jit
-    def _top_k_kernel(X, OUT, BUFK, BUFI, S, k, stride_x, stride_o,
-                      IS_BF16: tl.constexpr, NEG_KEY: tl.constexpr, W: tl.constexpr, UNROLL: tl.constexpr,
-                      CAP: tl.constexpr, TILE: tl.constexpr, STAGES: tl.constexpr):
-        row = tl.program_id(0).to(tl.int64)
-        x_row = X + row * stride_x
-        out_row = OUT + row * stride_o
-        LEVELS: tl.constexpr = 4 if IS_BF16 else 8
-
-        # 1. strided group maxima (keys >= 0, so 0 stands for "no element")
+    def _group_maxima(x_row, S, IS_BF16: tl.constexpr, W: tl.constexpr, UNROLL: tl.constexpr,
+                      STAGES: tl.constexpr):
+        """Max key of each strided group j, j + W, j + 2W, ... (keys are >= 0: 0 means no element)."""
         offs_w = tl.arange(0, W)
         grp = tl.zeros([W], tl.uint32)
         for start in tl.range(0, S, W * UNROLL, num_stages=STAGES):
             o = start + tl.arange(0, UNROLL)[:, None] * W + offs_w[None, :]
             kk = _ordered_key(tl.load(x_row + o, mask=o < S, other=0.0), IS_BF16)
             grp = tl.maximum(grp, tl.max(tl.where(o < S, kk, 0), 0))
+        return grp
 
-        # 2. tau: k-th largest group maximum, to 16 bits
-        tau, _, _ = _radix_select(grp, offs_w < S, k, 4)
-
-        # 3. candidates >= tau, in index order
+    @triton.jit
+    def _compact(x_row, S, tau, bufk, bufi, IS_BF16: tl.constexpr, CAP: tl.constexpr, TILE: tl.constexpr,
+                 STAGES: tl.constexpr):
+        """Writes the keys >= tau and their positions, in index order, to the first CAP buffer slots;
+        returns how many there are (also beyond CAP)."""
         n_c = 0
         offs_t = tl.arange(0, TILE)
         for start in tl.range(0, S, TILE, num_stages=STAGES):
@@ -132,42 +128,71 @@ if triton_kernels.HAVE_TRITON:
             c = ((o < S) & (kk >= tau)).to(tl.int32)
             pos = n_c + tl.cumsum(c, 0) - c
             ok = (c != 0) & (pos < CAP)
-            tl.store(BUFK + row * CAP + pos, kk.to(tl.int32, bitcast=True), mask=ok)
-            tl.store(BUFI + row * CAP + pos, o, mask=ok)
+            tl.store(bufk + pos, kk.to(tl.int32, bitcast=True), mask=ok)
+            tl.store(bufi + pos, o, mask=ok)
             n_c += tl.sum(c, 0)
+        return n_c
 
-        if n_c <= CAP:
-            # 4-5. exact selection among the candidates, in registers
-            offs_c = tl.arange(0, CAP)
-            valid = offs_c < n_c
-            keys = tl.load(BUFK + row * CAP + offs_c, mask=valid, other=0).to(tl.uint32, bitcast=True)
-            idx = tl.load(BUFI + row * CAP + offs_c, mask=valid, other=0)
-            thr, need, n_eq = _radix_select(keys, valid, k, LEVELS)
-            _emit(out_row, keys, idx, valid, thr, need, n_eq, 0, 0, NEG_KEY)
-        else:
-            # too many candidates (ties at tau): the same selection streamed over the row
-            prefix = tl.full([], 0, tl.uint32)
-            need = k
-            n_eq = k
-            for lvl in tl.static_range(LEVELS):
-                shift: tl.constexpr = 28 - 4 * lvl
-                h = tl.zeros([16], tl.int32)
-                for start in tl.range(0, S, TILE, num_stages=STAGES):
-                    o = start + offs_t
-                    kk = _ordered_key(tl.load(x_row + o, mask=o < S, other=0.0), IS_BF16)
-                    m = (o < S) & (kk >= tau)
-                    if lvl > 0:
-                        m = m & ((kk >> (shift + 4)) == (prefix >> (shift + 4)))
-                    h += tl.histogram(((kk >> shift) & 15).to(tl.int32), 16, mask=m)
-                d, above, n_eq = _boundary_digit(h, need)
-                need -= above
-                prefix = prefix | (d.to(tl.uint32) << shift)
-            base = 0
-            eq_seen = 0
-            for start in range(0, S, TILE):
+    @triton.jit
+    def _select_streaming(x_row, out_row, S, k, tau, IS_BF16: tl.constexpr, NEG_KEY: tl.constexpr,
+                          LEVELS: tl.constexpr, TILE: tl.constexpr, STAGES: tl.constexpr):
+        """The candidates' selection for rows whose candidates overflow the buffer: one read of the row
+        per digit level, one more for the output."""
+        offs_t = tl.arange(0, TILE)
+        prefix = tl.full([], 0, tl.uint32)
+        need = k
+        n_eq = k
+        for lvl in tl.static_range(LEVELS):
+            shift = 28 - 4 * lvl
+            h = tl.zeros([16], tl.int32)
+            for start in tl.range(0, S, TILE, num_stages=STAGES):
                 o = start + offs_t
                 kk = _ordered_key(tl.load(x_row + o, mask=o < S, other=0.0), IS_BF16)
-                base, eq_seen = _emit(out_row, kk, o, o < S, prefix, need, n_eq, base, eq_seen, NEG_KEY)
+                m = (o < S) & (kk >= tau)
+                if lvl > 0:
+                    m = m & ((kk >> (shift + 4)) == (prefix >> (shift + 4)))
+                h += tl.histogram(((kk >> shift) & 15).to(tl.int32), 16, mask=m)
+            d, above, n_eq = _boundary_digit(h, need)
+            need -= above
+            prefix = prefix | (d.to(tl.uint32) << shift)
+        base = 0
+        eq_seen = 0
+        for start in range(0, S, TILE):
+            o = start + offs_t
+            kk = _ordered_key(tl.load(x_row + o, mask=o < S, other=0.0), IS_BF16)
+            base, eq_seen = _emit(out_row, kk, o, o < S, prefix, need, n_eq, base, eq_seen, NEG_KEY)
+
+    @triton.jit
+    def _top_k_kernel(X, OUT, BUFK, BUFI, S, k, stride_x, stride_o,
+                      IS_BF16: tl.constexpr, NEG_KEY: tl.constexpr, W: tl.constexpr, UNROLL: tl.constexpr,
+                      CAP: tl.constexpr, TILE: tl.constexpr, STAGES: tl.constexpr, STOP: tl.constexpr):
+        """One row per program; STOP < 4 ends after that many steps (1 group maxima, 2 tau,
+        3 compaction) and writes a scalar instead, to time the steps by differences."""
+        row = tl.program_id(0).to(tl.int64)
+        x_row = X + row * stride_x
+        out_row = OUT + row * stride_o
+        bufk = BUFK + row * CAP
+        bufi = BUFI + row * CAP
+        LEVELS: tl.constexpr = 4 if IS_BF16 else 8
+        grp = _group_maxima(x_row, S, IS_BF16, W, UNROLL, STAGES)
+        tau, _, _ = _radix_select(grp, tl.arange(0, W) < S, k, 4)
+        if STOP == 1:
+            tl.store(out_row, tl.max(grp, 0).to(tl.int64))
+        elif STOP == 2:
+            tl.store(out_row, tau.to(tl.int64))
+        else:
+            n_c = _compact(x_row, S, tau, bufk, bufi, IS_BF16, CAP, TILE, STAGES)
+            if STOP == 3:
+                tl.store(out_row, n_c.to(tl.int64))
+            elif n_c <= CAP:
+                offs_c = tl.arange(0, CAP)
+                valid = offs_c < n_c
+                keys = tl.load(bufk + offs_c, mask=valid, other=0).to(tl.uint32, bitcast=True)
+                idx = tl.load(bufi + offs_c, mask=valid, other=0)
+                thr, need, n_eq = _radix_select(keys, valid, k, LEVELS)
+                _emit(out_row, keys, idx, valid, thr, need, n_eq, 0, 0, NEG_KEY)
+            else:
+                _select_streaming(x_row, out_row, S, k, tau, IS_BF16, NEG_KEY, LEVELS, TILE, STAGES)
 
 
 def _pow2(x: int) -> int:
@@ -175,10 +200,11 @@ def _pow2(x: int) -> int:
 
 
 def top_k(scores: torch.Tensor, k: int, *, unroll: int = 2, tile: int | None = None, stages: int = 2,
-          num_warps: int = 8) -> torch.Tensor:
+          num_warps: int = 8, stop: int = 4) -> torch.Tensor:
     """Indices (..., k) of the k largest entries of each row of ``scores`` (last dim), int64, in no
     particular order; -1 for a selected -inf; ties at the boundary go to the highest indices.
-    bf16 or float32 (other float dtypes are taken as float32); k <= scores.shape[-1]."""
+    bf16 or float32 (other float dtypes are taken as float32); k <= scores.shape[-1]. The keyword
+    arguments are tiling choices, and ``stop`` the benchmark's cut-off (see _top_k_kernel)."""
     S = scores.shape[-1]
     lead = scores.shape[:-1]
     if not 0 < k <= S:
@@ -202,5 +228,5 @@ def top_k(scores: torch.Tensor, k: int, *, unroll: int = 2, tile: int | None = N
     is_bf16 = x.dtype == torch.bfloat16
     _top_k_kernel[(R,)](x, out, bufk, bufi, S, k, x.stride(0), out.stride(0),
                         IS_BF16=is_bf16, NEG_KEY=_neg_inf_key(x.dtype), W=W, UNROLL=unroll, CAP=cap, TILE=tile,
-                        STAGES=stages, num_warps=num_warps)
+                        STAGES=stages, STOP=stop, num_warps=num_warps)
     return out.view(*lead, k)
