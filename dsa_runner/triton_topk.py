@@ -1,26 +1,33 @@
 """Exact top-k selection over the last dimension of a score matrix, in Triton (radix select).
 
-torch.topk on 64 x 131072 bf16 scores takes ~30x its bytes floor on an H200. This kernel reads each row
-twice and never syncs with the host, so it can be captured in a CUDA graph. One program per row:
+torch.topk on 64 x 131072 bf16 scores takes ~30x its bytes floor on an H200. This selection reads each
+row twice, never syncs with the host (so it can be captured in a CUDA graph) and has no full-row scan
+(Triton's tl.cumsum costs 1-2 cycles an element per SM, more than the reads). Per row:
 
-1. Group maxima: M[j] = max of the row's keys at positions j, j + W, j + 2W, ... (W >= 4k groups;
+1. Group maxima: M[j] = max of the row's keys at positions j, j + W, j + 2W, ... (W >= 2k groups,
    strided so that clusters of high scores, e.g. recent tokens, spread over many groups).
-2. tau = k-th largest of M, truncated to 16 bits (a radix select in registers). At least k groups have a
-   maximum >= tau, so at least k scores are >= tau: the top k all lie in {score >= tau}, and for
-   independent scores that set holds ~1.15 k elements (at most k*S/W more than k when scores cluster).
-3. Compaction: the scores >= tau (the candidates) go, in index order, to a per-row buffer of CAP entries.
-4. Exact radix select over the candidates in registers (4-bit digits: 4 levels for bf16, 8 for fp32),
-   then the output: every candidate above the threshold key, and of those equal to it the most recent
-   ones (highest indices), so ties are broken the same way for any row length.
+2. tau = k-th largest of M, truncated to 16 bits (radix select in registers). At least k groups have a
+   maximum >= tau, so at least k scores are >= tau: the top k all lie in {score >= tau}. For independent
+   scores that set holds ~1.2 k (W = 4k) or ~1.4 k (W = 2k) elements.
+3. Compaction: the scores >= tau (candidates) go to a per-row buffer of CAP entries, each slot taken with
+   a relaxed atomic increment of the row's counter (few: only candidates take one).
+4. Exact radix select over the candidates in registers (4-bit digits: 4 levels for bf16, 8 for fp32);
+   of the candidates equal to the threshold, a second radix select over their positions keeps the
+   most recent ones, so ties are broken the same way for any row length and any slot order. Output
+   slots are again taken by atomic increments.
 
-If the candidates overflow CAP (mass ties at tau, e.g. many -inf or 0 scores), steps 4-5 stream over the
-row instead (one read per digit level): slower, equally exact.
+Steps 1 and 3 are split over several programs per row when there are few rows (decode), so that every
+SM streams; steps 2 and 4 take one program per row. If the candidates overflow CAP (mass ties at tau,
+e.g. many -inf or 0 scores), step 4 streams over the row instead (one read per digit level): slower,
+equally exact.
 
 Scores are compared through an order-preserving unsigned key of their bits, -0.0 taken as +0.0. A
 selected score of -inf (a masked key) comes out as index -1, as in kernels.select_top_k.
 """
 
 from __future__ import annotations
+
+import functools
 
 import torch
 
@@ -63,6 +70,12 @@ if triton_kernels.HAVE_TRITON:
         return key
 
     @triton.jit
+    def _load_keys(x_row, o, S, IS_BF16: tl.constexpr):
+        """Keys at positions o, and 0 (below every key) past the row's end."""
+        kk = _ordered_key(tl.load(x_row + o, mask=o < S, other=0.0), IS_BF16)
+        return tl.where(o < S, kk, 0)
+
+    @triton.jit
     def _boundary_digit(h, need):
         """In a 16-bin digit histogram: the digit d at which the count from the top reaches need,
         the count above d and the count at d."""
@@ -75,8 +88,8 @@ if triton_kernels.HAVE_TRITON:
 
     @triton.jit
     def _radix_select(keys, valid, need, LEVELS: tl.constexpr):
-        """The need-th largest key among keys[valid], its top 4 * LEVELS bits exactly (lower bits 0);
-        also how many more must be taken among the keys equal to it, and how many there are."""
+        """The need-th largest of keys[valid] (need >= 1), its top 4 * LEVELS bits exactly (lower bits
+        0); also how many must be taken among the keys equal to it, and how many there are."""
         prefix = tl.full([], 0, tl.uint32)
         at = need
         for lvl in tl.static_range(LEVELS):
@@ -92,119 +105,157 @@ if triton_kernels.HAVE_TRITON:
         return prefix, need, at
 
     @triton.jit
-    def _emit(OUT, keys, idx, valid, thr, need, n_eq, base, eq_seen, NEG_KEY: tl.constexpr):
-        """Writes the selected candidates of one tile (in index order) after base; ties at thr: the
-        last need of the n_eq (eq_seen of them were in earlier tiles). Returns the counters."""
-        gt = valid & (keys > thr)
-        eq = (valid & (keys == thr)).to(tl.int32)
-        eq_rank = eq_seen + tl.cumsum(eq, 0) - eq
-        take = (gt | ((eq != 0) & (eq_rank >= n_eq - need))).to(tl.int32)
-        pos = base + tl.cumsum(take, 0) - take
-        tl.store(OUT + pos, tl.where(keys == NEG_KEY, -1, idx).to(OUT.dtype.element_ty), mask=take != 0)
-        return base + tl.sum(take, 0), eq_seen + tl.sum(eq, 0)
-
-    @triton.jit
-    def _group_maxima(x_row, S, IS_BF16: tl.constexpr, W: tl.constexpr, UNROLL: tl.constexpr,
-                      STAGES: tl.constexpr):
-        """Max key of each strided group j, j + W, j + 2W, ... (keys are >= 0: 0 means no element)."""
-        offs_w = tl.arange(0, W)
-        grp = tl.zeros([W], tl.uint32)
-        for start in tl.range(0, S, W * UNROLL, num_stages=STAGES):
-            o = start + tl.arange(0, UNROLL)[:, None] * W + offs_w[None, :]
-            kk = _ordered_key(tl.load(x_row + o, mask=o < S, other=0.0), IS_BF16)
-            grp = tl.maximum(grp, tl.max(tl.where(o < S, kk, 0), 0))
-        return grp
-
-    @triton.jit
-    def _compact(x_row, S, tau, bufk, bufi, IS_BF16: tl.constexpr, CAP: tl.constexpr, TILE: tl.constexpr,
-                 STAGES: tl.constexpr):
-        """Writes the keys >= tau and their positions, in index order, to the first CAP buffer slots;
-        returns how many there are (also beyond CAP)."""
-        n_c = 0
-        offs_t = tl.arange(0, TILE)
-        for start in tl.range(0, S, TILE, num_stages=STAGES):
-            o = start + offs_t
-            kk = _ordered_key(tl.load(x_row + o, mask=o < S, other=0.0), IS_BF16)
-            c = ((o < S) & (kk >= tau)).to(tl.int32)
-            pos = n_c + tl.cumsum(c, 0) - c
-            ok = (c != 0) & (pos < CAP)
-            tl.store(bufk + pos, kk.to(tl.int32, bitcast=True), mask=ok)
-            tl.store(bufi + pos, o, mask=ok)
-            n_c += tl.sum(c, 0)
-        return n_c
-
-    @triton.jit
-    def _select_streaming(x_row, out_row, S, k, tau, IS_BF16: tl.constexpr, NEG_KEY: tl.constexpr,
-                          LEVELS: tl.constexpr, TILE: tl.constexpr, STAGES: tl.constexpr):
-        """The candidates' selection for rows whose candidates overflow the buffer: one read of the row
-        per digit level, one more for the output."""
-        offs_t = tl.arange(0, TILE)
+    def _stream_select(x_row, S, bound, need, BY_POSITION: tl.constexpr, IS_BF16: tl.constexpr,
+                       LEVELS: tl.constexpr, POS_SHIFT: tl.constexpr, TILE: tl.constexpr):
+        """_radix_select over the whole row, one read per level: over the keys >= bound or, with
+        BY_POSITION, over the positions (shifted to the top bits) of the keys == bound."""
+        offs = tl.arange(0, TILE)
         prefix = tl.full([], 0, tl.uint32)
-        need = k
-        n_eq = k
+        at = need
         for lvl in tl.static_range(LEVELS):
             shift = 28 - 4 * lvl
             h = tl.zeros([16], tl.int32)
-            for start in tl.range(0, S, TILE, num_stages=STAGES):
-                o = start + offs_t
-                kk = _ordered_key(tl.load(x_row + o, mask=o < S, other=0.0), IS_BF16)
-                m = (o < S) & (kk >= tau)
+            for start in range(0, S, TILE):
+                o = start + offs
+                kk = _load_keys(x_row, o, S, IS_BF16)
+                if BY_POSITION:
+                    m = (o < S) & (kk == bound)
+                    v = o.to(tl.uint32) << POS_SHIFT
+                else:
+                    m = (o < S) & (kk >= bound)
+                    v = kk
                 if lvl > 0:
-                    m = m & ((kk >> (shift + 4)) == (prefix >> (shift + 4)))
-                h += tl.histogram(((kk >> shift) & 15).to(tl.int32), 16, mask=m)
-            d, above, n_eq = _boundary_digit(h, need)
+                    m = m & ((v >> (shift + 4)) == (prefix >> (shift + 4)))
+                h += tl.histogram(((v >> shift) & 15).to(tl.int32), 16, mask=m)
+            d, above, at = _boundary_digit(h, need)
             need -= above
             prefix = prefix | (d.to(tl.uint32) << shift)
-        base = 0
-        eq_seen = 0
-        for start in range(0, S, TILE):
-            o = start + offs_t
-            kk = _ordered_key(tl.load(x_row + o, mask=o < S, other=0.0), IS_BF16)
-            base, eq_seen = _emit(out_row, kk, o, o < S, prefix, need, n_eq, base, eq_seen, NEG_KEY)
+        return prefix, need, at
 
     @triton.jit
-    def _top_k_kernel(X, OUT, BUFK, BUFI, S, k, stride_x, stride_o,
-                      IS_BF16: tl.constexpr, NEG_KEY: tl.constexpr, W: tl.constexpr, UNROLL: tl.constexpr,
-                      CAP: tl.constexpr, TILE: tl.constexpr, STAGES: tl.constexpr, STOP: tl.constexpr):
-        """One row per program; STOP < 4 ends after that many steps (1 group maxima, 2 tau,
-        3 compaction) and writes a scalar instead, to time the steps by differences."""
+    def _emit(out_row, ocnt, keys, pos, take, NEG_KEY: tl.constexpr):
+        slot = tl.atomic_add(ocnt + tl.zeros_like(pos), 1, mask=take, sem="relaxed")
+        tl.store(out_row + slot, tl.where(keys == NEG_KEY, -1, pos).to(out_row.dtype.element_ty), mask=take)
+
+    @triton.jit
+    def _tau(grp, valid, k, TAU, CNT, row):
+        """Step 2; also zeroes the row's two slot counters for steps 3 and 4."""
+        tau, _, _ = _radix_select(grp, valid, k, 4)
+        tl.store(TAU + row, tau.to(tl.int32, bitcast=True))
+        tl.store(CNT + 2 * row, 0)
+        tl.store(CNT + 2 * row + 1, 0)
+
+    @triton.jit
+    def _group_max_kernel(X, GM, TAU, CNT, S, k, stride_x, IS_BF16: tl.constexpr, W: tl.constexpr,
+                          SPLIT: tl.constexpr, UNROLL: tl.constexpr):
+        """Step 1 for W / SPLIT of the groups of a row (program (row, part)); with SPLIT == 1, step 2 too."""
         row = tl.program_id(0).to(tl.int64)
+        CH: tl.constexpr = W // SPLIT
+        offs = tl.program_id(1) * CH + tl.arange(0, CH)
         x_row = X + row * stride_x
-        out_row = OUT + row * stride_o
-        bufk = BUFK + row * CAP
-        bufi = BUFI + row * CAP
-        LEVELS: tl.constexpr = 4 if IS_BF16 else 8
-        grp = _group_maxima(x_row, S, IS_BF16, W, UNROLL, STAGES)
-        tau, _, _ = _radix_select(grp, tl.arange(0, W) < S, k, 4)
-        if STOP == 1:
-            tl.store(out_row, tl.max(grp, 0).to(tl.int64))
-        elif STOP == 2:
-            tl.store(out_row, tau.to(tl.int64))
+        grp = tl.zeros([CH], tl.uint32)
+        for start in range(0, S, W * UNROLL):
+            for u in tl.static_range(UNROLL):
+                grp = tl.maximum(grp, _load_keys(x_row, start + u * W + offs, S, IS_BF16))
+        if SPLIT == 1:
+            _tau(grp, offs < S, k, TAU, CNT, row)
         else:
-            n_c = _compact(x_row, S, tau, bufk, bufi, IS_BF16, CAP, TILE, STAGES)
-            if STOP == 3:
-                tl.store(out_row, n_c.to(tl.int64))
-            elif n_c <= CAP:
-                offs_c = tl.arange(0, CAP)
-                valid = offs_c < n_c
-                keys = tl.load(bufk + offs_c, mask=valid, other=0).to(tl.uint32, bitcast=True)
-                idx = tl.load(bufi + offs_c, mask=valid, other=0)
-                thr, need, n_eq = _radix_select(keys, valid, k, LEVELS)
-                _emit(out_row, keys, idx, valid, thr, need, n_eq, 0, 0, NEG_KEY)
-            else:
-                _select_streaming(x_row, out_row, S, k, tau, IS_BF16, NEG_KEY, LEVELS, TILE, STAGES)
+            tl.store(GM + row * W + offs, grp.to(tl.int32, bitcast=True))
+
+    @triton.jit
+    def _tau_kernel(GM, TAU, CNT, S, k, W: tl.constexpr):
+        row = tl.program_id(0).to(tl.int64)
+        offs = tl.arange(0, W)
+        grp = tl.load(GM + row * W + offs).to(tl.uint32, bitcast=True)
+        _tau(grp, offs < S, k, TAU, CNT, row)
+
+    @triton.jit
+    def _compact_kernel(X, TAU, CNT, BUFK, BUFI, S, stride_x, IS_BF16: tl.constexpr, CAP: tl.constexpr,
+                        TILE: tl.constexpr, SPLIT: tl.constexpr, UNROLL: tl.constexpr):
+        """Step 3 for the tiles part, part + SPLIT, ... of a row (program (row, part))."""
+        row = tl.program_id(0).to(tl.int64)
+        part = tl.program_id(1)
+        x_row = X + row * stride_x
+        tau = tl.load(TAU + row).to(tl.uint32, bitcast=True)
+        offs = tl.arange(0, TILE)
+        for start in range(part * TILE, S, SPLIT * TILE * UNROLL):
+            for u in tl.static_range(UNROLL):
+                o = start + u * SPLIT * TILE + offs
+                kk = _load_keys(x_row, o, S, IS_BF16)
+                c = (o < S) & (kk >= tau)
+                slot = tl.atomic_add(CNT + 2 * row + tl.zeros_like(o), 1, mask=c, sem="relaxed")
+                ok = c & (slot < CAP)
+                tl.store(BUFK + row * CAP + slot, kk.to(tl.int32, bitcast=True), mask=ok)
+                tl.store(BUFI + row * CAP + slot, o, mask=ok)
+
+    @triton.jit
+    def _select_candidates(BUFK, BUFI, out_row, ocnt, n_c, k, LEVELS: tl.constexpr, NEG_KEY: tl.constexpr,
+                           CAP: tl.constexpr, POS_LEVELS: tl.constexpr):
+        offs = tl.arange(0, CAP)
+        valid = offs < n_c
+        keys = tl.load(BUFK + offs, mask=valid, other=0).to(tl.uint32, bitcast=True)
+        pos = tl.load(BUFI + offs, mask=valid, other=0)
+        thr, need, n_eq = _radix_select(keys, valid, k, LEVELS)
+        eq = valid & (keys == thr)
+        shifted = pos.to(tl.uint32) << (32 - 4 * POS_LEVELS)
+        pos_thr = tl.full([], 0, tl.uint32)  # takes every tie
+        if n_eq > need:
+            pos_thr, _, _ = _radix_select(shifted, eq, need, POS_LEVELS)
+        take = (valid & (keys > thr)) | (eq & (shifted >= pos_thr))
+        _emit(out_row, ocnt, keys, pos, take, NEG_KEY)
+
+    @triton.jit
+    def _select_streaming(x_row, out_row, ocnt, S, k, tau, IS_BF16: tl.constexpr, LEVELS: tl.constexpr,
+                          NEG_KEY: tl.constexpr, TILE: tl.constexpr, POS_LEVELS: tl.constexpr):
+        POS_SHIFT: tl.constexpr = 32 - 4 * POS_LEVELS
+        thr, need, n_eq = _stream_select(x_row, S, tau, k, False, IS_BF16, LEVELS, 0, TILE)
+        pos_thr = tl.full([], 0, tl.uint32)
+        if n_eq > need:
+            pos_thr, _, _ = _stream_select(x_row, S, thr, need, True, IS_BF16, POS_LEVELS, POS_SHIFT, TILE)
+        offs = tl.arange(0, TILE)
+        for start in range(0, S, TILE):
+            o = start + offs
+            kk = _load_keys(x_row, o, S, IS_BF16)
+            shifted = o.to(tl.uint32) << POS_SHIFT
+            take = (o < S) & ((kk > thr) | ((kk == thr) & (shifted >= pos_thr)))
+            _emit(out_row, ocnt, kk, o, take, NEG_KEY)
+
+    @triton.jit
+    def _select_kernel(X, TAU, CNT, BUFK, BUFI, OUT, S, k, stride_x, stride_o, IS_BF16: tl.constexpr,
+                       NEG_KEY: tl.constexpr, CAP: tl.constexpr, TILE: tl.constexpr, POS_LEVELS: tl.constexpr):
+        """Step 4, one program per row: from the candidates in registers, or streamed over the row when
+        they overflowed the buffer."""
+        row = tl.program_id(0).to(tl.int64)
+        ocnt = CNT + 2 * row + 1
+        LEVELS: tl.constexpr = 4 if IS_BF16 else 8
+        n_c = tl.load(CNT + 2 * row)
+        if n_c <= CAP:
+            _select_candidates(BUFK + row * CAP, BUFI + row * CAP, OUT + row * stride_o, ocnt, n_c, k, LEVELS,
+                               NEG_KEY, CAP, POS_LEVELS)
+        else:
+            tau = tl.load(TAU + row).to(tl.uint32, bitcast=True)
+            _select_streaming(X + row * stride_x, OUT + row * stride_o, ocnt, S, k, tau, IS_BF16, LEVELS, NEG_KEY,
+                              TILE, POS_LEVELS)
+
+
+@functools.lru_cache(maxsize=None)
+def _sm_count(device: torch.device) -> int:
+    return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 1
 
 
 def _pow2(x: int) -> int:
     return 1 << max(0, (x - 1).bit_length())
 
 
-def top_k(scores: torch.Tensor, k: int, *, unroll: int = 2, tile: int | None = None, stages: int = 2,
-          num_warps: int = 8, stop: int = 4) -> torch.Tensor:
+def top_k(scores: torch.Tensor, k: int, *, groups: int | None = None, split: int | None = None,
+          unroll: int = 2, tile: int = 2048, num_warps: int = 8, stop: int = 4) -> torch.Tensor:
     """Indices (..., k) of the k largest entries of each row of ``scores`` (last dim), int64, in no
     particular order; -1 for a selected -inf; ties at the boundary go to the highest indices.
-    bf16 or float32 (other float dtypes are taken as float32); k <= scores.shape[-1]. The keyword
-    arguments are tiling choices, and ``stop`` the benchmark's cut-off (see _top_k_kernel)."""
+    bf16 or float32 (other float dtypes are taken as float32); k <= scores.shape[-1].
+
+    groups: W (default 4k); split: programs per row in steps 1 and 3 (default: enough for ~2 programs
+    an SM); unroll, tile, num_warps: tiling; stop < 4: launch only steps 1-2 (stop 2) or 1-3 (stop 3),
+    for the benchmark's timing of the steps."""
     S = scores.shape[-1]
     lead = scores.shape[:-1]
     if not 0 < k <= S:
@@ -220,13 +271,29 @@ def top_k(scores: torch.Tensor, k: int, *, unroll: int = 2, tile: int | None = N
     out = torch.empty(R, k, dtype=torch.int64, device=scores.device)
     if R == 0:
         return out.view(*lead, k)
-    W = max(_pow2(4 * k), 256)
+    dev = scores.device
+    W = groups or max(_pow2(4 * k), 256)
+    assert W >= k and W & (W - 1) == 0, "groups must be a power of 2 >= k"
     cap = max(_pow2(2 * k), 256)
-    tile = tile or min(W, 8192)
-    bufk = torch.empty(R, cap, dtype=torch.int32, device=scores.device)
-    bufi = torch.empty(R, cap, dtype=torch.int32, device=scores.device)
+    if split is None:
+        split = min(_pow2(-(-2 * _sm_count(dev) // R)), max(1, W // 256), _pow2(-(-S // tile)))
     is_bf16 = x.dtype == torch.bfloat16
-    _top_k_kernel[(R,)](x, out, bufk, bufi, S, k, x.stride(0), out.stride(0),
-                        IS_BF16=is_bf16, NEG_KEY=_neg_inf_key(x.dtype), W=W, UNROLL=unroll, CAP=cap, TILE=tile,
-                        STAGES=stages, STOP=stop, num_warps=num_warps)
+    tau = torch.empty(R, dtype=torch.int32, device=dev)
+    cnt = torch.empty(R, 2, dtype=torch.int32, device=dev)
+    gm = torch.empty(R, W, dtype=torch.int32, device=dev) if split > 1 else tau
+    _group_max_kernel[(R, split)](x, gm, tau, cnt, S, k, x.stride(0), IS_BF16=is_bf16, W=W, SPLIT=split,
+                                  UNROLL=unroll, num_warps=num_warps)
+    if split > 1:
+        _tau_kernel[(R,)](gm, tau, cnt, S, k, W=W, num_warps=num_warps)
+    if stop <= 2:
+        return out.view(*lead, k)
+    bufk = torch.empty(R, cap, dtype=torch.int32, device=dev)
+    bufi = torch.empty(R, cap, dtype=torch.int32, device=dev)
+    _compact_kernel[(R, split)](x, tau, cnt, bufk, bufi, S, x.stride(0), IS_BF16=is_bf16, CAP=cap, TILE=tile,
+                                SPLIT=split, UNROLL=unroll, num_warps=num_warps)
+    if stop <= 3:
+        return out.view(*lead, k)
+    _select_kernel[(R,)](x, tau, cnt, bufk, bufi, out, S, k, x.stride(0), out.stride(0), IS_BF16=is_bf16,
+                         NEG_KEY=_neg_inf_key(x.dtype), CAP=cap, TILE=tile,
+                         POS_LEVELS=max(1, -(-(S - 1).bit_length() // 4)), num_warps=num_warps)
     return out.view(*lead, k)

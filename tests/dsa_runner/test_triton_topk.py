@@ -11,8 +11,8 @@ pytestmark = pytest.mark.skipif(not triton_topk.available("cpu") and not torch.c
 DEVICE = "cuda" if torch.cuda.is_available() and triton_topk.available("cuda") else "cpu"
 
 
-def _check(x: torch.Tensor, k: int) -> torch.Tensor:
-    out = triton_topk.top_k(x.to(DEVICE), k).cpu()
+def _check(x: torch.Tensor, k: int, **kw) -> torch.Tensor:
+    out = triton_topk.top_k(x.to(DEVICE), k, **kw).cpu()
     assert out.shape == (*x.shape[:-1], k) and out.dtype == torch.int64
     xf = x.float().reshape(-1, x.shape[-1])
     for r, sel in enumerate(out.reshape(-1, k)):
@@ -32,6 +32,16 @@ def test_random_scores(dtype, S, k):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("kw", [dict(split=4, tile=256), dict(groups=256, split=2, unroll=1, tile=512)])
+def test_rows_split_over_programs(dtype, kw):
+    g = torch.Generator().manual_seed(7)
+    x = torch.randn(3, 5000, generator=g).to(dtype)
+    x[1, 4000:] = 0.0  # ties at the boundary, found in several programs' slots
+    x[1, :1000] = float("-inf")
+    _check(x, 64, **kw)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_clustered_scores_overflow_the_candidates(dtype):
     # high scores in one contiguous run land in few strided groups... and many ties at the low end
     x = torch.rand(2, 4000).to(dtype)
@@ -47,6 +57,18 @@ def test_ties_go_to_the_most_recent_keys(dtype):
     x[..., 7] = -0.0  # equal to +0.0
     out = _check(x, 10)
     assert sorted(out.flatten().tolist()) == [5] + list(range(1991, 2000))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("split", [1, 2])
+def test_few_ties_among_the_candidates(dtype, split):
+    # few enough candidates for the in-register path; 33 equal scores at the boundary, 10 of them taken
+    x = torch.rand(1, 1000) * 0.5
+    x[0, torch.arange(100, 900, 20)] = 2.0 + torch.arange(40) / 64
+    tied = torch.arange(5, 995, 30)  # odd positions, the 40 higher scores sit at even ones
+    x[0, tied] = 1.0
+    out = _check(x.to(dtype), 50, split=split, tile=256)
+    assert sorted(set(out.flatten().tolist()) & set(tied.tolist())) == tied[-10:].tolist()
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
