@@ -63,7 +63,7 @@ def candidate_stats(I: torch.Tensor, k: int) -> dict:
     return dict(mean=n.mean().item(), max=n.max().item(), rows_over_cap=int((n > cap).sum()), cap=cap)
 
 
-CONFIGS = [dict(), dict(groups=4096), dict(num_warps=4), dict(unroll=4), dict(unroll=1), dict(tile=4096),
+CONFIGS = [dict(), dict(groups=4096), dict(num_warps=4), dict(unroll=2), dict(unroll=1), dict(tile=4096),
            dict(tile=1024), dict(split=16), dict(split=4), dict(groups=4096, num_warps=4),
            dict(groups=4096, unroll=4, tile=4096)]
 

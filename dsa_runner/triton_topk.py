@@ -248,14 +248,15 @@ def _pow2(x: int) -> int:
 
 
 def top_k(scores: torch.Tensor, k: int, *, groups: int | None = None, split: int | None = None,
-          unroll: int = 2, tile: int = 2048, num_warps: int = 8, stop: int = 4) -> torch.Tensor:
+          unroll: int = 4, tile: int = 2048, num_warps: int = 8, stop: int = 4) -> torch.Tensor:
     """Indices (..., k) of the k largest entries of each row of ``scores`` (last dim), int64, in no
     particular order; -1 for a selected -inf; ties at the boundary go to the highest indices.
     bf16 or float32 (other float dtypes are taken as float32); k <= scores.shape[-1].
 
     groups: W (default 4k); split: programs per row in steps 1 and 3 (default: enough for ~2 programs
-    an SM); unroll, tile, num_warps: tiling; stop < 4: launch only steps 1-2 (stop 2) or 1-3 (stop 3),
-    for the benchmark's timing of the steps."""
+    an SM); unroll, tile, num_warps: tiling (defaults: the fastest of bench/dsa_topk.py's sweep on an H200
+    at decode 128K, also the fastest at prefill 128K); stop < 4: launch only steps 1-2 (stop 2) or 1-3
+    (stop 3), for the benchmark's timing of the steps."""
     S = scores.shape[-1]
     lead = scores.shape[:-1]
     if not 0 < k <= S:
