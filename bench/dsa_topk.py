@@ -101,6 +101,8 @@ def main() -> None:
     ap.add_argument("--decode-lengths", default="131072,8192")
     ap.add_argument("--decode-batch", type=int, default=64)
     ap.add_argument("--prefill-length", type=int, default=131072)
+    ap.add_argument("--quick", action="store_true", help="i.i.d. scores only: decode 64 x 128K and one causal "
+                    "prefill block of 2048 x 128K, default tiles (no indexer, no sweep)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     t0 = time.time()
@@ -117,6 +119,16 @@ def main() -> None:
         if args.out:
             Path(args.out).write_text(json.dumps(log, indent=1, default=str))
 
+    if args.quick:
+        g = torch.Generator(device="cuda").manual_seed(5)
+        measure("iid normal", torch.randn(64, 131072, device="cuda", generator=g).bfloat16(), [{}], log)
+        x = torch.randn(2048, 131072, device="cuda", generator=g).bfloat16()
+        pos = torch.arange(131072, device="cuda")
+        x.masked_fill_(pos[None, :] > 131072 - 2048 + torch.arange(2048, device="cuda")[:, None], NEG_INF)
+        measure("iid normal, causal prefill block", x, [{}], log)
+        log["wall_s"] = time.time() - t0
+        save()
+        return
     best = None
     for L in (int(v) for v in args.decode_lengths.split(",")):
         x = floors.make_decode(args.decode_batch, L)

@@ -51,7 +51,12 @@ def _neg_inf_key(dtype: torch.dtype) -> int:
     return (s ^ -(1 << 31)) & 0xFFFFFFFF
 
 
+# Each row's two slot counters (candidates, outputs) in cache lines of their own: with adjacent counters,
+# every row's atomics queued on the same few L2 lines (measured: 50 us of compaction at decode 128K).
+_CNT_STRIDE = 64
+
 if triton_kernels.HAVE_TRITON:
+    CNT_STRIDE = tl.constexpr(_CNT_STRIDE)
 
     @triton.jit
     def _ordered_key(x, IS_BF16: tl.constexpr):
@@ -142,8 +147,8 @@ if triton_kernels.HAVE_TRITON:
         """Step 2; also zeroes the row's two slot counters for steps 3 and 4."""
         tau, _, _ = _radix_select(grp, valid, k, 4)
         tl.store(TAU + row, tau.to(tl.int32, bitcast=True))
-        tl.store(CNT + 2 * row, 0)
-        tl.store(CNT + 2 * row + 1, 0)
+        tl.store(CNT + CNT_STRIDE * row, 0)
+        tl.store(CNT + CNT_STRIDE * row + CNT_STRIDE // 2, 0)
 
     @triton.jit
     def _group_max_kernel(X, GM, TAU, CNT, S, k, stride_x, IS_BF16: tl.constexpr, W: tl.constexpr,
@@ -183,7 +188,7 @@ if triton_kernels.HAVE_TRITON:
                 o = start + u * SPLIT * TILE + offs
                 kk = _load_keys(x_row, o, S, IS_BF16)
                 c = (o < S) & (kk >= tau)
-                slot = tl.atomic_add(CNT + 2 * row + tl.zeros_like(o), 1, mask=c, sem="relaxed")
+                slot = tl.atomic_add(CNT + CNT_STRIDE * row + tl.zeros_like(o), 1, mask=c, sem="relaxed")
                 ok = c & (slot < CAP)
                 tl.store(BUFK + row * CAP + slot, kk.to(tl.int32, bitcast=True), mask=ok)
                 tl.store(BUFI + row * CAP + slot, o, mask=ok)
@@ -226,9 +231,9 @@ if triton_kernels.HAVE_TRITON:
         """Step 4, one program per row: from the candidates in registers, or streamed over the row when
         they overflowed the buffer."""
         row = tl.program_id(0).to(tl.int64)
-        ocnt = CNT + 2 * row + 1
+        ocnt = CNT + CNT_STRIDE * row + CNT_STRIDE // 2
         LEVELS: tl.constexpr = 4 if IS_BF16 else 8
-        n_c = tl.load(CNT + 2 * row)
+        n_c = tl.load(CNT + CNT_STRIDE * row)
         if n_c <= CAP:
             _select_candidates(BUFK + row * CAP, BUFI + row * CAP, OUT + row * stride_o, ocnt, n_c, k, LEVELS,
                                NEG_KEY, CAP, POS_LEVELS)
@@ -280,7 +285,7 @@ def top_k(scores: torch.Tensor, k: int, *, groups: int | None = None, split: int
         split = min(_pow2(-(-2 * _sm_count(dev) // R)), max(1, W // 256), _pow2(-(-S // tile)))
     is_bf16 = x.dtype == torch.bfloat16
     tau = torch.empty(R, dtype=torch.int32, device=dev)
-    cnt = torch.empty(R, 2, dtype=torch.int32, device=dev)
+    cnt = torch.empty(R, _CNT_STRIDE, dtype=torch.int32, device=dev)
     gm = torch.empty(R, W, dtype=torch.int32, device=dev) if split > 1 else tau
     _group_max_kernel[(R, split)](x, gm, tau, cnt, S, k, x.stride(0), IS_BF16=is_bf16, W=W, SPLIT=split,
                                   UNROLL=unroll, num_warps=num_warps)
