@@ -52,7 +52,8 @@ def _neg_inf_key(dtype: torch.dtype) -> int:
 
 
 # Each row's two slot counters (candidates, outputs) in cache lines of their own: with adjacent counters,
-# every row's atomics queued on the same few L2 lines (measured: 50 us of compaction at decode 128K).
+# every row's atomics queued on the same few L2 lines (compaction at decode 128K on an H200: 50 us with
+# adjacent counters, 28 us with these).
 _CNT_STRIDE = 64
 
 if triton_kernels.HAVE_TRITON:
