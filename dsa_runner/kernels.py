@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from dsa_runner import triton_kernels
+from dsa_runner import triton_kernels, triton_topk
 
 NEG_INF = float("-inf")
 _NO_CUDNN = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
@@ -149,8 +149,13 @@ def select_top_k(I: torch.Tensor, top_k: int, *, stable: bool | None = None) -> 
     CUDA, where the extra pass costs (up to 2x the top-k time at 128K), the data-dependent branch
     would prevent CUDA-graph capture, and the FP8 indexer makes prefill and decode scores agree only
     to rounding anyway.
+
+    CUDA with Triton: the radix select of triton_topk, whatever ``stable`` says: it breaks ties
+    towards the most recent keys by construction, needs no host sync and is several times faster.
     """
     k = min(top_k, I.shape[-1])
+    if I.device.type == "cuda" and triton_topk.available(I.device):
+        return triton_topk.top_k(I, k)
     if stable is None:
         stable = I.device.type == "cpu"
     values, indices = torch.topk(I, k, dim=-1, sorted=False)
