@@ -151,7 +151,8 @@ def select_top_k(I: torch.Tensor, top_k: int, *, stable: bool | None = None) -> 
     to rounding anyway.
 
     CUDA with Triton: the radix select of triton_topk, whatever ``stable`` says: it breaks ties
-    towards the most recent keys by construction, needs no host sync and is several times faster.
+    towards the most recent keys by construction and needs no host sync (1.8x torch.topk on an H200
+    at 128K keys; slower than it below ~4K keys).
     """
     k = min(top_k, I.shape[-1])
     if I.device.type == "cuda" and triton_topk.available(I.device):
