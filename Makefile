@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 PIP    := $(BIN)/pip
 STAMP  := $(VENV)/.installed
 
-.PHONY: install docker browser registry fetchers demo test test-fast bench-cpu clean
+.PHONY: install docker browser registry fetchers demo test test-triton test-fast bench-cpu clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -46,6 +46,15 @@ fetchers:
 
 test: docker browser registry fetchers
 	$(BIN)/python -m pytest -q -ra --durations=15
+	$(MAKE) test-triton
+
+# The Triton kernels (the GPU paths) on the CPU, under Triton's interpreter: CI has no GPU. Triton and the
+# numpy its interpreter supports are installed aside, so the main environment stays as it is.
+TRITON_LIB := .triton-interpreter
+test-triton: install
+	test -d $(TRITON_LIB) || $(PIP) install -q --target $(TRITON_LIB) triton==3.6.0 'numpy==2.3.*'
+	TRITON_INTERPRET=1 PYTHONPATH=$(TRITON_LIB) $(BIN)/python -m pytest -q -p no:cacheprovider \
+	  tests/dsa_runner/test_triton_topk.py tests/dsa_runner/test_triton_mla.py tests/dsa_runner/test_kernels.py
 
 # Without Docker and the model: the quick loop while editing.
 test-fast: install
@@ -56,4 +65,4 @@ bench-cpu: install
 	$(BIN)/python bench/code_env.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) $(TRITON_LIB) build *.egg-info
