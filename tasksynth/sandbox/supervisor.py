@@ -493,7 +493,7 @@ class Supervisor:
         self.ready: CallChild | None = None  # the child that did the attempt's reset, waiting for the first call
         self.unusable = ""  # why this container must not serve another request, once that is so
         self.service: Service | None = None  # a long-lived process of the untrusted user (a kernel's driver)
-        self.sources_seen: set[int] = set()  # hashes of the sources this attempt's calls ran (see _seen_before)
+        self.sources_seen: set[int] = set()  # hashes of the sources calls ran (see _seen_before)
 
     def forget_ready_child(self) -> None:
         """The reset's child, unused: before anything that kills the run user's processes or runs something
@@ -538,8 +538,8 @@ class Supervisor:
     def reset(self, request: dict, fds: list[int]) -> dict:
         self.forget_ready_child()
         self.modules.clear()
-        COMPILED.clear()
-        self.sources_seen.clear()
+        # COMPILED and sources_seen stay: the same toolkit and verifier run again in the next attempts, and
+        # a child only ever gets the kept code of what its own call runs (see COMPILED).
         master = fds[0] if fds else None
         name = self.state_name = os.path.basename(request.get("state_name") or "state.sqlite")
         # A child forked now, when nothing of the previous attempt is left in our memory but freed bytes,
@@ -613,9 +613,10 @@ class Supervisor:
         return reply
 
     def _seen_before(self, key: tuple[str, str]) -> bool:
-        """Whether a call of this attempt ran this source before (then its compiled code is worth keeping);
-        notes it if not. A source run once (a solution, a verifier) costs no more than a compile in its own
-        child. A loaded module is kept from its first call: it is loaded to be called."""
+        """Whether a call ran this source before, in this attempt or an earlier one (then its compiled code is
+        worth keeping); notes it if not. A source run once (a solution) costs no more than a compile in its
+        own child; a verifier runs again in every attempt of its task. A loaded module is kept from its first
+        call: it is loaded to be called."""
         digest = hash(key)
         if digest in self.sources_seen:
             return True
@@ -937,13 +938,14 @@ FORK_SERVER: "ForkServer | None" = None
 LOADED_MODULES = _LoadedModules({})
 
 # Compiled code of the sources an attempt's calls run again and again (its modules, a harness called for each
-# tool call), marshalled, keyed by (file name, source): a call's child finds it in its copy of the
-# supervisor's memory and unmarshals it instead of compiling. The supervisor (root) only stores these bytes;
-# they are made, and read, by untrusted children (`_ship_compiled`). Emptied on reset: a call can read the
-# supervisor's memory it was forked with, and what one attempt ran (a verifier with its answer) must not
-# be found there by the next. Bounded: emptied too when it grows too big.
+# tool call), marshalled, keyed by (file name, source): a call's request carries the entries of the code it
+# runs (its own source, its attempt's modules) and its child unmarshals them instead of compiling. The
+# supervisor (root) only stores these bytes; they are made, and read, by untrusted children
+# (`_ship_compiled`). Kept across attempts: children are forked from the fork server, which never holds
+# any of it, so an attempt finds only the code of the sources it sends itself (a verifier's answer, kept
+# here, reaches no call but that verifier's). Bounded: emptied when it grows too big.
 COMPILED: dict[tuple[str, str], bytes] = {}
-COMPILED_MAX_BYTES = 4 * 1024 * 1024  # every fork copies what is kept
+COMPILED_MAX_BYTES = 4 * 1024 * 1024  # the supervisor's memory for it
 COMPILED_MAX_ENTRIES = 256
 _CHILD_CODE: dict[tuple[str, str], object] = {}  # in a call's child: code objects of this call
 _SOURCES: dict[str, str] = {}  # in a call's child: the sources it compiled, by file name (for tracebacks)

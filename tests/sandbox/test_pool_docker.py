@@ -195,6 +195,36 @@ def test_code_run_again_is_served_from_kept_code_that_calls_cannot_forge(pool):
                 assert "return 1 / 0" in verdict.exception["traceback"]
 
 
+
+KEPT_CODE_PROBE = """
+import sys
+
+def kept():
+    # Whether this call's own code came to its process already compiled (the kept code its request carried).
+    supervisor = sys.modules["supervisor"]
+    return [source == SOURCE_MARK for (name, source) in supervisor.COMPILED if name == "<call>"]
+
+SOURCE_MARK = None
+"""
+
+
+def test_kept_code_serves_later_attempts_of_the_same_source_only(pool):
+    """A verifier runs in every attempt of its task: from its third run on the same container it comes
+    compiled (its second run's child ships the code), and a call of another source gets none of it."""
+    probe = KEPT_CODE_PROBE.replace("SOURCE_MARK = None", "SOURCE_MARK = __import__('sys').modules['supervisor']"
+                                    "._SOURCES['<call>']")
+    seen, other = [], None
+    for _ in range(3):
+        with pool.attempt() as attempt:
+            seen.append(attempt.call(probe, "kept").result)
+            container = attempt._member.container.name
+    with pool.attempt() as attempt:
+        other = attempt.call(KEPT_CODE_PROBE, "kept").result  # another source (its last line differs)
+        assert attempt._member.container.name == container
+    assert seen == [[], [], [True]], seen
+    assert other == [], other
+
+
 MODULE_WITH_CLASSES = textwrap.dedent("""
     import dataclasses, sys
 
