@@ -128,7 +128,8 @@ class Engine:
             from dsa_runner.native_decode import NativeDecoder, NativeUnavailable
 
             try:
-                self._native_decoder = NativeDecoder(self._compact_decoder, self.threads)
+                # the layers in 4 bits where the model's GGUF has them as Q4_1 (fewer bytes per token)
+                self._native_decoder = NativeDecoder(self._compact_decoder, self.threads, q4=True)
             except NativeUnavailable as exc:
                 log.warning("native decode step unavailable (%s): using the compact step", exc)
         if self._native_decoder is not None:

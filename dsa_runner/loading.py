@@ -204,6 +204,8 @@ def load_dsa_model(model: str | Path | None = None, *, top_k: int = DEFAULT_TOP_
     if not path.exists():
         raise ModelNotFound(f"{path} does not exist")
     hf_model, tokenizer = _load_transformers_model(path, device, dtype)
+    if path.is_file():  # the file's own (e.g. 4-bit) blocks, for the C decode step (native_decode, q4_weights)
+        hf_model.tasksynth_gguf = str(path)
     name = path.stem if path.is_file() else path.name
     hash_ = model_hash(path)
     if dense:

@@ -155,13 +155,18 @@ def build(isa: str | None = None) -> Path:
     return path
 
 
+class _Q4Mat(ctypes.Structure):
+    _fields_ = [("qs", ctypes.c_void_p), ("dm", ctypes.c_void_p)]
+
+
 class _Layer(ctypes.Structure):
     _fields_ = [("ln1", ctypes.c_void_p), ("ln2", ctypes.c_void_p), ("eps1", ctypes.c_float),
                 ("eps2", ctypes.c_float), ("qkv", ctypes.c_void_p), ("qkv_scale", ctypes.c_void_p),
                 ("o", ctypes.c_void_p), ("o_scale", ctypes.c_void_p), ("gu", ctypes.c_void_p),
                 ("gu_scale", ctypes.c_void_p), ("down", ctypes.c_void_p), ("down_scale", ctypes.c_void_p),
                 ("knorm_w", ctypes.c_void_p), ("knorm_b", ctypes.c_void_p), ("knorm_eps", ctypes.c_float),
-                ("iqw", ctypes.c_void_p), ("iqw_scale", ctypes.c_void_p)]
+                ("iqw", ctypes.c_void_p), ("iqw_scale", ctypes.c_void_p), ("qkv4", _Q4Mat), ("o4", _Q4Mat),
+                ("gu4", _Q4Mat), ("down4", _Q4Mat), ("qkv4_rows", ctypes.c_int)]
 
 
 class _Model(ctypes.Structure):
@@ -203,6 +208,9 @@ def load_library(isa: str | None = None) -> ctypes.CDLL:
                 lib.dsa_isa.argtypes = []
                 lib.dsa_set_int8_activations.restype = ctypes.c_int
                 lib.dsa_set_int8_activations.argtypes = [ctypes.c_int]
+                lib.dsa_q4_matvec.restype = ctypes.c_int
+                lib.dsa_q4_matvec.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, ctypes.c_int,
+                                              ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p]
                 built = lib.dsa_isa().decode()
                 if built not in ISAS[isa].reports:  # the flags did not give the vector path asked for
                     raise NativeUnavailable(f"the library built for {isa} runs {built}")
@@ -270,7 +278,11 @@ class NativeDecoder:
     """The C decode step over the weights of a ``CompactDecoder`` (shared, not copied, but the small
     norm weights and the rotary tables, kept in float32)."""
 
-    def __init__(self, compact, threads: int, isa: str | None = None):
+    def __init__(self, compact, threads: int, isa: str | None = None, q4: bool = False):
+        """q4: read the layers' matrices in 4 bits from the model's GGUF where it has them as Q4_1
+        (``q4_weights``; the engine asks for it); ``self.weights`` says which ones run ("q4" or "int8") and
+        ``self.q4_reason`` why not 4 bits. The LM head, DSA's index projections, and every matrix of a
+        model without Q4_1 tensors stay int8."""
         reason = unsupported_reason(compact)
         if reason is not None:
             raise NativeUnavailable(reason)
@@ -332,6 +344,11 @@ class NativeDecoder:
                 positions = torch.arange(model.max_pos)[None]
                 icos, isin = rope_tables(positions, icfg.rope_dim, icfg.rope_theta)
                 model.icos, model.isin = ptr(_f32(icos[0])), ptr(_f32(isin[0]))
+        self.weights, self.q4_reason = "int8", "not asked for" if not q4 else None
+        if q4:
+            self.q4_reason = self._use_q4(keep)
+            if self.q4_reason is None:
+                self.weights = "q4"
         model.layers = self.layers
         self.model = model
         self.vocab = model.vocab
@@ -342,6 +359,35 @@ class NativeDecoder:
         self._seen: list = [None] * (2 * c.num_layers)
         self._cache_layers = 2 * c.num_layers if index_dim else c.num_layers  # K/V, then index keys
         self._lock = threading.Lock()
+
+    def _use_q4(self, keep: list) -> str | None:
+        """Points every layer's qkv (q, k, v rows), o, gate/up and down at the GGUF's 4-bit blocks; returns
+        why not (nothing changed then). The blocks must be the model's weights: sampled rows of each matrix,
+        dequantised, are checked against the loaded ones (a GGUF path left on a model whose weights changed
+        since, or rows in another order, would otherwise decode garbage)."""
+        from dsa_runner import q4_weights
+
+        c = self.compact
+        path = getattr(c.model, "tasksynth_gguf", None)
+        if not path:
+            return "the model was not loaded from a GGUF file"
+        mats = q4_weights.read_layers(path, c.num_layers, c.n_heads, c.n_kv)
+        if isinstance(mats, str):
+            return mats
+        q_rows = (c.n_heads + 2 * c.n_kv) * c.head_dim
+        for i, (L, m) in enumerate(zip(c.layers, mats)):
+            loaded = {"qkv": L["qkv"].weight[:q_rows], "o": L["o"].weight, "gate_up": L["gate_up"].weight,
+                      "down": L["down"].weight}
+            for name, mat in m.items():
+                if not q4_weights.matches(mat, loaded[name]):
+                    return f"the GGUF's blk.{i} {name} is not the loaded model's"
+        for spec, m in zip(self.layers, mats):
+            for field, name in (("qkv4", "qkv"), ("o4", "o"), ("gu4", "gate_up"), ("down4", "down")):
+                keep.extend((m[name].qs, m[name].dm))
+                setattr(spec, field, _Q4Mat(m[name].qs.data_ptr(), m[name].dm.data_ptr()))
+            spec.qkv4_rows = q_rows
+        self.q4_bytes = sum(mat.nbytes for m in mats for mat in m.values())
+        return None
 
     def set_int8_activations(self, on: bool) -> bool:
         """Integer products on int8 activations (the default) or float32 ones, for A/B measurements and

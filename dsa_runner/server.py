@@ -147,8 +147,11 @@ def load_engine(cfg: ServerConfig) -> tuple[Engine, object]:
         log.info("device %s, dtype %s, attention dense", info.device, info.dtype)
     native = engine._native_decoder
     rows, kernels = (native.max_rows, native.kernels) if native is not None else (0, "")
+    weights = "" if native is None else (
+        "layers in 4 bits from the GGUF's Q4_1 blocks, LM head int8" if native.weights == "q4"
+        else f"int8 weights; not 4 bits: {native.q4_reason}")
     log.info("decode steps: %s", {
-        "native": f"native C step up to {rows} rows ({kernels} kernels, dsa_runner/native), the compact torch "
+        "native": f"native C step up to {rows} rows ({kernels} kernels, {weights}, dsa_runner/native), the compact torch "
                   "step above and for DSA's sparse steps",
         "compact": "compact torch step (dsa_runner.fast_decode)",
         "hf": "transformers forward"}[engine.decode_impl])

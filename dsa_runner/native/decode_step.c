@@ -55,6 +55,18 @@ static inline bf16 f32_to_bf16(float f) { /* round to nearest even, as torch doe
     return (bf16)(u >> 16);
 }
 
+/* A matrix in 4 bits, the model file's Q4_1 blocks (32 weights of one row: w = d * q + m, q in 0..15,
+ * d and m float16) regrouped at load so that one 64-byte load holds the same block of 4 consecutive rows:
+ *   qs[(g * nblk + k) * 64 + 16 * j + i]: the block's byte i of row 4g + j, as in the file (low nibble:
+ *       column 32k + i, high nibble: column 32k + 16 + i)
+ *   dm[(g * nblk + k) * 8 + j]: d of row 4g + j;  dm[... + 4 + j]: its m
+ * Rows come in multiples of 4, columns in multiples of 32. The bytes are the file's (66 MB for the 30 layers
+ * of SmolLM2-135M against 106 MB in int8): nothing is quantised again.                                  */
+typedef struct {
+    const uint8_t *qs;
+    const uint16_t *dm;
+} Q4Mat;
+
 typedef struct {
     const float *ln1, *ln2;
     float eps1, eps2;
@@ -65,6 +77,11 @@ typedef struct {
     const float *knorm_w, *knorm_b;           /* index-key LayerNorm (DSA only) */
     float knorm_eps;
     const int8_t *iqw; const bf16 *iqw_scale; /* (H_I * dI + H_I, hidden): index queries, then weights (DSA) */
+    /* 4-bit weights (Q4x4 below) of the same matrices where the model file has them; qs NULL: the int8 ones.
+       qkv4 holds the first qkv4_rows rows of the fused projection (q, k, v), the rest stay int8 (DSA's
+       index keys are not in the file). */
+    Q4Mat qkv4, o4, gu4, down4;
+    int qkv4_rows;
 } Layer;
 
 typedef struct {
@@ -210,6 +227,7 @@ typedef struct {
     const int8_t *q;   /* (B, K) */
     const float *d;    /* (B, K / QK): the block scales */
     const float *lane; /* (B, K / 4): the scale of each group of 4 columns, in the vector lanes' layout */
+    const float *s;    /* (B, K / QK): d * the sum of the block's q (the 4-bit weights' offset m multiplies it) */
 } QRows;
 
 #if defined(__AVX512F__) && defined(__AVX512BW__)
@@ -290,12 +308,16 @@ static inline void quantize_block(const float *x, int8_t *q, float *scale) {
     *scale = amax / 127.f;
 }
 
-static void quantize_rows(const float *x, int B, int K, int8_t *q, float *d, float *lane) {
+static void quantize_rows(const float *x, int B, int K, int8_t *q, float *d, float *lane, float *sums) {
     for (int b = 0; b < B; b++) {
         for (int c = 0; c < K; c += QK) {
             float scale;
+            const int8_t *qb = q + (size_t)b * K + c;
             quantize_block(x + (size_t)b * K + c, q + (size_t)b * K + c, &scale);
             d[(size_t)b * (K / QK) + c / QK] = scale;
+            int sum = 0;
+            for (int i = 0; i < QK; i++) sum += qb[i];
+            sums[(size_t)b * (K / QK) + c / QK] = scale * (float)sum;
             for (int i = 0; i < QK / 4; i++) lane[((size_t)b * K + c) / 4 + i] = scale;
         }
     }
@@ -303,19 +325,20 @@ static void quantize_rows(const float *x, int B, int K, int8_t *q, float *d, flo
 
 /* the calling thread's quantised copy of x; NULL when K is not whole blocks or memory runs out */
 static const QRows *quantize_for_thread(const float *x, int B, int K) {
-    static __thread struct { int8_t *q; float *d, *lane; size_t cap; QRows rows; } buf;
+    static __thread struct { int8_t *q; float *d, *lane, *s; size_t cap; QRows rows; } buf;
     if (!int8_activations || K % QK) return NULL;
     const size_t n = (size_t)B * K;
     if (n > buf.cap) {
-        free(buf.q); free(buf.d); free(buf.lane);
+        free(buf.q); free(buf.d); free(buf.lane); free(buf.s);
         buf.q = malloc(n);
         buf.d = malloc(sizeof(float) * (n / QK));
         buf.lane = malloc(sizeof(float) * (n / 4));
-        buf.cap = buf.q && buf.d && buf.lane ? n : 0;
+        buf.s = malloc(sizeof(float) * (n / QK));
+        buf.cap = buf.q && buf.d && buf.lane && buf.s ? n : 0;
         if (!buf.cap) return NULL;
     }
-    quantize_rows(x, B, K, buf.q, buf.d, buf.lane);
-    buf.rows.q = buf.q; buf.rows.d = buf.d; buf.rows.lane = buf.lane;
+    quantize_rows(x, B, K, buf.q, buf.d, buf.lane, buf.s);
+    buf.rows.q = buf.q; buf.rows.d = buf.d; buf.rows.lane = buf.lane; buf.rows.s = buf.s;
     return &buf.rows;
 }
 
@@ -434,6 +457,217 @@ static inline void matvec(const int8_t *W, const bf16 *scale, int K, const float
                           int r0, int r1, float *y, int ldy, int y_first, int accumulate) {
     if (qx) gemv_q(W, scale, K, qx, B, r0, r1, y, ldy, y_first, accumulate);
     else gemv(W, scale, K, x, B, r0, r1, y, ldy, y_first, accumulate);
+}
+
+/* ---------------------------------------------------------------------------------------------- */
+/* The same products on 4-bit weights (Q4Mat): per block of 32 columns,
+ *   sum_i (d q_i + m) dx qx_i = d dx <q, qx> + m (dx sum qx)
+ * with <q, qx> in int32 (the nibbles as the unsigned operand of vpdpbusd / vpmaddubsw, the int8
+ * activations as the signed one: no sign shuffling as for int8 weights) and dx sum qx from quantize_rows.
+ * One 64-byte load is the block of 4 rows: one vector instruction forms the 16 lanes (4 per row) at once,
+ * and the rows' scales d go in as one vector. Output rows come 4 at a time (share() gives multiples of 4;
+ * the loader only takes matrices whose rows are).                                                      */
+
+#ifndef Q4_PREFETCH
+#define Q4_PREFETCH 8 /* blocks ahead (512 bytes): the group's stream, touched one line per block */
+#endif
+
+static inline float f16_to_f32(uint16_t h) {
+    const uint32_t sign = (uint32_t)(h & 0x8000u) << 16;
+    uint32_t exp = (h >> 10) & 0x1fu, man = h & 0x3ffu, u;
+    if (exp == 0x1f) u = sign | 0x7f800000u | (man << 13);
+    else if (exp) u = sign | ((exp + 112u) << 23) | (man << 13);
+    else if (!man) u = sign;
+    else { /* subnormal: shift the mantissa up to its leading one, lowering the exponent as much */
+        uint32_t e = 113;
+        while (!(man & 0x400u)) { man <<= 1; e--; }
+        u = sign | (e << 23) | ((man & 0x3ffu) << 13);
+    }
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+/* dots[b][j] = <x row b0 + b, row j of the group> for the group's nblk blocks (scales applied) */
+static inline __attribute__((always_inline)) void
+q4_group_qdots(const uint8_t *qs, const uint16_t *dm, int nblk, const QRows *x, int K, int b0, const int nb,
+               float dots[GROUP][4]) {
+#if QW == 64
+    const __m512i low = _mm512_set1_epi8(0x0f);
+    const __m512i spread = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
+#if !defined(__AVX512VNNI__)
+    const __m512i ones = _mm512_set1_epi16(1);
+#endif
+    __m512 acc[GROUP];
+    __m128 macc[GROUP];
+    for (int b = 0; b < nb; b++) {
+        acc[b] = _mm512_setzero_ps();
+        macc[b] = _mm_setzero_ps();
+    }
+    for (int k = 0; k < nblk; k++) {
+        _mm_prefetch((const char *)(qs + 64 * (k + Q4_PREFETCH)), _MM_HINT_T0);
+        const __m512i v = _mm512_loadu_si512((const void *)(qs + 64 * k));
+        const __m512i lo = _mm512_and_si512(v, low), hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), low);
+        const __m256 dmf = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(dm + 8 * k)));
+        const __m512 dv = _mm512_permutexvar_ps(spread, _mm512_castps256_ps512(dmf));
+        const __m128 mv = _mm256_extractf128_ps(dmf, 1);
+        for (int b = 0; b < nb; b++) {
+            const int8_t *q = x->q + (size_t)(b0 + b) * K + QK * k;
+            const __m512i xlo = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)q));
+            const __m512i xhi = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)(q + 16)));
+#if defined(__AVX512VNNI__)
+            const __m512i p = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), lo, xlo), hi, xhi);
+#else /* two products of <= 15 * 127 per int16, two such sums added: <= 7620, no saturation */
+            const __m512i p = _mm512_madd_epi16(
+                _mm512_add_epi16(_mm512_maddubs_epi16(lo, xlo), _mm512_maddubs_epi16(hi, xhi)), ones);
+#endif
+            const size_t bi = (size_t)(b0 + b) * nblk + k;
+            acc[b] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), _mm512_mul_ps(dv, _mm512_set1_ps(x->d[bi])), acc[b]);
+            macc[b] = _mm_fmadd_ps(mv, _mm_set1_ps(x->s[bi]), macc[b]);
+        }
+    }
+    for (int b = 0; b < nb; b++) {
+        const __m128 t0 = _mm512_extractf32x4_ps(acc[b], 0), t1 = _mm512_extractf32x4_ps(acc[b], 1);
+        const __m128 t2 = _mm512_extractf32x4_ps(acc[b], 2), t3 = _mm512_extractf32x4_ps(acc[b], 3);
+        _mm_storeu_ps(dots[b], _mm_add_ps(_mm_hadd_ps(_mm_hadd_ps(t0, t1), _mm_hadd_ps(t2, t3)), macc[b]));
+    }
+#elif QW == 32
+    const __m256i low = _mm256_set1_epi8(0x0f), ones = _mm256_set1_epi16(1);
+    const __m256i s01 = _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1), s23 = _mm256_setr_epi32(2, 2, 2, 2, 3, 3, 3, 3);
+    __m256 acc[GROUP][2];
+    __m128 macc[GROUP];
+    for (int b = 0; b < nb; b++) {
+        acc[b][0] = acc[b][1] = _mm256_setzero_ps();
+        macc[b] = _mm_setzero_ps();
+    }
+    for (int k = 0; k < nblk; k++) {
+        _mm_prefetch((const char *)(qs + 64 * (k + Q4_PREFETCH)), _MM_HINT_T0);
+        const __m256i va = _mm256_loadu_si256((const __m256i *)(qs + 64 * k));      /* rows 0, 1 */
+        const __m256i vb = _mm256_loadu_si256((const __m256i *)(qs + 64 * k + 32)); /* rows 2, 3 */
+        const __m256i loa = _mm256_and_si256(va, low), hia = _mm256_and_si256(_mm256_srli_epi16(va, 4), low);
+        const __m256i lob = _mm256_and_si256(vb, low), hib = _mm256_and_si256(_mm256_srli_epi16(vb, 4), low);
+        const __m256 dmf = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(dm + 8 * k)));
+        const __m256 d01 = _mm256_permutevar8x32_ps(dmf, s01), d23 = _mm256_permutevar8x32_ps(dmf, s23);
+        const __m128 mv = _mm256_extractf128_ps(dmf, 1);
+        for (int b = 0; b < nb; b++) {
+            const int8_t *q = x->q + (size_t)(b0 + b) * K + QK * k;
+            const __m256i xlo = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)q));
+            const __m256i xhi = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)(q + 16)));
+            /* <= 2 * 15 * 127 per int16 and product, two added: <= 7620, no saturation */
+            const __m256i pa = _mm256_madd_epi16(
+                _mm256_add_epi16(_mm256_maddubs_epi16(loa, xlo), _mm256_maddubs_epi16(hia, xhi)), ones);
+            const __m256i pb = _mm256_madd_epi16(
+                _mm256_add_epi16(_mm256_maddubs_epi16(lob, xlo), _mm256_maddubs_epi16(hib, xhi)), ones);
+            const size_t bi = (size_t)(b0 + b) * nblk + k;
+            const __m256 dx = _mm256_set1_ps(x->d[bi]);
+            acc[b][0] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(pa), _mm256_mul_ps(d01, dx), acc[b][0]);
+            acc[b][1] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(pb), _mm256_mul_ps(d23, dx), acc[b][1]);
+            macc[b] = _mm_fmadd_ps(mv, _mm_set1_ps(x->s[bi]), macc[b]);
+        }
+    }
+    for (int b = 0; b < nb; b++) {
+        const __m128 t0 = _mm256_castps256_ps128(acc[b][0]), t1 = _mm256_extractf128_ps(acc[b][0], 1);
+        const __m128 t2 = _mm256_castps256_ps128(acc[b][1]), t3 = _mm256_extractf128_ps(acc[b][1], 1);
+        _mm_storeu_ps(dots[b], _mm_add_ps(_mm_hadd_ps(_mm_hadd_ps(t0, t1), _mm_hadd_ps(t2, t3)), macc[b]));
+    }
+#else
+    for (int b = 0; b < nb; b++)
+        for (int j = 0; j < 4; j++) dots[b][j] = 0.f;
+    for (int k = 0; k < nblk; k++) {
+        const uint8_t *blk = qs + 64 * k;
+        for (int b = 0; b < nb; b++) {
+            const int8_t *q = x->q + (size_t)(b0 + b) * K + QK * k;
+            const size_t bi = (size_t)(b0 + b) * nblk + k;
+            for (int j = 0; j < 4; j++) {
+                int32_t s = 0;
+                for (int i = 0; i < 16; i++) s += (blk[16 * j + i] & 15) * q[i] + (blk[16 * j + i] >> 4) * q[16 + i];
+                dots[b][j] += f16_to_f32(dm[8 * k + j]) * x->d[bi] * (float)s + f16_to_f32(dm[8 * k + 4 + j]) * x->s[bi];
+            }
+        }
+    }
+#endif
+}
+
+/* as gemv_q, on 4-bit weights; r0 and r1 multiples of 4 */
+static void gemv_q4(const Q4Mat *W, int K, const QRows *x, int B, int r0, int r1, float *y, int ldy, int y_first,
+                    int accumulate) {
+    const int nblk = K / QK;
+    for (int r = r0; r < r1; r += 4) {
+        const uint8_t *qs = W->qs + (size_t)(r / 4) * nblk * 64;
+        const uint16_t *dm = W->dm + (size_t)(r / 4) * nblk * 8;
+        for (int b0 = 0; b0 < B; b0 += GROUP) {
+            float dots[GROUP][4];
+            const int nb = B - b0 < GROUP ? B - b0 : GROUP;
+            switch (nb) { /* constant nb: the loops over input rows unroll */
+            case 1: q4_group_qdots(qs, dm, nblk, x, K, b0, 1, dots); break;
+            case 2: q4_group_qdots(qs, dm, nblk, x, K, b0, 2, dots); break;
+            case 3: q4_group_qdots(qs, dm, nblk, x, K, b0, 3, dots); break;
+            default: q4_group_qdots(qs, dm, nblk, x, K, b0, 4, dots); break;
+            }
+            for (int b = 0; b < nb; b++)
+                for (int j = 0; j < 4; j++) {
+                    float *out = y + (size_t)(b0 + b) * ldy + (r + j - y_first);
+                    *out = accumulate ? *out + dots[b][j] : dots[b][j];
+                }
+        }
+    }
+}
+
+/* 4-bit weights on float activations (dsa_set_int8_activations(0): the reference the integer path is
+   measured against): each block dequantised to float, then float dot products */
+static void gemv4_f(const Q4Mat *W, int K, const float *x, int B, int r0, int r1, float *y, int ldy, int y_first,
+                    int accumulate) {
+    const int nblk = K / QK;
+    for (int r = r0; r < r1; r += 4) {
+        const uint8_t *qs = W->qs + (size_t)(r / 4) * nblk * 64;
+        const uint16_t *dm = W->dm + (size_t)(r / 4) * nblk * 8;
+        for (int b = 0; b < B; b++) {
+            float dot[4] = {0.f, 0.f, 0.f, 0.f};
+            const float *xb = x + (size_t)b * K;
+            for (int k = 0; k < nblk; k++)
+                for (int j = 0; j < 4; j++) {
+                    const float d = f16_to_f32(dm[8 * k + j]), m = f16_to_f32(dm[8 * k + 4 + j]);
+                    const uint8_t *blk = qs + 64 * k + 16 * j;
+                    float s = 0.f;
+                    for (int i = 0; i < 16; i++)
+                        s += (d * (float)(blk[i] & 15) + m) * xb[QK * k + i] +
+                             (d * (float)(blk[i] >> 4) + m) * xb[QK * k + 16 + i];
+                    dot[j] += s;
+                }
+            for (int j = 0; j < 4; j++) {
+                float *out = y + (size_t)b * ldy + (r + j - y_first);
+                *out = accumulate ? *out + dot[j] : dot[j];
+            }
+        }
+    }
+}
+
+/* matvec on W4 when it holds the matrix (4-bit), else on the int8 W */
+static inline void matvec_w(const Q4Mat *W4, const int8_t *W, const bf16 *scale, int K, const float *x,
+                            const QRows *qx, int B, int r0, int r1, float *y, int ldy, int y_first, int accumulate) {
+    if (r0 >= r1) return;
+    if (!W4->qs) matvec(W, scale, K, x, qx, B, r0, r1, y, ldy, y_first, accumulate);
+    else if (qx) gemv_q4(W4, K, qx, B, r0, r1, y, ldy, y_first, accumulate);
+    else gemv4_f(W4, K, x, B, r0, r1, y, ldy, y_first, accumulate);
+}
+
+/* rows [rows, ...) of W4: the up half of the fused gate/up matrix */
+static inline Q4Mat q4_from_row(const Q4Mat *W4, int rows, int K) {
+    Q4Mat out = *W4;
+    if (out.qs) {
+        out.qs += (size_t)(rows / 4) * (K / QK) * 64;
+        out.dm += (size_t)(rows / 4) * (K / QK) * 8;
+    }
+    return out;
+}
+
+/* y = x W^T for a Q4Mat of `rows` rows (rows % 4 == 0, K % 32 == 0) on one thread, for tests: int8
+   activations unless dsa_set_int8_activations(0). Returns 0, or -2 for a bad shape. */
+int dsa_q4_matvec(const uint8_t *qs, const uint16_t *dm, int rows, int K, const float *x, int B, float *y) {
+    if (rows % 4 || K % QK || K <= 0 || B < 1) return -2;
+    const Q4Mat W = {qs, dm};
+    matvec_w(&W, NULL, NULL, K, x, quantize_for_thread(x, B, K), B, 0, rows, y, rows, 0, 0);
+    return 0;
 }
 
 /* ---------------------------------------------------------------------------------------------- */
@@ -1013,8 +1247,11 @@ static void step_body(Step *st, int tid, int nt) {
            on one quantised copy of x */
         share(proj_n + (sparse ? st->iq_n : 0), tid, nt, &r0, &r1);
         const QRows *qx_proj = quantize_for_thread(x, B, Hd);
-        if (r0 < proj_n)
-            matvec(L->qkv, L->qkv_scale, Hd, x, qx_proj, B, r0, r1 < proj_n ? r1 : proj_n, st->proj, proj_n, 0, 0);
+        if (r0 < proj_n) {
+            const int e = r1 < proj_n ? r1 : proj_n, n4 = L->qkv4.qs ? L->qkv4_rows : 0;
+            matvec_w(&L->qkv4, L->qkv, L->qkv_scale, Hd, x, qx_proj, B, r0, e < n4 ? e : n4, st->proj, proj_n, 0, 0);
+            matvec(L->qkv, L->qkv_scale, Hd, x, qx_proj, B, r0 > n4 ? r0 : n4, e, st->proj, proj_n, 0, 0);
+        }
         if (sparse && r1 > proj_n) {
             const int a = (r0 > proj_n ? r0 : proj_n) - proj_n, e = r1 - proj_n;
             matvec(L->iqw, L->iqw_scale, Hd, x, qx_proj, B, a, e, st->iproj, st->iq_n, 0, 0);
@@ -1046,24 +1283,26 @@ static void step_body(Step *st, int tid, int nt) {
         for (int i = i0; i < i1; i++) attend_item(st, l, i);
         SYNC();
         share(Hd, tid, nt, &r0, &r1);
-        matvec(L->o, L->o_scale, qn, st->attn, quantize_for_thread(st->attn, B, qn), B, r0, r1, h, Hd, 0, 1);
+        matvec_w(&L->o4, L->o, L->o_scale, qn, st->attn, quantize_for_thread(st->attn, B, qn), B, r0, r1, h, Hd, 0, 1);
         SYNC();
         norm_rows(st, tid, L->ln2, L->eps2);
         SYNC();
         /* gate and up rows i and I + i on the same thread: silu(g) * u without a barrier */
         share(I, tid, nt, &r0, &r1);
         const QRows *qx = quantize_for_thread(x, B, Hd);
+        const Q4Mat up4 = q4_from_row(&L->gu4, I, Hd);
         for (int i = r0; i < r1; i += 4) {
             const int e = i + 4 < r1 ? i + 4 : r1;
             float gate[MAX_ROWS * 4], up[MAX_ROWS * 4];
-            matvec(L->gu, L->gu_scale, Hd, x, qx, B, i, e, gate, 4, i, 0);
-            matvec(L->gu + (size_t)I * Hd, L->gu_scale + I, Hd, x, qx, B, i, e, up, 4, i, 0);
+            matvec_w(&L->gu4, L->gu, L->gu_scale, Hd, x, qx, B, i, e, gate, 4, i, 0);
+            matvec_w(&up4, L->gu + (size_t)I * Hd, L->gu_scale + I, Hd, x, qx, B, i, e, up, 4, i, 0);
             for (int b = 0; b < B; b++)
                 for (int j = i; j < e; j++) st->act[(size_t)b * I + j] = silu(gate[b * 4 + j - i]) * up[b * 4 + j - i];
         }
         SYNC();
         share(Hd, tid, nt, &r0, &r1);
-        matvec(L->down, L->down_scale, I, st->act, quantize_for_thread(st->act, B, I), B, r0, r1, h, Hd, 0, 1);
+        matvec_w(&L->down4, L->down, L->down_scale, I, st->act, quantize_for_thread(st->act, B, I), B, r0, r1, h, Hd, 0,
+                 1);
         SYNC();
     }
     norm_rows(st, tid, m->final_norm, m->final_eps);
