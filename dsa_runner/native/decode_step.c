@@ -469,7 +469,9 @@ static inline void matvec(const int8_t *W, const bf16 *scale, int K, const float
  * the loader only takes matrices whose rows are).                                                      */
 
 #ifndef Q4_PREFETCH
-#define Q4_PREFETCH 8 /* blocks ahead (512 bytes): the group's stream, touched one line per block */
+/* blocks ahead (2 KB), in the scales' stream too: from L3 the loop waits on memory otherwise; decode step
+   at 1 thread (AVX-512) 8.7 ms with 8 blocks, 7.4-7.9 ms with 32-128 */
+#define Q4_PREFETCH 32
 #endif
 
 static inline float f16_to_f32(uint16_t h) {
@@ -506,6 +508,7 @@ q4_group_qdots(const uint8_t *qs, const uint16_t *dm, int nblk, const QRows *x, 
     }
     for (int k = 0; k < nblk; k++) {
         _mm_prefetch((const char *)(qs + 64 * (k + Q4_PREFETCH)), _MM_HINT_T0);
+        if ((k & 7) == 0) _mm_prefetch((const char *)(dm + 8 * (k + Q4_PREFETCH)), _MM_HINT_T0);
         const __m512i v = _mm512_loadu_si512((const void *)(qs + 64 * k));
         const __m512i lo = _mm512_and_si512(v, low), hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), low);
         const __m256 dmf = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(dm + 8 * k)));
@@ -542,6 +545,7 @@ q4_group_qdots(const uint8_t *qs, const uint16_t *dm, int nblk, const QRows *x, 
     }
     for (int k = 0; k < nblk; k++) {
         _mm_prefetch((const char *)(qs + 64 * (k + Q4_PREFETCH)), _MM_HINT_T0);
+        if ((k & 7) == 0) _mm_prefetch((const char *)(dm + 8 * (k + Q4_PREFETCH)), _MM_HINT_T0);
         const __m256i va = _mm256_loadu_si256((const __m256i *)(qs + 64 * k));      /* rows 0, 1 */
         const __m256i vb = _mm256_loadu_si256((const __m256i *)(qs + 64 * k + 32)); /* rows 2, 3 */
         const __m256i loa = _mm256_and_si256(va, low), hia = _mm256_and_si256(_mm256_srli_epi16(va, 4), low);
