@@ -151,8 +151,8 @@ def load_engine(cfg: ServerConfig) -> tuple[Engine, object]:
         "layers in 4 bits from the GGUF's Q4_1 blocks, LM head int8" if native.weights == "q4"
         else f"int8 weights; not 4 bits: {native.q4_reason}")
     log.info("decode steps: %s", {
-        "native": f"native C step up to {rows} rows ({kernels} kernels, {weights}, dsa_runner/native), the compact torch "
-                  "step above and for DSA's sparse steps",
+        "native": f"native C step up to {rows} rows ({kernels} kernels, {weights}, dsa_runner/native), the "
+                  "compact torch step above and for DSA's sparse steps",
         "compact": "compact torch step (dsa_runner.fast_decode)",
         "hf": "transformers forward"}[engine.decode_impl])
     log.info("warm-up: %.1fs", engine.warmup())

@@ -585,7 +585,8 @@ q4_group_qdots(const uint8_t *qs, const uint16_t *dm, int nblk, const QRows *x, 
             for (int j = 0; j < 4; j++) {
                 int32_t s = 0;
                 for (int i = 0; i < 16; i++) s += (blk[16 * j + i] & 15) * q[i] + (blk[16 * j + i] >> 4) * q[16 + i];
-                dots[b][j] += f16_to_f32(dm[8 * k + j]) * x->d[bi] * (float)s + f16_to_f32(dm[8 * k + 4 + j]) * x->s[bi];
+                const float d = f16_to_f32(dm[8 * k + j]), m = f16_to_f32(dm[8 * k + 4 + j]);
+                dots[b][j] += d * x->d[bi] * (float)s + m * x->s[bi];
             }
         }
     }

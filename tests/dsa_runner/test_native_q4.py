@@ -261,14 +261,12 @@ def test_q4_step_is_the_same_on_one_thread_and_two_and_per_isa(model, decoders):
     """Threads split row groups, never a dot product: the same bits on 1 and 2 threads. Every ISA this CPU
     runs stays, teacher-forced, within the bounds test_native_isa.py gives the int8 weights' ISAs (another
     order of float additions, amplified over 30 layers of int8 activations)."""
-    from dsa_runner.fast_decode import CompactDecoder
-
     m, tok = model
     compact, q4, _ = decoders
     prompts = _prompts(tok)[:2]
     one = NativeDecoder(compact, threads=1, q4=True)
     t2, l2 = _decode(m, q4, prompts, 6)
-    t1, l1 = _decode(m, one, prompts, 6)
+    _, l1 = _decode(m, one, prompts, 6)
     assert torch.equal(l1, l2)
     for isa in native_decode.available_isas():
         dec = NativeDecoder(compact, threads=2, isa=isa, q4=True)
@@ -280,8 +278,35 @@ def test_q4_step_is_the_same_on_one_thread_and_two_and_per_isa(model, decoders):
 
 @pytest.mark.model
 def test_the_engine_decodes_on_the_q4_weights(model):
-    from dsa_runner.engine import Engine
+    """The engine asks for 4 bits: a greedy request through it runs on them and answers as the float32
+    model does (no near tie in these 6 tokens)."""
+    from dsa_runner.engine import Engine, GenerationRequest, SamplingParams
 
     m, tok = model
     engine = Engine(m, tok, max_batch=2, decode_impl="native", threads=2)
-    assert engine._native_decoder.weights == "q4", engine._native_decoder.q4_reason
+    assert engine.decode_impl == "native" and engine._native_decoder.weights == "q4", engine._native_decoder.q4_reason
+    out = {}
+
+    def collect(events):
+        for ev in events:
+            if hasattr(ev, "reason"):
+                out["text"] = ev.text
+
+    with torch.inference_mode():
+        params = SamplingParams(max_tokens=6, temperature=0.0, ignore_eos=True)
+        engine._waiting.append(GenerationRequest(_prompts(tok)[1], 1, params, collect))
+        engine.run_until_idle()
+    assert out["text"] == "The capital of France is Paris"
+
+
+@pytest.mark.model
+def test_a_model_not_from_a_gguf_keeps_int8(model, decoders):
+    compact, _, _ = decoders
+    m, _ = model
+    path = m.tasksynth_gguf
+    del m.tasksynth_gguf
+    try:
+        dec = NativeDecoder(compact, threads=1, q4=True)
+    finally:
+        m.tasksynth_gguf = path
+    assert dec.weights == "int8" and "not loaded from a GGUF" in dec.q4_reason
