@@ -6,7 +6,9 @@ bandwidth; at 16-32 rows oneDNN's bfloat16 GEMM reads twice the bytes. ``NativeD
 same step as one C call: all layers as one job for a few threads of its own, activations in float32, the
 int8 weights and caches of the compact decoder read in place.
 
-It covers int8 weights (``weights.Int8Linear``), bfloat16 activations and caches, batches of up to
+It covers int8 weights (``weights.Int8Linear``) and, where the engine asks for them (``q4=True``) and the
+model's GGUF has its layer matrices as Q4_1, those 4-bit blocks read from the file (``q4_weights``; the LM
+head and DSA's index projections stay int8), bfloat16 activations and caches, batches of up to
 ``max_rows`` (32; faster than torch at every size up to it), dense attention (no DSA, or a context still
 within DSA's top-k, where the selection is every key) and DSA's sparse steps above top-k: the indexer's
 scores of the new token over the cached index keys, an exact top-k (ties to the most recent key, as
@@ -14,7 +16,8 @@ scores of the new token over the cached index keys, an exact top-k (ties to the 
 runs the compact step.
 
 The matrix products quantise their input rows to int8 (blocks of 32 columns, one float scale each) and
-run integer dot products: AVX-512 VNNI's ``vpdpbusd`` or AVX2's ``vpmaddubsw`` + ``vpmaddwd``.
+run integer dot products: AVX-512 VNNI's ``vpdpbusd`` or AVX2's ``vpmaddubsw`` + ``vpmaddwd``, on int8
+weights or on 4-bit ones (the nibbles as the unsigned operand).
 
 The library is compiled on first use with the machine's C compiler (``$CC``, else ``cc``/``gcc``), one per
 instruction set (``ISAS``): ``avx512`` (``-march=native``, on a CPU with AVX-512 F/BW/VL), ``avx2``

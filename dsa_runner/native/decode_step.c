@@ -1,6 +1,6 @@
-/* One decode step of a Llama-family model for a few rows (batch <= 32), int8 weight-only, on the CPU.
+/* One decode step of a Llama-family model for a few rows (batch <= 32), weight-only int8 or 4-bit, on the CPU.
  *
- * Why C: at batch 1 a 135M model is bound by reading its int8 weights once per token (~135 MB). The
+ * Why C: at batch 1 a 135M model is bound by reading its weights once per token (~135 MB in int8). The
  * torch path spends about half of each step in the dispatcher and in small ops between the matmuls, and
  * aten's int8 kernel reads the weights at well under the memory bandwidth. Here the whole step (all
  * layers, the LM head) is one job for a few threads: the matrix-vector products split their output rows
@@ -17,7 +17,8 @@
  *              h += o W_o
  *              x = rms(h) * ln2;  h += (silu(x W_gate) * (x W_up)) W_down
  *   logits = rms(h) * norm  W_head
- * Weights: int8, one bfloat16 scale per output row. Norm weights float32. Embedding, caches bfloat16.
+ * Weights: int8, one bfloat16 scale per output row; the layers' matrices in 4 bits instead where the model
+ * file has them as Q4_1 (Q4Mat). Norm weights float32. Embedding, caches bfloat16.
  * Built by dsa_runner/native_decode.py with the machine's compiler (-O3 -march=native -pthread).
  */
 #define _GNU_SOURCE
