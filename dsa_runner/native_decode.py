@@ -347,7 +347,7 @@ class NativeDecoder:
                 positions = torch.arange(model.max_pos)[None]
                 icos, isin = rope_tables(positions, icfg.rope_dim, icfg.rope_theta)
                 model.icos, model.isin = ptr(_f32(icos[0])), ptr(_f32(isin[0]))
-        self.weights, self.q4_reason = "int8", "not asked for" if not q4 else None
+        self.weights, self.q4_reason, self.q4_bytes = "int8", "not asked for", 0
         if q4:
             self.q4_reason = self._use_q4(keep)
             if self.q4_reason is None:
