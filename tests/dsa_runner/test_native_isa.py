@@ -6,9 +6,10 @@ import pytest
 import torch
 
 from dsa_runner import native_decode
-from dsa_runner.engine import Engine, GenerationRequest, SamplingParams, cache_layer_count, fresh_cache
+from dsa_runner.engine import Engine, GenerationRequest, SamplingParams
 from dsa_runner.fast_decode import CompactDecoder
 from dsa_runner.native_decode import NativeDecoder, UnknownIsa
+from native_decoding import decode_left_padded
 
 pytestmark = pytest.mark.model
 
@@ -40,30 +41,6 @@ def compact(model):
     return CompactDecoder(model[0])
 
 
-def _decode(m, decoder, prompts, steps, forced=None):
-    """Tokens (B, steps) and logits (B, steps - 1, V) of a left-padded batch: greedy, or fed ``forced``."""
-    S = max(len(p) for p in prompts)
-    ids = torch.tensor([[0] * (S - len(p)) + p for p in prompts])
-    mask = torch.tensor([[0] * (S - len(p)) + [1] * len(p) for p in prompts])
-    cache = fresh_cache(cache_layer_count(m))
-    pos = (mask.cumsum(1) - 1).clamp(min=0)
-    with torch.inference_mode():
-        out = m(input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=cache, use_cache=True,
-                logits_to_keep=1)
-        token, pos = out.logits[:, -1].float().argmax(-1), pos[:, -1] + 1
-        tokens, logits = [token], []
-        for i in range(1, steps):
-            if forced is not None:
-                token = forced[:, i - 1]
-            mask = torch.cat([mask, mask.new_ones(len(prompts), 1)], dim=1)
-            step = decoder.step(token, pos, mask, cache)
-            assert step is not None
-            token, pos = step.argmax(-1), pos + 1
-            tokens.append(token)
-            logits.append(step)
-    return torch.stack(tokens, 1), torch.stack(logits, 1)
-
-
 @pytest.fixture(scope="module")
 def prompts(model):
     _, tok = model
@@ -81,7 +58,7 @@ def float_path(model, compact, prompts):
     reference = NativeDecoder(compact, threads=2)
     was = reference.set_int8_activations(False)
     try:
-        tokens, logits = _decode(model[0], reference, prompts, STEPS)
+        tokens, logits = decode_left_padded(model[0], reference, prompts, STEPS)
     finally:
         reference.set_int8_activations(was)
     assert was  # int8 activations are the default
@@ -98,7 +75,7 @@ def test_every_isa_of_this_cpu_chooses_the_float_paths_tokens(model, compact, pr
     for isa in isas:
         decoder = NativeDecoder(compact, threads=2, isa=isa)
         assert decoder.isa == isa and decoder.kernels in native_decode.ISAS[isa].reports
-        tokens, _ = _decode(model[0], decoder, prompts, STEPS)
+        tokens, _ = decode_left_padded(model[0], decoder, prompts, STEPS)
         for row in range(len(prompts)):
             ties = (margin[row] < NEAR_TIE).nonzero()
             sure = int(ties[0]) + 1 if len(ties) else STEPS  # tokens chosen before it (logits i: token i + 1)
@@ -113,7 +90,8 @@ def test_int8_activations_stay_close_to_float32_ones(model, compact, prompts, fl
     clear = margin >= NEAR_TIE
     assert clear.float().mean() > 0.5  # most steps are no near tie: the check below has teeth
     for isa in native_decode.available_isas():
-        _, logits = _decode(model[0], NativeDecoder(compact, threads=2, isa=isa), prompts, STEPS, forced=want)
+        decoder = NativeDecoder(compact, threads=2, isa=isa)
+        _, logits = decode_left_padded(model[0], decoder, prompts, STEPS, forced=want)
         diff = (logits - want_logits).abs()
         assert diff.max() <= LOGIT_ATOL and diff.mean() <= LOGIT_MEAN_ATOL, (isa, diff.max(), diff.mean())
         assert diff.max() > 0  # the integer path did run

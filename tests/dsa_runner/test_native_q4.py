@@ -9,6 +9,7 @@ import torch
 
 from dsa_runner import native_decode, q4_weights
 from dsa_runner.native_decode import NativeDecoder
+from native_decoding import decode_left_padded
 
 
 def _random_q4_1(rows: int, cols: int, seed: int = 0) -> np.ndarray:
@@ -176,34 +177,6 @@ def _prompts(tok):
     return out
 
 
-def _decode(m, decoder, prompts, steps, forced=None):
-    """Tokens (B, steps) and logits (B, steps - 1, V): greedy, or fed ``forced`` (B, steps)."""
-    from dsa_runner.engine import cache_layer_count, fresh_cache
-
-    S = max(len(p) for p in prompts)
-    ids = torch.tensor([[0] * (S - len(p)) + p for p in prompts])
-    mask = torch.tensor([[0] * (S - len(p)) + [1] * len(p) for p in prompts])
-    cache = fresh_cache(cache_layer_count(m))
-    pos = (mask.cumsum(1) - 1).clamp(min=0)
-    with torch.inference_mode():
-        out = m(input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=cache, use_cache=True,
-                logits_to_keep=1)
-        token, pos = out.logits[:, -1].float().argmax(-1), pos[:, -1] + 1
-        if forced is not None:
-            token = forced[:, 0]
-        tokens, logits = [token], []
-        for i in range(1, steps):
-            mask = torch.cat([mask, mask.new_ones(len(prompts), 1)], dim=1)
-            step = decoder.step(token, pos, mask, cache)
-            assert step is not None
-            token, pos = step.argmax(-1), pos + 1
-            if forced is not None:
-                token = forced[:, i]
-            tokens.append(token)
-            logits.append(step)
-    return torch.stack(tokens, 1), torch.stack(logits, 1)
-
-
 STEPS = 24
 NEAR_TIE = 0.3  # a top-2 margin of the float32 model below this may flip (see test_native_isa.py)
 
@@ -239,7 +212,7 @@ def test_q4_step_follows_the_float32_model_of_the_same_blocks(model, reference, 
     clear = margin >= NEAR_TIE
     score = {}
     for name, dec in (("q4", q4), ("int8", int8)):
-        _, logits = _decode(m, dec, prompts, STEPS, forced=want)
+        _, logits = decode_left_padded(m, dec, prompts, STEPS, forced=want)
         diff = (logits - target).abs()
         logp, logq = target.log_softmax(-1), logits.log_softmax(-1)
         kl = (logp.exp() * (logp - logq)).sum(-1).mean().item()
@@ -248,7 +221,7 @@ def test_q4_step_follows_the_float32_model_of_the_same_blocks(model, reference, 
             assert torch.equal(logits.argmax(-1)[clear], want[:, 1:][clear])
     (mean4, kl4, max4), (mean8, kl8, max8) = score["q4"], score["int8"]
     assert mean4 <= 0.25 and mean4 < mean8 and kl4 < kl8 and max4 <= 1.25 * max8, score
-    tokens, _ = _decode(m, q4, prompts, STEPS)
+    tokens, _ = decode_left_padded(m, q4, prompts, STEPS)
     for row in range(B):
         ties = (~clear[row]).nonzero()
         sure = int(ties[0]) + 1 if len(ties) else STEPS
@@ -265,13 +238,13 @@ def test_q4_step_is_the_same_on_one_thread_and_two_and_per_isa(model, decoders):
     compact, q4, _ = decoders
     prompts = _prompts(tok)[:2]
     one = NativeDecoder(compact, threads=1, q4=True)
-    t2, l2 = _decode(m, q4, prompts, 6)
-    _, l1 = _decode(m, one, prompts, 6)
+    t2, l2 = decode_left_padded(m, q4, prompts, 6)
+    _, l1 = decode_left_padded(m, one, prompts, 6)
     assert torch.equal(l1, l2)
     for isa in native_decode.available_isas():
         dec = NativeDecoder(compact, threads=2, isa=isa, q4=True)
         assert dec.weights == "q4"
-        _, logits = _decode(m, dec, prompts, 6, forced=t2)
+        _, logits = decode_left_padded(m, dec, prompts, 6, forced=t2)
         diff = (logits - l2).abs()
         assert diff.max() <= 2.0 and diff.mean() <= 0.25, (isa, diff.max(), diff.mean())
 
