@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from dsa_runner import native_decode
-from dsa_runner.engine import Engine, GenerationRequest, SamplingParams
+from dsa_runner.engine import Engine
 from dsa_runner.fast_decode import CompactDecoder
 from dsa_runner.native_decode import NativeDecoder, UnknownIsa
-from native_decoding import decode_left_padded
+from native_decoding import decode_left_padded, engine_greedy_text, int8_default_model
 
 pytestmark = pytest.mark.model
 
@@ -27,13 +27,7 @@ NEAR_TIE = 0.3  # a top-2 margin below this may flip; above it, the tokens must 
 
 @pytest.fixture(scope="module")
 def model():
-    from dsa_runner.loading import load_dsa_model
-    from dsa_runner.weights import quantize_int8
-
-    torch.manual_seed(0)
-    m, tok, _ = load_dsa_model(top_k=2048, index_heads=4, index_head_dim=32, dtype=torch.bfloat16)
-    quantize_int8(m)
-    return m, tok
+    return int8_default_model()
 
 
 @pytest.fixture(scope="module")
@@ -100,18 +94,7 @@ def test_int8_activations_stay_close_to_float32_ones(model, compact, prompts, fl
 
 def _engine_text(m, tok, prompt):
     engine = Engine(m, tok, max_batch=2, decode_impl="native", threads=2)
-    out = {}
-
-    def collect(events):
-        for ev in events:
-            if hasattr(ev, "reason"):
-                out["text"] = ev.text
-
-    with torch.inference_mode():
-        params = SamplingParams(max_tokens=6, temperature=0.0, ignore_eos=True)  # no near tie before the 7th
-        engine._waiting.append(GenerationRequest(prompt, 1, params, collect))
-        engine.run_until_idle()
-    return engine, out["text"]
+    return engine, engine_greedy_text(engine, prompt)  # no near tie before the 7th token
 
 
 def test_the_environment_forces_avx2_through_the_engine(model, prompts, monkeypatch):

@@ -9,7 +9,7 @@ import torch
 
 from dsa_runner import native_decode, q4_weights
 from dsa_runner.native_decode import NativeDecoder
-from native_decoding import decode_left_padded
+from native_decoding import decode_left_padded, engine_greedy_text, int8_default_model
 
 
 def _random_q4_1(rows: int, cols: int, seed: int = 0) -> np.ndarray:
@@ -103,13 +103,7 @@ def test_gguf_index_and_a_file_that_is_no_gguf(tmp_path):
 
 @pytest.fixture(scope="module")
 def model():
-    from dsa_runner.loading import load_dsa_model
-    from dsa_runner.weights import quantize_int8
-
-    torch.manual_seed(0)
-    m, tok, _ = load_dsa_model(top_k=2048, index_heads=4, index_head_dim=32, dtype=torch.bfloat16)
-    quantize_int8(m)
-    return m, tok
+    return int8_default_model()
 
 
 @pytest.fixture(scope="module")
@@ -253,23 +247,12 @@ def test_q4_step_is_the_same_on_one_thread_and_two_and_per_isa(model, decoders):
 def test_the_engine_decodes_on_the_q4_weights(model):
     """The engine asks for 4 bits: a greedy request through it runs on them and answers as the float32
     model does (no near tie in these 6 tokens)."""
-    from dsa_runner.engine import Engine, GenerationRequest, SamplingParams
+    from dsa_runner.engine import Engine
 
     m, tok = model
     engine = Engine(m, tok, max_batch=2, decode_impl="native", threads=2)
     assert engine.decode_impl == "native" and engine._native_decoder.weights == "q4", engine._native_decoder.q4_reason
-    out = {}
-
-    def collect(events):
-        for ev in events:
-            if hasattr(ev, "reason"):
-                out["text"] = ev.text
-
-    with torch.inference_mode():
-        params = SamplingParams(max_tokens=6, temperature=0.0, ignore_eos=True)
-        engine._waiting.append(GenerationRequest(_prompts(tok)[1], 1, params, collect))
-        engine.run_until_idle()
-    assert out["text"] == "The capital of France is Paris"
+    assert engine_greedy_text(engine, _prompts(tok)[1]) == "The capital of France is Paris"
 
 
 @pytest.mark.model
