@@ -110,6 +110,15 @@ typedef struct {       /* one cache layer: element offsets of batch row, head, p
 
 #define GROUP 4
 
+#if defined(__AVX2__)
+static inline float sum256(__m256 v) { /* the AVX2 paths' horizontal sum, one definition for all three */
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+#endif
+
 #if defined(__AVX512F__)
 typedef __m512 vf;
 #define VW 16
@@ -125,12 +134,7 @@ static inline vf vzero(void) { return _mm256_setzero_ps(); }
 static inline vf load_w(const int8_t *w) { return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)w))); }
 static inline vf load_x(const float *x) { return _mm256_loadu_ps(x); }
 static inline vf fma_(vf a, vf b, vf c) { return _mm256_fmadd_ps(a, b, c); }
-static inline float hsum(vf v) {
-    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    s = _mm_add_ss(s, _mm_movehdup_ps(s));
-    return _mm_cvtss_f32(s);
-}
+static inline float hsum(vf v) { return sum256(v); }
 #else
 #define VW 0 /* no vector path: the plain loop below */
 #endif
@@ -240,12 +244,7 @@ static inline float qhsum(qf v) { return _mm512_reduce_add_ps(v); }
 #define QW 32
 typedef __m256 qf;
 static inline qf qzero(void) { return _mm256_setzero_ps(); }
-static inline float qhsum(qf v) {
-    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    s = _mm_add_ss(s, _mm_movehdup_ps(s));
-    return _mm_cvtss_f32(s);
-}
+static inline float qhsum(qf v) { return sum256(v); }
 #else
 #define QW 0 /* no vector path: integer dot products in plain C */
 #endif
@@ -894,12 +893,7 @@ static inline av av_sub(av a, av b) { return _mm256_sub_ps(a, b); }
 static inline av av_mul(av a, av b) { return _mm256_mul_ps(a, b); }
 static inline av av_max(av a, av b) { return _mm256_max_ps(a, b); }
 static inline av av_fma(av a, av b, av c) { return _mm256_fmadd_ps(a, b, c); }
-static inline float av_sum(av v) {
-    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    s = _mm_add_ss(s, _mm_movehdup_ps(s));
-    return _mm_cvtss_f32(s);
-}
+static inline float av_sum(av v) { return sum256(v); }
 static inline float av_hmax(av v) {
     __m128 s = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
     s = _mm_max_ps(s, _mm_movehl_ps(s, s));
