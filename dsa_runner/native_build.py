@@ -47,7 +47,9 @@ def cpu_signature() -> str:
         return platform.processor() or platform.machine()
 
 
-def library_path(source: Path, flags: list[str] = FLAGS) -> Path:
+def library_path(source: Path, flags: list[str] = FLAGS, name: str | None = None) -> Path:
+    """Where the library of ``source`` built with ``flags`` is cached: ``name`` (default: the source's stem),
+    then the hash of everything the build depends on."""
     cc = compiler()
     version = subprocess.run([cc, "--version"], capture_output=True, text=True).stdout.splitlines()[:1]
     digest = hashlib.sha256()
@@ -55,13 +57,13 @@ def library_path(source: Path, flags: list[str] = FLAGS) -> Path:
                  cpu_signature().encode(), platform.machine().encode()):
         digest.update(part)
         digest.update(b"\0")
-    return cache_dir() / f"{source.stem}-{digest.hexdigest()[:16]}.so"
+    return cache_dir() / f"{name or source.stem}-{digest.hexdigest()[:16]}.so"
 
 
-def build_library(source: Path, flags: list[str] = FLAGS) -> Path:
-    """Compiles ``source`` unless the cache has it; returns the library's path. Safe across processes: each
-    compiles to its own temporary file and renames it into place."""
-    path = library_path(source, flags)
+def build_library(source: Path, flags: list[str] = FLAGS, name: str | None = None) -> Path:
+    """Compiles ``source`` unless the cache has it; returns the library's path (see library_path). Safe
+    across processes: each compiles to its own temporary file and renames it into place."""
+    path = library_path(source, flags, name)
     if path.exists():
         return path
     path.parent.mkdir(parents=True, exist_ok=True)

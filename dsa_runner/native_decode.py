@@ -32,12 +32,9 @@ the torch path.
 from __future__ import annotations
 
 import ctypes
-import hashlib
-import logging
 import os
 import platform
 import subprocess
-import tempfile
 import threading
 import weakref
 from dataclasses import dataclass
@@ -45,10 +42,9 @@ from pathlib import Path
 
 import torch
 
+from dsa_runner import native_build
 from dsa_runner.indexer import rope_tables
-from dsa_runner.native_build import NativeUnavailable, cache_dir, compiler, cpu_signature
-
-log = logging.getLogger("dsa_runner")
+from dsa_runner.native_build import NativeUnavailable, cpu_signature
 
 SOURCE = Path(__file__).with_name("native") / "decode_step.c"
 FLAGS = ["-O3", "-pthread", "-shared", "-fPIC", "-std=gnu11"]
@@ -125,37 +121,13 @@ def _cc_flags(isa: str) -> list[str]:
 
 def library_path(isa: str | None = None) -> Path:
     isa = selected_isa(isa)
-    cc = compiler()
-    version = subprocess.run([cc, "--version"], capture_output=True, text=True).stdout.splitlines()[:1]
-    digest = hashlib.sha256()
-    for part in (SOURCE.read_bytes(), " ".join(_cc_flags(isa)).encode(), cc.encode(), "".join(version).encode(),
-                 cpu_signature().encode(), platform.machine().encode()):
-        digest.update(part)
-        digest.update(b"\0")
-    return cache_dir() / f"decode_step-{isa}-{digest.hexdigest()[:16]}.so"
+    return native_build.library_path(SOURCE, _cc_flags(isa), name=f"decode_step-{isa}")
 
 
 def build(isa: str | None = None) -> Path:
-    """Compiles the library for ``isa`` (see selected_isa) unless the cache has it; returns its path.
-    Safe across processes: each compiles to its own temporary file and renames it into place."""
+    """Compiles the library for ``isa`` (see selected_isa) unless the cache has it; returns its path."""
     isa = selected_isa(isa)
-    path = library_path(isa)
-    if path.exists():
-        return path
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".build-", suffix=".so")
-    os.close(fd)
-    cmd = [compiler(), *_cc_flags(isa), "-o", tmp, str(SOURCE), "-lm"]
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-        if proc.returncode != 0:
-            raise NativeUnavailable(f"compiling {SOURCE.name} failed: {proc.stderr.strip()[-800:]}")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    log.info("native decode step compiled for %s: %s", isa, path)
-    return path
+    return native_build.build_library(SOURCE, _cc_flags(isa), name=f"decode_step-{isa}")
 
 
 class _Q4Mat(ctypes.Structure):
